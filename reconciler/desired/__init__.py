@@ -1,0 +1,1 @@
+"""Loading and validating desired-state files (YAML + JSON Schema) into ``model.Desired``."""

@@ -1,0 +1,310 @@
+"""The data model every layer shares: frozen dataclasses, no behaviour beyond small properties.
+
+Loading produces ``Desired``; observing produces ``Observed``; the pure core turns both into a
+``Plan``; executing a plan produces an ``ApplyResult``. Renderers read these and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+PLAN_FORMAT_VERSION = "1.0"
+
+# The instance status table of the CVM API 2.0 (DescribeInstances ``status``).
+INSTANCE_STATUS_NAMES: Mapping[int, str] = {
+    1: "failure",
+    2: "running",
+    3: "creating",
+    4: "shut down",
+    5: "returned",
+    6: "returning",
+    7: "rebooting",
+    8: "starting",
+    9: "shutting down",
+    10: "resetting password",
+    11: "formatting",
+    12: "making image",
+    13: "setting bandwidth",
+    14: "reinstalling OS",
+    15: "binding domain",
+    16: "unbinding domain",
+    17: "binding load balancer",
+    18: "unbinding load balancer",
+    19: "upgrading",
+    20: "key issuing",
+}
+STATUS_RUNNING = 2
+STATUS_SHUT_DOWN = 4
+STATUS_SHUTTING_DOWN = 9
+STATUS_STARTING = 8
+STATUS_KEY_ISSUING = 20
+
+
+def status_name(status: int) -> str:
+    """Human name of an instance status; unknown numbers are maintenance states per the docs."""
+    return INSTANCE_STATUS_NAMES.get(status, f"maintenance ({status})")
+
+
+# --------------------------------------------------------------------------- live state
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A key pair as DescribeKeyPairs reports it."""
+
+    key_id: str
+    name: str
+    bound_instance_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """An instance as DescribeInstances reports it (only the fields this tool uses)."""
+
+    instance_id: str
+    name: str
+    status: int
+    os: str
+
+    @property
+    def is_windows(self) -> bool:
+        return "windows" in self.os.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the cloud said: every key pair of the region, and the instances that were asked for.
+
+    ``instances`` holds only instances that exist; an ID that was asked for and is absent here
+    does not exist (or is not this account's).
+    """
+
+    region: str
+    keys: Mapping[str, KeyPair]
+    instances: Mapping[str, Instance]
+
+
+# --------------------------------------------------------------------------- desired state
+
+
+class Scope(str, Enum):
+    """What a desired-state file owns."""
+
+    KEYS = "keys"  # every binding of a declared key
+    INSTANCES = "instances"  # every binding on a declared instance
+    ACCOUNT = "account"  # every binding in the region
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A place in an input file, 1-based."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredKey:
+    """One declared key: the only instances it may be bound to."""
+
+    key_id: str
+    instances: frozenset[str]
+    name: str | None = None
+    location: Location | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyLimits:
+    """Limits on how much one apply may unbind. ``None`` means the default or no limit."""
+
+    max_unbinds: int | None = None
+    max_unbind_percent: float | None = None
+
+
+DEFAULT_MAX_UNBIND_PERCENT = 30.0
+PERCENT_CHECK_MIN_OWNED = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A desired-state file that went into a plan, with the SHA-256 of its bytes."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The merged desired state of one region, from one or more files."""
+
+    region: str  # canonical long name
+    scope: Scope
+    keys: Mapping[str, DesiredKey]
+    protected_keys: frozenset[str] = frozenset()
+    protected_instances: frozenset[str] = frozenset()
+    # Instances owned with no key allowed (the optional top-level ``instances:`` list).
+    extra_instances: frozenset[str] = frozenset()
+    safety: SafetyLimits = SafetyLimits()
+    sources: tuple[SourceFile, ...] = ()
+    # Where each declared instance first appears, for findings that point at the file.
+    instance_locations: Mapping[str, Location] = field(default_factory=dict)
+
+    @property
+    def declared_instances(self) -> frozenset[str]:
+        """Every instance named by the file: under any key, or in ``instances:``."""
+        declared: set[str] = set(self.extra_instances)
+        for key in self.keys.values():
+            declared.update(key.instances)
+        return frozenset(declared)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+class ChangeStatus(str, Enum):
+    READY = "ready"  # will be attempted by apply
+    BLOCKED = "blocked"  # cannot happen now; ``reason`` says why
+    PROTECTED = "protected"  # in scope but protected: never attempted
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One binding the file does not allow, and what apply will do about it."""
+
+    key_id: str
+    instance_id: str
+    status: ChangeStatus
+    reason: str
+    warnings: tuple[str, ...] = ()
+    key_name: str | None = None
+    instance_name: str | None = None
+    instance_status: int | None = None  # None: instance not observed (not found, or protected)
+    action: str = "unbind"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One UnBindInstanceKey call: one key, up to 100 instances, in one wave."""
+
+    wave: int
+    key_id: str
+    instance_ids: tuple[str, ...]
+
+
+class Severity(str, Enum):
+    ERROR = "error"  # the plan cannot be applied
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something the plan found that is not a change (a missing key, a name mismatch, ...)."""
+
+    severity: Severity
+    code: str  # stable machine name, e.g. "key-not-found"
+    message: str
+    key_id: str | None = None
+    instance_id: str | None = None
+    location: Location | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyVerdict:
+    """Whether the plan is within its safety limits, with the numbers that decided it."""
+
+    safe: bool
+    unbinds: int
+    owned_bindings: int
+    max_unbinds: int | None
+    max_unbind_percent: float | None
+    percent_checked: bool
+    violations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    to_unbind: int
+    blocked: int
+    protected: int
+    missing: int
+    owned_bindings: int
+    errors: int
+    warnings: int
+    waves: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """SHA-256 over the live state the plan's changes touch (bindings of ``key_ids``; status and
+    existence of ``instance_ids``). Apply re-observes exactly these and compares."""
+
+    digest: str
+    key_ids: tuple[str, ...]
+    instance_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything a reviewer approves and apply carries out."""
+
+    region: str
+    scope: Scope
+    endpoint: str
+    changes: tuple[Change, ...]
+    batches: tuple[Batch, ...]
+    findings: tuple[Finding, ...]
+    summary: Summary
+    safety: SafetyVerdict
+    sources: tuple[SourceFile, ...]
+    fingerprint: Fingerprint
+    observed_digest: str  # SHA-256 over all observed state the plan was computed from
+    created_at: str = ""  # ISO 8601, set by the caller (the core has no clock)
+    format_version: str = PLAN_FORMAT_VERSION
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.severity is Severity.ERROR for f in self.findings)
+
+    @property
+    def ready_changes(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.status is ChangeStatus.READY)
+
+
+# --------------------------------------------------------------------------- apply results
+
+
+class Outcome(str, Enum):
+    DONE = "done"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    PROTECTED = "protected"
+    NOT_ATTEMPTED = "not-attempted"  # interrupted before its call was sent
+
+
+@dataclass(frozen=True, slots=True)
+class BindingResult:
+    key_id: str
+    instance_id: str
+    outcome: Outcome
+    reason: str = ""
+    api_code: int | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    region: str
+    results: tuple[BindingResult, ...]
+    calls: Mapping[str, int]  # API calls made, by action
+    interrupted: bool = False
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)

@@ -1,0 +1,1 @@
+"""Pure renderers of plans and apply results: text, Markdown and JSON."""

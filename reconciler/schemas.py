@@ -1,0 +1,43 @@
+"""Finds the JSON Schemas shipped with the package and validators for them.
+
+The files in the repository's ``schemas/`` folder are the source; the wheel carries them as
+``reconciler/_schemas``. An editable install or a source checkout falls back to ``schemas/``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+
+def schema_text(name: str) -> str:
+    """The text of schema ``name`` (e.g. ``"bindings"`` for ``bindings.schema.json``)."""
+    filename = f"{name}.schema.json"
+    try:
+        shipped = resources.files("reconciler").joinpath("_schemas", filename)
+        if shipped.is_file():
+            return shipped.read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError):  # pragma: no cover - defensive
+        pass
+    source = Path(__file__).resolve().parent.parent / "schemas" / filename
+    return source.read_text(encoding="utf-8")
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """The parsed schema ``name``."""
+    schema: dict[str, Any] = json.loads(schema_text(name))
+    return schema
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """A compiled 2020-12 validator for schema ``name``."""
+    schema = load_schema(name)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
