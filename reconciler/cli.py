@@ -73,17 +73,23 @@ def _version_callback(value: bool) -> None:
 def _main_options(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (-vv for debug).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    ] = 0,
     log_level: Annotated[
         str | None, typer.Option("--log-level", help="Log level: DEBUG, INFO, WARNING, ERROR.")
     ] = None,
 ) -> None:
     """Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git."""
     _options.debug = debug
-    level = log_level.upper() if log_level else ("DEBUG" if verbose >= 2 else "INFO" if verbose else "WARNING")
+    level = (
+        log_level.upper() if log_level else ("DEBUG" if verbose >= 2 else "INFO" if verbose else "WARNING")
+    )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -38,9 +38,7 @@ _EXTRA_LONG_NAMES = (
     "na-ashburn",
     "sa-saopaulo",
 )
-REGION_LONG_NAMES: frozenset[str] = frozenset(REGION_SHORT_CODES.values()) | frozenset(
-    _EXTRA_LONG_NAMES
-)
+REGION_LONG_NAMES: frozenset[str] = frozenset(REGION_SHORT_CODES.values()) | frozenset(_EXTRA_LONG_NAMES)
 KNOWN_REGIONS: tuple[str, ...] = tuple(sorted(REGION_LONG_NAMES | set(REGION_SHORT_CODES)))
 
 

@@ -19,7 +19,7 @@ def schema_text(name: str) -> str:
     """The text of schema ``name`` (e.g. ``"bindings"`` for ``bindings.schema.json``)."""
     filename = f"{name}.schema.json"
     try:
-        shipped = resources.files("reconciler").joinpath("_schemas", filename)
+        shipped = resources.files("reconciler").joinpath("_schemas").joinpath(filename)
         if shipped.is_file():
             return shipped.read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError):  # pragma: no cover - defensive

@@ -20,7 +20,10 @@ HOST, PATH = "cvm.api.qcloud.com", "/v2/index.php"
 
 @pytest.mark.parametrize(
     ("method", "expected"),
-    [("HmacSHA256", "0EEm/HtGRr/VJXTAD9tYMth1Bzm3lLHz5RCDv1GdM8s="), ("HmacSHA1", "nPVnY6njQmwQ8ciqbPl5Qe+Oru4=")],
+    [
+        ("HmacSHA256", "0EEm/HtGRr/VJXTAD9tYMth1Bzm3lLHz5RCDv1GdM8s="),
+        ("HmacSHA1", "nPVnY6njQmwQ8ciqbPl5Qe+Oru4="),
+    ],
 )
 def test_published_vectors(method: str, expected: str) -> None:
     params = {**BASE, "SignatureMethod": method}

@@ -57,9 +57,7 @@ def sign(secret_key: str, method: str, host: str, path: str, params: Mapping[str
     return compute_signature(secret_key, text, signature_method_of(params))
 
 
-def verify(
-    secret_key: str, method: str, host: str, path: str, params: Mapping[str, str]
-) -> bool:
+def verify(secret_key: str, method: str, host: str, path: str, params: Mapping[str, str]) -> bool:
     """True if ``params["Signature"]`` is the right signature (constant-time comparison)."""
     given = params.get("Signature", "")
     expected = sign(secret_key, method, host, path, params)

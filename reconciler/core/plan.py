@@ -1,0 +1,98 @@
+"""Building the plan from a diff, and the fingerprints that make stale plans detectable. Pure.
+
+Called by the CLI's ``plan`` (after observing) and by ``execute`` (``fingerprint_of`` on freshly
+observed state, to refuse a stale plan).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from reconciler.core.batching import make_batches, wave_count
+from reconciler.core.diff import diff
+from reconciler.core.safety import check_safety, merge_limits
+from reconciler.model import (
+    ChangeStatus,
+    Desired,
+    Fingerprint,
+    Observed,
+    Plan,
+    SafetyLimits,
+    Severity,
+    Summary,
+)
+
+
+def _sha256_json(data: object) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_of(observed: Observed, key_ids: Iterable[str], instance_ids: Iterable[str]) -> Fingerprint:
+    """Digest of the bindings of ``key_ids`` and the existence, status and OS class of
+    ``instance_ids`` as ``observed`` reports them. Absent keys/instances count as ``None``."""
+    keys = tuple(sorted(set(key_ids)))
+    instances = tuple(sorted(set(instance_ids)))
+    data: dict[str, object] = {
+        "region": observed.region,
+        "keys": {
+            k: sorted(observed.keys[k].bound_instance_ids) if k in observed.keys else None for k in keys
+        },
+        "instances": {
+            i: [observed.instances[i].status, observed.instances[i].is_windows]
+            if i in observed.instances
+            else None
+            for i in instances
+        },
+    }
+    return Fingerprint(digest=_sha256_json(data), key_ids=keys, instance_ids=instances)
+
+
+def observed_digest(observed: Observed) -> str:
+    """Digest of everything observed (all key pairs and every instance asked for)."""
+    return fingerprint_of(observed, observed.keys, observed.instances).digest
+
+
+def build_plan(
+    desired: Desired,
+    observed: Observed,
+    *,
+    endpoint: str,
+    limits_override: SafetyLimits | None = None,
+    created_at: str = "",
+) -> Plan:
+    """The full plan: changes, batches, findings, summary, safety verdict and fingerprint."""
+    result = diff(desired, observed)
+    batches = make_batches(result.changes)
+    ready = [c for c in result.changes if c.status is ChangeStatus.READY]
+    limits = merge_limits(desired.safety, limits_override or SafetyLimits())
+    verdict = check_safety(len(ready), result.owned_count, limits)
+    touched = fingerprint_of(observed, {c.key_id for c in ready}, {c.instance_id for c in ready})
+    summary = Summary(
+        to_unbind=len(ready),
+        blocked=sum(1 for c in result.changes if c.status is ChangeStatus.BLOCKED),
+        protected=sum(1 for c in result.changes if c.status is ChangeStatus.PROTECTED),
+        missing=result.missing_count,
+        owned_bindings=result.owned_count,
+        errors=sum(1 for f in result.findings if f.severity is Severity.ERROR),
+        warnings=sum(1 for f in result.findings if f.severity is Severity.WARNING)
+        + sum(len(c.warnings) for c in result.changes),
+        waves=wave_count(batches),
+        calls=len(batches),
+    )
+    return Plan(
+        region=desired.region,
+        scope=desired.scope,
+        endpoint=endpoint,
+        changes=result.changes,
+        batches=batches,
+        findings=result.findings,
+        summary=summary,
+        safety=verdict,
+        sources=desired.sources,
+        fingerprint=touched,
+        observed_digest=observed_digest(observed),
+        created_at=created_at,
+    )

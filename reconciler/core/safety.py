@@ -1,0 +1,60 @@
+"""Safety limits on how much one apply may unbind. Pure; called by ``core.plan``.
+
+Like octoDNS's MAX_SAFE_*_PCENT: the verdict is computed after the plan is built, so an unsafe
+plan is still shown in full with the numbers that tripped it; apply refuses it without --force.
+"""
+
+from __future__ import annotations
+
+from reconciler.model import (
+    DEFAULT_MAX_UNBIND_PERCENT,
+    PERCENT_CHECK_MIN_OWNED,
+    SafetyLimits,
+    SafetyVerdict,
+)
+
+
+def merge_limits(file_limits: SafetyLimits, override: SafetyLimits) -> SafetyLimits:
+    """Command-line limits win over the file's, field by field."""
+    return SafetyLimits(
+        max_unbinds=override.max_unbinds if override.max_unbinds is not None else file_limits.max_unbinds,
+        max_unbind_percent=(
+            override.max_unbind_percent
+            if override.max_unbind_percent is not None
+            else file_limits.max_unbind_percent
+        ),
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_safety(unbinds: int, owned_bindings: int, limits: SafetyLimits) -> SafetyVerdict:
+    """Whether ``unbinds`` out of ``owned_bindings`` is within ``limits``.
+
+    The percentage limit (default 30 %) applies only when 10 or more bindings are owned, so a
+    small file can still remove its few bindings.
+    """
+    percent_limit = (
+        limits.max_unbind_percent if limits.max_unbind_percent is not None else DEFAULT_MAX_UNBIND_PERCENT
+    )
+    violations: list[str] = []
+    if limits.max_unbinds is not None and unbinds > limits.max_unbinds:
+        violations.append(f"{unbinds} unbinds is over max_unbinds {limits.max_unbinds}")
+    percent_checked = owned_bindings >= PERCENT_CHECK_MIN_OWNED
+    if percent_checked and unbinds * 100 > percent_limit * owned_bindings:
+        share = unbinds * 100 / owned_bindings
+        violations.append(
+            f"{unbinds} unbinds is {share:.1f}% of {owned_bindings} owned bindings, "
+            f"over max_unbind_percent {_number(percent_limit)}"
+        )
+    return SafetyVerdict(
+        safe=not violations,
+        unbinds=unbinds,
+        owned_bindings=owned_bindings,
+        max_unbinds=limits.max_unbinds,
+        max_unbind_percent=percent_limit,
+        percent_checked=percent_checked,
+        violations=tuple(violations),
+    )
