@@ -1,0 +1,62 @@
+"""The API endpoint: the default, and the check every configured endpoint passes.
+
+Called by :class:`reconciler.cloud.client.CvmClient` (and by the CLI to fail early on a bad
+``--endpoint``). Requests carry a SecretId and a signature, so they go over HTTPS; plain HTTP is
+allowed only to a loopback address, which is where the bundled emulator listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit, urlunsplit
+
+from reconciler.errors import ConfigError
+
+DEFAULT_ENDPOINT = "https://cvm.api.qcloud.com/v2/index.php"
+DEFAULT_PATH = "/v2/index.php"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str) -> str:
+    """The endpoint URL, normalised, or ``ConfigError`` saying what is wrong with it.
+
+    Refused: schemes other than https (http only to a loopback host), user info, a query, a
+    fragment, a missing host. An empty path (or ``/``) becomes ``/v2/index.php``.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(f"endpoint {url!r} is not a valid URL: {error}") from None
+    scheme = parts.scheme.lower()
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        # Do not echo the URL: the user info may be a secret.
+        raise ConfigError("endpoint must not contain user info (user:password@)")
+    if scheme not in ("https", "http"):
+        raise ConfigError(f"endpoint {url!r} must use https")
+    if not host:
+        raise ConfigError(f"endpoint {url!r} has no host")
+    if scheme == "http" and not is_loopback_host(host):
+        raise ConfigError(
+            f"endpoint {url!r} uses plain http to a non-loopback host",
+            hint="use https, or http only to 127.0.0.1 / ::1 / localhost (the emulator)",
+        )
+    if parts.query or url.rstrip().endswith("?"):
+        raise ConfigError(f"endpoint {url!r} must not have a query string")
+    if parts.fragment or "#" in url:
+        raise ConfigError(f"endpoint {url!r} must not have a fragment")
+    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit((scheme, netloc, path, "", ""))
