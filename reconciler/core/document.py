@@ -1,0 +1,439 @@
+"""The plan document: a ``Plan`` as JSON, with an integrity digest, and back. Pure (no I/O).
+
+Called by the CLI (``plan -out`` writes ``dump_plan``; ``apply PLANFILE`` and ``show`` read with
+``load_plan``), by ``render.json`` and by ``apply --format json`` (``result_to_data``). The form
+is specified by ``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
+
+Reading refuses, with a ``PlanIntegrityError`` that names the file, anything that is not exactly
+a plan this version can carry out: text that is not JSON (``FILE:LINE:COL``), a newer major
+format, a missing or wrong integrity digest, a schema violation (with its JSON path), and a
+batch that would call the API for a binding the plan does not mark ready.
+
+The digest catches accidental and hand edits. It is not a signature: whoever can edit the file
+can recompute it. The reviewed plan (and the review itself) is the trust anchor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from reconciler.errors import PlanIntegrityError
+from reconciler.model import (
+    PLAN_FORMAT_VERSION,
+    ApplyResult,
+    Batch,
+    Change,
+    ChangeStatus,
+    Finding,
+    Fingerprint,
+    Location,
+    Outcome,
+    Plan,
+    SafetyVerdict,
+    Scope,
+    Severity,
+    SourceFile,
+    Summary,
+)
+from reconciler.schemas import validator
+
+INTEGRITY_ALGORITHM = "sha256"
+RESULT_FORMAT_VERSION = "1.0"
+SUPPORTED_MAJOR = int(PLAN_FORMAT_VERSION.split(".")[0])
+# Schema problems listed in one error before "and N more"; the first few are what one fixes.
+_MAX_LISTED_PROBLEMS = 10
+_MAX_PROBLEM_CHARS = 200
+
+_INVISIBLE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+_RERUN_HINT = "run `cvmkeys plan -out FILE` again and review the new plan"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _location_to_data(location: Location | None) -> dict[str, Any] | None:
+    if location is None:
+        return None
+    return {"file": location.file, "line": location.line, "column": location.column}
+
+
+def _change_to_data(change: Change) -> dict[str, Any]:
+    return {
+        "action": change.action,
+        "key_id": change.key_id,
+        "key_name": change.key_name,
+        "instance_id": change.instance_id,
+        "instance_name": change.instance_name,
+        "instance_status": change.instance_status,
+        "status": change.status.value,
+        "reason": change.reason,
+        "warnings": list(change.warnings),
+    }
+
+
+def _finding_to_data(finding: Finding) -> dict[str, Any]:
+    return {
+        "severity": finding.severity.value,
+        "code": finding.code,
+        "message": finding.message,
+        "key_id": finding.key_id,
+        "instance_id": finding.instance_id,
+        "location": _location_to_data(finding.location),
+    }
+
+
+def plan_to_data(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON-ready data (no ``integrity`` member); enums as their values.
+
+    Every member is always present (``null`` when unknown), so readers never guess. The written
+    ``format_version`` is always this version's: the data holds exactly what this version knows.
+    """
+    summary = plan.summary
+    safety = plan.safety
+    return {
+        "format_version": PLAN_FORMAT_VERSION,
+        "region": plan.region,
+        "scope": plan.scope.value,
+        "endpoint": plan.endpoint,
+        "created_at": plan.created_at,
+        "changes": [_change_to_data(c) for c in plan.changes],
+        "batches": [
+            {"wave": b.wave, "key_id": b.key_id, "instance_ids": list(b.instance_ids)}
+            for b in plan.batches
+        ],
+        "findings": [_finding_to_data(f) for f in plan.findings],
+        "summary": {
+            "to_unbind": summary.to_unbind,
+            "blocked": summary.blocked,
+            "protected": summary.protected,
+            "missing": summary.missing,
+            "owned_bindings": summary.owned_bindings,
+            "errors": summary.errors,
+            "warnings": summary.warnings,
+            "waves": summary.waves,
+            "calls": summary.calls,
+        },
+        "safety": {
+            "safe": safety.safe,
+            "unbinds": safety.unbinds,
+            "owned_bindings": safety.owned_bindings,
+            "max_unbinds": safety.max_unbinds,
+            "max_unbind_percent": safety.max_unbind_percent,
+            "percent_checked": safety.percent_checked,
+            "violations": list(safety.violations),
+        },
+        "sources": [{"path": s.path, "sha256": s.sha256} for s in plan.sources],
+        "fingerprint": {
+            "digest": plan.fingerprint.digest,
+            "key_ids": list(plan.fingerprint.key_ids),
+            "instance_ids": list(plan.fingerprint.instance_ids),
+        },
+        "observed_digest": plan.observed_digest,
+    }
+
+
+def _canonical_numbers(value: Any) -> Any:
+    """Integral floats as ints, so ``30.0`` and ``30`` (as jq may rewrite it) digest alike."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_numbers(v) for v in value]
+    return value
+
+
+def canonical_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``data`` without its ``integrity`` member.
+
+    Canonical JSON: keys sorted, separators ``,`` and ``:``, no ASCII escaping, UTF-8 (lone
+    surrogates, which cloud JSON can carry, are encoded as-is), integral floats as integers.
+    """
+    body = {k: v for k, v in data.items() if k != "integrity"}
+    text = json.dumps(
+        _canonical_numbers(body),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def dump_plan(plan: Plan) -> str:
+    """The plan file's text: JSON, indent 2, sorted keys, trailing newline, with ``integrity``."""
+    data = plan_to_data(plan)
+    data["integrity"] = {"algorithm": INTEGRITY_ALGORITHM, "digest": canonical_digest(data)}
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a cloud name) cannot be written as UTF-8: escape everything.
+        # The parsed values, and so the digest, are the same either way.
+        text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=False)
+    # json escapes C0 controls but not DEL, C1 controls or bidi overrides: escape those too, so
+    # `cat plan.json` or a diff of it cannot be repainted by a cloud-supplied name. They occur
+    # only inside strings, where \uXXXX means the same character.
+    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    path = "$"
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
+
+
+def _schema_problems(data: Mapping[str, Any]) -> list[str]:
+    errors = sorted(
+        validator("plan").iter_errors(data),
+        key=lambda e: (tuple(str(p) for p in e.absolute_path), e.message),
+    )
+    return [f"{_json_path(e.absolute_path)}: {_short(e.message)}" for e in errors]
+
+
+def _location_from_data(data: Mapping[str, Any] | None) -> Location | None:
+    if data is None:
+        return None
+    return Location(file=data["file"], line=data["line"], column=data["column"])
+
+
+def _check_batches(changes: tuple[Change, ...], batches: tuple[Batch, ...], source: str) -> None:
+    """Every binding a batch would unbind must be a ready change, and only once: apply calls
+    the API from the batches, so this is what keeps blocked and protected bindings safe."""
+    ready = {(c.key_id, c.instance_id) for c in changes if c.status is ChangeStatus.READY}
+    seen: set[tuple[str, str]] = set()
+    for index, batch in enumerate(batches):
+        for iid in batch.instance_ids:
+            binding = (batch.key_id, iid)
+            where = f"{source}: $.batches[{index}]"
+            if binding not in ready:
+                raise PlanIntegrityError(
+                    f"{where}: unbinds {iid} from {batch.key_id}, which is not a ready change "
+                    "in this plan",
+                    hint=_RERUN_HINT,
+                )
+            if binding in seen:
+                raise PlanIntegrityError(
+                    f"{where}: unbinds {iid} from {batch.key_id} a second time", hint=_RERUN_HINT
+                )
+            seen.add(binding)
+
+
+def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
+    """Build a ``Plan`` from its JSON data, after validating it against the plan schema.
+
+    ``source`` names the data in messages. Unknown members are ignored (newer minor versions
+    may add them). Does not check the integrity digest: ``load_plan`` does that first.
+    """
+    problems = _schema_problems(data)
+    if problems:
+        listed = problems[:_MAX_LISTED_PROBLEMS]
+        if len(problems) > len(listed):
+            listed.append(f"... and {len(problems) - len(listed)} more")
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise PlanIntegrityError(
+            f"{source}: not a valid cvmkeys plan ({len(problems)} schema {noun}):\n  "
+            + "\n  ".join(listed),
+            hint=_RERUN_HINT,
+        )
+    changes = tuple(
+        Change(
+            key_id=c["key_id"],
+            instance_id=c["instance_id"],
+            status=ChangeStatus(c["status"]),
+            reason=c["reason"],
+            warnings=tuple(c["warnings"]),
+            key_name=c["key_name"],
+            instance_name=c["instance_name"],
+            instance_status=c["instance_status"],
+            action=c["action"],
+        )
+        for c in data["changes"]
+    )
+    batches = tuple(
+        Batch(wave=b["wave"], key_id=b["key_id"], instance_ids=tuple(b["instance_ids"]))
+        for b in data["batches"]
+    )
+    _check_batches(changes, batches, source)
+    findings = tuple(
+        Finding(
+            severity=Severity(f["severity"]),
+            code=f["code"],
+            message=f["message"],
+            key_id=f["key_id"],
+            instance_id=f["instance_id"],
+            location=_location_from_data(f["location"]),
+        )
+        for f in data["findings"]
+    )
+    s = data["summary"]
+    v = data["safety"]
+    fp = data["fingerprint"]
+    percent = v["max_unbind_percent"]
+    return Plan(
+        region=data["region"],
+        scope=Scope(data["scope"]),
+        endpoint=data["endpoint"],
+        changes=changes,
+        batches=batches,
+        findings=findings,
+        summary=Summary(
+            to_unbind=s["to_unbind"],
+            blocked=s["blocked"],
+            protected=s["protected"],
+            missing=s["missing"],
+            owned_bindings=s["owned_bindings"],
+            errors=s["errors"],
+            warnings=s["warnings"],
+            waves=s["waves"],
+            calls=s["calls"],
+        ),
+        safety=SafetyVerdict(
+            safe=v["safe"],
+            unbinds=v["unbinds"],
+            owned_bindings=v["owned_bindings"],
+            max_unbinds=v["max_unbinds"],
+            max_unbind_percent=None if percent is None else float(percent),
+            percent_checked=v["percent_checked"],
+            violations=tuple(v["violations"]),
+        ),
+        sources=tuple(SourceFile(path=x["path"], sha256=x["sha256"]) for x in data["sources"]),
+        fingerprint=Fingerprint(
+            digest=fp["digest"], key_ids=tuple(fp["key_ids"]), instance_ids=tuple(fp["instance_ids"])
+        ),
+        observed_digest=data["observed_digest"],
+        created_at=data["created_at"],
+        format_version=data["format_version"],
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # json would silently keep the last one; a plan must mean one thing.
+            raise ValueError(f"duplicate member {key!r} in a JSON object")
+        result[key] = value
+    return result
+
+
+def _parse(text: str, source: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as error:
+        raise PlanIntegrityError(
+            f"{source}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}",
+            hint="a plan file is written by `cvmkeys plan -out FILE`; " + _RERUN_HINT,
+        ) from None
+    except ValueError as error:
+        raise PlanIntegrityError(f"{source}: not valid JSON: {error}", hint=_RERUN_HINT) from None
+
+
+def _check_version(data: Mapping[str, Any], source: str) -> None:
+    version = data.get("format_version")
+    if not isinstance(version, str):
+        raise PlanIntegrityError(
+            f"{source}: not a cvmkeys plan (no format_version string)", hint=_RERUN_HINT
+        )
+    major_text, dot, minor_text = version.partition(".")
+    if not (dot and major_text.isdigit() and minor_text.isdigit()):
+        raise PlanIntegrityError(
+            f"{source}: format_version {version!r} is not MAJOR.MINOR", hint=_RERUN_HINT
+        )
+    major = int(major_text)
+    if major > SUPPORTED_MAJOR:
+        raise PlanIntegrityError(
+            f"{source}: plan format {version} is newer than this cvmkeys reads "
+            f"({SUPPORTED_MAJOR}.x); upgrade cvmkeys",
+            hint="upgrade cvmkeys to the version that wrote the plan, or run plan again with this one",
+        )
+    if major < SUPPORTED_MAJOR:
+        raise PlanIntegrityError(
+            f"{source}: plan format {version} is no longer supported", hint=_RERUN_HINT
+        )
+
+
+def _check_integrity(data: Mapping[str, Any], source: str) -> None:
+    integrity = data.get("integrity")
+    if integrity is None:
+        raise PlanIntegrityError(
+            f"{source}: plan file has no integrity digest (not written by cvmkeys plan, "
+            "or edited); run plan again",
+            hint=_RERUN_HINT,
+        )
+    if not isinstance(integrity, dict) or not isinstance(integrity.get("digest"), str):
+        raise PlanIntegrityError(
+            f"{source}: $.integrity must be an object with a digest string; run plan again",
+            hint=_RERUN_HINT,
+        )
+    algorithm = integrity.get("algorithm")
+    if algorithm != INTEGRITY_ALGORITHM:
+        raise PlanIntegrityError(
+            f"{source}: unsupported integrity algorithm {algorithm!r} "
+            f"(expected {INTEGRITY_ALGORITHM!r}); run plan again",
+            hint=_RERUN_HINT,
+        )
+    if canonical_digest(data) != integrity["digest"]:
+        raise PlanIntegrityError(
+            f"{source}: plan file was edited after it was written (integrity digest mismatch); "
+            "run plan again",
+            hint=_RERUN_HINT,
+        )
+
+
+def load_plan(text: str, source: str) -> Plan:
+    """Read a plan file's text (``source`` names it in messages) and return the ``Plan``.
+
+    Order of checks: JSON syntax, an object, a readable ``format_version``, the integrity
+    digest, the schema, batch consistency. The first failure raises ``PlanIntegrityError``.
+    """
+    data = _parse(text, source)
+    if not isinstance(data, dict):
+        raise PlanIntegrityError(
+            f"{source}: not a cvmkeys plan (expected a JSON object, got {type(data).__name__})",
+            hint=_RERUN_HINT,
+        )
+    _check_version(data, source)
+    _check_integrity(data, source)
+    return plan_from_data(data, source=source)
+
+
+# --------------------------------------------------------------------------- apply results
+
+
+def result_to_data(result: ApplyResult) -> dict[str, Any]:
+    """An apply result as JSON-ready data (``apply --format json``); keys stable, enums as values."""
+    return {
+        "format_version": RESULT_FORMAT_VERSION,
+        "region": result.region,
+        "interrupted": result.interrupted,
+        "calls": {action: result.calls[action] for action in sorted(result.calls)},
+        "results": [
+            {
+                "key_id": r.key_id,
+                "instance_id": r.instance_id,
+                "outcome": r.outcome.value,
+                "reason": r.reason,
+                "api_code": r.api_code,
+                "attempts": r.attempts,
+            }
+            for r in result.results
+        ],
+        "summary": {outcome.value: result.count(outcome) for outcome in Outcome},
+    }

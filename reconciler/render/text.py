@@ -1,0 +1,276 @@
+"""Terminal text for plans and apply results, Terraform-like. Pure: returns a string.
+
+Called by the CLI (``plan``, ``show``, ``apply``), which decides ``color`` (``--no-color``,
+``NO_COLOR``, whether stdout is a terminal) and prints. Colour is plain ANSI SGR codes, added
+only when ``color`` is true, so the output is the same bytes on every machine.
+
+Every string that can carry cloud-supplied text (names, reasons, warnings, findings) goes
+through ``clean``: a name cannot inject escapes or control characters into the terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reconciler.model import (
+    ApplyResult,
+    Batch,
+    BindingResult,
+    Change,
+    ChangeStatus,
+    Finding,
+    Outcome,
+    Plan,
+    Severity,
+)
+from reconciler.render._sanitize import clean, display_width, pad, plural
+
+_RESET = "\x1b[0m"
+_BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "1", "2", "31", "32", "33", "36"
+NAME_LIMIT = 64  # longest name shown; the cloud allows 60, more is a hostile or odd name
+_NAME_COLUMN_MAX = 32  # names longer than this do not widen their group's column
+_WAVES_LISTED = 10
+
+_SIGN = {ChangeStatus.READY: "-", ChangeStatus.BLOCKED: "!", ChangeStatus.PROTECTED: "="}
+_SIGN_STYLE = {ChangeStatus.READY: _RED, ChangeStatus.BLOCKED: _YELLOW, ChangeStatus.PROTECTED: _DIM}
+_SEVERITY_STYLE = {Severity.ERROR: _RED, Severity.WARNING: _YELLOW, Severity.INFO: _CYAN}
+_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+_OUTCOME_STYLE = {
+    Outcome.DONE: _GREEN,
+    Outcome.FAILED: _RED,
+    Outcome.BLOCKED: _YELLOW,
+    Outcome.PROTECTED: _DIM,
+    Outcome.NOT_ATTEMPTED: _YELLOW,
+}
+_OUTCOME_LABEL = {
+    Outcome.DONE: "done",
+    Outcome.FAILED: "failed",
+    Outcome.BLOCKED: "blocked",
+    Outcome.PROTECTED: "protected",
+    Outcome.NOT_ATTEMPTED: "not attempted",
+}
+
+
+def _paint(text: str, color: bool, *styles: str) -> str:
+    if not color or not text:
+        return text
+    return f"\x1b[{';'.join(styles)}m{text}{_RESET}"
+
+
+def _key_title(key_id: str, key_name: str | None) -> str:
+    title = f"key {clean(key_id)}"
+    return f"{title} ({clean(key_name, NAME_LIMIT)})" if key_name else title
+
+
+def _grouped(items: Iterable[Change]) -> dict[str, list[Change]]:
+    """Changes by key, keys in order of first appearance, changes in plan order."""
+    groups: dict[str, list[Change]] = {}
+    for item in items:
+        groups.setdefault(item.key_id, []).append(item)
+    return groups
+
+
+def _header(plan: Plan, color: bool) -> list[str]:
+    lines = [_paint(f"cvmkeys plan for {clean(plan.region)} (scope: {plan.scope.value})", color, _BOLD)]
+    lines.append(f"  endpoint  {clean(plan.endpoint)}")
+    for source in plan.sources:
+        lines.append(f"  source    {clean(source.path)}  sha256:{clean(source.sha256)[:12]}")
+    if plan.created_at:
+        lines.append(f"  created   {clean(plan.created_at)}")
+    return lines
+
+
+def _change_lines(plan: Plan, color: bool) -> list[str]:
+    lines = [
+        "",
+        "Changes ("
+        + _paint("-", color, _RED)
+        + " unbind, "
+        + _paint("!", color, _YELLOW)
+        + " blocked: not attempted, "
+        + _paint("=", color, _DIM)
+        + " protected: never touched):",
+    ]
+    for key_id, changes in _grouped(plan.changes).items():
+        key_name = next((c.key_name for c in changes if c.key_name), None)
+        lines.append("")
+        lines.append("  " + _paint(_key_title(key_id, key_name), color, _BOLD))
+        names = [clean(c.instance_name or "", NAME_LIMIT) for c in changes]
+        width = min(max((display_width(n) for n in names), default=0), _NAME_COLUMN_MAX)
+        id_width = max(len(clean(c.instance_id)) for c in changes)
+        for change, name in zip(changes, names, strict=True):
+            sign = _paint(_SIGN[change.status], color, _SIGN_STYLE[change.status])
+            line = f"    {sign} {pad(clean(change.instance_id), id_width)}  {pad(name, width)}"
+            if change.status is not ChangeStatus.READY:
+                label = _paint(f"{change.status.value}:", color, _SIGN_STYLE[change.status])
+                line += f"  {label} {clean(change.reason)}"
+            lines.append(line.rstrip())
+            for warning in change.warnings:
+                lines.append("        " + _paint("warning:", color, _YELLOW) + " " + clean(warning))
+    return lines
+
+
+def _finding_line(finding: Finding, color: bool) -> str:
+    label = _paint(f"{finding.severity.value}:", color, _SEVERITY_STYLE[finding.severity])
+    where = f"{clean(str(finding.location))}: " if finding.location else ""
+    return f"  {label} {where}{clean(finding.message)} [{clean(finding.code)}]"
+
+
+def _findings_lines(findings: Iterable[Finding], color: bool) -> list[str]:
+    ordered = sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity])  # stable: plan order
+    if not ordered:
+        return []
+    return ["", _paint("Findings:", color, _BOLD)] + [_finding_line(f, color) for f in ordered]
+
+
+def waves_summary(batches: Iterable[Batch]) -> str:
+    """``"3 UnBindInstanceKey calls in 2 waves (wave 1: 2 calls, 150 instances; ...)"``.
+
+    Waves are numbered from 1 for people; the plan document keeps the core's numbers.
+    """
+    per_wave: dict[int, tuple[int, int]] = {}
+    for batch in batches:
+        calls, instances = per_wave.get(batch.wave, (0, 0))
+        per_wave[batch.wave] = (calls + 1, instances + len(batch.instance_ids))
+    calls_total = sum(calls for calls, _ in per_wave.values())
+    parts = [
+        f"wave {number}: {plural(calls, 'call')}, {plural(instances, 'instance')}"
+        for number, (calls, instances) in enumerate(
+            (per_wave[w] for w in sorted(per_wave)[:_WAVES_LISTED]), start=1
+        )
+    ]
+    if len(per_wave) > _WAVES_LISTED:
+        parts.append(f"{len(per_wave) - _WAVES_LISTED} more waves")
+    return (
+        f"{plural(len(per_wave), 'wave')}, {plural(calls_total, 'call')} to UnBindInstanceKey "
+        f"({'; '.join(parts)})"
+    )
+
+
+def _counts(changes: Iterable[Change]) -> dict[ChangeStatus, int]:
+    counts = dict.fromkeys(ChangeStatus, 0)
+    for change in changes:
+        counts[change.status] += 1
+    return counts
+
+
+def plan_line(plan: Plan) -> str:
+    """The last line of a plan: ``"Plan: 12 to unbind, 2 blocked, 1 protected."`` or the
+    no-changes sentence. Counted from the changes themselves."""
+    if not plan.changes:
+        return "No changes. The live bindings match the file."
+    counts = _counts(plan.changes)
+    return (
+        f"Plan: {counts[ChangeStatus.READY]} to unbind, {counts[ChangeStatus.BLOCKED]} blocked, "
+        f"{counts[ChangeStatus.PROTECTED]} protected."
+    )
+
+
+def _verdict_lines(plan: Plan, color: bool) -> list[str]:
+    lines: list[str] = []
+    if not plan.safety.safe:
+        lines += [
+            "",
+            _paint(
+                "UNSAFE: this plan exceeds its safety limits; apply refuses it without --force.",
+                color,
+                _BOLD,
+                _RED,
+            ),
+        ]
+        lines += [f"  - {clean(v)}" for v in plan.safety.violations]
+    errors = sum(1 for f in plan.findings if f.severity is Severity.ERROR)
+    if errors:
+        lines += [
+            "",
+            _paint(
+                f"This plan has {plural(errors, 'error')} (see Findings); apply refuses it.",
+                color,
+                _BOLD,
+                _RED,
+            ),
+        ]
+    return lines
+
+
+def render_plan_text(plan: Plan, *, color: bool) -> str:
+    """The plan for a terminal or a CI log; ends with the ``Plan:`` line and a newline."""
+    lines = _header(plan, color)
+    if plan.changes:
+        lines += _change_lines(plan, color)
+    lines += _findings_lines(plan.findings, color)
+    if plan.batches:
+        lines += ["", "Calls: " + waves_summary(plan.batches) + "."]
+    elif plan.changes:
+        lines += ["", "Calls: none; nothing is ready to unbind."]
+    lines += _verdict_lines(plan, color)
+    lines += ["", _paint(plan_line(plan), color, _BOLD)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- apply results
+
+
+def result_line(result: ApplyResult) -> str:
+    """``"Apply complete: 12 done, 1 failed, 2 blocked, 1 protected."`` (``interrupted`` when
+    it stopped early; not-attempted bindings are counted only when there are some)."""
+    head = "Apply interrupted" if result.interrupted else "Apply complete"
+    parts = [
+        f"{result.count(Outcome.DONE)} done",
+        f"{result.count(Outcome.FAILED)} failed",
+        f"{result.count(Outcome.BLOCKED)} blocked",
+        f"{result.count(Outcome.PROTECTED)} protected",
+    ]
+    not_attempted = result.count(Outcome.NOT_ATTEMPTED)
+    if not_attempted:
+        parts.append(f"{not_attempted} not attempted")
+    return f"{head}: {', '.join(parts)}."
+
+
+def _result_detail(item: BindingResult) -> str:
+    detail = clean(item.reason)
+    if item.api_code is not None:
+        detail = f"API code {item.api_code}: {detail}" if detail else f"API code {item.api_code}"
+    if item.outcome is Outcome.FAILED and item.attempts > 1:
+        detail += f" (after {item.attempts} attempts)"
+    return detail
+
+
+def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = None) -> str:
+    """What apply did to every binding, grouped by key, then the ``Apply ...:`` line.
+
+    ``plan`` (optional) supplies key and instance names for the bindings it lists.
+    """
+    key_names: dict[str, str] = {}
+    instance_names: dict[str, str] = {}
+    if plan is not None:
+        for change in plan.changes:
+            if change.key_name:
+                key_names.setdefault(change.key_id, change.key_name)
+            if change.instance_name:
+                instance_names.setdefault(change.instance_id, change.instance_name)
+
+    lines = [_paint(f"cvmkeys apply in {clean(result.region)}", color, _BOLD)]
+    groups: dict[str, list[BindingResult]] = {}
+    for item in result.results:
+        groups.setdefault(item.key_id, []).append(item)
+    label_width = max(len(label) for label in _OUTCOME_LABEL.values())
+    for key_id, items in groups.items():
+        lines += ["", "  " + _paint(_key_title(key_id, key_names.get(key_id)), color, _BOLD)]
+        names = [clean(instance_names.get(i.instance_id, ""), NAME_LIMIT) for i in items]
+        width = min(max((display_width(n) for n in names), default=0), _NAME_COLUMN_MAX)
+        id_width = max(len(clean(i.instance_id)) for i in items)
+        for item, name in zip(items, names, strict=True):
+            style = _OUTCOME_STYLE[item.outcome]
+            label = _paint(pad(_OUTCOME_LABEL[item.outcome], label_width), color, style)
+            line = f"    {label}  {pad(clean(item.instance_id), id_width)}  {pad(name, width)}"
+            detail = _result_detail(item)
+            if detail:
+                line += f"  {detail}"
+            lines.append(line.rstrip())
+    if result.calls:
+        calls = ", ".join(f"{clean(action)} {n}" for action, n in sorted(result.calls.items()))
+        lines += ["", f"API calls: {calls}"]
+    failed = result.count(Outcome.FAILED) or result.interrupted
+    lines += ["", _paint(result_line(result), color, _BOLD, _RED if failed else _GREEN)]
+    return "\n".join(lines) + "\n"
