@@ -115,3 +115,8 @@ def validate(paths: PathsArgument) -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+from reconciler.emulator.cli import emulator_app  # noqa: E402 - mounted after the commands above
+
+app.add_typer(emulator_app, name="emulator", help="Run the bundled emulator of the CVM API 2.0.")

@@ -1,0 +1,140 @@
+"""``cvmkeys emulator serve``: run the CVM API 2.0 emulator on a local port.
+
+Mounted into the main Typer app by ``reconciler/cli.py``. It prints the endpoint and the
+fleet's credentials (emulator-only credentials from the fleet file: printing them is the
+point, so that the next command can use them) and serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler.errors import ConfigError, CvmkeysError, InputError
+
+emulator_app = typer.Typer(
+    help="Run the bundled emulator of the CVM API 2.0 (no cloud account needed).",
+    no_args_is_help=True,
+)
+
+
+def _fail(error: CvmkeysError) -> typer.Exit:
+    if isinstance(error, InputError):
+        for problem in error.problems:
+            typer.echo(str(problem), err=True)
+    typer.secho(f"Error: {error.message}", fg=typer.colors.RED, err=True)
+    if error.hint:
+        typer.echo(f"hint: {error.hint}", err=True)
+    return typer.Exit(1)
+
+
+@emulator_app.command("serve")
+def serve_command(
+    fleet: Annotated[
+        Path, typer.Option("--fleet", help="Fleet file (see examples/fleet.yaml); changes are saved to it.")
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8080,
+    op_seconds: Annotated[
+        float,
+        typer.Option("--op-seconds", help="How long bind/unbind (status 20), stop (9) and start (8) take."),
+    ] = 0.0,
+    rate_limit: Annotated[
+        float | None, typer.Option("--rate-limit", help="Requests a second allowed per action (4400 beyond).")
+    ] = None,
+    latency_ms: Annotated[float, typer.Option("--latency-ms", help="Delay added to every request.")] = 0.0,
+    no_save: Annotated[
+        bool, typer.Option("--no-save", help="Keep changes in memory; leave the fleet file alone.")
+    ] = False,
+    fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of the fault injector.")] = 0,
+    fault_throttle: Annotated[
+        float, typer.Option("--fault-throttle", help="Rate (0-1) of injected 4400 answers.")
+    ] = 0.0,
+    fault_error: Annotated[
+        float, typer.Option("--fault-error", help="Rate of injected 6000/6200 answers.")
+    ] = 0.0,
+    fault_http: Annotated[float, typer.Option("--fault-http", help="Rate of injected HTTP 502/503.")] = 0.0,
+    fault_drop: Annotated[
+        float, typer.Option("--fault-drop", help="Rate of connections closed before acting.")
+    ] = 0.0,
+    fault_partial: Annotated[
+        float, typer.Option("--fault-partial", help="Rate of 5400 partial (un)binds of 2+ instances.")
+    ] = 0.0,
+    fault_lost: Annotated[
+        float, typer.Option("--fault-lost", help="Rate of calls carried out whose answer is then lost.")
+    ] = 0.0,
+    fault_slow: Annotated[float, typer.Option("--fault-slow", help="Rate of slow answers.")] = 0.0,
+    fault_slow_seconds: Annotated[
+        float, typer.Option("--fault-slow-seconds", help="Delay of a slow answer.")
+    ] = 30.0,
+    fault_actions: Annotated[
+        str | None,
+        typer.Option("--fault-actions", help="Comma-separated actions faults may hit (default: all)."),
+    ] = None,
+) -> None:
+    """Serve the emulator until Ctrl-C.
+
+    Example: cvmkeys emulator serve --fleet examples/fleet.yaml --port 8080 --op-seconds 2
+    """
+    from reconciler.emulator.actions import ACTIONS
+    from reconciler.emulator.app import EmulatorApp
+    from reconciler.emulator.faults import FaultProfile
+    from reconciler.emulator.server import serve
+    from reconciler.emulator.state import FleetState
+
+    try:
+        if op_seconds < 0 or latency_ms < 0 or (rate_limit is not None and rate_limit <= 0):
+            raise ConfigError(
+                "--op-seconds and --latency-ms must not be negative; --rate-limit must be positive"
+            )
+        actions = None
+        if fault_actions:
+            actions = frozenset(a.strip() for a in fault_actions.split(",") if a.strip())
+            unknown = sorted(actions - set(ACTIONS))
+            if unknown:
+                raise ConfigError(
+                    f"--fault-actions: unknown action(s) {', '.join(unknown)}",
+                    hint=f"known: {', '.join(ACTIONS)}",
+                )
+        try:
+            profile = FaultProfile(
+                seed=fault_seed,
+                throttle_rate=fault_throttle,
+                error_rate=fault_error,
+                http_error_rate=fault_http,
+                drop_rate=fault_drop,
+                partial_rate=fault_partial,
+                lost_response_rate=fault_lost,
+                slow_rate=fault_slow,
+                slow_seconds=fault_slow_seconds,
+                actions=actions,
+            )
+        except ValueError as error:
+            raise ConfigError(f"fault options: {error}") from None
+        faults = profile if any(profile.rates().values()) else None
+        state = FleetState.from_file(fleet, op_seconds=op_seconds, persist=not no_save)
+        app = EmulatorApp(state, rate_limit=rate_limit, latency_ms=latency_ms, faults=faults)
+    except CvmkeysError as error:
+        raise _fail(error) from None
+
+    def ready(url: str) -> None:
+        typer.echo(f"CVM API 2.0 emulator serving {fleet} at {url}")
+        for cred in state.credentials:
+            # Emulator-only credentials from the fleet file: shown on purpose.
+            typer.echo(f"  SecretId:  {cred.secret_id}")
+            typer.echo(f"  SecretKey: {cred.secret_key}")
+        typer.echo(f"  regions:   {', '.join(state.regions)}")
+        if not no_save:
+            typer.echo("  changes are saved to the fleet file")
+        if faults is not None:
+            typer.echo(f"  injecting faults: {faults}")
+        typer.echo("Press Ctrl-C to stop.")
+
+    try:
+        serve(app, host, port, ready=ready)
+    except KeyboardInterrupt:
+        typer.echo("\nstopped.")
+    except OSError as error:
+        raise _fail(ConfigError(f"cannot listen on {host}:{port}: {error.strerror}")) from None

@@ -1,0 +1,486 @@
+"""Reading, checking and writing the emulator's fleet file (``examples/fleet.yaml``).
+
+Called by ``emulator/state.py`` only. The fleet file is the emulator's whole world: accepted
+credentials and, per region, instances and key pairs with their bindings
+(``schemas/fleet.schema.json`` describes it).
+
+Fleet files can be big (tens of thousands of instances), and PyYAML, even with libyaml, needs
+seconds for that. So the emulator writes a YAML file in a fixed shape, one flow map per item
+on one line, whose values are JSON scalars or lists (valid YAML). ``parse_fleet_text`` reads
+that shape with a line scanner and ``json`` and falls back to ``yaml.CSafeLoader`` for any file
+that does not fit it (hand-written files). Both paths give the same data; tests check it.
+
+Every problem is reported as ``FILE:LINE:COL: message`` through ``InputError``; locations are
+found by re-reading the file with marks only when there is something to report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from reconciler.errors import InputError, Problem
+from reconciler.ids import KNOWN_REGIONS, canonical_region, is_instance_id, is_key_id
+
+PathT = tuple[str | int, ...]
+
+INSTANCE_FIELDS = ("id", "name", "os", "status", "zone", "lan_ip", "wan_ips", "created")
+INSTANCE_REQUIRED = ("id", "name", "os", "status")
+KEY_FIELDS = ("id", "name", "bound", "pubkey", "created")
+KEY_REQUIRED = ("id", "name")
+CREDENTIAL_FIELDS = ("secret_id", "secret_key")
+TIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+IPV4_PATTERN = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+MAX_STATUS = 999
+
+
+# --------------------------------------------------------------------------- YAML (slow path)
+
+
+class _StrictLoader(yaml.CSafeLoader):
+    """CSafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            with contextlib.suppress(TypeError):  # unhashable keys fail later, with a mark
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(file: str, error: yaml.YAMLError) -> InputError:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    message = f"{context}: {problem}" if context else str(problem)
+    if mark is None:
+        return InputError([Problem(file, f"not valid YAML: {message}")])
+    return InputError([Problem(file, f"not valid YAML: {message}", mark.line + 1, mark.column + 1)])
+
+
+# --------------------------------------------------------------------------- fast path
+
+# The shape the writer produces. Any other line sends the file to the YAML loader.
+_HEADER_RE = re.compile(r"^(credentials|regions):( \[\]| \{\})?$")
+_REGION_RE = re.compile(r"^  ([a-z][a-z0-9-]*):$")
+_SECTION_RE = re.compile(r"^    (instances|keys):( \[\])?$")
+_CRED_ITEM_RE = re.compile(r"^  - (\{.*\})$")
+_ITEM_RE = re.compile(r"^      - (\{.*\})$")
+# A JSON string, or a bare word (a map key or a plain scalar) that becomes one.
+_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[A-Za-z_][A-Za-z0-9_.\-]*')
+_PLAIN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_resolver = yaml.resolver.Resolver()
+
+
+class _NotFastShape(Exception):
+    """The text is not in the writer's shape; use the YAML loader."""
+
+
+def _is_plain_str(word: str) -> bool:
+    """True if YAML reads ``word`` unquoted as this very string (not a bool, null, number)."""
+    tag = _resolver.resolve(yaml.ScalarNode, word, (True, False))  # type: ignore[no-untyped-call]
+    return bool(tag == "tag:yaml.org,2002:str")
+
+
+def _quote_word(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if token.startswith('"'):
+        return token
+    if not _is_plain_str(token):
+        raise _NotFastShape(token)
+    return f'"{token}"'
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _NotFastShape("duplicate key")
+    return result
+
+
+def _flow_item(text: str) -> dict[str, Any]:
+    as_json = _TOKEN_RE.sub(_quote_word, text)
+    try:
+        value = json.loads(as_json, object_pairs_hook=_no_duplicates)
+    except ValueError as error:
+        raise _NotFastShape(str(error)) from None
+    if not isinstance(value, dict):
+        raise _NotFastShape("not a map")
+    return value
+
+
+def _parse_fast(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    section: list[Any] | None = None
+    regions: dict[str, Any] | None = None
+    region: dict[str, Any] | None = None
+    top: str | None = None
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if (match := _HEADER_RE.match(line)) is not None:
+            top, empty = match.group(1), match.group(2)
+            if top in data:
+                raise _NotFastShape("duplicate top-level key")
+            if top == "credentials":
+                data["credentials"] = []
+                section = None if empty else data["credentials"]
+            else:
+                regions = data["regions"] = {}
+                region = section = None
+            continue
+        if top == "credentials" and section is not None and (m := _CRED_ITEM_RE.match(line)):
+            section.append(_flow_item(m.group(1)))
+            continue
+        if top == "regions" and isinstance(regions, dict):
+            if (match := _REGION_RE.match(line)) is not None:
+                if match.group(1) in regions:
+                    raise _NotFastShape("duplicate region")
+                region = regions[match.group(1)] = {}
+                section = None
+                continue
+            if region is not None and (match := _SECTION_RE.match(line)) is not None:
+                name = match.group(1)
+                if name in region:
+                    raise _NotFastShape("duplicate section")
+                region[name] = []
+                section = None if match.group(2) else region[name]
+                continue
+            if section is not None and (match := _ITEM_RE.match(line)) is not None:
+                section.append(_flow_item(match.group(1)))
+                continue
+        raise _NotFastShape(line)
+    if not data:
+        raise _NotFastShape("empty")
+    return data
+
+
+def parse_fleet_text(text: str, file: str) -> Any:
+    """The data of a fleet file: the fast scanner when the text fits, else the YAML loader.
+
+    Raises ``InputError`` if the text is not YAML (with the place of the problem).
+    """
+    try:
+        return _parse_fast(text)
+    except _NotFastShape:
+        pass
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        raise _yaml_error(file, error) from None
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a map"
+    return type(value).__name__
+
+
+def _check_map(
+    value: object,
+    path: PathT,
+    fields: Sequence[str],
+    required: Sequence[str],
+    what: str,
+    out: list[tuple[PathT, str]],
+) -> bool:
+    if not isinstance(value, dict):
+        out.append((path, f"{what} must be a map, not {_type_name(value)}"))
+        return False
+    for name in value:
+        if name not in fields:
+            out.append(((*path, name), f"unknown field {name!r} in {what} (allowed: {', '.join(fields)})"))
+    for name in required:
+        if name not in value:
+            out.append((path, f"{what} is missing required field {name!r}"))
+    return True
+
+
+def _check_str(value: object, path: PathT, what: str, out: list[tuple[PathT, str]]) -> bool:
+    if not isinstance(value, str):
+        out.append((path, f"{what} must be a string, not {_type_name(value)}"))
+        return False
+    return True
+
+
+def _check_time(item: Mapping[str, Any], path: PathT, out: list[tuple[PathT, str]]) -> None:
+    created = item.get("created")
+    if (
+        "created" in item
+        and _check_str(created, (*path, "created"), "created", out)
+        and not TIME_PATTERN.match(str(created))
+    ):
+        out.append(((*path, "created"), "created must look like 2020-01-31 12:00:00"))
+
+
+def check_fleet(data: Any) -> list[tuple[PathT, str]]:
+    """Every problem in fleet data, as (path in the document, message), in document order.
+
+    Mirrors ``schemas/fleet.schema.json`` (tests check the two agree) and adds what a schema
+    cannot say: IDs unique across the fleet, bindings naming instances of the same region,
+    one spelling per region.
+    """
+    out: list[tuple[PathT, str]] = []
+    if not _check_map(
+        data, (), ("credentials", "regions"), ("credentials", "regions"), "the fleet file", out
+    ):
+        return out
+    credentials = data.get("credentials")
+    if "credentials" in data:
+        if not isinstance(credentials, list) or not credentials:
+            out.append((("credentials",), "credentials must be a non-empty list of {secret_id, secret_key}"))
+        else:
+            seen_ids: set[str] = set()
+            for index, cred in enumerate(credentials):
+                path: PathT = ("credentials", index)
+                if not _check_map(cred, path, CREDENTIAL_FIELDS, CREDENTIAL_FIELDS, "a credential", out):
+                    continue
+                for name in CREDENTIAL_FIELDS:
+                    if (
+                        name in cred
+                        and _check_str(cred[name], (*path, name), name, out)
+                        and (not cred[name] or cred[name] != cred[name].strip())
+                    ):
+                        out.append(((*path, name), f"{name} must be non-empty, without surrounding spaces"))
+                secret_id = cred.get("secret_id")
+                if isinstance(secret_id, str):
+                    if secret_id in seen_ids:
+                        out.append(((*path, "secret_id"), f"secret_id {secret_id} is listed twice"))
+                    seen_ids.add(secret_id)
+    regions = data.get("regions")
+    if "regions" not in data:
+        return out
+    if not isinstance(regions, dict):
+        out.append(
+            (("regions",), f"regions must be a map of region name to region, not {_type_name(regions)}")
+        )
+        return out
+    canonical_seen: dict[str, str] = {}
+    all_instances: dict[str, str] = {}
+    all_keys: dict[str, str] = {}
+    for region_name, region in regions.items():
+        rpath: PathT = ("regions", region_name)
+        if not isinstance(region_name, str) or region_name not in KNOWN_REGIONS:
+            out.append((rpath, f"unknown region {region_name!r} (known: {', '.join(KNOWN_REGIONS)})"))
+            continue
+        long_name = canonical_region(region_name)
+        if long_name in canonical_seen:
+            out.append(
+                (rpath, f"region {region_name} is {long_name}, already given as {canonical_seen[long_name]}")
+            )
+        canonical_seen.setdefault(long_name, region_name)
+        if region is None:
+            continue
+        if not _check_map(region, rpath, ("instances", "keys"), (), f"region {region_name}", out):
+            continue
+        region_instances: set[str] = set()
+        instances = region.get("instances") or []
+        if not isinstance(instances, list):
+            out.append(((*rpath, "instances"), "instances must be a list"))
+            instances = []
+        for index, inst in enumerate(instances):
+            ipath: PathT = (*rpath, "instances", index)
+            if not _check_map(inst, ipath, INSTANCE_FIELDS, INSTANCE_REQUIRED, "an instance", out):
+                continue
+            iid = inst.get("id")
+            if "id" in inst and _check_str(iid, (*ipath, "id"), "id", out):
+                if not is_instance_id(iid):
+                    out.append(
+                        (
+                            (*ipath, "id"),
+                            f"instance id {iid!r} must be ins- and 8 lower-case letters or digits",
+                        )
+                    )
+                elif iid in all_instances:
+                    out.append(
+                        ((*ipath, "id"), f"instance {iid} is listed twice (also in {all_instances[iid]})")
+                    )
+                else:
+                    all_instances[iid] = long_name
+                    region_instances.add(iid)
+            for name in ("name", "os", "zone"):
+                if name in inst:
+                    _check_str(inst[name], (*ipath, name), name, out)
+            status = inst.get("status")
+            if "status" in inst and (
+                not isinstance(status, int) or isinstance(status, bool) or not 1 <= status <= MAX_STATUS
+            ):
+                out.append(
+                    (
+                        (*ipath, "status"),
+                        f"status must be an integer from 1 to {MAX_STATUS} (4 shut down, 2 running)",
+                    )
+                )
+            if "lan_ip" in inst and _check_str(inst["lan_ip"], (*ipath, "lan_ip"), "lan_ip", out):
+                _check_ip(inst["lan_ip"], (*ipath, "lan_ip"), out)
+            if "wan_ips" in inst:
+                wan = inst["wan_ips"]
+                if not isinstance(wan, list):
+                    out.append(((*ipath, "wan_ips"), "wan_ips must be a list of IPv4 addresses"))
+                else:
+                    for n, ip in enumerate(wan):
+                        if _check_str(ip, (*ipath, "wan_ips", n), "a WAN IP", out):
+                            _check_ip(ip, (*ipath, "wan_ips", n), out)
+            _check_time(inst, ipath, out)
+        keys = region.get("keys") or []
+        if not isinstance(keys, list):
+            out.append(((*rpath, "keys"), "keys must be a list"))
+            keys = []
+        for index, key in enumerate(keys):
+            kpath: PathT = (*rpath, "keys", index)
+            if not _check_map(key, kpath, KEY_FIELDS, KEY_REQUIRED, "a key", out):
+                continue
+            kid = key.get("id")
+            if "id" in key and _check_str(kid, (*kpath, "id"), "id", out):
+                if not is_key_id(kid):
+                    out.append(
+                        ((*kpath, "id"), f"key id {kid!r} must be skey- and 8 lower-case letters or digits")
+                    )
+                elif kid in all_keys:
+                    out.append(((*kpath, "id"), f"key {kid} is listed twice (also in {all_keys[kid]})"))
+                else:
+                    all_keys[kid] = long_name
+            for name in ("name", "pubkey"):
+                if name in key:
+                    _check_str(key[name], (*kpath, name), name, out)
+            _check_time(key, kpath, out)
+            bound = key.get("bound", [])
+            if bound is None:
+                continue
+            if not isinstance(bound, list):
+                out.append(((*kpath, "bound"), "bound must be a list of instance IDs"))
+                continue
+            seen_bound: set[str] = set()
+            for n, iid in enumerate(bound):
+                bpath: PathT = (*kpath, "bound", n)
+                if not isinstance(iid, str) or not is_instance_id(iid):
+                    out.append((bpath, f"bound must list instance IDs (ins-xxxxxxxx), not {iid!r}"))
+                elif iid in seen_bound:
+                    out.append((bpath, f"instance {iid} is listed twice"))
+                elif iid not in region_instances:
+                    out.append((bpath, f"instance {iid} is not an instance of region {region_name}"))
+                else:
+                    seen_bound.add(iid)
+    return out
+
+
+def _check_ip(value: str, path: PathT, out: list[tuple[PathT, str]]) -> None:
+    match = IPV4_PATTERN.match(value)
+    if match is None or any(int(part) > 255 for part in match.groups()):
+        out.append((path, f"{value!r} is not an IPv4 address"))
+
+
+def _locate(text: str, path: PathT) -> tuple[int, int] | None:
+    """Line and column (1-based) of the node at ``path``, or of its deepest existing parent."""
+    try:
+        node = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError:
+        return None
+    if node is None:
+        return None
+    for step in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(step):
+                    child = value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+            child = node.value[step]
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def problems_to_error(text: str, file: str, problems: list[tuple[PathT, str]]) -> InputError:
+    """An ``InputError`` whose problems point at their line and column in ``text``."""
+    located: list[Problem] = []
+    for path, message in problems:
+        place = _locate(text, path) if text else None
+        if place is None:
+            located.append(Problem(file, message))
+        else:
+            located.append(Problem(file, message, place[0], place[1]))
+    return InputError(located, hint="see schemas/fleet.schema.json and examples/fleet.yaml")
+
+
+# --------------------------------------------------------------------------- writing
+
+# Characters YAML does not allow literally, or reads as line breaks: written as \\uXXXX,
+# an escape both JSON and YAML double-quoted strings understand.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, str):
+        if _PLAIN_RE.match(value) and _is_plain_str(value):
+            return value
+        text = json.dumps(value, ensure_ascii=False)
+        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"cannot write {value!r} to a fleet file")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_scalar(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to a fleet file")
+
+
+def _flow(item: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{name}: {_scalar(value)}" for name, value in item.items()) + "}"
+
+
+def dump_fleet(data: Mapping[str, Any]) -> str:
+    """The text of a fleet file in the shape ``parse_fleet_text`` reads fast.
+
+    ``data`` must be valid fleet data (``check_fleet`` finds nothing). Map keys are written in
+    the order given; each instance, key and credential is one line.
+    """
+    lines = [
+        "# Fleet of the cvmkeys CVM API emulator (schemas/fleet.schema.json).",
+        "# Written by the emulator: one item per line; comments are not kept.",
+    ]
+    credentials = data.get("credentials") or []
+    lines.append("credentials:" + ("" if credentials else " []"))
+    lines.extend(f"  - {_flow(cred)}" for cred in credentials)
+    regions = data.get("regions") or {}
+    lines.append("regions:" + ("" if regions else " {}"))
+    for name, region in regions.items():
+        lines.append(f"  {name}:")
+        region = region or {}
+        for section in ("instances", "keys"):
+            items = region.get(section) or []
+            lines.append(f"    {section}:" + ("" if items else " []"))
+            lines.extend(f"      - {_flow(item)}" for item in items)
+    return "\n".join(lines) + "\n"
