@@ -25,9 +25,7 @@ LOADERS = ["pure"] + (["c"] if hasattr(yaml, "CSafeLoader") else [])
 def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with the C composer and again with the pure-Python fallback."""
     name: str = request.param
-    monkeypatch.setattr(
-        yaml_nodes, "LOADER", yaml.CSafeLoader if name == "c" else yaml.SafeLoader
-    )
+    monkeypatch.setattr(yaml_nodes, "LOADER", yaml.CSafeLoader if name == "c" else yaml.SafeLoader)
     return name
 
 
@@ -78,9 +76,7 @@ def test_example_loads_to_the_expected_desired_state(loader: str) -> None:
                 "ci-deploy",
                 at("skey-3glfot13:"),
             ),
-            "skey-8x9y0z12": DesiredKey(
-                "skey-8x9y0z12", frozenset(), "old-laptop", at("skey-8x9y0z12:")
-            ),
+            "skey-8x9y0z12": DesiredKey("skey-8x9y0z12", frozenset(), "old-laptop", at("skey-8x9y0z12:")),
             "skey-5k6l7m8n": DesiredKey(
                 "skey-5k6l7m8n",
                 frozenset({"ins-9c8d7e6f", "ins-99999999"}),
@@ -217,10 +213,7 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "instance twice in protected": (
         HEAD + "protected:\n  instances:\n    - ins-1a2b3c4d\n    - ins-1a2b3c4d\n",
-        [
-            "f.yaml:6:7: 'ins-1a2b3c4d' is listed twice under 'protected.instances': "
-            "at lines 5 and 6"
-        ],
+        ["f.yaml:6:7: 'ins-1a2b3c4d' is listed twice under 'protected.instances': at lines 5 and 6"],
     ),
     "bad IDs": (
         HEAD
@@ -333,8 +326,7 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
             "f.yaml:3:7: YAML tag '!!set' is not allowed: use plain mappings, lists and scalars",
             "f.yaml:3:27: key 'skey-aaaaaaaa' must be a mapping with 'instances' (and "
             "optionally 'name'), got null",
-            "f.yaml:4:24: YAML tag '!custom' is not allowed: use plain mappings, lists and "
-            "scalars",
+            "f.yaml:4:24: YAML tag '!custom' is not allowed: use plain mappings, lists and scalars",
         ],
     ),
     "empty file": ("", ["f.yaml:1:1: empty file: expected a mapping with version, region, keys"]),
@@ -352,10 +344,7 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "top level is text": (
         "hello\n",
-        [
-            "f.yaml:1:1: the top level must be a mapping with version, region, keys; "
-            "got the text 'hello'"
-        ],
+        ["f.yaml:1:1: the top level must be a mapping with version, region, keys; got the text 'hello'"],
     ),
     "recursive alias": (
         HEAD + "keys: &k {skey-aaaaaaaa: *k}\n",
@@ -405,15 +394,13 @@ def test_two_documents_in_one_file(here: Path, loader: str) -> None:
 
 def test_python_tags_never_construct_objects(here: Path, loader: str) -> None:
     (here / "f.yaml").write_text(
-        HEAD + "keys: !!python/object/apply:os.system ['touch pwned']\n"
-        "x: !!python/name:os.system ''\n"
+        HEAD + "keys: !!python/object/apply:os.system ['touch pwned']\nx: !!python/name:os.system ''\n"
     )
     assert problems("f.yaml") == [
         "f.yaml:3:7: YAML tag '!!python/object/apply:os.system' is not allowed: "
         "use plain mappings, lists and scalars",
         "f.yaml:3:7: 'keys' must be a mapping, got a list",
-        "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, "
-        "protected, safety)",
+        "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, protected, safety)",
         "f.yaml:4:4: YAML tag '!!python/name:os.system' is not allowed: use plain mappings, "
         "lists and scalars",
     ]
@@ -444,8 +431,7 @@ def test_not_utf8_points_at_the_bad_byte(here: Path) -> None:
 def test_control_character_points_at_it(here: Path) -> None:
     (here / "f.yaml").write_text("version: 1\nregion: gz\n# é \x1b[31m\n", encoding="utf-8")
     assert problems("f.yaml") == [
-        "f.yaml:3:5: control character U+001B (ESC) is not allowed in YAML (is this a binary "
-        "file?)"
+        "f.yaml:3:5: control character U+001B (ESC) is not allowed in YAML (is this a binary file?)"
     ]
 
 
@@ -475,16 +461,13 @@ def test_a_folder_with_only_a_fleet_file_is_an_error(here: Path) -> None:
 def test_no_paths_at_all() -> None:
     with pytest.raises(InputError) as caught:
         load_paths([])
-    assert [str(p) for p in caught.value.problems] == [
-        "cvmkeys: no desired-state files or directories given"
-    ]
+    assert [str(p) for p in caught.value.problems] == ["cvmkeys: no desired-state files or directories given"]
 
 
 def test_files_of_one_region_must_agree_and_not_share_keys(here: Path) -> None:
     (here / "a.yaml").write_text("version: 1\nregion: gz\nkeys:\n  skey-aaaaaaaa: {instances: []}\n")
     (here / "b.yaml").write_text(
-        "version: 1\nregion: ap-guangzhou\nscope: account\nkeys:\n"
-        "  skey-aaaaaaaa: {instances: []}\n"
+        "version: 1\nregion: ap-guangzhou\nscope: account\nkeys:\n  skey-aaaaaaaa: {instances: []}\n"
     )
     (here / "c.yaml").write_text("version: 1\nregion: ap-guangzhou\nscope: account\n")
     assert problems(".") == [
@@ -540,7 +523,7 @@ def _best_cpu(function: object, runs: int = 3) -> float:
 def test_load_and_validate_cost_at_most_three_plain_yaml_loads(here: Path) -> None:
     text = _big_document(keys=200, per_key=50)  # 10,000 instance entries
     (here / "big.yaml").write_text(text)
-    baseline = _best_cpu(lambda: yaml.load(text, Loader=yaml.CSafeLoader))  # noqa: S506
+    baseline = _best_cpu(lambda: yaml.load(text, Loader=yaml.CSafeLoader))
     ours = _best_cpu(lambda: load_paths([Path("big.yaml")]))
     loaded = load_paths([Path("big.yaml")])
     assert sum(len(key.instances) for key in loaded.by_region["ap-guangzhou"].keys.values()) == 10_000
@@ -553,4 +536,3 @@ def test_load_and_validate_cost_at_most_three_plain_yaml_loads(here: Path) -> No
 def test_loaded_desired_summary_counts() -> None:
     loaded = LoadedDesired(files=(), by_region={})
     assert loaded.summary() == "0 files, 0 regions, 0 keys, 0 instances: valid"
-

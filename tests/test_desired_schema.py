@@ -52,9 +52,7 @@ def test_id_patterns_are_the_ones_in_ids(schema: dict[str, Any]) -> None:
 
 
 def test_every_object_forbids_unknown_fields(schema: dict[str, Any]) -> None:
-    objects = [
-        (where, sub) for where, sub in _subschemas(schema) if sub.get("type") == "object"
-    ]
+    objects = [(where, sub) for where, sub in _subschemas(schema) if sub.get("type") == "object"]
     assert len(objects) >= 4
     for where, sub in objects:
         # ``keys`` maps key IDs to entries: its additionalProperties is the entry schema.
@@ -69,7 +67,7 @@ def test_every_field_has_a_title_and_a_description(schema: dict[str, Any]) -> No
         for name, sub in node.get("properties", {}).items()
     ]
     assert len(fields) >= 10
-    for where, sub in fields + [("#", schema)]:
+    for where, sub in [*fields, ("#", schema)]:
         assert sub.get("title") and sub.get("description"), where
 
 

@@ -111,9 +111,7 @@ def _load_paths(paths: Sequence[Path]) -> LoadedDesired:
             loaded.append(result)
     if not files and not problems:
         names = ", ".join(str(path) for path in paths)
-        problems.append(
-            Problem(names, "no desired-state files found (only emulator fleet files)")
-        )
+        problems.append(Problem(names, "no desired-state files found (only emulator fleet files)"))
     by_region = _merge(loaded, problems)
     if problems:
         raise InputError(_ordered(problems))
@@ -155,9 +153,7 @@ def _yaml_files(directory: Path) -> list[Path]:
     found: list[Path] = []
     for root, dirnames, filenames in os.walk(directory):
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        found.extend(
-            Path(root) / name for name in filenames if name.lower().endswith(YAML_SUFFIXES)
-        )
+        found.extend(Path(root) / name for name in filenames if name.lower().endswith(YAML_SUFFIXES))
     return sorted(found, key=lambda path: path.parts)
 
 
@@ -202,9 +198,7 @@ def _load_file(
         problems.append(root)
         return None
     if root is None or (isinstance(root, ScalarNode) and root.tag == NULL_TAG and not root.value):
-        problems.append(
-            Problem(display, "empty file: expected a mapping with version, region, keys", 1, 1)
-        )
+        problems.append(Problem(display, "empty file: expected a mapping with version, region, keys", 1, 1))
         return None
     if not isinstance(root, MappingNode):
         kind = "a list" if isinstance(root, SequenceNode) else f"the text {root.value!r:.60}"
@@ -218,7 +212,7 @@ def _load_file(
             )
         )
         return None
-    if FLEET_FILE_KEYS <= top_level_keys(root):
+    if top_level_keys(root) >= FLEET_FILE_KEYS:
         if not explicit:
             return "skipped"
         line, column = node_position(root)
@@ -253,7 +247,7 @@ def _build(
         list_node = locator.node(path)
         if not isinstance(list_node, SequenceNode):  # pragma: no cover - validated as a list
             return
-        for item, item_node in zip(items, list_node.value):
+        for item, item_node in zip(items, list_node.value, strict=True):
             if item not in instance_locations:
                 mark = item_node.start_mark
                 instance_locations[item] = Location(display, mark.line + 1, mark.column + 1)
@@ -361,9 +355,7 @@ def _strictest(limits: Iterable[float | None]) -> Any:
     return min(given) if given else None
 
 
-def _scope_conflict(
-    region: str, first: _FileDesired, other: _FileDesired, problems: list[Problem]
-) -> None:
+def _scope_conflict(region: str, first: _FileDesired, other: _FileDesired, problems: list[Problem]) -> None:
     where = str(first.scope_given) if first.scope_given else f"{first.display} (the default)"
     problems.append(
         _problem_at(
@@ -385,9 +377,9 @@ def _extra_instance_conflicts(
     if not extras:
         return
     allowed_by: dict[str, str] = {}
-    for key_id, key in keys.items():
-        for instance_id in key.instances:
-            allowed_by.setdefault(instance_id, key_id)
+    for declared_id, declared in keys.items():
+        for instance_id in declared.instances:
+            allowed_by.setdefault(instance_id, declared_id)
     for loaded, instance_id in extras:
         key_id = allowed_by.get(instance_id)
         if key_id is None:

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
 
 from reconciler import ids, schemas
 from reconciler.desired.yaml_nodes import NodeLocator
@@ -52,7 +52,7 @@ _LONG_REGIONS = sorted(region for region in ids.KNOWN_REGIONS if "-" in region)
 
 
 @cache
-def _item_validator(kind: str) -> Draft202012Validator:
+def _item_validator(kind: str) -> Validator:
     """The schema's own subschema for one ID, to word errors exactly as the schema would."""
     full = schemas.validator(SCHEMA_NAME)
     return full.evolve(schema=schemas.load_schema(SCHEMA_NAME)["$defs"][_SCHEMA_DEF_OF_KIND[kind]])
@@ -130,9 +130,7 @@ def _check_id_list(
         item_path = (*path, index)
         messages = [
             message
-            for _, _, message in _describe_errors_at(
-                _item_validator(kind).iter_errors(item), item_path
-            )
+            for _, _, message in _describe_errors_at(_item_validator(kind).iter_errors(item), item_path)
         ]
         # The schema's ``pattern`` uses search semantics, so "ins-12345678\n" passes it; the
         # fullmatch above does not, and the ID is still wrong.
@@ -145,8 +143,7 @@ def _describe_errors_at(
 ) -> Iterator[tuple[Path_, bool, str]]:
     seen: set[tuple[Path_, str]] = set()
     for error in errors:
-        for path, at_key, message in _describe_error(error, seen, prefix):
-            yield path, at_key, message
+        yield from _describe_error(error, seen, prefix)
 
 
 def _id_message(value: Any, kind: str) -> str:
@@ -161,32 +158,35 @@ def _describe_error(
 ) -> Iterator[tuple[Path_, bool, str]]:
     """(path, points-at-key, message) for one jsonschema error; several for extra fields."""
     path: Path_ = (*prefix, *error.absolute_path)
-    keyword = error.validator
+    # jsonschema types these as "maybe unset"; for errors from iter_errors they are always set.
+    keyword: Any = error.validator
+    value: Any = error.validator_value
+    subschema: Any = error.schema
     instance = error.instance
     label = _label(path)
     if "propertyNames" in error.absolute_schema_path:
         # The error is about a mapping key; jsonschema's path stops at the mapping.
         name_path = (*path, str(instance))
         if keyword == "pattern" and isinstance(instance, str):
-            yield name_path, True, _id_message(instance, _KIND_OF_PATTERN.get(error.validator_value, "key"))
+            yield name_path, True, _id_message(instance, _KIND_OF_PATTERN.get(value, "key"))
         else:
             yield name_path, True, f"{instance!r}: {error.message}"
         return
     if keyword == "additionalProperties" and isinstance(instance, Mapping):
-        allowed = list(error.schema.get("properties", {}))
+        allowed = list(subschema.get("properties", {}))
         for name in instance:
             if name not in allowed:
                 yield (*path, name), True, f"unknown field {name!r} (allowed: {', '.join(allowed)})"
         return
     if keyword == "required" and isinstance(instance, Mapping):
-        for name in error.validator_value:
+        for name in value:
             if name in instance or (path, name) in seen_required:
                 continue
             seen_required.add((path, name))
             yield path, False, f"missing required field {name!r}" + _required_hint(path, name)
         return
     if keyword == "type":
-        expected = error.validator_value
+        expected = value
         wanted = _EXPECTED.get(expected, str(expected)) if isinstance(expected, str) else str(expected)
         if len(path) == 2 and path[0] == "keys":
             wanted = "a mapping with 'instances' (and optionally 'name')"
@@ -200,24 +200,28 @@ def _describe_error(
         yield path, False, message
         return
     if keyword == "pattern" and isinstance(instance, str):
-        yield path, False, _id_message(instance, _KIND_OF_PATTERN.get(error.validator_value, "instance"))
+        yield path, False, _id_message(instance, _KIND_OF_PATTERN.get(value, "instance"))
         return
     if keyword == "const":
         if path == ("version",) and isinstance(instance, str):
             yield path, False, f"'version' must be the number 1, got a string ({instance!r})"
         elif path == ("version",):
-            yield path, False, f"unsupported version {_describe(instance, bare=True)}: this tool reads version 1"
+            yield (
+                path,
+                False,
+                f"unsupported version {_describe(instance, bare=True)}: this tool reads version 1",
+            )
         else:
-            yield path, False, f"{label} must be {error.validator_value!r}, got {_describe(instance)}"
+            yield path, False, f"{label} must be {value!r}, got {_describe(instance)}"
         return
     if keyword == "enum":
-        yield path, False, _enum_message(path, label, instance, error.validator_value)
+        yield path, False, _enum_message(path, label, instance, value)
         return
     if keyword in ("minimum", "exclusiveMinimum"):
-        yield path, False, f"{label} must be at least {error.validator_value}, got {instance}"
+        yield path, False, f"{label} must be at least {value}, got {instance}"
         return
     if keyword in ("maximum", "exclusiveMaximum"):
-        yield path, False, f"{label} must be at most {error.validator_value}, got {instance}"
+        yield path, False, f"{label} must be at most {value}, got {instance}"
         return
     if keyword == "minLength":
         yield path, False, f"{label} must not be empty"

@@ -55,9 +55,7 @@ _MERGE_TAG = _TAG + "merge"
 _TEXT_TAGS = frozenset({STR_TAG, _TAG + "timestamp", _TAG + "value"})
 
 # What YAML itself allows in a stream (YAML 1.1 "printable"); the rest are control characters.
-_NON_PRINTABLE = re.compile(
-    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
+_NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CONTROL_NAMES = {0: "NUL", 0x1B: "ESC", 0x7F: "DEL", 0x08: "backspace", 0x0C: "form feed"}
 
 
@@ -101,9 +99,7 @@ def read_source(path: Path, display: str) -> Source | Problem:
     except OSError as error:
         return Problem(display, f"cannot read: {error.strerror or error}")
     if len(data) > MAX_FILE_BYTES:
-        return Problem(
-            display, f"file is larger than the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit"
-        )
+        return Problem(display, f"file is larger than the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit")
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
@@ -144,10 +140,10 @@ def _char_position(text: str, offset: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- composing
 
 
-def compose(text: str, display: str) -> Node | None | Problem:
+def compose(text: str, display: str) -> Node | Problem | None:
     """The node graph of a single-document YAML text (``None`` for an empty document)."""
     try:
-        node: Node | None = yaml.compose(text, Loader=LOADER)  # noqa: S506 - compose only
+        node: Node | None = yaml.compose(text, Loader=LOADER)  # compose only: never constructs objects
     except yaml.MarkedYAMLError as error:
         line, column = mark_position(error.problem_mark or error.context_mark)
         message = f"invalid YAML: {error.problem or error.context or 'syntax error'}"
@@ -236,6 +232,7 @@ class _Constructor:
         if depth > MAX_DEPTH:
             raise _Abort(node, f"nested deeper than {MAX_DEPTH} levels")
         self.in_progress.add(ident)
+        result: tuple[Any, int]
         if isinstance(node, SequenceNode):
             if node.tag != _SEQ_TAG:
                 self.unsupported_tag(node)
@@ -313,8 +310,7 @@ class _Constructor:
     def unsupported_tag(self, node: Node) -> None:
         self.problem(
             node,
-            f"YAML tag {describe_tag(node.tag)!r} is not allowed: "
-            "use plain mappings, lists and scalars",
+            f"YAML tag {describe_tag(node.tag)!r} is not allowed: use plain mappings, lists and scalars",
         )
 
     def non_string_key(self, node: Node) -> None:
