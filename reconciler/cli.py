@@ -7,19 +7,38 @@ is a bug and is shown as a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from reconciler import __version__
-from reconciler.errors import CvmkeysError, InputError
+from reconciler.cloud.observe import observe_for_plan
+from reconciler.connect import Connection, ConnectOptions, connect, emulator_label
+from reconciler.core.plan import build_plan
+from reconciler.errors import (
+    ApprovalError,
+    ConfigError,
+    CvmkeysError,
+    InputError,
+    PlanIntegrityError,
+    PlanRefusedError,
+    UnsafePlanError,
+)
+from reconciler.execute.executor import ExecEvent, ExecOptions, Executor, check_fresh
+from reconciler.model import ApplyResult, Desired, Outcome, Plan, SafetyLimits
 
 app = typer.Typer(
     name="cvmkeys",
@@ -115,6 +134,360 @@ def validate(paths: PathsArgument) -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# --------------------------------------------------------------------------- cloud commands
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+EmulatorOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--emulator", metavar="FLEET", help="Talk to the bundled emulator, loaded from this fleet file."
+    ),
+]
+EndpointOption = Annotated[
+    str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
+]
+RateLimitOption = Annotated[
+    float, typer.Option("--rate-limit", help="Client-side limit, requests per second per action.")
+]
+NoColorOption = Annotated[bool, typer.Option("--no-color", help="No colour in the output.")]
+MaxUnbindsOption = Annotated[
+    int | None,
+    typer.Option("--max-unbinds", min=0, help="Safety: at most this many unbinds (wins over the file)."),
+]
+MaxPercentOption = Annotated[
+    float | None,
+    typer.Option("--max-unbind-percent", min=0, max=100, help="Safety: at most this % of owned bindings."),
+]
+
+
+def _use_color(no_color: bool) -> bool:
+    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _single_region(paths: list[Path]) -> Desired:
+    from reconciler.desired.loader import load_paths
+
+    loaded = load_paths(paths)
+    if len(loaded.by_region) != 1:
+        regions = ", ".join(sorted(loaded.by_region)) or "none"
+        raise ConfigError(
+            f"the files cover {len(loaded.by_region)} regions ({regions}); plan one region at a time",
+            hint="pass only the files of one region",
+        )
+    (desired,) = loaded.by_region.values()
+    return desired
+
+
+def _make_plan(
+    paths: list[Path], options: ConnectOptions, limits: SafetyLimits, on_attempt: Any = None
+) -> tuple[Plan, Connection]:
+    desired = _single_region(paths)
+    connection = connect(desired.region, options, on_attempt=on_attempt)
+    try:
+        observed = observe_for_plan(connection.client, desired)
+    except BaseException:
+        connection.close()
+        raise
+    plan = build_plan(
+        desired, observed, endpoint=connection.endpoint_label, limits_override=limits, created_at=_now()
+    )
+    return plan, connection
+
+
+def _render_plan(plan: Plan, fmt: OutputFormat, color: bool) -> str:
+    from reconciler.core.document import dump_plan
+    from reconciler.render.markdown import render_plan_markdown
+    from reconciler.render.text import render_plan_text
+
+    if fmt is OutputFormat.json:
+        return dump_plan(plan)
+    if fmt is OutputFormat.markdown:
+        return render_plan_markdown(plan)
+    return render_plan_text(plan, color=color)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plan_errors(plan: Plan) -> CvmkeysError:
+    return PlanRefusedError(
+        f"the plan has {plan.summary.errors} error{'s' if plan.summary.errors != 1 else ''}: "
+        "fix the desired-state file or the cloud, then plan again"
+    )
+
+
+@app.command()
+def plan(
+    paths: PathsArgument,
+    emulator: EmulatorOption = None,
+    endpoint: EndpointOption = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="Output format.")
+    ] = OutputFormat.text,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="PLANFILE", help="Save the plan (JSON) for apply.")
+    ] = None,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 when there are no changes, 2 when there are.")
+    ] = False,
+    no_color: NoColorOption = False,
+    max_unbinds: MaxUnbindsOption = None,
+    max_unbind_percent: MaxPercentOption = None,
+    rate_limit: RateLimitOption = 10.0,
+) -> None:
+    """Read the live bindings, diff them against the files, show the unbinds that would follow.
+
+    Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml --out plan.json
+    """
+    from reconciler.core.document import dump_plan
+
+    with _reporting_errors():
+        options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit)
+        the_plan, connection = _make_plan(paths, options, SafetyLimits(max_unbinds, max_unbind_percent))
+        connection.close()
+        typer.echo(
+            _render_plan(the_plan, output_format, _use_color(no_color)),
+            nl=output_format is not OutputFormat.json,
+        )
+        if the_plan.has_errors:
+            raise _plan_errors(the_plan)
+        if out is not None:
+            _write_atomically(out, dump_plan(the_plan))
+            _stderr().print(
+                f"Saved the plan to {out}. To apply exactly this plan: cvmkeys apply {out}", soft_wrap=True
+            )
+        if detailed_exitcode and the_plan.changes:
+            raise typer.Exit(2)
+
+
+@app.command()
+def show(
+    planfile: Annotated[Path, typer.Argument(help="A plan saved by plan --out.")],
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="Output format.")
+    ] = OutputFormat.text,
+    no_color: NoColorOption = False,
+) -> None:
+    """Render a saved plan without any API call.
+
+    Example: cvmkeys show plan.json --format markdown
+    """
+    with _reporting_errors():
+        the_plan = _read_plan(planfile)
+        typer.echo(
+            _render_plan(the_plan, output_format, _use_color(no_color)),
+            nl=output_format is not OutputFormat.json,
+        )
+
+
+def _read_plan(planfile: Path) -> Plan:
+    from reconciler.core.document import load_plan
+
+    try:
+        text = planfile.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PlanIntegrityError(f"{planfile}: cannot read the plan file: {error}") from None
+    return load_plan(text, str(planfile))
+
+
+def _is_plan_file(paths: list[Path]) -> bool:
+    if len(paths) != 1 or not paths[0].is_file():
+        return False
+    with paths[0].open("rb") as handle:
+        return handle.read(64).lstrip().startswith(b"{")
+
+
+class _Progress:
+    """Progress for apply: a rich bar on a terminal, one plain line per event otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.console = _stderr()
+        self.live = self.console.is_terminal
+        self.bar: Any = None
+        if self.live and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.task = self.bar.add_task("unbinding", total=total)
+            self.bar.start()
+
+    def __call__(self, event: ExecEvent) -> None:
+        if self.bar is not None:
+            self.bar.update(
+                self.task,
+                completed=event.bindings_done,
+                description=f"{event.calls} calls · {event.message[:48]}",
+            )
+        else:
+            self.console.print(f"apply: {event.message}", markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _confirm(plan: Plan) -> None:
+    if not sys.stdin.isatty():
+        raise ApprovalError(
+            "apply needs confirmation, but standard input is not a terminal",
+            hint="review the plan, then run again with --auto-approve, or apply a saved plan file",
+        )
+    console = _stderr()
+    console.print("\nDo you want to perform these actions? Only 'yes' will be accepted.")
+    answer = input("  Enter a value: ")
+    if answer.strip() != "yes":
+        raise ApprovalError("apply cancelled")
+
+
+@app.command()
+def apply(
+    paths: Annotated[
+        list[Path], typer.Argument(help="A saved plan file, or desired-state files/directories.")
+    ],
+    emulator: EmulatorOption = None,
+    endpoint: EndpointOption = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply even when the plan trips a safety limit.")
+    ] = False,
+    parallelism: Annotated[
+        int, typer.Option("--parallelism", min=1, max=32, help="Calls in flight at once.")
+    ] = 4,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", metavar="FILE", help="Append every API call as JSON lines.")
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="Result format: text or json.")
+    ] = OutputFormat.text,
+    no_color: NoColorOption = False,
+    max_unbinds: MaxUnbindsOption = None,
+    max_unbind_percent: MaxPercentOption = None,
+    rate_limit: RateLimitOption = 10.0,
+) -> None:
+    """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
+
+    Examples: cvmkeys apply plan.json
+              cvmkeys apply examples/bindings.yaml --emulator examples/fleet.yaml
+    """
+    from reconciler.core.document import result_to_data
+    from reconciler.execute.audit import AuditLog
+    from reconciler.render.text import render_result_text
+
+    with _reporting_errors():
+        if output_format is OutputFormat.markdown:
+            raise ConfigError("apply results come as text or json")
+        audit = AuditLog(audit_log) if audit_log else None
+        color = _use_color(no_color)
+        try:
+            options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit)
+            if _is_plan_file(paths):
+                the_plan = _read_plan(paths[0])
+                if the_plan.has_errors:
+                    raise _plan_errors(the_plan)
+                options = _options_for_saved_plan(the_plan, options)
+                connection = connect(the_plan.region, options, on_attempt=audit)
+                check_fresh(connection.client, the_plan)
+            else:
+                the_plan, connection = _make_plan(
+                    paths, options, SafetyLimits(max_unbinds, max_unbind_percent), on_attempt=audit
+                )
+                _stderr().print(_render_plan(the_plan, OutputFormat.text, color), end="")
+                if the_plan.has_errors:
+                    raise _plan_errors(the_plan)
+            with connection:
+                if not the_plan.safety.safe and not force:
+                    raise UnsafePlanError(
+                        "the plan is UNSAFE: " + "; ".join(the_plan.safety.violations),
+                        hint="check the plan; if it is right, apply it with --force",
+                    )
+                if the_plan.ready_changes and not auto_approve and not _is_plan_file(paths):
+                    _confirm(the_plan)
+                result = _execute(connection, the_plan, parallelism)
+        finally:
+            if audit is not None:
+                audit.close()
+        if output_format is OutputFormat.json:
+            typer.echo(json.dumps(result_to_data(result), indent=2, sort_keys=True))
+        else:
+            typer.echo(render_result_text(result, color=color, plan=the_plan), nl=False)
+        raise typer.Exit(_apply_exit_code(result))
+
+
+def _options_for_saved_plan(the_plan: Plan, options: ConnectOptions) -> ConnectOptions:
+    """Connect where the plan was made unless told otherwise, and refuse a different place."""
+    if options.emulator is None and options.endpoint is None:
+        if the_plan.endpoint.startswith("emulator:"):
+            options.emulator = Path(the_plan.endpoint.removeprefix("emulator:"))
+        else:
+            options.endpoint = the_plan.endpoint
+        return options
+    given = emulator_label(options.emulator) if options.emulator else (options.endpoint or "")
+    if given != the_plan.endpoint:
+        raise ConfigError(
+            f"the plan was made against {the_plan.endpoint}, not {given}",
+            hint="apply it where it was planned, or plan again against the new endpoint",
+        )
+    return options
+
+
+def _execute(connection: Connection, the_plan: Plan, parallelism: int) -> ApplyResult:
+    """Run the executor with Ctrl-C turned into a graceful stop (a second Ctrl-C aborts)."""
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        _stderr().print("[yellow]Stopping: no new calls; waiting for calls in flight...[/]")
+
+    progress = _Progress(len(the_plan.ready_changes))
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        executor = Executor(
+            connection.client,
+            the_plan,
+            options=ExecOptions(parallelism=parallelism),
+            on_event=progress,
+            stop=stop,
+        )
+        return executor.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+
+
+def _apply_exit_code(result: ApplyResult) -> int:
+    if result.interrupted:
+        return 130
+    if result.count(Outcome.FAILED):
+        return 1
+    if result.count(Outcome.BLOCKED):
+        return 3
+    return 0
 
 
 from reconciler.emulator.cli import emulator_app  # noqa: E402 - mounted after the commands above

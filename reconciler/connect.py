@@ -1,0 +1,101 @@
+"""Building a CVM client from command-line options: the real endpoint or the bundled emulator.
+
+Called by the CLI only. ``--emulator FLEET`` runs the emulator in this process and sends every
+request through an httpx transport straight into it (no socket), signed as for the real API,
+with the fleet's first credentials unless the environment provides some. Changes are saved
+back to the fleet file, so plan -> apply -> plan converges across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from reconciler.cloud.client import DEFAULT_ENDPOINT, AttemptRecord, CvmClient
+from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials
+from reconciler.cloud.endpoint import check_endpoint
+from reconciler.errors import ConfigError
+
+# In-process requests carry this URL; loopback, so the http:// rule is satisfied honestly.
+EMULATOR_URL = "http://localhost/v2/index.php"
+
+
+@dataclass
+class ConnectOptions:
+    """The connection options every cloud-facing command shares."""
+
+    emulator: Path | None = None
+    endpoint: str | None = None
+    rate_limit: float = 10.0
+    timeout: float = 10.0
+    max_attempts: int = 5
+
+
+@dataclass
+class Connection:
+    client: CvmClient
+    endpoint_label: str  # what the plan records: the URL, or "emulator:PATH"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def emulator_label(fleet: Path) -> str:
+    return f"emulator:{fleet}"
+
+
+def connect(
+    region: str,
+    options: ConnectOptions,
+    *,
+    on_attempt: Callable[[AttemptRecord], None] | None = None,
+) -> Connection:
+    """A client for ``region`` as the options say."""
+    if options.emulator is not None and options.endpoint is not None:
+        raise ConfigError("give --emulator or --endpoint, not both")
+
+    def make_client(credentials: Credentials, endpoint: str, via: httpx.BaseTransport | None) -> CvmClient:
+        return CvmClient(
+            credentials,
+            region,
+            endpoint=endpoint,
+            transport=via,
+            rate_limit=options.rate_limit,
+            timeout=options.timeout,
+            max_attempts=options.max_attempts,
+            on_attempt=on_attempt,
+        )
+
+    if options.emulator is not None:
+        from reconciler.emulator.app import EmulatorApp, transport
+        from reconciler.emulator.state import FleetState
+
+        state = FleetState.from_file(options.emulator, persist=True)
+        credentials = credentials_from_env() or _fleet_credentials(state, options.emulator)
+        client = make_client(credentials, EMULATOR_URL, transport(EmulatorApp(state)))
+        return Connection(client, emulator_label(options.emulator))
+    endpoint = check_endpoint(options.endpoint or DEFAULT_ENDPOINT)
+    client = make_client(load_credentials(), endpoint, None)
+    return Connection(client, endpoint)
+
+
+def _fleet_credentials(state: object, fleet: Path) -> Credentials:
+    pairs = getattr(state, "credentials", None) or []
+    if not pairs:
+        raise ConfigError(f"{fleet}: the fleet file lists no credentials")
+    first = pairs[0]
+    secret_id = getattr(first, "secret_id", None) or first["secret_id"]
+    secret_key = getattr(first, "secret_key", None) or first["secret_key"]
+    return Credentials(secret_id, secret_key)

@@ -1,0 +1,315 @@
+"""Carrying out a plan's batches against the cloud, wave by wave, and verifying every binding.
+
+Called by the CLI's ``apply`` after the plan was checked (``check_fresh``). The rules:
+
+* only ``ready`` changes are attempted; blocked and protected ones are reported as such;
+* one UnBindInstanceKey per key per wave (at most 100 instances); batches of one wave run in
+  parallel across keys (``parallelism``) under the client's rate limit;
+* after a wave, the touched instances are polled (DescribeInstances, 100 a call, backoff,
+  timeout) until none is in status 20, so the next wave never hits a busy instance;
+* after any failed or ambiguous call the truth is observed again: a binding that is gone is
+  done, one whose instance can no longer be unbound is failed, the rest are retried within
+  ``max_attempts``; a retry never names a binding that is already gone;
+* a final observation verifies every attempted binding;
+* a stop request (Ctrl-C) starts no new call, lets calls in flight finish, and reports the rest
+  as not attempted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from reconciler.cloud.client import CallResult, CvmClient
+from reconciler.cloud.observe import observe_subset
+from reconciler.core.batching import MAX_INSTANCES_PER_CALL
+from reconciler.core.diff import blocked_reason
+from reconciler.core.plan import fingerprint_of
+from reconciler.errors import ApiError, CloudError, StalePlanError
+from reconciler.model import (
+    STATUS_KEY_ISSUING,
+    ApplyResult,
+    BindingResult,
+    ChangeStatus,
+    Outcome,
+    Plan,
+)
+
+Binding = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    """Progress, for the CLI to show: ``kind`` is one of wave-start, call-done, call-failed,
+    waiting, retry, verify, stopped."""
+
+    kind: str
+    wave: int
+    message: str
+    bindings_done: int = 0
+    bindings_total: int = 0
+    calls: int = 0
+
+
+@dataclass
+class ExecOptions:
+    parallelism: int = 4
+    max_attempts: int = 3  # per binding, counting the first call
+    wait_timeout: float = 600.0  # seconds a wave may wait for status 20 to clear
+    poll_initial: float = 0.5
+    poll_max: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class _Track:
+    attempts: int = 0
+    outcome: Outcome | None = None
+    reason: str = ""
+    code: int | None = None
+
+
+@dataclass
+class _State:
+    tracks: dict[Binding, _Track] = field(default_factory=dict)
+    calls: int = 0
+    interrupted: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def done_count(self) -> int:
+        return sum(1 for t in self.tracks.values() if t.outcome is Outcome.DONE)
+
+
+def check_fresh(client: CvmClient, plan: Plan) -> None:
+    """Refuse (StalePlanError) when what the plan touches changed since it was made."""
+    fp = plan.fingerprint
+    observed = observe_subset(client, plan.region, fp.key_ids, fp.instance_ids)
+    fresh = fingerprint_of(observed, fp.key_ids, fp.instance_ids)
+    if fresh.digest == fp.digest:
+        return
+    details: list[str] = []
+    for change in plan.ready_changes:
+        pair = observed.keys.get(change.key_id)
+        inst = observed.instances.get(change.instance_id)
+        if pair is None or change.instance_id not in pair.bound_instance_ids:
+            details.append(f"{change.key_id} is no longer bound to {change.instance_id}")
+        elif inst is None or inst.status != change.instance_status:
+            now = "gone" if inst is None else f"status {inst.status}"
+            details.append(f"{change.instance_id} was status {change.instance_status}, now {now}")
+    if not details:
+        details.append("the bindings of the touched keys changed")
+    shown = "; ".join(details[:5]) + (f"; and {len(details) - 5} more" if len(details) > 5 else "")
+    raise StalePlanError(
+        f"plan is stale: {shown} since the plan was made; run plan again",
+        hint="cvmkeys plan ... --out PLANFILE, review it, then apply the new plan",
+    )
+
+
+class Executor:
+    """Runs one plan. Not reusable: make a new one per apply."""
+
+    def __init__(
+        self,
+        client: CvmClient,
+        plan: Plan,
+        *,
+        options: ExecOptions | None = None,
+        on_event: Callable[[ExecEvent], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.plan = plan
+        self.options = options or ExecOptions()
+        self.on_event = on_event or (lambda event: None)
+        self.stop = stop or threading.Event()
+        self._state = _State({(c.key_id, c.instance_id): _Track() for c in plan.ready_changes})
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> ApplyResult:
+        """Execute every wave, verify, and return what happened to each binding."""
+        calls_before = sum(self.client.calls.values())
+        waves = sorted({b.wave for b in self.plan.batches})
+        for wave in waves:
+            if self.stop.is_set():
+                break
+            todo = [(b.key_id, iid) for b in self.plan.batches if b.wave == wave for iid in b.instance_ids]
+            self._run_wave(wave, todo)
+        if self.stop.is_set():
+            self._state.interrupted = True
+            self._emit("stopped", -1, "stopped: no new calls started; calls in flight finished")
+        else:
+            self._verify()
+        return self._result(calls_before)
+
+    # ------------------------------------------------------------------ waves
+
+    def _run_wave(self, wave: int, bindings: list[Binding]) -> None:
+        pending = bindings
+        self._emit("wave-start", wave, f"wave {wave + 1}: {len(pending)} unbinds")
+        while pending and not self.stop.is_set():
+            pending = [b for b in pending if self._track(b).outcome is None]
+            if not pending:
+                break
+            for binding in pending:
+                self._track(binding).attempts += 1
+            uncertain = self._send(wave, _group(pending))
+            touched = sorted({iid for _, iid in pending})
+            self._wait_idle(wave, touched)
+            pending = self._settle(wave, uncertain) if uncertain else []
+
+    def _send(self, wave: int, calls: list[tuple[str, tuple[str, ...]]]) -> list[tuple[Binding, CloudError]]:
+        """Send the calls in parallel; return the bindings whose call failed, with the error."""
+        uncertain: list[tuple[Binding, CloudError]] = []
+        succeeded: list[Binding] = []
+        queue = list(calls)
+        with ThreadPoolExecutor(max_workers=max(1, self.options.parallelism)) as pool:
+            running: dict[Future[CallResult], tuple[str, tuple[str, ...]]] = {}
+            while queue or running:
+                while queue and len(running) < self.options.parallelism and not self.stop.is_set():
+                    key_id, ids = queue.pop(0)
+                    running[pool.submit(self.client.unbind_instance_key, key_id, ids)] = (key_id, ids)
+                if not running:
+                    break  # stopped with calls still queued: they stay unattempted
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key_id, ids = running.pop(future)
+                    with self._state.lock:
+                        self._state.calls += 1
+                    error = future.exception()
+                    if error is None:
+                        succeeded.extend((key_id, iid) for iid in ids)
+                        self._emit("call-done", wave, f"unbound {key_id} from {len(ids)} instances")
+                    elif isinstance(error, CloudError):
+                        uncertain.extend(((key_id, iid), error) for iid in ids)
+                        self._emit("call-failed", wave, f"{error.message}; checking what happened")
+                    else:
+                        raise error
+        for key_id, ids in queue:  # never sent (stopped): not an attempt
+            for iid in ids:
+                self._track((key_id, iid)).attempts -= 1
+        for binding in succeeded:
+            self._track(binding).outcome = Outcome.DONE
+        return uncertain
+
+    def _wait_idle(self, wave: int, instance_ids: Sequence[str]) -> None:
+        """Poll until none of these instances is in status 20 (or the timeout passes)."""
+        busy = list(instance_ids)
+        delay = self.options.poll_initial
+        deadline = self.options.clock() + self.options.wait_timeout
+        first = True
+        while busy and not self.stop.is_set():
+            if not first:
+                if self.options.clock() + delay > deadline:
+                    for binding, track in self._state.tracks.items():
+                        if binding[1] in busy and track.outcome is None:
+                            track.outcome = Outcome.FAILED
+                            track.reason = (
+                                f"instance stayed in status 20 (key issuing) for over "
+                                f"{self.options.wait_timeout:g}s"
+                            )
+                    return
+                self._emit("waiting", wave, f"waiting for {len(busy)} instances to finish key issuing")
+                self.options.sleep(delay)
+                delay = min(delay * 1.5, self.options.poll_max)
+            first = False
+            found = self.client.describe_instances(busy)
+            busy = sorted(i.instance_id for i in found if i.status == STATUS_KEY_ISSUING)
+
+    def _settle(self, wave: int, uncertain: list[tuple[Binding, CloudError]]) -> list[Binding]:
+        """Observe the truth for failed calls; return the bindings to retry."""
+        keys = {b[0] for b, _ in uncertain}
+        instances = {b[1] for b, _ in uncertain}
+        observed = observe_subset(self.client, self.plan.region, keys, instances)
+        retry: list[Binding] = []
+        for binding, error in uncertain:
+            track = self._track(binding)
+            pair = observed.keys.get(binding[0])
+            if pair is None or binding[1] not in pair.bound_instance_ids:
+                track.outcome = Outcome.DONE
+                continue
+            track.code = error.code if isinstance(error, ApiError) else None
+            reason = blocked_reason(observed.instances.get(binding[1]), self.plan.region)
+            if reason is not None:
+                track.outcome = Outcome.FAILED
+                track.reason = f"{reason} ({error.message})"
+            elif track.attempts >= self.options.max_attempts:
+                track.outcome = Outcome.FAILED
+                track.reason = f"{error.message} (after {track.attempts} attempts)"
+            else:
+                retry.append(binding)
+        if retry:
+            self._emit("retry", wave, f"retrying {len(retry)} unbinds that are still bound")
+        return retry
+
+    def _verify(self) -> None:
+        attempted = [b for b, t in self._state.tracks.items() if t.outcome is Outcome.DONE]
+        if not attempted:
+            return
+        self._emit("verify", -1, f"verifying {len(attempted)} unbinds")
+        observed = observe_subset(self.client, self.plan.region, {k for k, _ in attempted}, ())
+        for key_id, iid in attempted:
+            pair = observed.keys.get(key_id)
+            if pair is not None and iid in pair.bound_instance_ids:
+                track = self._track((key_id, iid))
+                track.outcome = Outcome.FAILED
+                track.reason = "the API accepted the unbind but the binding is still there"
+
+    # ------------------------------------------------------------------ helpers
+
+    def _track(self, binding: Binding) -> _Track:
+        return self._state.tracks[binding]
+
+    def _emit(self, kind: str, wave: int, message: str) -> None:
+        self.on_event(
+            ExecEvent(
+                kind,
+                wave,
+                message,
+                bindings_done=self._state.done_count(),
+                bindings_total=len(self._state.tracks),
+                calls=self._state.calls,
+            )
+        )
+
+    def _result(self, calls_before: int) -> ApplyResult:
+        results: list[BindingResult] = []
+        for change in self.plan.changes:
+            binding = (change.key_id, change.instance_id)
+            if change.status is ChangeStatus.BLOCKED:
+                results.append(BindingResult(*binding, Outcome.BLOCKED, change.reason))
+            elif change.status is ChangeStatus.PROTECTED:
+                results.append(BindingResult(*binding, Outcome.PROTECTED, change.reason))
+            else:
+                track = self._track(binding)
+                if track.outcome is None:
+                    results.append(
+                        BindingResult(*binding, Outcome.NOT_ATTEMPTED, "not attempted", None, track.attempts)
+                    )
+                else:
+                    results.append(
+                        BindingResult(*binding, track.outcome, track.reason, track.code, track.attempts)
+                    )
+        return ApplyResult(
+            region=self.plan.region,
+            results=tuple(results),
+            calls=dict(self.client.calls),
+            interrupted=self._state.interrupted,
+        )
+
+
+def _group(bindings: Iterable[Binding]) -> list[tuple[str, tuple[str, ...]]]:
+    """One call per key, at most 100 instances a call (bindings of one wave never share an instance)."""
+    by_key: dict[str, list[str]] = {}
+    for key_id, iid in bindings:
+        by_key.setdefault(key_id, []).append(iid)
+    calls: list[tuple[str, tuple[str, ...]]] = []
+    for key_id in sorted(by_key):
+        ids = sorted(by_key[key_id])
+        for start in range(0, len(ids), MAX_INSTANCES_PER_CALL):
+            calls.append((key_id, tuple(ids[start : start + MAX_INSTANCES_PER_CALL])))
+    return calls
