@@ -1,0 +1,231 @@
+"""plan and apply end to end: the real CLI, the real client, the emulator over in-process HTTP
+or a real socket, real signatures. Checks convergence, the mutation log, waves, throttling,
+stale and edited plans, safety, confirmation, and that the secret key never leaks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
+from reconciler.cli import app
+from reconciler.cloud.client import AttemptRecord, CvmClient
+from reconciler.cloud.credentials import Credentials
+from reconciler.cloud.observe import observe_for_plan
+from reconciler.core.plan import build_plan
+from reconciler.desired.loader import load_paths
+from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.server import serve_in_thread
+from reconciler.emulator.state import FleetState
+from reconciler.execute.executor import ExecOptions, Executor
+from reconciler.model import ChangeStatus, Outcome
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+runner = CliRunner()
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> tuple[Path, Path]:
+    fleet = tmp_path / "fleet.yaml"
+    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
+    return EXAMPLES / "bindings.yaml", fleet
+
+
+def test_example_plan_apply_plan_converges(example: tuple[Path, Path], tmp_path: Path) -> None:
+    desired, fleet = example
+    code, out, _ = cli("plan", str(desired), "--emulator", str(fleet), "--out", str(tmp_path / "p.json"))
+    assert code == 0, out
+    assert "Plan:" in out and "to unbind" in out
+    saved = json.loads((tmp_path / "p.json").read_text())
+    ready = {(c["key_id"], c["instance_id"]) for c in saved["changes"] if c["status"] == "ready"}
+    assert ready, "the example should have something to unbind"
+
+    code, out, err = cli("apply", str(tmp_path / "p.json"))
+    assert code in (0, 3), out + err  # 3: blocked changes remain (the example has some)
+    live = FleetState.from_file(fleet, persist=False).bindings("ap-guangzhou")
+    assert not ready & live
+
+    code, out, _ = cli("plan", str(desired), "--emulator", str(fleet), "--format", "json")
+    assert code == 0
+    after = json.loads(out)
+    assert [c for c in after["changes"] if c["status"] == "ready"] == []
+
+
+@pytest.mark.parametrize("scope", ["keys", "instances", "account"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_generated_fleets_converge_and_mutations_are_exactly_the_plan(scope: str, seed: int) -> None:
+    gen = generate(120, 12, seed=seed, remove_fraction=0.3, scope=scope)
+    state = FleetState.from_data(gen.fleet)
+    emulator = EmulatorApp(state)
+    credentials = Credentials(SECRET_ID, SECRET_KEY)
+    client = CvmClient(
+        credentials,
+        gen.region,
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(emulator),
+        rate_limit=None,
+    )
+    path = Path(f"/tmp/cvmkeys-test-{scope}-{seed}.yaml")
+    path.write_text(gen.desired_text)
+    desired = load_paths([path]).by_region[gen.region]
+
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
+    result = Executor(client, plan).run()
+    planned = {(c.key_id, c.instance_id) for c in plan.ready_changes}
+    assert {(r.key_id, r.instance_id) for r in result.results if r.outcome is Outcome.DONE} == planned
+    mutated = Counter((m.key_id, i) for m in state.mutations for i in m.instance_ids)
+    assert set(mutated) == planned and all(n == 1 for n in mutated.values())
+    assert all(m.action == "UnBindInstanceKey" for m in state.mutations)
+
+    # Nothing outside the scope, nothing protected, nothing allowed was touched.
+    final = state.bindings(gen.region)
+    assert gen.live - final == planned
+    assert not planned & gen.allowed
+    assert not {b for b in planned if b[1] in gen.protected_instances}
+
+    again = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
+    assert again.ready_changes == ()
+    assert {(c.key_id, c.instance_id) for c in again.changes} == {
+        (c.key_id, c.instance_id) for c in plan.changes if c.status is not ChangeStatus.READY
+    }
+
+
+def _example_world(tmp_path: Path) -> tuple[Path, Path]:
+    gen = generate(60, 6, seed=7, remove_fraction=0.3)
+    return write(gen, tmp_path)
+
+
+def test_served_emulator_plan_apply_plan(tmp_path: Path) -> None:
+    fleet, desired = _example_world(tmp_path)
+    state = FleetState.from_file(fleet, persist=True)
+    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
+    with serve_in_thread(EmulatorApp(state)) as server:
+        code, out, _ = cli(
+            "plan", str(desired), "--endpoint", server.url, "--out", str(tmp_path / "p.json"), env=env
+        )
+        assert code == 0, out
+        code, out, err = cli(
+            "apply",
+            str(tmp_path / "p.json"),
+            "--endpoint",
+            server.url,
+            "--audit-log",
+            str(tmp_path / "audit.jsonl"),
+            env=env,
+        )
+        assert code in (0, 3), out + err
+        code, out, _ = cli("plan", str(desired), "--endpoint", server.url, "--format", "json", env=env)
+        assert [c for c in json.loads(out)["changes"] if c["status"] == "ready"] == []
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert {"DescribeKeyPairs", "DescribeInstances", "UnBindInstanceKey"} <= {r["action"] for r in audit}
+    for text in [out, err, (tmp_path / "p.json").read_text(), (tmp_path / "audit.jsonl").read_text()]:
+        assert SECRET_KEY not in text
+
+
+def test_edited_plan_is_refused_before_any_mutation(tmp_path: Path) -> None:
+    fleet, desired = _example_world(tmp_path)
+    plan_file = tmp_path / "p.json"
+    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    data = json.loads(plan_file.read_text())
+    data["batches"][0]["instance_ids"].append("ins-99999999")  # sneak one more unbind in
+    plan_file.write_text(json.dumps(data))
+    before = fleet.read_text()
+    code, _, err = cli("apply", str(plan_file))
+    assert code == 1
+    assert "edited" in err
+    assert fleet.read_text() == before
+
+
+def test_stale_plan_is_refused_before_any_mutation(tmp_path: Path) -> None:
+    fleet, desired = _example_world(tmp_path)
+    plan_file = tmp_path / "p.json"
+    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    change = next(c for c in json.loads(plan_file.read_text())["changes"] if c["status"] == "ready")
+    state = FleetState.from_file(fleet, persist=True)
+    state.set_instance_status("ap-guangzhou", change["instance_id"], 2)  # someone started it
+    state.refresh()
+    before = FleetState.from_file(fleet, persist=False).bindings("ap-guangzhou")
+    code, _, err = cli("apply", str(plan_file))
+    assert code == 1
+    assert "plan is stale" in err and change["instance_id"] in err
+    assert FleetState.from_file(fleet, persist=False).bindings("ap-guangzhou") == before
+
+
+def test_instances_with_several_keys_are_unbound_in_waves_with_waiting() -> None:
+    fleet = {
+        "credentials": [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY}],
+        "regions": {
+            "ap-guangzhou": {
+                "instances": [
+                    {"id": "ins-aaaaaaa1", "name": "a", "os": "centos", "status": 4},
+                    {"id": "ins-aaaaaaa2", "name": "b", "os": "centos", "status": 4},
+                ],
+                "keys": [
+                    {"id": f"skey-kkkkkkk{n}", "name": f"k{n}", "bound": ["ins-aaaaaaa1", "ins-aaaaaaa2"]}
+                    for n in (1, 2, 3)
+                ],
+            }
+        },
+    }
+    state = FleetState.from_data(fleet, op_seconds=0.15)
+    client = CvmClient(
+        Credentials(SECRET_ID, SECRET_KEY),
+        "gz",
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(EmulatorApp(state)),
+        rate_limit=None,
+    )
+    path = Path("/tmp/cvmkeys-waves.yaml")
+    path.write_text(
+        "version: 1\nregion: gz\nkeys:\n  skey-kkkkkkk1: {instances: [ins-aaaaaaa1]}\n"
+        "  skey-kkkkkkk2: {instances: []}\n  skey-kkkkkkk3: {instances: []}\n"
+    )
+    desired = load_paths([path]).by_region["ap-guangzhou"]
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
+    # ins-aaaaaaa2 loses three keys: three waves, one call each (each call covers both instances
+    # where it can); every change on ins-aaaaaaa2 carries the last-key warning.
+    assert (plan.summary.waves, plan.summary.calls, plan.summary.to_unbind) == (3, 3, 5)
+    assert sorted(c.instance_id for c in plan.changes if c.warnings) == ["ins-aaaaaaa2"] * 3
+    result = Executor(client, plan, options=ExecOptions(poll_initial=0.05)).run()
+    assert result.count(Outcome.DONE) == 5 and result.count(Outcome.FAILED) == 0
+    assert state.bindings("ap-guangzhou") == {("skey-kkkkkkk1", "ins-aaaaaaa1")}
+    assert client.calls["UnBindInstanceKey"] == 3
+    assert client.calls["DescribeInstances"] >= 3  # polled while the instances were in status 20
+
+
+def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path) -> None:
+    gen = generate(80, 20, seed=3, remove_fraction=0.5)
+    state = FleetState.from_data(gen.fleet)
+    emulator = EmulatorApp(state, rate_limit=5)
+    attempts: list[AttemptRecord] = []
+    client = CvmClient(
+        Credentials(SECRET_ID, SECRET_KEY),
+        gen.region,
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(emulator),
+        rate_limit=None,
+        backoff_base=0.05,
+        max_attempts=8,
+        on_attempt=attempts.append,
+    )
+    path = tmp_path / "b.yaml"
+    path.write_text(gen.desired_text)
+    desired = load_paths([path]).by_region[gen.region]
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
+    result = Executor(client, plan, options=ExecOptions(parallelism=8)).run()
+    assert result.count(Outcome.FAILED) == 0
+    assert result.count(Outcome.DONE) == len(plan.ready_changes) > 10
+    throttled = [a for a in attempts if a.code == 4400]
+    assert throttled, "the emulator's rate limit should have answered 4400 at least once"
+    assert all(a.retry_in_s is not None and a.retry_in_s > 0 for a in throttled)  # backed off, then retried
