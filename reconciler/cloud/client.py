@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -60,6 +61,26 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class _RedactQuery(logging.Filter):
+    """Cuts query strings out of log lines. httpx logs every request's full URL at INFO, and a
+    signed GET URL holds the SecretId and the Signature."""
+
+    _QUERY = re.compile(r"\?[^\s\"'>]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "?" in text:
+            record.msg = self._QUERY.sub("?<redacted>", text)
+            record.args = ()
+        return True
+
+
+for _name in ("httpx", "httpcore"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactQuery) for f in _logger.filters):
+        _logger.addFilter(_RedactQuery())
 
 PAGE_SIZE = 100  # the documented maximum ``limit`` of both describe actions
 MAX_IDS_PER_CALL = 100  # keep (un)bind batches and describe filters at 100 IDs
