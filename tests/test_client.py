@@ -305,6 +305,15 @@ def test_permanent_error_is_raised_once_not_retried(make_env: Any) -> None:
     assert env.time.sleeps == []
 
 
+def test_wrong_path_is_a_permanent_transport_error(make_env: Any) -> None:
+    env = make_env(endpoint="https://cvm.api.qcloud.com/v3/index.php")
+    with pytest.raises(TransportError, match="HTTP 404") as info:
+        env.client.describe_key_pairs()
+    assert not info.value.retryable
+    assert env.client.calls == {"DescribeKeyPairs": 1}
+    assert (env.records[0].http_status, env.records[0].code) == (404, None)
+
+
 def test_wrong_secret_key_is_4100_and_not_retried(make_env: Any) -> None:
     env = make_env(credentials=Credentials(SECRET_ID, "not-the-right-key"))
     with pytest.raises(ApiError) as info:

@@ -351,7 +351,7 @@ class CvmClient:
         self._callback_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        self.calls: Counter[str] = Counter()
+        self._calls: Counter[str] = Counter()
 
         host = urlsplit(self.endpoint).hostname or ""
         self._http = httpx.Client(
@@ -371,6 +371,12 @@ class CvmClient:
             f"CvmClient(region={self.region!r}, endpoint={self.endpoint!r}, "
             f"secret_id={mask_secret_id(self._secret_id)!r})"
         )
+
+    @property
+    def calls(self) -> Counter[str]:
+        """HTTP requests sent so far, by action (every attempt counts); a snapshot copy."""
+        with self._lock:
+            return Counter(self._calls)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -618,7 +624,7 @@ class CvmClient:
         with self._lock:
             if self._closed:
                 raise RuntimeError("CvmClient is closed")
-            self.calls[action] += 1
+            self._calls[action] += 1
         all_params = {"Action": action, **params}
         if self.http_method == "GET":
             request = self._http.build_request("GET", self.endpoint, params=all_params)
