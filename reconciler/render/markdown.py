@@ -94,6 +94,11 @@ def _allocate(needs: Sequence[int], budget: int) -> list[int]:
 
 def _fit(fixed: int, sections: list[_Section], max_chars: int) -> None:
     """Decide how many rows each section shows so that the whole stays within ``max_chars``."""
+    whole = fixed + sum(len(s.head) + len(s.tail) + sum(map(len, s.rows)) for s in sections)
+    if whole <= max_chars:  # everything fits: no section is cut, so no note is needed
+        for section in sections:
+            section.shown = len(section.rows)
+        return
     reserved = fixed + sum(
         len(s.head) + len(s.tail) + (len(s.note(len(s.rows))) if s.rows else 0) for s in sections
     )
