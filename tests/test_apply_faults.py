@@ -1,0 +1,282 @@
+"""apply under injected faults (deterministic seeds): the result is an honest record of what
+happened, nothing outside the plan is touched, and a re-run converges. Also the CLI's apply
+guards: confirmation, safety, detailed exit codes, JSON results, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
+from reconciler.cli import app
+from reconciler.cloud.client import CvmClient
+from reconciler.cloud.credentials import Credentials
+from reconciler.cloud.observe import observe_for_plan
+from reconciler.core.plan import build_plan
+from reconciler.desired.loader import load_paths
+from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.faults import FaultProfile
+from reconciler.emulator.server import serve_in_thread
+from reconciler.emulator.state import FleetState
+from reconciler.execute.executor import ExecOptions, Executor
+from reconciler.model import Outcome, Plan
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+runner = CliRunner()
+
+
+def _world(tmp_path: Path, faults: FaultProfile | None, seed: int = 5) -> tuple[FleetState, CvmClient, Plan]:
+    gen = generate(150, 10, seed=seed, remove_fraction=0.4)
+    state = FleetState.from_data(gen.fleet)
+    client = CvmClient(
+        Credentials(SECRET_ID, SECRET_KEY),
+        gen.region,
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(EmulatorApp(state, faults=faults)),
+        rate_limit=None,
+        sleep=lambda s: None,
+    )
+    path = tmp_path / "bindings.yaml"
+    path.write_text(gen.desired_text)
+    desired = load_paths([path]).by_region[gen.region]
+    # Plan on a fault-free view, as a reviewer would have seen it.
+    clean = CvmClient(
+        Credentials(SECRET_ID, SECRET_KEY),
+        gen.region,
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(EmulatorApp(state)),
+        rate_limit=None,
+    )
+    return state, client, build_plan(desired, observe_for_plan(clean, desired), endpoint="test")
+
+
+FAULTS = {
+    "error": FaultProfile(seed=1, error_rate=0.5, actions=frozenset({"UnBindInstanceKey"})),
+    "http": FaultProfile(seed=2, http_error_rate=0.5, actions=frozenset({"UnBindInstanceKey"})),
+    "drop": FaultProfile(seed=3, drop_rate=0.5, actions=frozenset({"UnBindInstanceKey"})),
+    "partial": FaultProfile(seed=4, partial_rate=0.7, actions=frozenset({"UnBindInstanceKey"})),
+    "lost": FaultProfile(seed=5, lost_response_rate=0.7, actions=frozenset({"UnBindInstanceKey"})),
+    "reads": FaultProfile(
+        seed=6,
+        error_rate=0.3,
+        http_error_rate=0.2,
+        actions=frozenset({"DescribeKeyPairs", "DescribeInstances"}),
+    ),
+    "mixed": FaultProfile(
+        seed=7, throttle_rate=0.1, error_rate=0.1, drop_rate=0.1, partial_rate=0.1, lost_response_rate=0.1
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_apply_under_faults_reports_the_truth_and_converges(kind: str, tmp_path: Path) -> None:
+    state, client, plan = _world(tmp_path, FAULTS[kind])
+    planned = {(c.key_id, c.instance_id) for c in plan.ready_changes}
+    before = state.bindings(plan.region)
+    total_done: set[tuple[str, str]] = set()
+    for _run in range(4):  # re-run the remaining work, as an operator would
+        result = Executor(client, plan, options=ExecOptions(max_attempts=3, poll_initial=0)).run()
+        live = state.bindings(plan.region)
+        for r in result.results:
+            if r.outcome is Outcome.DONE:
+                assert (r.key_id, r.instance_id) not in live, r
+                total_done.add((r.key_id, r.instance_id))
+            elif r.outcome is Outcome.FAILED:
+                assert (r.key_id, r.instance_id) in live, r  # "failed" means it is still there
+                assert r.reason
+        # Every mutation the emulator carried out was in the approved plan.
+        assert {(m.key_id, i) for m in state.mutations for i in m.instance_ids} <= planned
+        if result.count(Outcome.FAILED) == 0:
+            break
+        remaining = {(r.key_id, r.instance_id) for r in result.results if r.outcome is Outcome.FAILED}
+        plan = _replan_subset(plan, remaining)
+    assert before - state.bindings(plan.region) == planned
+    assert total_done == planned
+
+
+def _replan_subset(plan: Plan, remaining: set[tuple[str, str]]) -> Plan:
+    import dataclasses
+
+    from reconciler.core.batching import make_batches
+
+    changes = tuple(c for c in plan.changes if (c.key_id, c.instance_id) in remaining)
+    return dataclasses.replace(plan, changes=changes, batches=make_batches(changes))
+
+
+def test_partial_success_is_observed_not_guessed(tmp_path: Path) -> None:
+    state, client, plan = _world(
+        tmp_path, FaultProfile(seed=11, partial_rate=1.0, actions=frozenset({"UnBindInstanceKey"}))
+    )
+    result = Executor(client, plan, options=ExecOptions(max_attempts=1, poll_initial=0)).run()
+    live = state.bindings(plan.region)
+    done = {(r.key_id, r.instance_id) for r in result.results if r.outcome is Outcome.DONE}
+    failed = [r for r in result.results if r.outcome is Outcome.FAILED]
+    assert done and failed  # some instances of each call changed, the rest did not
+    assert not done & live and all((r.key_id, r.instance_id) in live for r in failed)
+    assert all(r.api_code == 5400 for r in failed)
+
+
+# --------------------------------------------------------------------------- CLI guards
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> tuple[Path, Path]:
+    fleet = tmp_path / "fleet.yaml"
+    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
+    return EXAMPLES / "bindings.yaml", fleet
+
+
+def test_apply_without_a_terminal_or_auto_approve_stops_and_changes_nothing(
+    example: tuple[Path, Path],
+) -> None:
+    desired, fleet = example
+    before = fleet.read_text()
+    code, _, err = cli("apply", str(desired), "--emulator", str(fleet))
+    assert code == 1 and "not a terminal" in err and "--auto-approve" in err
+    assert fleet.read_text() == before
+
+
+def test_fresh_apply_with_auto_approve_and_json_result(example: tuple[Path, Path]) -> None:
+    desired, fleet = example
+    code, out, _ = cli("apply", str(desired), "--emulator", str(fleet), "--auto-approve", "--format", "json")
+    assert code == 3  # the example keeps two blocked changes
+    data = json.loads(out)
+    outcomes = {r["outcome"] for r in data["results"]}
+    assert outcomes == {"done", "blocked", "protected"}
+
+
+def test_unsafe_plan_is_shown_and_needs_force(example: tuple[Path, Path], tmp_path: Path) -> None:
+    desired, fleet = example
+    plan_file = tmp_path / "p.json"
+    code, out, _ = cli(
+        "plan", str(desired), "--emulator", str(fleet), "--max-unbinds", "1", "--out", str(plan_file)
+    )
+    assert code == 0 and "UNSAFE" in out and "3 unbinds is over max_unbinds 1" in out
+    before = fleet.read_text()
+    code, _, err = cli("apply", str(plan_file))
+    assert code == 1 and "UNSAFE" in err and "--force" in err
+    assert fleet.read_text() == before
+    code, _, _ = cli("apply", str(plan_file), "--force")
+    assert code == 3 and fleet.read_text() != before
+
+
+def test_detailed_exitcode_and_show_round_trip(example: tuple[Path, Path], tmp_path: Path) -> None:
+    desired, fleet = example
+    plan_file = tmp_path / "p.json"
+    code, planned_text, _ = cli(
+        "plan", str(desired), "--emulator", str(fleet), "--detailed-exitcode", "--out", str(plan_file)
+    )
+    assert code == 2
+    code, shown, _ = cli("show", str(plan_file))
+    assert code == 0 and shown == planned_text
+    code, as_json, _ = cli("show", str(plan_file), "--format", "json")
+    assert json.loads(as_json) == json.loads(plan_file.read_text())
+    # After apply only blocked/protected changes remain: still "changes present" (2).
+    cli("apply", str(plan_file))
+    code, out, _ = cli("plan", str(desired), "--emulator", str(fleet), "--detailed-exitcode")
+    assert code == 2 and "0 to unbind" in out
+
+
+def test_plan_makes_the_minimum_number_of_calls(tmp_path: Path) -> None:
+    gen = generate(900, 260, seed=9, remove_fraction=0.2, scope="account")
+    state = FleetState.from_data(gen.fleet)
+    emulator = EmulatorApp(state)
+    client = CvmClient(
+        Credentials(SECRET_ID, SECRET_KEY),
+        gen.region,
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(emulator),
+        rate_limit=None,
+    )
+    path = tmp_path / "b.yaml"
+    path.write_text(gen.desired_text)
+    desired = load_paths([path]).by_region[gen.region]
+    observed = observe_for_plan(client, desired)
+    from reconciler.core.diff import instances_needed
+
+    needed = instances_needed(desired, observed.keys)
+    assert emulator.request_counts["DescribeKeyPairs"] == -(-260 // 100)
+    assert emulator.request_counts["DescribeInstances"] == -(-len(needed) // 100)
+    assert set(emulator.request_counts) == {"DescribeKeyPairs", "DescribeInstances"}
+
+
+def test_ctrl_c_stops_new_calls_reports_and_exits_130(tmp_path: Path) -> None:
+    gen = generate(400, 40, seed=12, remove_fraction=0.6)
+    fleet, desired = write(gen, tmp_path)
+    state = FleetState.from_file(fleet, persist=True, op_seconds=0.3)
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+        "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+    }
+    with serve_in_thread(EmulatorApp(state)) as server:
+        plan_file = tmp_path / "p.json"
+        cmd = [sys.executable, "-m", "reconciler"]
+        subprocess.run(
+            [*cmd, "plan", str(desired), "--endpoint", server.url, "--out", str(plan_file)],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        proc = subprocess.Popen(
+            [
+                *cmd,
+                "apply",
+                str(plan_file),
+                "--endpoint",
+                server.url,
+                "--parallelism",
+                "1",
+                "--rate-limit",
+                "5",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while not state.mutations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "Traceback" not in out + err
+        assert "not-attempted" in out or "not attempted" in out
+        # A later plan shows exactly what remains.
+        done = {(m.key_id, i) for m in state.mutations for i in m.instance_ids}
+        planned = {
+            (c["key_id"], c["instance_id"])
+            for c in json.loads(plan_file.read_text())["changes"]
+            if c["status"] == "ready"
+        }
+        assert done < planned
+        again = subprocess.run(
+            [*cmd, "plan", str(desired), "--endpoint", server.url, "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        remaining = {
+            (c["key_id"], c["instance_id"])
+            for c in json.loads(again.stdout)["changes"]
+            if c["status"] == "ready"
+        }
+        assert remaining == planned - done
