@@ -536,3 +536,27 @@ def test_load_and_validate_cost_at_most_three_plain_yaml_loads(here: Path) -> No
 def test_loaded_desired_summary_counts() -> None:
     loaded = LoadedDesired(files=(), by_region={})
     assert loaded.summary() == "0 files, 0 regions, 0 keys, 0 instances: valid"
+
+
+FLEET = frozenset({"regions", "credentials"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"credentials": [{"secret_id": "x"}], "regions": {"gz": {}}}', True),
+        (
+            "regions:\n  gz:\n    instances: [{id: ins-1}]\n    keys: {credentials: 1}\ncredentials: []\n",
+            True,
+        ),
+        ("regions: {}\n", False),
+        ("fleet:\n  regions: {}\n  credentials: []\n", False),
+        ("version: 1\nregion: gz\n# regions: credentials:\n", False),
+        ("? [regions]\n: 1\ncredentials: 2\nregions: 3\n", True),
+        ("- regions\n- credentials\n", False),
+        ("regions: [\ncredentials: 1\n", False),
+        ("regions credentials", False),
+    ],
+)
+def test_fleet_files_are_recognised_from_their_top_level_keys(loader: str, text: str, expected: bool) -> None:
+    assert yaml_nodes.has_top_level_keys(text, FLEET) is expected

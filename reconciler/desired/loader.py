@@ -28,6 +28,7 @@ from reconciler.desired.yaml_nodes import (
     NodeLocator,
     compose,
     construct,
+    has_top_level_keys,
     node_position,
     read_source,
     top_level_keys,
@@ -40,6 +41,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 FLEET_FILE_KEYS = frozenset({"regions", "credentials"})
 # More problems than this in one file are summarised in one line: the rest are likely echoes.
 MAX_PROBLEMS_PER_FILE = 100
+_SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def _load_paths(paths: Sequence[Path]) -> LoadedDesired:
     skipped: list[str] = []
     for path, display, explicit in targets:
         result = _load_file(path, display, explicit, problems)
-        if result == "skipped":
+        if result == _SKIPPED:
             skipped.append(display)
             continue
         files.append(display)
@@ -187,12 +189,14 @@ class _FileDesired:
 def _load_file(
     path: Path, display: str, explicit: bool, problems: list[Problem]
 ) -> _FileDesired | str | None:
-    """The file's desired state; ``"skipped"`` for a fleet file found by a directory search;
+    """The file's desired state; ``_SKIPPED`` for a fleet file found by a directory search;
     ``None`` when the file has problems (appended to ``problems``)."""
     source = read_source(path, display)
     if isinstance(source, Problem):
         problems.append(source)
         return None
+    if not explicit and has_top_level_keys(source.text, FLEET_FILE_KEYS):
+        return _SKIPPED  # before composing: fleet files can be large
     root = compose(source.text, display)
     if isinstance(root, Problem):
         problems.append(root)
@@ -213,8 +217,6 @@ def _load_file(
         )
         return None
     if top_level_keys(root) >= FLEET_FILE_KEYS:
-        if not explicit:
-            return "skipped"
         line, column = node_position(root)
         problems.append(
             Problem(

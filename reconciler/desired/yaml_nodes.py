@@ -158,6 +158,43 @@ def compose(text: str, display: str) -> Node | Problem | None:
     return node
 
 
+def has_top_level_keys(text: str, wanted: frozenset[str]) -> bool:
+    """True if ``text`` is a YAML mapping whose top level has every key in ``wanted``.
+
+    Reads parser events and stops as soon as it knows, so that recognising a large emulator
+    fleet file (to skip it) costs far less than composing it. Invalid YAML answers False.
+    """
+    if not all(word in text for word in wanted):  # the common case costs one substring search
+        return False
+    found: set[str] = set()
+    depth = 0
+    at_key = True
+    try:
+        for event in yaml.parse(text, Loader=LOADER):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                if depth == 0 and not isinstance(event, yaml.MappingStartEvent):
+                    return False
+                depth += 1
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+                if depth == 0:
+                    return False
+                if depth == 1:  # a collection key or value of the top level ended
+                    at_key = not at_key
+            elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
+                if depth == 0:
+                    return False
+                if depth == 1:
+                    if at_key and isinstance(event, yaml.ScalarEvent):
+                        found.add(event.value)
+                        if found >= wanted:
+                            return True
+                    at_key = not at_key
+    except yaml.YAMLError:
+        return False
+    return False
+
+
 def top_level_keys(node: Node) -> set[str]:
     """The string keys of a top-level mapping node (empty for anything else)."""
     if not isinstance(node, MappingNode):
