@@ -483,7 +483,7 @@ def _execute(connection: Connection, the_plan: Plan, parallelism: int) -> ApplyR
 def _apply_exit_code(result: ApplyResult) -> int:
     if result.interrupted:
         return 130
-    if result.count(Outcome.FAILED):
+    if result.count(Outcome.FAILED) or result.count(Outcome.NOT_ATTEMPTED) or result.stopped_reason:
         return 1
     if result.count(Outcome.BLOCKED):
         return 3

@@ -305,6 +305,7 @@ class ApplyResult:
     results: tuple[BindingResult, ...]
     calls: Mapping[str, int]  # API calls made, by action
     interrupted: bool = False
+    stopped_reason: str = ""  # why apply stopped before the end (a read that failed for good)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)

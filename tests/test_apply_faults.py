@@ -280,3 +280,20 @@ def test_ctrl_c_stops_new_calls_reports_and_exits_130(tmp_path: Path) -> None:
             if c["status"] == "ready"
         }
         assert remaining == planned - done
+
+
+def test_a_read_that_fails_for_good_stops_apply_with_an_honest_record(tmp_path: Path) -> None:
+    broken_polls = FaultProfile(seed=1, error_rate=1.0, actions=frozenset({"DescribeInstances"}))
+    state, client, plan = _world(tmp_path, broken_polls, seed=8)
+    assert plan.summary.waves >= 2
+    result = Executor(client, plan, options=ExecOptions(poll_initial=0)).run()
+    assert "6000" in result.stopped_reason or "6200" in result.stopped_reason
+    live = state.bindings(plan.region)
+    by_outcome: dict[Outcome, list[tuple[str, str]]] = {}
+    for r in result.results:
+        by_outcome.setdefault(r.outcome, []).append((r.key_id, r.instance_id))
+        if r.outcome is Outcome.DONE:
+            assert "not verified" in r.reason
+    assert by_outcome[Outcome.DONE] and not set(by_outcome[Outcome.DONE]) & live  # wave 1 went through
+    assert by_outcome[Outcome.NOT_ATTEMPTED] and set(by_outcome[Outcome.NOT_ATTEMPTED]) <= live
+    assert {(m.key_id, i) for m in state.mutations for i in m.instance_ids} == set(by_outcome[Outcome.DONE])

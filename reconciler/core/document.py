@@ -423,6 +423,7 @@ def result_to_data(result: ApplyResult) -> dict[str, Any]:
         "format_version": RESULT_FORMAT_VERSION,
         "region": result.region,
         "interrupted": result.interrupted,
+        "stopped_reason": result.stopped_reason,
         "calls": {action: result.calls[action] for action in sorted(result.calls)},
         "results": [
             {

@@ -78,6 +78,7 @@ class _State:
     tracks: dict[Binding, _Track] = field(default_factory=dict)
     calls: int = 0
     interrupted: bool = False
+    aborted: str | None = None  # why the apply stopped early, when a read failed for good
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def done_count(self) -> int:
@@ -131,20 +132,48 @@ class Executor:
     # ------------------------------------------------------------------ public
 
     def run(self) -> ApplyResult:
-        """Execute every wave, verify, and return what happened to each binding."""
+        """Execute every wave, verify, and return what happened to each binding.
+
+        A read that fails for good (the status polls, the re-observation, the verification)
+        stops the apply: no further wave is started, and every binding is reported as what is
+        known of it, never as a guess.
+        """
         calls_before = sum(self.client.calls.values())
         waves = sorted({b.wave for b in self.plan.batches})
-        for wave in waves:
-            if self.stop.is_set():
-                break
-            todo = [(b.key_id, iid) for b in self.plan.batches if b.wave == wave for iid in b.instance_ids]
-            self._run_wave(wave, todo)
+        try:
+            for wave in waves:
+                if self.stop.is_set():
+                    break
+                todo = [
+                    (b.key_id, iid) for b in self.plan.batches if b.wave == wave for iid in b.instance_ids
+                ]
+                self._run_wave(wave, todo)
+        except CloudError as error:
+            self._abort(error, "apply stopped")
         if self.stop.is_set():
             self._state.interrupted = True
             self._emit("stopped", -1, "stopped: no new calls started; calls in flight finished")
-        else:
-            self._verify()
+        elif self._state.aborted is None:
+            try:
+                self._verify()
+            except CloudError as error:
+                self._state.aborted = error.message
+                for track in self._state.tracks.values():
+                    if track.outcome is Outcome.DONE:
+                        track.reason = f"accepted by the API; not verified ({error.message})"
         return self._result(calls_before)
+
+    def _abort(self, error: CloudError, what: str) -> None:
+        self._state.aborted = error.message
+        self._emit("stopped", -1, f"{what}: {error.message}")
+        for track in self._state.tracks.values():
+            if track.outcome is Outcome.DONE:
+                track.reason = f"accepted by the API; not verified ({error.message})"
+            elif track.outcome is None and track.attempts > 0:
+                track.outcome = Outcome.FAILED
+                track.reason = f"outcome unknown: could not observe it after the call ({error.message})"
+            elif track.outcome is None:
+                track.reason = f"not attempted: {what} ({error.message})"
 
     # ------------------------------------------------------------------ waves
 
@@ -288,7 +317,13 @@ class Executor:
                 track = self._track(binding)
                 if track.outcome is None:
                     results.append(
-                        BindingResult(*binding, Outcome.NOT_ATTEMPTED, "not attempted", None, track.attempts)
+                        BindingResult(
+                            *binding,
+                            Outcome.NOT_ATTEMPTED,
+                            track.reason or "not attempted",
+                            None,
+                            track.attempts,
+                        )
                     )
                 else:
                     results.append(
@@ -299,6 +334,7 @@ class Executor:
             results=tuple(results),
             calls=dict(self.client.calls),
             interrupted=self._state.interrupted,
+            stopped_reason=self._state.aborted or "",
         )
 
 

@@ -271,6 +271,8 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
     if result.calls:
         calls = ", ".join(f"{clean(action)} {n}" for action, n in sorted(result.calls.items()))
         lines += ["", f"API calls: {calls}"]
-    failed = result.count(Outcome.FAILED) or result.interrupted
+    if result.stopped_reason:
+        lines += ["", _paint(f"Apply stopped early: {clean(result.stopped_reason)}", color, _BOLD, _RED)]
+    failed = result.count(Outcome.FAILED) or result.interrupted or result.stopped_reason
     lines += ["", _paint(result_line(result), color, _BOLD, _RED if failed else _GREEN)]
     return "\n".join(lines) + "\n"
