@@ -101,7 +101,7 @@ def test_short_region_code_addresses_the_same_region(emulator: Emulator) -> None
     short = body(emulator.call("DescribeKeyPairs", region="gz"))
     assert long == short
     shanghai = body(emulator.call("DescribeKeyPairs", region="ap-shanghai"))
-    assert shanghai["data"]["totalCount"] == 2  # type: ignore[index]
+    assert shanghai["data"]["totalCount"] == 3  # type: ignore[index]
     empty = body(emulator.call("DescribeInstances", region="ap-beijing"))
     assert empty["totalCount"] == 0
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import InputError, Problem
-from reconciler.ids import KNOWN_REGIONS, canonical_region, is_instance_id, is_key_id
+from reconciler.ids import INSTANCE_ID_PATTERN, KNOWN_REGIONS, canonical_region, is_instance_id, is_key_id
 
 PathT = tuple[str | int, ...]
 
@@ -35,7 +35,11 @@ KEY_FIELDS = ("id", "name", "bound", "pubkey", "created")
 KEY_REQUIRED = ("id", "name")
 CREDENTIAL_FIELDS = ("secret_id", "secret_key")
 TIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
-IPV4_PATTERN = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+# The same patterns as schemas/fleet.schema.json.
+IPV4_PATTERN = re.compile(
+    r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+)
+TRIMMED_PATTERN = re.compile(r"^\S(.*\S)?$")
 MAX_STATUS = 999
 
 
@@ -83,52 +87,50 @@ _REGION_RE = re.compile(r"^  ([a-z][a-z0-9-]*):$")
 _SECTION_RE = re.compile(r"^    (instances|keys):( \[\])?$")
 _CRED_ITEM_RE = re.compile(r"^  - (\{.*\})$")
 _ITEM_RE = re.compile(r"^      - (\{.*\})$")
-# A JSON string, or a bare word (a map key or a plain scalar) that becomes one.
-_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[A-Za-z_][A-Za-z0-9_.\-]*')
-_PLAIN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-_resolver = yaml.resolver.Resolver()
+# Every field name an item may have. In the writer's shape the names are bare and the values
+# are JSON; quoting the names makes the whole section one JSON document.
+_FIELD_NAMES = frozenset(INSTANCE_FIELDS) | frozenset(KEY_FIELDS) | frozenset(CREDENTIAL_FIELDS)
+_NAME_PATTERNS = tuple(
+    (f"{lead}{name}: ", f'{lead}"{name}": ') for name in sorted(_FIELD_NAMES) for lead in ("{", ", ")
+)
 
 
 class _NotFastShape(Exception):
     """The text is not in the writer's shape; use the YAML loader."""
 
 
-def _is_plain_str(word: str) -> bool:
-    """True if YAML reads ``word`` unquoted as this very string (not a bool, null, number)."""
-    tag = _resolver.resolve(yaml.ScalarNode, word, (True, False))  # type: ignore[no-untyped-call]
-    return bool(tag == "tag:yaml.org,2002:str")
+def _refuse(text: str) -> Any:
+    # YAML 1.1 reads 1e5 as a string and NaN as a string; no fleet field is a float anyway.
+    raise _NotFastShape(f"number {text}")
 
 
-def _quote_word(match: re.Match[str]) -> str:
-    token = match.group(0)
-    if token.startswith('"'):
-        return token
-    if not _is_plain_str(token):
-        raise _NotFastShape(token)
-    return f'"{token}"'
+def _flow_items(items: list[str]) -> list[Any]:
+    """Parse one-line flow maps with JSON values (``{id: "ins-1", status: 4}``) all at once.
 
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _NotFastShape("duplicate key")
-    return result
-
-
-def _flow_item(text: str) -> dict[str, Any]:
-    as_json = _TOKEN_RE.sub(_quote_word, text)
+    A field name inside a string value would leave invalid JSON behind, and JSON's bare words
+    (true, false, null, numbers) mean the same in YAML, so what parses here is what YAML reads.
+    """
+    text = "[" + ",".join(items) + "]"
+    names = 0
+    for bare, quoted in _NAME_PATTERNS:
+        names += text.count(bare)
+        text = text.replace(bare, quoted)
     try:
-        value = json.loads(as_json, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_float=_refuse, parse_constant=_refuse)
     except ValueError as error:
         raise _NotFastShape(str(error)) from None
-    if not isinstance(value, dict):
+    if not all(isinstance(item, dict) for item in value):
         raise _NotFastShape("not a map")
-    return value
+    if sum(len(item) for item in value) != names:
+        raise _NotFastShape("a duplicate field")  # json keeps the last one; YAML must report it
+    return list(value)
 
 
 def _parse_fast(text: str) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    section: list[Any] | None = None
+    # Each list in the result, with the texts of its items; parsed together at the end.
+    sections: list[tuple[list[Any], list[str]]] = []
+    section: list[str] | None = None
     regions: dict[str, Any] | None = None
     region: dict[str, Any] | None = None
     top: str | None = None
@@ -141,15 +143,17 @@ def _parse_fast(text: str) -> dict[str, Any]:
                 raise _NotFastShape("duplicate top-level key")
             if top == "credentials":
                 data["credentials"] = []
-                section = None if empty else data["credentials"]
+                section = None if empty else []
+                if section is not None:
+                    sections.append((data["credentials"], section))
             else:
                 regions = data["regions"] = {}
                 region = section = None
             continue
         if top == "credentials" and section is not None and (m := _CRED_ITEM_RE.match(line)):
-            section.append(_flow_item(m.group(1)))
+            section.append(m.group(1))
             continue
-        if top == "regions" and isinstance(regions, dict):
+        if top == "regions" and regions is not None:
             if (match := _REGION_RE.match(line)) is not None:
                 if match.group(1) in regions:
                     raise _NotFastShape("duplicate region")
@@ -161,14 +165,18 @@ def _parse_fast(text: str) -> dict[str, Any]:
                 if name in region:
                     raise _NotFastShape("duplicate section")
                 region[name] = []
-                section = None if match.group(2) else region[name]
+                section = None if match.group(2) else []
+                if section is not None:
+                    sections.append((region[name], section))
                 continue
             if section is not None and (match := _ITEM_RE.match(line)) is not None:
-                section.append(_flow_item(match.group(1)))
+                section.append(match.group(1))
                 continue
         raise _NotFastShape(line)
     if not data:
         raise _NotFastShape("empty")
+    for target, items in sections:
+        target.extend(_flow_items(items))
     return data
 
 
@@ -226,9 +234,15 @@ def _check_map(
     return True
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_str(value: object, path: PathT, what: str, out: list[tuple[PathT, str]]) -> bool:
     if not isinstance(value, str):
         out.append((path, f"{what} must be a string, not {_type_name(value)}"))
+        return False
+    if _SURROGATE.search(value):
+        out.append((path, f"{what} is not valid Unicode text (a lone surrogate)"))
         return False
     return True
 
@@ -247,7 +261,7 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
     """Every problem in fleet data, as (path in the document, message), in document order.
 
     Mirrors ``schemas/fleet.schema.json`` (tests check the two agree) and adds what a schema
-    cannot say: IDs unique across the fleet, bindings naming instances of the same region,
+    cannot say: IDs unique within a region, bindings naming instances of the same region,
     one spelling per region.
     """
     out: list[tuple[PathT, str]] = []
@@ -269,7 +283,7 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
                     if (
                         name in cred
                         and _check_str(cred[name], (*path, name), name, out)
-                        and (not cred[name] or cred[name] != cred[name].strip())
+                        and not TRIMMED_PATTERN.search(cred[name])
                     ):
                         out.append(((*path, name), f"{name} must be non-empty, without surrounding spaces"))
                 secret_id = cred.get("secret_id")
@@ -286,10 +300,11 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
         )
         return out
     canonical_seen: dict[str, str] = {}
-    all_instances: dict[str, str] = {}
-    all_keys: dict[str, str] = {}
     for region_name, region in regions.items():
         rpath: PathT = ("regions", region_name)
+        # IDs need only be unique within a region: each region is its own world.
+        all_instances: dict[str, str] = {}
+        all_keys: dict[str, str] = {}
         if not isinstance(region_name, str) or region_name not in KNOWN_REGIONS:
             out.append((rpath, f"unknown region {region_name!r} (known: {', '.join(KNOWN_REGIONS)})"))
             continue
@@ -309,6 +324,10 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
             out.append(((*rpath, "instances"), "instances must be a list"))
             instances = []
         for index, inst in enumerate(instances):
+            if _plain_instance(inst) and inst["id"] not in all_instances:  # the common case, fast
+                all_instances[inst["id"]] = long_name
+                region_instances.add(inst["id"])
+                continue
             ipath: PathT = (*rpath, "instances", index)
             if not _check_map(inst, ipath, INSTANCE_FIELDS, INSTANCE_REQUIRED, "an instance", out):
                 continue
@@ -322,9 +341,7 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
                         )
                     )
                 elif iid in all_instances:
-                    out.append(
-                        ((*ipath, "id"), f"instance {iid} is listed twice (also in {all_instances[iid]})")
-                    )
+                    out.append(((*ipath, "id"), f"instance {iid} is listed twice in region {region_name}"))
                 else:
                     all_instances[iid] = long_name
                     region_instances.add(iid)
@@ -367,7 +384,7 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
                         ((*kpath, "id"), f"key id {kid!r} must be skey- and 8 lower-case letters or digits")
                     )
                 elif kid in all_keys:
-                    out.append(((*kpath, "id"), f"key {kid} is listed twice (also in {all_keys[kid]})"))
+                    out.append(((*kpath, "id"), f"key {kid} is listed twice in region {region_name}"))
                 else:
                     all_keys[kid] = long_name
             for name in ("name", "pubkey"):
@@ -380,6 +397,12 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
             if not isinstance(bound, list):
                 out.append(((*kpath, "bound"), "bound must be a list of instance IDs"))
                 continue
+            try:
+                distinct: set[Any] | None = set(bound)
+            except TypeError:  # an unhashable item: reported below
+                distinct = None
+            if distinct is not None and len(distinct) == len(bound) and distinct <= region_instances:
+                continue  # the common case, at set speed: distinct instances of this region
             seen_bound: set[str] = set()
             for n, iid in enumerate(bound):
                 bpath: PathT = (*kpath, "bound", n)
@@ -394,9 +417,31 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
     return out
 
 
+_REQUIRED_ONLY = frozenset(INSTANCE_REQUIRED)
+_INSTANCE_ID_RE = re.compile(INSTANCE_ID_PATTERN)
+
+
+def _text(value: object) -> bool:
+    return type(value) is str and (value.isascii() or not _SURROGATE.search(value))
+
+
+def _plain_instance(inst: object) -> bool:
+    """True for a valid instance with only the required fields (checked again in full if not)."""
+    if type(inst) is not dict or inst.keys() != _REQUIRED_ONLY:
+        return False
+    iid, status = inst["id"], inst["status"]
+    return (
+        type(iid) is str
+        and _INSTANCE_ID_RE.match(iid) is not None
+        and _text(inst["name"])
+        and _text(inst["os"])
+        and type(status) is int
+        and 1 <= status <= MAX_STATUS
+    )
+
+
 def _check_ip(value: str, path: PathT, out: list[tuple[PathT, str]]) -> None:
-    match = IPV4_PATTERN.match(value)
-    if match is None or any(int(part) > 255 for part in match.groups()):
+    if not IPV4_PATTERN.search(value):
         out.append((path, f"{value!r} is not an IPv4 address"))
 
 
@@ -442,45 +487,53 @@ def problems_to_error(text: str, file: str, problems: list[tuple[PathT, str]]) -
 _YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
 
 
-def _scalar(value: object) -> str:
-    if isinstance(value, str):
-        if _PLAIN_RE.match(value) and _is_plain_str(value):
-            return value
-        text = json.dumps(value, ensure_ascii=False)
-        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"cannot write {value!r} to a fleet file")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_scalar(item) for item in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to a fleet file")
+def _escape_unsafe(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group(0)):04x}"
 
 
-def _flow(item: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{name}: {_scalar(value)}" for name, value in item.items()) + "}"
+def item_line(item: Mapping[str, Any]) -> str:
+    """One item as the writer puts it on its line: ``{id: "ins-1a2b3c4d", status: 4}``."""
+    text = json.dumps(item, ensure_ascii=False)
+    # ``"id": `` cannot occur inside a JSON string (its quotes are escaped), so the first
+    # occurrence is the field name.
+    for name in item:
+        text = text.replace(f'"{name}": ', f"{name}: ", 1)
+    return text if text.isascii() else _YAML_UNSAFE.sub(_escape_unsafe, text)
+
+
+def render_fleet(
+    credential_lines: Sequence[str], regions: Sequence[tuple[str, Sequence[str], Sequence[str]]]
+) -> str:
+    """The fleet file text from item lines (``item_line``): credentials, then per region
+    (name, instance lines, key lines)."""
+    lines = [
+        "# Fleet of the cvmkeys CVM API emulator (schemas/fleet.schema.json).",
+        "# Written by the emulator: one item per line; comments are not kept.",
+        "credentials:" + ("" if credential_lines else " []"),
+    ]
+    lines.extend(f"  - {line}" for line in credential_lines)
+    lines.append("regions:" + ("" if regions else " {}"))
+    for name, instance_lines, key_lines in regions:
+        lines.append(f"  {name}:")
+        for section, items in (("instances", instance_lines), ("keys", key_lines)):
+            lines.append(f"    {section}:" + ("" if items else " []"))
+            lines.extend(f"      - {line}" for line in items)
+    return "\n".join(lines) + "\n"
 
 
 def dump_fleet(data: Mapping[str, Any]) -> str:
     """The text of a fleet file in the shape ``parse_fleet_text`` reads fast.
 
-    ``data`` must be valid fleet data (``check_fleet`` finds nothing). Map keys are written in
-    the order given; each instance, key and credential is one line.
+    ``data`` must be valid fleet data (``check_fleet`` finds nothing). Fields are written in
+    the order given; each instance, key and credential is one line: a flow map with bare field
+    names and JSON values, e.g. ``{id: "ins-1a2b3c4d", name: "web-1", status: 4}``.
     """
-    lines = [
-        "# Fleet of the cvmkeys CVM API emulator (schemas/fleet.schema.json).",
-        "# Written by the emulator: one item per line; comments are not kept.",
+    regions = [
+        (
+            name,
+            [item_line(item) for item in (region or {}).get("instances") or []],
+            [item_line(item) for item in (region or {}).get("keys") or []],
+        )
+        for name, region in (data.get("regions") or {}).items()
     ]
-    credentials = data.get("credentials") or []
-    lines.append("credentials:" + ("" if credentials else " []"))
-    lines.extend(f"  - {_flow(cred)}" for cred in credentials)
-    regions = data.get("regions") or {}
-    lines.append("regions:" + ("" if regions else " {}"))
-    for name, region in regions.items():
-        lines.append(f"  {name}:")
-        region = region or {}
-        for section in ("instances", "keys"):
-            items = region.get(section) or []
-            lines.append(f"    {section}:" + ("" if items else " []"))
-            lines.extend(f"      - {_flow(item)}" for item in items)
-    return "\n".join(lines) + "\n"
+    return render_fleet([item_line(cred) for cred in data.get("credentials") or []], regions)

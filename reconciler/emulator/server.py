@@ -75,7 +75,10 @@ def _make(app: EmulatorApp, host: str, port: int) -> _ThreadingWSGIServer:
 def serve_in_thread(app: EmulatorApp, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Start serving ``app`` on ``host:port`` (0: a free port) in a daemon thread."""
     server = _make(app, host, port)
-    thread = threading.Thread(target=server.serve_forever, name="cvm-emulator", daemon=True)
+    # A short poll interval so that close() returns at once (tests start many servers).
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="cvm-emulator", daemon=True
+    )
     thread.start()
     return RunningServer(server, thread)
 

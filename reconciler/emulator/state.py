@@ -36,7 +36,13 @@ from typing import Any
 
 from filelock import FileLock
 
-from reconciler.emulator.fleetfile import check_fleet, dump_fleet, parse_fleet_text, problems_to_error
+from reconciler.emulator.fleetfile import (
+    check_fleet,
+    item_line,
+    parse_fleet_text,
+    problems_to_error,
+    render_fleet,
+)
 from reconciler.errors import InputError, Problem
 from reconciler.ids import KNOWN_REGIONS, canonical_region
 from reconciler.model import (
@@ -154,21 +160,48 @@ class _Region:
                 self.instance_keys[iid].add(kid)
         self.sorted_instance_ids = sorted(self.instances)
         self.sorted_key_ids = sorted(self.keys)
+        self._instance_lines: dict[str, str] = {}
+        self._key_lines: dict[str, str] = {}
+
+    def key_item(self, kid: str) -> dict[str, Any]:
+        item = dict(self.keys[kid])
+        if "bound" in item or self.key_instances[kid]:
+            item["bound"] = list(self.key_instances[kid])
+        return item
 
     def to_data(self) -> dict[str, Any]:
-        keys = []
-        for kid, key in self.keys.items():
-            item = dict(key)
-            if "bound" in item or self.key_instances[kid]:
-                item["bound"] = list(self.key_instances[kid])
-            keys.append(item)
-        return {"instances": list(self.instances.values()), "keys": keys}
+        return {
+            "instances": [dict(item) for item in self.instances.values()],
+            "keys": [self.key_item(kid) for kid in self.keys],
+        }
+
+    def to_lines(self) -> tuple[list[str], list[str]]:
+        """The file lines of instances and keys; cached, since a save rewrites the whole file
+        and most items have not changed since the last one."""
+        instance_lines = []
+        for iid, item in self.instances.items():
+            line = self._instance_lines.get(iid)
+            if line is None:
+                line = self._instance_lines[iid] = item_line(item)
+            instance_lines.append(line)
+        key_lines = []
+        for kid in self.keys:
+            line = self._key_lines.get(kid)
+            if line is None:
+                line = self._key_lines[kid] = item_line(self.key_item(kid))
+            key_lines.append(line)
+        return instance_lines, key_lines
+
+    def set_status(self, iid: str, status: int) -> None:
+        self.instances[iid]["status"] = status
+        self._instance_lines.pop(iid, None)
 
     def bind(self, kid: str, iid: str) -> bool:
         if kid in self.instance_keys[iid]:
             return False
         self.instance_keys[iid].add(kid)
         self.key_instances[kid][iid] = None
+        self._key_lines.pop(kid, None)
         return True
 
     def unbind(self, kid: str, iid: str) -> bool:
@@ -176,6 +209,7 @@ class _Region:
             return False
         self.instance_keys[iid].discard(kid)
         self.key_instances[kid].pop(iid, None)
+        self._key_lines.pop(kid, None)
         return True
 
 
@@ -220,7 +254,7 @@ class FleetState:
         self.saves = 0  # how many times the fleet file was written (for tests and benchmarks)
         self._lock = threading.RLock()
         self._pending: dict[str, dict[str, _Pending]] = {}
-        self._status_times: dict[str, str] = {}
+        self._status_times: dict[tuple[str, str], str] = {}
         self._file_signature: tuple[int, int, int] | None = None
         self._install(data)
 
@@ -297,7 +331,10 @@ class FleetState:
 
     def _save(self) -> None:
         assert self.path is not None
-        text = dump_fleet(self.to_data())
+        text = render_fleet(
+            [item_line({"secret_id": c.secret_id, "secret_key": c.secret_key}) for c in self.credentials],
+            [(r.written_name, *r.to_lines()) for r in self._regions.values()],
+        )
         directory = self.path.parent
         fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
@@ -393,7 +430,7 @@ class FleetState:
             lan_ip=raw.get("lan_ip") or _default_lan_ip(iid),
             wan_ips=tuple(raw.get("wan_ips") or ()),
             created=created,
-            status_time=self._status_times.get(iid, created),
+            status_time=self._status_times.get((r.long_name, iid), created),
             key_ids=tuple(sorted(keys)),
         )
 
@@ -478,9 +515,9 @@ class FleetState:
         """Change an instance's status directly (someone used the console). Saved; not logged."""
         with self._changing() as changed:
             r = self._region(region)
-            r.instances[instance_id]["status"] = int(status)
+            r.set_status(instance_id, int(status))
             self._pending.get(r.long_name, {}).pop(instance_id, None)
-            self._status_times[instance_id] = _format_time(self.clock())
+            self._status_times[(r.long_name, instance_id)] = _format_time(self.clock())
             changed[0] = True
 
     def set_binding(self, region: str, key_id: str, instance_id: str, bound: bool) -> None:
@@ -651,8 +688,8 @@ class FleetState:
                 )
             stamp = _format_time(now)
             for iid in ids:
-                r.instances[iid]["status"] = final
-                self._status_times[iid] = stamp
+                r.set_status(iid, final)
+                self._status_times[(r.long_name, iid)] = stamp
                 self._start_transient(r, iid, transient, now, None)
             changed[0] = True
             self.mutations.append(Mutation(now, r.long_name, action, None, ids))
