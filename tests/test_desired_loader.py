@@ -560,3 +560,15 @@ FLEET = frozenset({"regions", "credentials"})
 )
 def test_fleet_files_are_recognised_from_their_top_level_keys(loader: str, text: str, expected: bool) -> None:
     assert yaml_nodes.has_top_level_keys(text, FLEET) is expected
+
+
+def test_directory_search_skips_ci_pipelines_but_explicit_names_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "github.yml").write_text("on: [pull_request]\njobs:\n  plan: {runs-on: ubuntu-latest}\n")
+    (tmp_path / "gitlab-ci.yml").write_text("stages: [plan, apply]\n")
+    (tmp_path / "bindings.yaml").write_bytes((REPO / "examples" / "bindings.yaml").read_bytes())
+    loaded = load_paths([tmp_path])
+    assert loaded.files == (str(tmp_path / "bindings.yaml"),)
+    assert loaded.summary().endswith("(2 CI pipeline files skipped)")
+    with pytest.raises(InputError) as raised:
+        load_paths([tmp_path / "github.yml"])
+    assert any("unknown field" in p.message for p in raised.value.problems)

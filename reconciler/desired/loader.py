@@ -39,9 +39,20 @@ from reconciler.model import Desired, DesiredKey, Location, SafetyLimits, Scope,
 YAML_SUFFIXES = (".yaml", ".yml")
 # A file whose top level has all of these is an emulator fleet file, not a desired-state file.
 FLEET_FILE_KEYS = frozenset({"regions", "credentials"})
+# Other YAML a repository keeps beside its desired-state files, recognised by top-level keys
+# and skipped by directory searches (never when named explicitly): CI pipelines.
+OTHER_YAML_KINDS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("emulator fleet file", FLEET_FILE_KEYS),
+    ("CI pipeline file", frozenset({"jobs"})),  # GitHub Actions
+    ("CI pipeline file", frozenset({"stages"})),  # GitLab CI
+)
 # More problems than this in one file are summarised in one line: the rest are likely echoes.
 MAX_PROBLEMS_PER_FILE = 100
-_SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class LoadedDesired:
     files: tuple[str, ...]
     by_region: Mapping[str, Desired]
     skipped: tuple[str, ...] = ()
+    skipped_kinds: tuple[str, ...] = ()  # what each skipped file is, e.g. "emulator fleet file"
 
     def summary(self) -> str:
         """One line for ``cvmkeys validate``: what was loaded, and that it is valid."""
@@ -68,7 +80,9 @@ class LoadedDesired:
             f"{_count(keys, 'key')}, {_count(instances, 'instance')}: valid"
         )
         if self.skipped:
-            text += f" ({_count(len(self.skipped), 'emulator fleet file')} skipped)"
+            kinds = self.skipped_kinds or ("emulator fleet file",) * len(self.skipped)
+            counted = [_count(kinds.count(kind), kind) for kind in sorted(set(kinds))]
+            text += f" ({', '.join(counted)} skipped)"
         return text
 
 
@@ -103,21 +117,24 @@ def _load_paths(paths: Sequence[Path]) -> LoadedDesired:
     loaded: list[_FileDesired] = []
     files: list[str] = []
     skipped: list[str] = []
+    skipped_kinds: list[str] = []
     for path, display, explicit in targets:
         result = _load_file(path, display, explicit, problems)
-        if result == _SKIPPED:
+        if isinstance(result, _Skipped):
             skipped.append(display)
+            skipped_kinds.append(result.kind)
             continue
         files.append(display)
         if isinstance(result, _FileDesired):
             loaded.append(result)
     if not files and not problems:
         names = ", ".join(str(path) for path in paths)
-        problems.append(Problem(names, "no desired-state files found (only emulator fleet files)"))
+        kinds = " and ".join(sorted({kind + "s" for kind in skipped_kinds})) or "other YAML files"
+        problems.append(Problem(names, f"no desired-state files found (only {kinds})"))
     by_region = _merge(loaded, problems)
     if problems:
         raise InputError(_ordered(problems))
-    return LoadedDesired(tuple(files), by_region, tuple(skipped))
+    return LoadedDesired(tuple(files), by_region, tuple(skipped), tuple(skipped_kinds))
 
 
 # --------------------------------------------------------------------------- finding files
@@ -188,15 +205,17 @@ class _FileDesired:
 
 def _load_file(
     path: Path, display: str, explicit: bool, problems: list[Problem]
-) -> _FileDesired | str | None:
-    """The file's desired state; ``_SKIPPED`` for a fleet file found by a directory search;
+) -> _FileDesired | _Skipped | None:
+    """The file's desired state; ``_Skipped`` for other YAML found by a directory search;
     ``None`` when the file has problems (appended to ``problems``)."""
     source = read_source(path, display)
     if isinstance(source, Problem):
         problems.append(source)
         return None
-    if not explicit and has_top_level_keys(source.text, FLEET_FILE_KEYS):
-        return _SKIPPED  # before composing: fleet files can be large
+    if not explicit:
+        for kind, keys in OTHER_YAML_KINDS:
+            if has_top_level_keys(source.text, keys):
+                return _Skipped(kind)  # decided before composing: fleet files can be large
     root = compose(source.text, display)
     if isinstance(root, Problem):
         problems.append(root)

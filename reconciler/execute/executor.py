@@ -194,7 +194,6 @@ class Executor:
     def _send(self, wave: int, calls: list[tuple[str, tuple[str, ...]]]) -> list[tuple[Binding, CloudError]]:
         """Send the calls in parallel; return the bindings whose call failed, with the error."""
         uncertain: list[tuple[Binding, CloudError]] = []
-        succeeded: list[Binding] = []
         queue = list(calls)
         with ThreadPoolExecutor(max_workers=max(1, self.options.parallelism)) as pool:
             running: dict[Future[CallResult], tuple[str, tuple[str, ...]]] = {}
@@ -211,7 +210,8 @@ class Executor:
                         self._state.calls += 1
                     error = future.exception()
                     if error is None:
-                        succeeded.extend((key_id, iid) for iid in ids)
+                        for iid in ids:
+                            self._track((key_id, iid)).outcome = Outcome.DONE
                         self._emit("call-done", wave, f"unbound {key_id} from {len(ids)} instances")
                     elif isinstance(error, CloudError):
                         uncertain.extend(((key_id, iid), error) for iid in ids)
@@ -221,8 +221,6 @@ class Executor:
         for key_id, ids in queue:  # never sent (stopped): not an attempt
             for iid in ids:
                 self._track((key_id, iid)).attempts -= 1
-        for binding in succeeded:
-            self._track(binding).outcome = Outcome.DONE
         return uncertain
 
     def _wait_idle(self, wave: int, instance_ids: Sequence[str]) -> None:
