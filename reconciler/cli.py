@@ -38,7 +38,7 @@ from reconciler.errors import (
     UnsafePlanError,
 )
 from reconciler.execute.executor import ExecEvent, ExecOptions, Executor, check_fresh
-from reconciler.model import ApplyResult, Desired, Outcome, Plan, SafetyLimits
+from reconciler.model import ApplyResult, ChangeStatus, Desired, Outcome, Plan, SafetyLimits
 
 app = typer.Typer(
     name="cvmkeys",
@@ -243,7 +243,11 @@ def plan(
         Path | None, typer.Option("--out", metavar="PLANFILE", help="Save the plan (JSON) for apply.")
     ] = None,
     detailed_exitcode: Annotated[
-        bool, typer.Option("--detailed-exitcode", help="Exit 0 when there are no changes, 2 when there are.")
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when nothing differs, 2 when there are unbinds (ready or blocked), 1 on error.",
+        ),
     ] = False,
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
@@ -271,7 +275,8 @@ def plan(
             _stderr().print(
                 f"Saved the plan to {out}. To apply exactly this plan: cvmkeys apply {out}", soft_wrap=True
             )
-        if detailed_exitcode and the_plan.changes:
+        # Protected bindings are the file's own decision to leave them, not drift: not a diff.
+        if detailed_exitcode and any(c.status is not ChangeStatus.PROTECTED for c in the_plan.changes):
             raise typer.Exit(2)
 
 
