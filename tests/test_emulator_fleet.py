@@ -172,7 +172,7 @@ def test_errors_point_at_line_and_column(tmp_path: Path) -> None:
         return f"F:{line}:{lines[line - 1].index(needle) + 1}: "
 
     assert problems[0].startswith(at(7, "ins-BAD") + "instance id 'ins-BAD'")
-    assert at(8, "red") + "unknown field 'colour'" in "\n".join(p[: len(at(8, "red")) + 22] for p in problems)
+    assert any(p.startswith(at(8, "colour") + "unknown field 'colour'") for p in problems)
     assert any(p.startswith(at(8, "running") + "status must be an integer") for p in problems)
     assert any(
         p.startswith(at(10, "ins-zzzzzzzz") + "instance ins-zzzzzzzz is not an instance") for p in problems

@@ -306,7 +306,7 @@ class EmulatorApp:
         self._record(action, "partial", f"done {','.join(done)}; failed {','.join(failed)}")
         return _Answer.error(
             CODE_PARTIAL_SUCCESS,
-            f"{action} partially succeeded: succeeded: {', '.join(done)}; "
+            f"{action}: partial success in a batch: done: {', '.join(done)}; "
             f"failed: {', '.join(failed)} (injected)",
         )
 

@@ -20,6 +20,11 @@ emulator_app = typer.Typer(
 )
 
 
+@emulator_app.callback()
+def _emulator_group() -> None:
+    """Run the bundled emulator of the CVM API 2.0 (no cloud account needed)."""
+
+
 def _fail(error: CvmkeysError) -> typer.Exit:
     if isinstance(error, InputError):
         for problem in error.problems:

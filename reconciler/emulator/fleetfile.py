@@ -28,6 +28,8 @@ from reconciler.errors import InputError, Problem
 from reconciler.ids import INSTANCE_ID_PATTERN, KNOWN_REGIONS, canonical_region, is_instance_id, is_key_id
 
 PathT = tuple[str | int, ...]
+# Last step of a path whose problem is the map key itself (an unknown field), not its value.
+AT_KEY = "<key>"
 
 INSTANCE_FIELDS = ("id", "name", "os", "status", "zone", "lan_ip", "wan_ips", "created")
 INSTANCE_REQUIRED = ("id", "name", "os", "status")
@@ -227,7 +229,9 @@ def _check_map(
         return False
     for name in value:
         if name not in fields:
-            out.append(((*path, name), f"unknown field {name!r} in {what} (allowed: {', '.join(fields)})"))
+            out.append(
+                ((*path, name, AT_KEY), f"unknown field {name!r} in {what} (allowed: {', '.join(fields)})")
+            )
     for name in required:
         if name not in value:
             out.append((path, f"{what} is missing required field {name!r}"))
@@ -306,12 +310,17 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
         all_instances: dict[str, str] = {}
         all_keys: dict[str, str] = {}
         if not isinstance(region_name, str) or region_name not in KNOWN_REGIONS:
-            out.append((rpath, f"unknown region {region_name!r} (known: {', '.join(KNOWN_REGIONS)})"))
+            out.append(
+                ((*rpath, AT_KEY), f"unknown region {region_name!r} (known: {', '.join(KNOWN_REGIONS)})")
+            )
             continue
         long_name = canonical_region(region_name)
         if long_name in canonical_seen:
             out.append(
-                (rpath, f"region {region_name} is {long_name}, already given as {canonical_seen[long_name]}")
+                (
+                    (*rpath, AT_KEY),
+                    f"region {region_name} is {long_name}, already given as {canonical_seen[long_name]}",
+                )
             )
         canonical_seen.setdefault(long_name, region_name)
         if region is None:
@@ -453,12 +462,16 @@ def _locate(text: str, path: PathT) -> tuple[int, int] | None:
         return None
     if node is None:
         return None
+    key_of_node: yaml.Node | None = None
     for step in path:
+        if step == AT_KEY:
+            node = key_of_node or node
+            break
         child = None
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if key_node.value == str(step):
-                    child = value_node
+                    child, key_of_node = value_node, key_node
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
             child = node.value[step]

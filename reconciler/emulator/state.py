@@ -37,6 +37,7 @@ from typing import Any
 from filelock import FileLock
 
 from reconciler.emulator.fleetfile import (
+    AT_KEY,
     check_fleet,
     item_line,
     parse_fleet_text,
@@ -696,7 +697,7 @@ class FleetState:
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(step) for step in path) or "<top>"
+    return ".".join(str(step) for step in path if step != AT_KEY) or "<top>"
 
 
 def _read_fleet(path: Path) -> tuple[dict[str, Any], tuple[int, int, int]]:
