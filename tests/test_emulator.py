@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +25,7 @@ def ids(name: str, values: list[str]) -> dict[str, str]:
     return {f"{name}.{n}": value for n, value in enumerate(values)}
 
 
-def body(response: httpx.Response) -> dict[str, object]:
+def body(response: httpx.Response) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     document = response.json()
     assert isinstance(document, dict)
@@ -58,7 +59,7 @@ def test_describe_instances_shape_has_no_data_wrapper(emulator: Emulator) -> Non
     assert set(doc) == {"code", "message", "codeDesc", "totalCount", "instanceSet"}
     assert doc["codeDesc"] == "Success"
     assert doc["totalCount"] == 2
-    first, second = doc["instanceSet"]  # type: ignore[misc]
+    first, second = doc["instanceSet"]
     assert set(first) == {
         "instanceId",
         "unInstanceId",
@@ -82,18 +83,18 @@ def test_describe_instances_shape_has_no_data_wrapper(emulator: Emulator) -> Non
 def test_paging_and_filters(emulator: Emulator) -> None:
     page = body(emulator.call("DescribeInstances", {"offset": "2", "limit": "3"}))
     everything = body(emulator.call("DescribeInstances", {"limit": "100"}))
-    all_ids = [i["unInstanceId"] for i in everything["instanceSet"]]  # type: ignore[union-attr]
+    all_ids = [i["unInstanceId"] for i in everything["instanceSet"]]
     assert all_ids == sorted([WEB1, WEB2, DB1, BATCH1, BASTION, WIN1])
     assert page["totalCount"] == 6
-    assert [i["unInstanceId"] for i in page["instanceSet"]] == all_ids[2:5]  # type: ignore[union-attr]
+    assert [i["unInstanceId"] for i in page["instanceSet"]] == all_ids[2:5]
     running = body(emulator.call("DescribeInstances", {"status": "2"}))
-    assert [i["unInstanceId"] for i in running["instanceSet"]] == [DB1]  # type: ignore[union-attr]
+    assert [i["unInstanceId"] for i in running["instanceSet"]] == [DB1]
     web = body(emulator.call("DescribeInstances", {"searchWord": "WEB"}))
     assert web["totalCount"] == 2
     named = body(emulator.call("DescribeKeyPairs", {"keyName": "laptop"}))
-    assert [k["keyId"] for k in named["data"]["sshSet"]] == [OLD]  # type: ignore[index]
+    assert [k["keyId"] for k in named["data"]["sshSet"]] == [OLD]
     one = body(emulator.call("DescribeKeyPairs", {"keyIds.0": OPS, "keyIds.1": "skey-zzzzzzzz"}))
-    assert one["data"]["totalCount"] == 1  # type: ignore[index]
+    assert one["data"]["totalCount"] == 1
 
 
 def test_short_region_code_addresses_the_same_region(emulator: Emulator) -> None:
@@ -101,7 +102,7 @@ def test_short_region_code_addresses_the_same_region(emulator: Emulator) -> None
     short = body(emulator.call("DescribeKeyPairs", region="gz"))
     assert long == short
     shanghai = body(emulator.call("DescribeKeyPairs", region="ap-shanghai"))
-    assert shanghai["data"]["totalCount"] == 3  # type: ignore[index]
+    assert shanghai["data"]["totalCount"] == 3
     empty = body(emulator.call("DescribeInstances", region="ap-beijing"))
     assert empty["totalCount"] == 0
 
@@ -327,17 +328,17 @@ def test_operations_take_op_seconds(make_emulator: EmulatorFactory) -> None:
     # Settled at once in the file's view; observed only when the operation ends.
     assert (OLD, WEB1) not in em.state.bindings(GZ)
     described = body(em.call("DescribeInstances", ids("instanceIds", [WEB1])))
-    assert described["instanceSet"][0]["status"] == 20  # type: ignore[index]
+    assert described["instanceSet"][0]["status"] == 20
     keys = body(em.call("DescribeKeyPairs", {"keyIds.0": OLD}))
-    assert WEB1 in keys["data"]["sshSet"][0]["bindUnInstanceIds"]  # type: ignore[index]
+    assert WEB1 in keys["data"]["sshSet"][0]["bindUnInstanceIds"]
     # A second call on the busy instance fails like any non-4 status.
     code, message = error_of(em.call("UnBindInstanceKey", {"keyId": CI, **ids("instanceIds", [WEB1])}))
     assert code == 5100 and "status 20" in message
     em.clock.advance(5)
     described = body(em.call("DescribeInstances", ids("instanceIds", [WEB1])))
-    assert described["instanceSet"][0]["status"] == 4  # type: ignore[index]
+    assert described["instanceSet"][0]["status"] == 4
     keys = body(em.call("DescribeKeyPairs", {"keyIds.0": OLD}))
-    assert WEB1 not in keys["data"]["sshSet"][0]["bindUnInstanceIds"]  # type: ignore[index]
+    assert WEB1 not in keys["data"]["sshSet"][0]["bindUnInstanceIds"]
     assert error_of(em.call("UnBindInstanceKey", {"keyId": CI, **ids("instanceIds", [WEB1])})) == (0, "")
 
 
@@ -361,7 +362,7 @@ def test_served_over_a_real_socket(emulator: Emulator, method: str) -> None:
     with emulator.serve() as server:
         assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/v2/index.php")
         doc = body(emulator.call("DescribeKeyPairs", method=method, url=server.url))
-        assert doc["data"]["totalCount"] == 4  # type: ignore[index]
+        assert doc["data"]["totalCount"] == 4
         response = emulator.call(
             "UnBindInstanceKey", {"keyId": CI, **ids("instanceIds", [BATCH1])}, method=method, url=server.url
         )

@@ -204,7 +204,9 @@ def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: P
         assert process.stdout is not None
         lines = [process.stdout.readline() for _ in range(3)]
         url = re.search(r"at (http://127\.0\.0\.1:\d+/v2/index\.php)", lines[0])
-        assert url is not None, lines
+        if url is None:
+            process.kill()
+            pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
         secret_id = lines[1].split()[-1]
         secret_key = lines[2].split()[-1]
         em = Emulator.__new__(Emulator)

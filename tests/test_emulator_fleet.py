@@ -218,7 +218,7 @@ def test_from_data_reports_paths() -> None:
 
 # --------------------------------------------------------------------------- fast reader == YAML
 
-names = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+names = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 
 
 @st.composite

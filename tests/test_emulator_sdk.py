@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import SECRET_ID, SECRET_KEY, Emulator
-from QcloudApi.qcloudapi import QcloudApi
+from QcloudApi.qcloudapi import QcloudApi  # type: ignore[import-untyped]
 
 GZ = "ap-guangzhou"
 CI, OLD = "skey-3glfot13", "skey-8x9y0z12"
