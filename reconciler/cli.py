@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -42,7 +42,8 @@ from reconciler.model import ApplyResult, ChangeStatus, Desired, Outcome, Plan, 
 
 app = typer.Typer(
     name="cvmkeys",
-    help="Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git.",
+    help="Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git."
+    "\n\nExample: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -80,6 +81,38 @@ def _reporting_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         _stderr().print("[bold red]Interrupted.[/]")
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except OSError as error:
+        # A file that cannot be read or written: the user's to fix, not a bug.
+        console = _stderr()
+        where = f" ({error.filename})" if error.filename else ""
+        console.print(f"[bold red]Error:[/] {error.strerror or error}{where}", markup=True, soft_wrap=True)
+        console.print("[dim]hint:[/] check the path and its permissions", soft_wrap=True)
+        if _options.debug:
+            console.print_exception()
+        raise typer.Exit(1) from None
+    except Exception as error:
+        if _is_usage_error(error):
+            raise  # click reports usage errors itself
+        console = _stderr()
+        console.print(
+            f"[bold red]Error:[/] internal error ({type(error).__name__}): this is a bug in cvmkeys",
+            soft_wrap=True,
+        )
+        if _options.debug:
+            console.print_exception()
+        else:
+            console.print("[dim]hint:[/] run again with --debug to see the traceback, and report it")
+        raise typer.Exit(1) from None
+
+
+def _is_usage_error(error: Exception) -> bool:
+    # click.ClickException, wherever this Typer version keeps click.
+    return any(cls.__name__ == "ClickException" for cls in type(error).__mro__)
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _version_callback(value: bool) -> None:
@@ -104,11 +137,18 @@ def _main_options(
         str | None, typer.Option("--log-level", help="Log level: DEBUG, INFO, WARNING, ERROR.")
     ] = None,
 ) -> None:
-    """Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git."""
+    """Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git.
+
+    Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml
+    """
     _options.debug = debug
     level = (
         log_level.upper() if log_level else ("DEBUG" if verbose >= 2 else "INFO" if verbose else "WARNING")
     )
+    if level not in _LOG_LEVELS:
+        raise typer.BadParameter(
+            f"{log_level!r} is not one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level"
+        )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -153,6 +193,14 @@ EmulatorOption = Annotated[
 ]
 EndpointOption = Annotated[
     str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
+]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        metavar="NAME",
+        help="tccli profile for credentials (~/.tccli/NAME.credential); default: the environment.",
+    ),
 ]
 RateLimitOption = Annotated[
     float, typer.Option("--rate-limit", help="Client-side limit, requests per second per action.")
@@ -220,8 +268,13 @@ def _render_plan(plan: Plan, fmt: OutputFormat, color: bool) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _plan_errors(plan: Plan) -> CvmkeysError:
@@ -236,6 +289,7 @@ def plan(
     paths: PathsArgument,
     emulator: EmulatorOption = None,
     endpoint: EndpointOption = None,
+    profile: ProfileOption = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.text,
@@ -261,7 +315,7 @@ def plan(
     from reconciler.core.document import dump_plan
 
     with _reporting_errors():
-        options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit)
+        options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile)
         the_plan, connection = _make_plan(paths, options, SafetyLimits(max_unbinds, max_unbind_percent))
         connection.close()
         typer.echo(
@@ -373,6 +427,7 @@ def apply(
     ],
     emulator: EmulatorOption = None,
     endpoint: EndpointOption = None,
+    profile: ProfileOption = None,
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")
     ] = False,
@@ -408,7 +463,9 @@ def apply(
         audit = AuditLog(audit_log) if audit_log else None
         color = _use_color(no_color)
         try:
-            options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit)
+            options = ConnectOptions(
+                emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile
+            )
             if _is_plan_file(paths):
                 the_plan = _read_plan(paths[0])
                 if the_plan.has_errors:
@@ -495,6 +552,120 @@ def _apply_exit_code(result: ApplyResult) -> int:
     return 0
 
 
+class ImportScope(str, Enum):
+    keys = "keys"
+    instances = "instances"
+    account = "account"
+
+
+@app.command("import")
+def import_command(
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            metavar="REGION",
+            help="Region to import (default: $TENCENTCLOUD_REGION, then the tccli profile's region).",
+        ),
+    ] = None,
+    keys: Annotated[
+        list[str] | None,
+        typer.Option("--keys", metavar="SKEY,...", help="Keys to import (repeatable or comma-separated)."),
+    ] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Import every key of the region.")] = False,
+    scope: Annotated[
+        ImportScope, typer.Option("--scope", help="What the file will own: keys, instances or account.")
+    ] = ImportScope.keys,
+    emulator: EmulatorOption = None,
+    endpoint: EndpointOption = None,
+    profile: ProfileOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="Write the file (atomically) instead of printing it."),
+    ] = None,
+    schema_ref: Annotated[
+        str, typer.Option("--schema-ref", metavar="PATH|URL", help="Schema named in the editor header line.")
+    ] = "../schemas/bindings.schema.json",
+    rate_limit: RateLimitOption = 10.0,
+) -> None:
+    """Write a desired-state file that allows exactly the bindings that are live now.
+
+    The result validates, and `cvmkeys plan` on it shows no changes: a starting point to
+    commit and then edit down. Instance and key names go into comments next to the IDs.
+
+    Example: cvmkeys import --region ap-guangzhou --all --emulator examples/fleet.yaml --out bindings.yaml
+    """
+    from reconciler import importer
+    from reconciler.cloud.credentials import default_region
+    from reconciler.model import Scope
+
+    with _reporting_errors():
+        if all_keys == bool(keys) and not (scope is ImportScope.account and not keys):
+            raise ConfigError(
+                "say which keys to import: --keys skey-...,skey-... or --all",
+                hint="scope account always imports every key (--all may be left out)",
+            )
+        region_name = region or default_region(profile=profile)
+        if not region_name:
+            raise ConfigError(
+                "no region given",
+                hint="pass --region, set TENCENTCLOUD_REGION, or set one in the tccli profile",
+            )
+        selection = importer.ImportSelection(
+            region=importer.canonical_region(region_name),
+            scope=Scope(scope.value),
+            key_ids=importer.parse_key_ids(keys) if keys else None,
+        )
+        options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile)
+        with connect(selection.region, options) as connection:
+            observed = importer.observe_for_import(connection.client, selection)
+            calls = connection.client.calls
+        text = importer.render_desired(selection, observed, schema_ref=schema_ref)
+        summary = importer.summarize(selection, observed)
+        _check_imported(text, out)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            _write_atomically(out, text)
+        calls_text = ", ".join(f"{action} {count}" for action, count in sorted(calls.items()))
+        note = (
+            f"; {summary.instances_not_found} bound instances not found"
+            if summary.instances_not_found
+            else ""
+        )
+        _stderr().print(
+            f"Imported {summary.keys} keys, {summary.bindings} bindings on {summary.instances} instances "
+            f"from {selection.region} (scope: {selection.scope.value}; "
+            f"API calls: {calls_text or 'none'}{note})." + (f" Wrote {out}." if out is not None else ""),
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _check_imported(text: str, out: Path | None) -> None:
+    """Load the rendered file back through the loader before anyone sees it: import must never
+    hand out a file that does not validate."""
+    import tempfile
+
+    from reconciler.desired.loader import load_paths
+
+    with tempfile.TemporaryDirectory(prefix="cvmkeys-import-") as tmp:
+        check = Path(tmp) / (out.name if out is not None else "imported.yaml")
+        check.write_text(text, encoding="utf-8")
+        try:
+            load_paths([check])
+        except InputError as error:
+            raise CvmkeysError(
+                "internal error: the imported file does not validate: "
+                + "; ".join(str(p) for p in error.problems[:3]),
+                hint="this is a bug in cvmkeys; please report it with the command you ran",
+            ) from None
+
+
 from reconciler.emulator.cli import emulator_app  # noqa: E402 - mounted after the commands above
 
-app.add_typer(emulator_app, name="emulator", help="Run the bundled emulator of the CVM API 2.0.")
+app.add_typer(
+    emulator_app,
+    name="emulator",
+    help="Run the bundled emulator of the CVM API 2.0.\n\nExample: cvmkeys emulator serve --fleet fleet.yaml",
+)

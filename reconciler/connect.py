@@ -2,12 +2,15 @@
 
 Called by the CLI only. ``--emulator FLEET`` runs the emulator in this process and sends every
 request through an httpx transport straight into it (no socket), signed as for the real API,
-with the fleet's first credentials unless the environment provides some. Changes are saved
-back to the fleet file, so plan -> apply -> plan converges across runs.
+with the fleet's first credentials unless the environment (or ``--profile``) provides some.
+Changes are saved back to the fleet file, so plan -> apply -> plan converges across runs.
+The real endpoint takes credentials from ``--profile``, the environment, or a tccli profile
+(``reconciler.cloud.credentials.load_credentials``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +19,11 @@ from types import TracebackType
 import httpx
 
 from reconciler.cloud.client import DEFAULT_ENDPOINT, AttemptRecord, CvmClient
-from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials
+from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials, mask_secret_id
 from reconciler.cloud.endpoint import check_endpoint
 from reconciler.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 # In-process requests carry this URL; loopback, so the http:// rule is satisfied honestly.
 EMULATOR_URL = "http://localhost/v2/index.php"
@@ -33,6 +38,7 @@ class ConnectOptions:
     rate_limit: float = 10.0
     timeout: float = 10.0
     max_attempts: int = 5
+    profile: str | None = None  # --profile: a tccli profile, read instead of the environment
 
 
 @dataclass
@@ -83,12 +89,23 @@ def connect(
         from reconciler.emulator.state import FleetState
 
         state = FleetState.from_file(options.emulator, persist=True)
-        credentials = credentials_from_env() or _fleet_credentials(state, options.emulator)
+        if options.profile is not None:
+            credentials = load_credentials(profile=options.profile)
+        else:
+            credentials = credentials_from_env() or _fleet_credentials(state, options.emulator)
+        _log_credentials(credentials)
         client = make_client(credentials, EMULATOR_URL, transport(EmulatorApp(state)))
         return Connection(client, emulator_label(options.emulator))
     endpoint = check_endpoint(options.endpoint or DEFAULT_ENDPOINT)
-    client = make_client(load_credentials(), endpoint, None)
+    credentials = load_credentials(profile=options.profile)
+    _log_credentials(credentials)
+    client = make_client(credentials, endpoint, None)
     return Connection(client, endpoint)
+
+
+def _log_credentials(credentials: Credentials) -> None:
+    # The masked SecretId only: enough to tell two accounts apart, never the secret.
+    _log.info("credentials: SecretId %s from %s", mask_secret_id(credentials.secret_id), credentials.source)
 
 
 def _fleet_credentials(state: object, fleet: Path) -> Credentials:
@@ -98,4 +115,4 @@ def _fleet_credentials(state: object, fleet: Path) -> Credentials:
     first = pairs[0]
     secret_id = getattr(first, "secret_id", None) or first["secret_id"]
     secret_key = getattr(first, "secret_key", None) or first["secret_key"]
-    return Credentials(secret_id, secret_key)
+    return Credentials(secret_id, secret_key, source=f"the fleet file {fleet}")

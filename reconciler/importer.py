@@ -1,0 +1,254 @@
+"""``cvmkeys import``: a desired-state file written from what is live now.
+
+Called by ``cli.py`` (the ``import`` command). Two steps, kept apart like plan's:
+
+* :func:`observe_for_import` reads the live state with the fewest calls: DescribeKeyPairs
+  (only the chosen keys when the scope allows it, 100 a page), then DescribeInstances only for
+  the instances those keys are bound to (100 IDs a call), just to learn their names. It talks
+  to any object with the client's two describe methods (``Describer``), so this module imports
+  no network code.
+* :func:`render_desired` is pure: the same selection and observed state always give the same
+  bytes. The YAML is written by hand, because the format is small and fixed and the names must
+  go into comments (``- ins-1a2b3c4d  # web-1``), which PyYAML cannot write.
+
+What the file declares, by scope (so that ``cvmkeys plan`` on it shows no changes):
+
+* ``keys``: the chosen keys, each allowing exactly the instances it is bound to now.
+* ``instances``: the instances the chosen keys are bound to; every key bound to one of them is
+  declared, allowing exactly its current bindings among those instances.
+* ``account``: every key of the region with every binding.
+
+Names from the cloud are untrusted text. In comments they are cleaned (no control, format or
+line-break characters; at most 64 characters), since a comment is only for people. A key's
+``name:`` is data that plan checks, so it is written exactly, as a double-quoted YAML scalar
+with every character that is not plainly printable escaped; tests load the result back through
+``reconciler.desired.loader`` with hostile names.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler import ids
+from reconciler.errors import ConfigError
+from reconciler.model import Instance, KeyPair, Observed, Scope
+
+# Where the editor finds the schema: the layout of this repository (desired files in a folder
+# next to ``schemas/``). ``cvmkeys import --schema-ref`` changes it.
+DEFAULT_SCHEMA_REF = "../schemas/bindings.schema.json"
+COMMENT_NAME_LIMIT = 64
+# Bidirectional controls (Trojan Source) and invisible characters: printable to Python, but
+# they change how the text around them reads.
+_BIDI_AND_INVISIBLE = frozenset(
+    "\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+)
+
+
+class Describer(Protocol):
+    """The two read calls of ``reconciler.cloud.client.CvmClient`` that import needs."""
+
+    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]: ...
+
+    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]: ...
+
+
+@dataclass(frozen=True)
+class ImportSelection:
+    """What to import: a region, a scope, and the keys (``None``: every key of the region)."""
+
+    region: str
+    scope: Scope = Scope.KEYS
+    key_ids: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scope is Scope.ACCOUNT and self.key_ids is not None:
+            raise ConfigError(
+                "scope account owns every binding in the region; it cannot be limited to some keys",
+                hint="use --all with --scope account, or --scope keys/instances with --keys",
+            )
+        bad = [key_id for key_id in self.key_ids or () if not ids.is_key_id(key_id)]
+        if bad:
+            raise ConfigError(
+                f"not a key ID: {', '.join(repr(b) for b in bad[:5])}",
+                hint="key IDs look like skey-3glfot13 (skey- and 8 lower-case letters or digits)",
+            )
+
+
+def parse_key_ids(values: Iterable[str]) -> tuple[str, ...]:
+    """``--keys`` values, repeatable and comma-separated, as sorted distinct IDs."""
+    found = {part.strip() for value in values for part in value.split(",") if part.strip()}
+    return tuple(sorted(found))
+
+
+def canonical_region(region: str) -> str:
+    """The long region name, or ``ConfigError`` listing the known ones."""
+    try:
+        return ids.canonical_region(region.strip())
+    except KeyError:
+        raise ConfigError(
+            f"unknown region {region!r}",
+            hint="use a long name such as ap-guangzhou or an API 2.0 short code such as gz",
+        ) from None
+
+
+# --------------------------------------------------------------------------- observing
+
+
+def observe_for_import(client: Describer, selection: ImportSelection) -> Observed:
+    """The live state ``render_desired`` needs: ceil(keys/100) + ceil(bound instances/100) calls.
+
+    With ``--keys`` in scope ``keys`` only those keys are described (a ``keyIds.n`` filter);
+    scope ``instances`` must see every key, to find the other keys bound to those instances.
+    A chosen key that does not exist is a ``ConfigError``: a file declaring it could not be
+    planned.
+    """
+    filtered = selection.scope is Scope.KEYS and selection.key_ids is not None
+    pairs = client.describe_key_pairs(list(selection.key_ids or ()) if filtered else None)
+    keys = {pair.key_id: pair for pair in pairs}
+    missing = sorted(set(selection.key_ids or ()) - keys.keys())
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} key{'s' if len(missing) != 1 else ''} not found in {selection.region}: "
+            + ", ".join(missing[:10])
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
+            hint="check the key IDs and the region (--region)",
+        )
+    wanted = _declared_bindings(selection, keys)
+    instance_ids = sorted({iid for bound in wanted.values() for iid in bound})
+    instances = {inst.instance_id: inst for inst in client.describe_instances(instance_ids)}
+    return Observed(region=selection.region, keys=keys, instances=instances)
+
+
+def _declared_bindings(selection: ImportSelection, keys: Mapping[str, KeyPair]) -> dict[str, tuple[str, ...]]:
+    """Key ID -> the instances the file allows it on, sorted, for every key the file declares."""
+    chosen = set(keys) if selection.key_ids is None else set(selection.key_ids) & keys.keys()
+    if selection.scope is Scope.INSTANCES:
+        owned = {iid for key_id in chosen for iid in keys[key_id].bound_instance_ids}
+        declared = {
+            key_id: tuple(sorted(set(pair.bound_instance_ids) & owned))
+            for key_id, pair in keys.items()
+            if key_id in chosen or owned.intersection(pair.bound_instance_ids)
+        }
+    else:
+        declared = {key_id: tuple(sorted(set(keys[key_id].bound_instance_ids))) for key_id in chosen}
+    return dict(sorted(declared.items()))
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """Counts for the CLI's one-line report."""
+
+    keys: int
+    bindings: int
+    instances: int
+    instances_not_found: int
+
+
+def summarize(selection: ImportSelection, observed: Observed) -> ImportSummary:
+    """How many keys, bindings and instances ``render_desired`` declares."""
+    declared = _declared_bindings(selection, observed.keys)
+    instances = {iid for bound in declared.values() for iid in bound}
+    return ImportSummary(
+        keys=len(declared),
+        bindings=sum(len(bound) for bound in declared.values()),
+        instances=len(instances),
+        instances_not_found=len(instances - observed.instances.keys()),
+    )
+
+
+def render_desired(
+    selection: ImportSelection, observed: Observed, *, schema_ref: str = DEFAULT_SCHEMA_REF
+) -> str:
+    """The desired-state file (YAML text) that allows exactly the live bindings selected."""
+    declared = _declared_bindings(selection, observed.keys)
+    summary = summarize(selection, observed)
+    lines = [
+        f"# yaml-language-server: $schema={_comment(schema_ref, limit=None)}",
+        "#",
+        f"# Written by `cvmkeys import` from the live bindings of {selection.region} "
+        f"(scope: {selection.scope.value}).",
+        f"# {_plural(summary.keys, 'key')}, {_plural(summary.bindings, 'binding')}, "
+        f"{_plural(summary.instances, 'instance')}. `cvmkeys plan` on this file shows no changes",
+        "# until the cloud or the file changes. Names in comments are what the cloud reported,",
+        "# cleaned for display; IDs are what counts. Format: docs/desired-state.md.",
+        "",
+        "version: 1",
+        f"region: {selection.region}",
+        f"scope: {selection.scope.value}",
+        "",
+    ]
+    if not declared:
+        lines.append("keys: {}")
+    else:
+        lines.append("keys:")
+    for key_id, bound in declared.items():
+        pair = observed.keys[key_id]
+        lines.append(f"  {key_id}:")
+        if pair.name and not _has_surrogates(pair.name):
+            lines.append(f"    name: {yaml_double_quoted(pair.name)}")
+        elif pair.name:
+            # libyaml refuses an escaped lone surrogate; leave the name unchecked instead.
+            lines.append("    # name not written: it holds characters YAML cannot represent")
+        if not bound:
+            lines.append("    instances: []")
+            continue
+        lines.append("    instances:")
+        for iid in bound:
+            instance = observed.instances.get(iid)
+            note = f"not found in {selection.region}" if instance is None else _comment(instance.name)
+            lines.append(f"      - {iid}  # {note}" if note else f"      - {iid}")
+    return "\n".join(lines) + "\n"
+
+
+def yaml_double_quoted(text: str) -> str:
+    """``text`` as a YAML double-quoted scalar that any YAML 1.1/1.2 reader reads back exactly.
+
+    Printable characters stay as they are (Chinese names stay readable); quotes, backslashes,
+    control, format, separator and private-use characters become escapes.
+    """
+    out = ['"']
+    for char in text:
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif char == " " or (char.isprintable() and char not in _BIDI_AND_INVISIBLE):
+            out.append(char)
+        else:
+            code = ord(char)
+            if code <= 0xFF:
+                out.append(f"\\x{code:02x}")
+            elif code <= 0xFFFF:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def _comment(text: str, *, limit: int | None = COMMENT_NAME_LIMIT) -> str:
+    """``text`` fit for a YAML comment: one line of printable characters, spaces collapsed."""
+    kept = []
+    for char in text:
+        if char.isprintable() and char not in _BIDI_AND_INVISIBLE:
+            kept.append(char)
+        elif unicodedata.category(char) in ("Zs", "Zl", "Zp", "Cc"):
+            kept.append(" ")  # tabs, newlines, odd spaces: a space, so words stay apart
+    cleaned = " ".join("".join(kept).split())
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1] + "\u2026"
+    return cleaned
+
+
+def _has_surrogates(text: str) -> bool:
+    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
