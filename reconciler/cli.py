@@ -307,17 +307,28 @@ def plan(
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
     rate_limit: RateLimitOption = 10.0,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", metavar="FILE", help="Append every API call as JSON lines.")
+    ] = None,
 ) -> None:
     """Read the live bindings, diff them against the files, show the unbinds that would follow.
 
     Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml --out plan.json
     """
     from reconciler.core.document import dump_plan
+    from reconciler.execute.audit import AuditLog
 
     with _reporting_errors():
         options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile)
-        the_plan, connection = _make_plan(paths, options, SafetyLimits(max_unbinds, max_unbind_percent))
-        connection.close()
+        audit = AuditLog(audit_log) if audit_log else None
+        try:
+            the_plan, connection = _make_plan(
+                paths, options, SafetyLimits(max_unbinds, max_unbind_percent), on_attempt=audit
+            )
+            connection.close()
+        finally:
+            if audit is not None:
+                audit.close()
         typer.echo(
             _render_plan(the_plan, output_format, _use_color(no_color)),
             nl=output_format is not OutputFormat.json,
