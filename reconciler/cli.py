@@ -645,12 +645,17 @@ def import_command(
             else ""
         )
         _stderr().print(
-            f"Imported {summary.keys} keys, {summary.bindings} bindings on {summary.instances} instances "
-            f"from {selection.region} (scope: {selection.scope.value}; "
-            f"API calls: {calls_text or 'none'}{note})." + (f" Wrote {out}." if out is not None else ""),
+            f"Imported {_count(summary.keys, 'key')}, {_count(summary.bindings, 'binding')} "
+            f"on {_count(summary.instances, 'instance')} from {selection.region} "
+            f"(scope: {selection.scope.value}; API calls: {calls_text or 'none'}{note})."
+            + (f" Wrote {out}." if out is not None else ""),
             markup=False,
             soft_wrap=True,
         )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _check_imported(text: str, out: Path | None) -> None:

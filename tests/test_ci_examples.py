@@ -280,3 +280,16 @@ def test_pre_commit_hook() -> None:
     assert files
     result = CliRunner().invoke(app, [*args, *(str(ROOT / f) for f in files)])
     assert result.exit_code == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- the documentation
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/gitops.md"])
+def test_commands_in_the_docs_are_real(doc: str) -> None:
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    found = _find_invocations(blocks)
+    assert len(found) >= (8 if doc == "README.md" else 2)
+    if doc == "README.md":
+        assert {"validate", "plan", "show", "apply", "import", "emulator"} <= {inv.path[0] for inv in found}

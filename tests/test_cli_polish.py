@@ -4,6 +4,7 @@ shell completion, logging levels that never show a secret, and errors as one lin
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,35 @@ def test_log_levels_work_and_never_show_a_secret(
     assert ("DEBUG reconciler.cloud.client: DescribeKeyPairs attempt 1/5" in done.stderr) is debug
     for secret in (FLEET_SECRET_KEY, FLEET_SECRET_ID, "Signature=", "SecretId="):
         assert secret not in done.stderr + done.stdout
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def _readme_block(after: str) -> list[str]:
+    """The lines of the first ```sh block after the heading ``after`` in README.md."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(after) :]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)].strip().splitlines()
+
+
+def test_readme_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of the 60-second tour, in order, with /tmp/ moved into a test folder."""
+    monkeypatch.chdir(EXAMPLES.parent)
+    lines = _readme_block("## A 60-second tour")
+    assert lines[0] == "cp examples/fleet.yaml /tmp/fleet.yaml"
+    shutil.copy(EXAMPLES / "fleet.yaml", tmp_path / "fleet.yaml")
+    outputs = []
+    for line in lines[1:]:
+        words = shlex.split(line.replace("/tmp/", f"{tmp_path}/"))
+        assert words[0] == "cvmkeys", line
+        result = runner.invoke(app, words[1:], env=CLEAN_ENV)
+        allowed = (0, 3) if words[1] == "apply" else (0,)  # 3: blocked unbinds remain, as the README says
+        assert result.exit_code in allowed, f"{line}\n{result.stdout}{result.stderr}"
+        assert "Traceback" not in result.stdout + result.stderr
+        outputs.append(result.stdout)
+    assert "Plan: 3 to unbind, 2 blocked, 1 protected." in outputs[1]
+    assert "Apply complete: 3 done, 0 failed, 2 blocked, 1 protected." in outputs[3]
+    assert "Plan: 0 to unbind, 2 blocked, 1 protected." in outputs[4]
+    assert "No changes. The live bindings match the file." in outputs[6]
