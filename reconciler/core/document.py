@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -47,6 +48,9 @@ SUPPORTED_MAJOR = int(PLAN_FORMAT_VERSION.split(".")[0])
 # Schema problems listed in one error before "and N more"; the first few are what one fixes.
 _MAX_LISTED_PROBLEMS = 10
 _MAX_PROBLEM_CHARS = 200
+# A plan is 4 levels deep ($.findings[0].location.line); anything far deeper is not a plan, and
+# the digest and the schema walk it recursively.
+MAX_PLAN_DEPTH = 32
 
 _INVISIBLE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 _RERUN_HINT = "run `cvmkeys plan -out FILE` again and review the new plan"
@@ -231,6 +235,33 @@ def _check_batches(changes: tuple[Change, ...], batches: tuple[Batch, ...], sour
             seen.add(binding)
 
 
+# The schema's ID patterns, whole-string: jsonschema's ``pattern`` uses re.search, where ``$``
+# also matches before a final newline, so "ins-1a2b3c4d\n" would pass the schema alone.
+_PLAN_KEY_ID = re.compile(r"skey-[a-z0-9]+")
+_PLAN_INSTANCE_ID = re.compile(r"ins-[a-z0-9]+")
+
+
+def _check_ids(data: Mapping[str, Any], source: str) -> None:
+    """Every ID apply may send (changes, batches, fingerprint) is exactly an ID, nothing more."""
+    found: list[tuple[str, str, re.Pattern[str]]] = []
+    for index, change in enumerate(data["changes"]):
+        found.append((f"$.changes[{index}].key_id", change["key_id"], _PLAN_KEY_ID))
+        found.append((f"$.changes[{index}].instance_id", change["instance_id"], _PLAN_INSTANCE_ID))
+    for index, batch in enumerate(data["batches"]):
+        found.append((f"$.batches[{index}].key_id", batch["key_id"], _PLAN_KEY_ID))
+        for n, iid in enumerate(batch["instance_ids"]):
+            found.append((f"$.batches[{index}].instance_ids[{n}]", iid, _PLAN_INSTANCE_ID))
+    for n, kid in enumerate(data["fingerprint"]["key_ids"]):
+        found.append((f"$.fingerprint.key_ids[{n}]", kid, _PLAN_KEY_ID))
+    for n, iid in enumerate(data["fingerprint"]["instance_ids"]):
+        found.append((f"$.fingerprint.instance_ids[{n}]", iid, _PLAN_INSTANCE_ID))
+    for where, value, pattern in found:
+        if pattern.fullmatch(value) is None:
+            raise PlanIntegrityError(
+                f"{source}: {where}: {_short(repr(value))} is not an ID", hint=_RERUN_HINT
+            )
+
+
 def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
     """Build a ``Plan`` from its JSON data, after validating it against the plan schema.
 
@@ -248,6 +279,7 @@ def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
             + "\n  ".join(listed),
             hint=_RERUN_HINT,
         )
+    _check_ids(data, source)
     changes = tuple(
         Change(
             key_id=c["key_id"],
@@ -333,9 +365,36 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        # 1e400 parses as infinity, which no JSON writer (and not the digest) can represent.
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _depth_at_most(data: Any, limit: int) -> bool:
+    """True when ``data`` nests lists/objects at most ``limit`` deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return False
+                stack.append((child, depth + 1))
+    return True
+
+
 def _parse(text: str, source: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        data = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as error:
         raise PlanIntegrityError(
             f"{source}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}",
@@ -343,6 +402,16 @@ def _parse(text: str, source: str) -> Any:
         ) from None
     except ValueError as error:
         raise PlanIntegrityError(f"{source}: not valid JSON: {error}", hint=_RERUN_HINT) from None
+    except RecursionError:
+        too_deep = True  # json gives up near 1,000 levels
+    else:
+        too_deep = not _depth_at_most(data, MAX_PLAN_DEPTH)
+    if too_deep:
+        raise PlanIntegrityError(
+            f"{source}: not a cvmkeys plan: JSON nested more than {MAX_PLAN_DEPTH} levels deep",
+            hint=_RERUN_HINT,
+        )
+    return data
 
 
 def _check_version(data: Mapping[str, Any], source: str) -> None:

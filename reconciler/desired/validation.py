@@ -288,9 +288,16 @@ def _describe(value: Any, *, bare: bool = False) -> str:
 
 
 def _extra_checks(data: Any) -> Iterator[tuple[Path_, bool, str]]:
-    """What JSON Schema cannot say: a percentage that is not a number at all (NaN)."""
+    """What JSON Schema cannot say: a percentage that is not a number at all (NaN); a key ID
+    that the schema's ``propertyNames`` pattern lets through only because jsonschema matches
+    with search semantics, where ``$`` also matches before a final newline."""
     if not isinstance(data, dict):
         return
+    keys = data.get("keys")
+    if isinstance(keys, dict):
+        for key_id in keys:
+            if isinstance(key_id, str) and not ids.is_key_id(key_id) and _ID_RE["key"].search(key_id):
+                yield ("keys", key_id), True, _id_message(key_id, "key")
     safety = data.get("safety")
     if isinstance(safety, dict):
         percent = safety.get("max_unbind_percent")
