@@ -101,13 +101,14 @@ def test_generated_fleets_converge_and_mutations_are_exactly_the_plan(scope: str
     }
 
 
-def _example_world(tmp_path: Path) -> tuple[Path, Path]:
-    gen = generate(60, 6, seed=7, remove_fraction=0.3)
+def _example_world(tmp_path: Path, scope: str = "keys") -> tuple[Path, Path]:
+    gen = generate(60, 6, seed=7, remove_fraction=0.3, scope=scope)
     return write(gen, tmp_path)
 
 
-def test_served_emulator_plan_apply_plan(tmp_path: Path) -> None:
-    fleet, desired = _example_world(tmp_path)
+@pytest.mark.parametrize("scope", ["keys", "instances", "account"])
+def test_served_emulator_plan_apply_plan(tmp_path: Path, scope: str) -> None:
+    fleet, desired = _example_world(tmp_path, scope)
     state = FleetState.from_file(fleet, persist=True)
     env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
     with serve_in_thread(EmulatorApp(state)) as server:
@@ -115,6 +116,12 @@ def test_served_emulator_plan_apply_plan(tmp_path: Path) -> None:
             "plan", str(desired), "--endpoint", server.url, "--out", str(tmp_path / "p.json"), env=env
         )
         assert code == 0, out
+        planned = {
+            (c["key_id"], c["instance_id"])
+            for c in json.loads((tmp_path / "p.json").read_text())["changes"]
+            if c["status"] == "ready"
+        }
+        assert planned
         code, out, err = cli(
             "apply",
             str(tmp_path / "p.json"),
@@ -125,6 +132,8 @@ def test_served_emulator_plan_apply_plan(tmp_path: Path) -> None:
             env=env,
         )
         assert code in (0, 3), out + err
+        mutated = [(m.key_id, i) for m in state.mutations for i in m.instance_ids]
+        assert sorted(mutated) == sorted(planned)  # exactly the plan, each binding once
         code, out, _ = cli("plan", str(desired), "--endpoint", server.url, "--format", "json", env=env)
         assert [c for c in json.loads(out)["changes"] if c["status"] == "ready"] == []
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
