@@ -72,7 +72,14 @@ class _StrictLoader(yaml.CSafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _yaml_error(file: str, error: yaml.YAMLError) -> InputError:
+def _yaml_error(file: str, error: yaml.YAMLError, text: str = "") -> InputError:
+    if isinstance(error, yaml.reader.ReaderError):
+        # A character YAML does not allow (NUL, ESC, ...): the reader gives an offset, not a mark.
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        char = error.character if isinstance(error.character, int) else ord(str(error.character)[:1] or "?")
+        message = f"not valid YAML: character U+{char:04X} is not allowed: {error.reason}"
+        return InputError([Problem(file, message, line, column)])
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
@@ -208,13 +215,64 @@ def _parse_json(text: str) -> Any:
         )
     except ValueError as error:
         raise _NotFastShape(str(error)) from None
+    except RecursionError:
+        # Nested ~1,000 deep: libyaml reports its nesting limit with a line and column.
+        raise _NotFastShape("nested too deeply") from None
+
+
+# How many nodes aliases may add by expansion (as the desired-state loader allows): a
+# "billion laughs" file would otherwise make the checks walk (and messages print) 10^9 items.
+MAX_ALIAS_NODES = 100_000
+
+
+def _alias_problem(data: Any) -> str | None:
+    """Why ``data`` (from the YAML loader) is refused for its aliases, or None.
+
+    Counts, without recursion, the nodes the data would have with every alias written out, and
+    compares that with the nodes it really holds: shared lists and maps come only from aliases.
+    """
+    expanded: dict[int, int] = {}  # id of a list/map -> its size with aliases expanded
+    on_path: set[int] = set()
+    real = 0
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        children = list(node.values()) if isinstance(node, dict) else node
+        if finished:
+            on_path.discard(key)
+            size = 1 + sum(expanded.get(id(c), 1) for c in children)
+            expanded[key] = size
+            if size - real > MAX_ALIAS_NODES:
+                return f"aliases expand to more than {MAX_ALIAS_NODES:,} extra nodes; write the data out"
+            continue
+        if key in expanded:
+            continue
+        if key in on_path:
+            return "an alias inside its own anchor (recursive alias)"
+        on_path.add(key)
+        real += 1 + len(children)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if isinstance(c, (dict, list)))
+    return None
+
+
+def _first_alias(text: str) -> tuple[int, int] | None:
+    try:
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, yaml.AliasEvent) and event.start_mark is not None:
+                return event.start_mark.line + 1, event.start_mark.column + 1
+    except yaml.YAMLError:
+        pass
+    return None
 
 
 def parse_fleet_text(text: str, file: str) -> Any:
     """The data of a fleet file: the fast scanner or ``json`` when the text fits, else the YAML
     loader.
 
-    Raises ``InputError`` if the text is not YAML (with the place of the problem).
+    Raises ``InputError`` if the text is not YAML (with the place of the problem), or if its
+    aliases would expand it beyond ``MAX_ALIAS_NODES`` extra nodes.
     """
     for fast in (_parse_fast, _parse_json):
         try:
@@ -222,12 +280,29 @@ def parse_fleet_text(text: str, file: str) -> Any:
         except _NotFastShape:
             pass
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
-        raise _yaml_error(file, error) from None
+        raise _yaml_error(file, error, text) from None
+    problem = _alias_problem(data) if "*" in text else None
+    if problem is not None:
+        place = _first_alias(text)
+        line, column = place if place is not None else (None, None)
+        raise InputError([Problem(file, problem, line, column)])
+    return data
 
 
 # --------------------------------------------------------------------------- checking
+
+
+def _shown(value: object) -> str:
+    """A value for a message: its repr, cut to 60 characters (a value can be megabytes)."""
+    if isinstance(value, (list, dict)) and len(value) > 20:
+        return f"<{_type_name(value)} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except RecursionError:  # pragma: no cover - the YAML and JSON readers stop near 1,000 levels
+        text = f"<{_type_name(value)} nested too deeply>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _type_name(value: object) -> str:
@@ -260,7 +335,10 @@ def _check_map(
     for name in value:
         if name not in fields:
             out.append(
-                ((*path, name, AT_KEY), f"unknown field {name!r} in {what} (allowed: {', '.join(fields)})")
+                (
+                    (*path, name, AT_KEY),
+                    f"unknown field {_shown(name)} in {what} (allowed: {', '.join(fields)})",
+                )
             )
     for name in required:
         if name not in value:
@@ -341,7 +419,10 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
         all_keys: dict[str, str] = {}
         if not isinstance(region_name, str) or region_name not in KNOWN_REGIONS:
             out.append(
-                ((*rpath, AT_KEY), f"unknown region {region_name!r} (known: {', '.join(KNOWN_REGIONS)})")
+                (
+                    (*rpath, AT_KEY),
+                    f"unknown region {_shown(region_name)} (known: {', '.join(KNOWN_REGIONS)})",
+                )
             )
             continue
         long_name = canonical_region(region_name)
@@ -376,7 +457,7 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
                     out.append(
                         (
                             (*ipath, "id"),
-                            f"instance id {iid!r} must be ins- and 8 lower-case letters or digits",
+                            f"instance id {_shown(iid)} must be ins- and 8 lower-case letters or digits",
                         )
                     )
                 elif iid in all_instances:
@@ -420,7 +501,10 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
             if "id" in key and _check_str(kid, (*kpath, "id"), "id", out):
                 if not is_key_id(kid):
                     out.append(
-                        ((*kpath, "id"), f"key id {kid!r} must be skey- and 8 lower-case letters or digits")
+                        (
+                            (*kpath, "id"),
+                            f"key id {_shown(kid)} must be skey- and 8 lower-case letters or digits",
+                        )
                     )
                 elif kid in all_keys:
                     out.append(((*kpath, "id"), f"key {kid} is listed twice in region {region_name}"))
@@ -446,7 +530,7 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
             for n, iid in enumerate(bound):
                 bpath: PathT = (*kpath, "bound", n)
                 if not isinstance(iid, str) or not is_instance_id(iid):
-                    out.append((bpath, f"bound must list instance IDs (ins-xxxxxxxx), not {iid!r}"))
+                    out.append((bpath, f"bound must list instance IDs (ins-xxxxxxxx), not {_shown(iid)}"))
                 elif iid in seen_bound:
                     out.append((bpath, f"instance {iid} is listed twice"))
                 elif iid not in region_instances:
@@ -481,7 +565,7 @@ def _plain_instance(inst: object) -> bool:
 
 def _check_ip(value: str, path: PathT, out: list[tuple[PathT, str]]) -> None:
     if not IPV4_PATTERN.search(value):
-        out.append((path, f"{value!r} is not an IPv4 address"))
+        out.append((path, f"{_shown(value)} is not an IPv4 address"))
 
 
 def _locate(text: str, path: PathT) -> tuple[int, int] | None:
