@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SIZES = {"S": (1_000, 50), "M": (10_000, 500), "L": (50_000, 2_000)}
 SECRET_ID = "AKIDBENCH000000000000000000000000000"
@@ -31,7 +32,7 @@ def _id36(prefix: str, number: int) -> str:
 
 @dataclass(frozen=True)
 class Generated:
-    fleet: dict[str, object]
+    fleet: dict[str, Any]
     desired_text: str
     region: str
     scope: str
@@ -95,7 +96,8 @@ def generate(
         declared_keys = frozenset(keys)
         declared_instances = frozenset()
         owned = set(live)
-    allowed = frozenset(b for b in owned if rng.random() >= remove_fraction)
+    # sorted: set order changes with the hash seed, and the output must depend on the seed only.
+    allowed = frozenset(b for b in sorted(owned) if rng.random() >= remove_fraction)
     protected = frozenset(i for i in instances if rng.random() < protect_share)
 
     fleet = {

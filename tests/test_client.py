@@ -292,7 +292,7 @@ def test_client_rate_limit_keeps_under_the_emulator_limit(make_env: Any) -> None
     assert len(env.client.describe_key_pairs()) == 500
     assert all(r.code == 0 for r in env.records)
     assert env.app.request_counts["DescribeKeyPairs"] == 5
-    assert sum(env.time.sleeps) == pytest.approx(1.5)  # burst 2, then 3 more at 0.5 s each
+    assert sum(env.time.sleeps) == pytest.approx(2.0)  # burst 1 (half the rate), then 4 at 0.5 s each
 
 
 def test_permanent_error_is_raised_once_not_retried(make_env: Any) -> None:

@@ -1,20 +1,36 @@
 """Tests of the product changes made for speed (issue 6): they must not change behaviour.
 
 * the emulator reads a fleet file that is one JSON document with ``json`` and gets exactly
-  what the YAML loader gets; whatever the two read differently goes to YAML.
+  what the YAML loader gets; whatever the two read differently goes to YAML;
+* the client's token bucket bursts half the rate (the server keeps tokens against jitter);
+* the executor times its status polls by what it learned of the operation time, so that a
+  wave after the first is polled once per 100 instances.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.fleetgen import generate
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
+from reconciler.cloud.client import AttemptRecord, CvmClient
+from reconciler.cloud.credentials import Credentials
+from reconciler.cloud.observe import observe_for_plan
+from reconciler.cloud.ratelimit import ActionRateLimiter
+from reconciler.core.plan import build_plan
+from reconciler.desired.loader import load_paths
 from reconciler.emulator import fleetfile
+from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.fleetfile import parse_fleet_text
+from reconciler.emulator.state import FleetState
 from reconciler.errors import InputError
+from reconciler.execute.executor import ExecOptions, Executor
+from reconciler.model import Outcome
 
 
 def _yaml(text: str) -> object:
@@ -49,3 +65,81 @@ def test_json_that_yaml_reads_differently_goes_to_yaml(text: str) -> None:
             parse_fleet_text(text, "f.json")
     else:
         assert parse_fleet_text(text, "f.json") == expected
+
+
+# --------------------------------------------------------------------------- client rate limit
+
+
+def test_client_burst_is_half_the_rate() -> None:
+    """The server's bucket (burst = rate) keeps half a second of tokens against jitter."""
+    now = [0.0]
+    limiter = ActionRateLimiter(10.0, clock=lambda: now[0], sleep=lambda s: None)
+    waits = [limiter.acquire("UnBindInstanceKey") for _ in range(7)]
+    assert waits[:5] == [0.0] * 5
+    assert waits[5:] == pytest.approx([0.1, 0.2])
+    assert ActionRateLimiter(1.0).burst == 1.0
+
+
+# --------------------------------------------------------------------------- executor polls
+
+
+class _Clock:
+    """Real time plus an offset that sleeping moves forward (the emulator checks Timestamps)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.offset += seconds
+
+
+def test_later_waves_are_polled_once_when_the_operation_time_is_known(tmp_path: Path) -> None:
+    gen = generate(300, 12, seed=5, remove_fraction=0.6)
+    clock = _Clock()
+    state = FleetState.from_data(gen.fleet, clock=clock, op_seconds=2.0)
+    records: list[AttemptRecord] = []
+    client = CvmClient(
+        Credentials(SECRET_ID, SECRET_KEY),
+        gen.region,
+        endpoint="http://localhost/v2/index.php",
+        transport=transport(EmulatorApp(state, clock=clock)),
+        rate_limit=None,
+        on_attempt=records.append,
+    )
+    desired_file = tmp_path / "b.yaml"
+    desired_file.write_text(gen.desired_text)
+    desired = load_paths([desired_file]).by_region[gen.region]
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
+    assert plan.summary.waves >= 3
+    records.clear()
+    result = Executor(client, plan, options=ExecOptions(clock=clock, sleep=clock.sleep)).run()
+    assert result.count(Outcome.DONE) == len(plan.ready_changes)
+    assert state.bindings(gen.region) == set(gen.live) - {
+        (c.key_id, c.instance_id) for c in plan.ready_changes
+    }
+    # The actions in order: a run of unbinds per wave, each followed by its polls.
+    runs: list[tuple[str, int]] = []
+    for record in records:
+        if runs and runs[-1][0] == record.action:
+            runs[-1] = (record.action, runs[-1][1] + 1)
+        else:
+            runs.append((record.action, 1))
+    assert [a for a, _ in runs] == ["UnBindInstanceKey", "DescribeInstances"] * plan.summary.waves + [
+        "DescribeKeyPairs"
+    ]
+    wave_instances = [
+        len({i for b in plan.batches if b.wave == w for i in b.instance_ids})
+        for w in range(plan.summary.waves)
+    ]
+    polls = [n for a, n in runs if a == "DescribeInstances"]
+    # The first wave learns (an immediate poll finds every instance busy, then back-off);
+    # every later wave is polled once, when its last call's operation has finished.
+    assert polls[0] > math.ceil(wave_instances[0] / 100)
+    assert polls[1:] == [math.ceil(n / 100) for n in wave_instances[1:]]
+    first_wave_wait = sum(clock.slept[: polls[0] - 1])
+    assert all(s == pytest.approx(first_wave_wait, abs=0.2) for s in clock.slept[polls[0] - 1 :])

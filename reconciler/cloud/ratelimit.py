@@ -54,7 +54,8 @@ class TokenBucket:
 
 
 class ActionRateLimiter:
-    """One :class:`TokenBucket` per action name; ``rate`` of ``None`` or 0 disables limiting."""
+    """One :class:`TokenBucket` per action name (burst: half the rate, at least 1); ``rate`` of
+    ``None`` or 0 disables limiting."""
 
     def __init__(
         self,
@@ -66,6 +67,11 @@ class ActionRateLimiter:
         if rate is not None and rate < 0:
             raise ValueError("rate must not be negative")
         self.rate = rate or None
+        # Half the rate as burst: the server's bucket (burst = rate, started by our first
+        # request) then always holds half a second of tokens in reserve. With a full burst it
+        # would hold none, and any request that reaches it sooner after the previous one than
+        # the first did (network and scheduling jitter) would be answered 4400 and resent.
+        self.burst = max(1.0, self.rate / 2) if self.rate else 1.0
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -82,6 +88,6 @@ class ActionRateLimiter:
         with self._lock:
             bucket = self._buckets.get(action)
             if bucket is None:
-                bucket = TokenBucket(self.rate, clock=self._clock, sleep=self._sleep)
+                bucket = TokenBucket(self.rate, self.burst, clock=self._clock, sleep=self._sleep)
                 self._buckets[action] = bucket
         return bucket.acquire()

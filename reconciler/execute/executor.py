@@ -5,8 +5,12 @@ Called by the CLI's ``apply`` after the plan was checked (``check_fresh``). The 
 * only ``ready`` changes are attempted; blocked and protected ones are reported as such;
 * one UnBindInstanceKey per key per wave (at most 100 instances); batches of one wave run in
   parallel across keys (``parallelism``) under the client's rate limit;
-* after a wave, the touched instances are polled (DescribeInstances, 100 a call, backoff,
-  timeout) until none is in status 20, so the next wave never hits a busy instance;
+* after a wave, the touched instances are polled (DescribeInstances, 100 a call, timeout)
+  until none is in status 20, so the next wave never hits a busy instance. The polls follow
+  what they learn of how long an operation keeps an instance busy (see ``_OpTimer``): the first
+  poll of a wave comes when the wave's last call should have finished, so that usually one
+  DescribeInstances per 100 instances is all a wave needs; until anything is known (the
+  first wave), the first poll is immediate and the next ones back off;
 * after any failed or ambiguous call the truth is observed again: a binding that is gone is
   done, one whose instance can no longer be unbound is failed, the rest are retried within
   ``max_attempts``; a retry never names a binding that is already gone;
@@ -63,6 +67,31 @@ class ExecOptions:
     poll_max: float = 5.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+
+
+class _OpTimer:
+    """What the polls have taught about how long an operation keeps an instance in status 20,
+    counted from the moment its call was answered (the operation starts before that).
+
+    An instance seen busy ``a`` seconds after its call was answered proves the operation takes
+    longer than ``a`` (``low``); one seen done proves it takes at most ``a`` (``high``, measured
+    to the poll's answer). With operations of equal length, a poll at answer + ``high`` finds
+    the instance done; one immediate poll after a long wave sees instances of every age and
+    sets both bounds. Operations of unequal length can contradict ``high``: it is then dropped
+    until a later poll sets it again.
+    """
+
+    def __init__(self) -> None:
+        self.low = 0.0
+        self.high: float | None = None
+
+    def learn(self, busy: bool, after_send: float, after_answer: float) -> None:
+        if busy:
+            self.low = max(self.low, after_send)
+        else:
+            self.high = after_answer if self.high is None else min(self.high, after_answer)
+        if self.high is not None and self.high <= self.low:
+            self.high = None
 
 
 @dataclass
@@ -128,6 +157,8 @@ class Executor:
         self.on_event = on_event or (lambda event: None)
         self.stop = stop or threading.Event()
         self._state = _State({(c.key_id, c.instance_id): _Track() for c in plan.ready_changes})
+        self._answered: dict[str, float] = {}  # instance -> when its latest call was answered
+        self._op_timer = _OpTimer()
 
     # ------------------------------------------------------------------ public
 
@@ -206,6 +237,9 @@ class Executor:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     key_id, ids = running.pop(future)
+                    answered = self.options.clock()
+                    for iid in ids:
+                        self._answered[iid] = answered
                     with self._state.lock:
                         self._state.calls += 1
                     error = future.exception()
@@ -224,28 +258,50 @@ class Executor:
         return uncertain
 
     def _wait_idle(self, wave: int, instance_ids: Sequence[str]) -> None:
-        """Poll until none of these instances is in status 20 (or the timeout passes)."""
-        busy = list(instance_ids)
-        delay = self.options.poll_initial
-        deadline = self.options.clock() + self.options.wait_timeout
+        """Poll until none of these instances is in status 20 (or the timeout passes).
+
+        A poll is timed for the newest call among the instances still waiting: at its answer
+        plus what ``_OpTimer`` knows the operation takes; while nothing is known, the first poll
+        is immediate and the next ones back off from ``poll_initial`` to ``poll_max``.
+        """
+        options, timer = self.options, self._op_timer
+        waiting = list(instance_ids)
+        delay = options.poll_initial
+        deadline = options.clock() + options.wait_timeout
         first = True
-        while busy and not self.stop.is_set():
-            if not first:
-                if self.options.clock() + delay > deadline:
-                    for binding, track in self._state.tracks.items():
-                        if binding[1] in busy and track.outcome is None:
-                            track.outcome = Outcome.FAILED
-                            track.reason = (
-                                f"instance stayed in status 20 (key issuing) for over "
-                                f"{self.options.wait_timeout:g}s"
-                            )
-                    return
-                self._emit("waiting", wave, f"waiting for {len(busy)} instances to finish key issuing")
-                self.options.sleep(delay)
-                delay = min(delay * 1.5, self.options.poll_max)
+        while waiting and not self.stop.is_set():
+            now = options.clock()
+            if timer.high is not None:
+                due = max((self._answered.get(iid, now) for iid in waiting), default=now) + timer.high
+            elif first:
+                due = now
+            else:
+                due = now + delay
+                delay = min(delay * 1.5, options.poll_max)
+            if due > deadline:
+                self._time_out(waiting)
+                return
+            if due > now:
+                self._emit("waiting", wave, f"waiting for {len(waiting)} instances to finish key issuing")
+                options.sleep(due - now)
             first = False
-            found = self.client.describe_instances(busy)
-            busy = sorted(i.instance_id for i in found if i.status == STATUS_KEY_ISSUING)
+            sent = options.clock()
+            found = self.client.describe_instances(waiting)
+            answered = options.clock()
+            busy = {i.instance_id for i in found if i.status == STATUS_KEY_ISSUING}
+            for iid in waiting:
+                if iid in self._answered:
+                    timer.learn(iid in busy, sent - self._answered[iid], answered - self._answered[iid])
+            waiting = sorted(busy)
+
+    def _time_out(self, busy: Sequence[str]) -> None:
+        still = set(busy)
+        for binding, track in self._state.tracks.items():
+            if binding[1] in still and track.outcome is None:
+                track.outcome = Outcome.FAILED
+                track.reason = (
+                    f"instance stayed in status 20 (key issuing) for over {self.options.wait_timeout:g}s"
+                )
 
     def _settle(self, wave: int, uncertain: list[tuple[Binding, CloudError]]) -> list[Binding]:
         """Observe the truth for failed calls; return the bindings to retry."""

@@ -1,0 +1,691 @@
+"""Benchmark of ``cvmkeys`` at fleet scale: API calls, wall time, CPU and memory (issue 6).
+
+    python bench/run.py --size M [--mode inprocess|served|both] [--remove 0.1] [--out bench/results]
+
+For each size it generates a fleet and a desired-state file (``bench/fleetgen.py``, seeded), then
+runs the real command line (``python -m reconciler``, i.e. ``cvmkeys``) as a subprocess and
+measures each run's wall time, CPU time (user + system, from ``os.wait4``) and peak RSS:
+
+* in-process: ``cvmkeys plan --emulator FLEET --out plan.json`` then ``cvmkeys apply plan.json``;
+  the emulator runs inside the tool's process with no latency (``--rate-limit 0``: nothing to
+  protect). The same two commands are also run against an unthrottled emulator in another
+  process ("tool alone"), which gives the tool's own CPU without the emulator's share;
+* served: the emulator in its own process (``bench/served.py``) with ``--latency-ms 50
+  --rate-limit 10 --op-seconds 2``, the tool with its defaults (client rate limit 10/s); then
+  the peer's way (``bench/peer.py``: one call per binding, waiting for each) on a fresh copy of
+  the same fleet, on a sample of the bindings, extrapolated linearly.
+
+Calls are counted from the tool's ``--audit-log`` (every attempt) and, when served, by the
+emulator too; they are compared with the minimum for the input (``plan_minimum``,
+``apply_minimum``). Results go to ``OUT/<size>-<mode>.json``; the Markdown tables of every
+result in OUT are printed, and written into ``bench/README.md`` with ``--update-readme``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # ``python bench/run.py`` puts bench/, not the root, on the path
+    sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from bench.fleetgen import SECRET_ID, SECRET_KEY, SIZES, Generated, generate, write  # noqa: E402
+from reconciler.core.diff import instances_needed  # noqa: E402
+from reconciler.core.document import load_plan  # noqa: E402
+from reconciler.core.plan import build_plan  # noqa: E402
+from reconciler.desired.loader import load_paths  # noqa: E402
+from reconciler.model import Desired, Instance, KeyPair, Observed, Plan  # noqa: E402
+
+PAGE = 100  # IDs per describe call and instances per (un)bind call
+SERVED = {"latency_ms": 50.0, "rate_limit": 10.0, "op_seconds": 2.0}
+README = Path(__file__).resolve().parent / "README.md"
+TABLES_START = "<!-- results:start -->"
+TABLES_END = "<!-- results:end -->"
+ACTIONS = ("DescribeKeyPairs", "DescribeInstances", "UnBindInstanceKey")
+
+
+# --------------------------------------------------------------------------- the minimum
+
+
+def _pages(count: int) -> int:
+    return math.ceil(count / PAGE)
+
+
+def plan_minimum(desired: Desired, keys: Mapping[str, KeyPair]) -> dict[str, int]:
+    """The fewest calls a plan of ``desired`` can make against an account holding ``keys``.
+
+    Every key pair must be read (its bindings are the live state): one DescribeKeyPairs per 100
+    keys, at least one (the first page says how many there are). Then the status of every
+    instance the diff needs (``core.diff.instances_needed``: those with an unbind to decide,
+    and every instance the file names, to check it exists): one DescribeInstances per 100.
+    """
+    return {
+        "DescribeKeyPairs": max(1, _pages(len(keys))),
+        "DescribeInstances": _pages(len(instances_needed(desired, keys))),
+    }
+
+
+def apply_minimum(plan: Plan) -> dict[str, int]:
+    """The fewest calls that carry out ``plan`` (a saved plan) safely when every call succeeds.
+
+    * fresh check (is the plan stale?): the key pairs and instances the plan touches, one
+      DescribeKeyPairs / DescribeInstances per 100 IDs;
+    * one UnBindInstanceKey per key per wave per 100 instances: ``len(plan.batches)``;
+    * after each wave, one poll of the wave's instances (DescribeInstances, 100 a call) to see
+      them leave status 20 before the next wave touches them, and before the verification
+      (an instance in status 20 still reports its old keys);
+    * verification: the key pairs that were unbound, one DescribeKeyPairs per 100.
+    """
+    waves: dict[int, set[str]] = collections.defaultdict(set)
+    for batch in plan.batches:
+        waves[batch.wave].update(batch.instance_ids)
+    unbound_keys = {batch.key_id for batch in plan.batches}
+    fp = plan.fingerprint
+    return {
+        "DescribeKeyPairs": _pages(len(fp.key_ids)) + _pages(len(unbound_keys)),
+        "DescribeInstances": _pages(len(fp.instance_ids)) + sum(_pages(len(ids)) for ids in waves.values()),
+        "UnBindInstanceKey": len(plan.batches),
+    }
+
+
+def lower_bound_s(minimum: Mapping[str, int], rate: float, waves: int = 0, op_seconds: float = 0.0) -> float:
+    """Wall-time lower bound: the busiest action's calls at ``rate`` a second (each action has
+    its own limit), or the waves one after another at ``op_seconds`` each, whichever is larger."""
+    by_rate = max((calls / rate for calls in minimum.values()), default=0.0)
+    return max(by_rate, waves * op_seconds)
+
+
+def observed_truth(gen: Generated) -> Observed:
+    """The live state of a generated fleet, as a plan would observe it (no API involved)."""
+    region: Any = gen.fleet["regions"]
+    data = region[gen.region]
+    keys = {k["id"]: KeyPair(k["id"], k["name"], tuple(k["bound"])) for k in data["keys"]}
+    instances = {i["id"]: Instance(i["id"], i["name"], i["status"], i["os"]) for i in data["instances"]}
+    return Observed(region=gen.region, keys=keys, instances=instances)
+
+
+# --------------------------------------------------------------------------- running things
+
+
+@dataclass
+class Run:
+    """One run of the tool as a subprocess."""
+
+    command: str
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    calls: dict[str, int] = field(default_factory=dict)  # attempts, from the audit log
+    api_wall_s: float = 0.0  # from the start of the first call to the end of the last one
+    throttled: int = 0  # attempts answered 4400
+    server_calls: dict[str, int] | None = None  # requests the served emulator received
+
+
+def tool_env() -> dict[str, str]:
+    """The environment of the tool: the generated fleet's credentials and nothing else of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENCENTCLOUD_", "TCCLI_"))}
+    env.update(TENCENTCLOUD_SECRET_ID=SECRET_ID, TENCENTCLOUD_SECRET_KEY=SECRET_KEY, NO_COLOR="1")
+    return env
+
+
+def measure(argv: Sequence[str], *, cwd: Path, stdout: Path, stderr: Path) -> tuple[int, float, float, float]:
+    """Run ``argv``; (exit code, wall s, CPU s of that process, its peak RSS in MB)."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err, env=tool_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss_kb = usage.ru_maxrss  # kilobytes on Linux
+    return proc.returncode, wall, usage.ru_utime + usage.ru_stime, rss_kb / 1024
+
+
+def run_tool(args: Sequence[str], work: Path, name: str) -> Run:
+    """``cvmkeys ARGS --audit-log`` in ``work``; calls counted from the audit log."""
+    audit = work / f"{name}.audit.jsonl"
+    audit.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "reconciler", *args, "--audit-log", str(audit)]
+    code, wall, cpu, rss = measure(argv, cwd=work, stdout=work / f"{name}.out", stderr=work / f"{name}.err")
+    calls: collections.Counter[str] = collections.Counter()
+    throttled = 0
+    first, last = math.inf, -math.inf
+    if audit.exists():
+        for line in audit.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            calls[record["action"]] += 1
+            throttled += record["code"] == 4400
+            began = dt.datetime.fromisoformat(record["time"]).timestamp()
+            first, last = min(first, began), max(last, began + record["durationMs"] / 1000)
+    api = round(last - first, 3) if calls else 0.0
+    shown = " ".join(["cvmkeys", *args]).replace(str(work) + os.sep, "")
+    return Run(shown, code, round(wall, 3), round(cpu, 3), round(rss, 1), dict(calls), api, throttled)
+
+
+def cpu_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """The smallest CPU time (process time) of ``repeat`` calls of ``fn``."""
+    best = math.inf
+    for _ in range(repeat):
+        started = time.process_time()
+        fn()
+        best = min(best, time.process_time() - started)
+    return round(best, 4)
+
+
+class ServedEmulator:
+    """``bench/served.py`` in its own process; ``counts()`` asks it what it received."""
+
+    def __init__(
+        self, fleet: Path, *, latency_ms: float, rate_limit: float | None, op_seconds: float
+    ) -> None:
+        argv = [sys.executable, "-m", "bench.served", "--fleet", str(fleet), "--latency-ms", str(latency_ms)]
+        argv += ["--op-seconds", str(op_seconds)]
+        if rate_limit:
+            argv += ["--rate-limit", str(rate_limit)]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        first = self.proc.stdout.readline()
+        if not first.startswith("URL "):
+            self.close()
+            raise RuntimeError(f"the emulator did not start: {first!r}")
+        self.url = first.split(" ", 1)[1].strip()
+
+    def counts(self) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("counts\n")
+        self.proc.stdin.flush()
+        requests: dict[str, int] = json.loads(self.proc.stdout.readline())["requests"]
+        return requests
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ServedEmulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    return {a: after[a] - before.get(a, 0) for a in sorted(after) if after[a] - before.get(a, 0)}
+
+
+def _outcomes(run_out: Path) -> dict[str, int]:
+    try:
+        summary: dict[str, int] = json.loads(run_out.read_text(encoding="utf-8"))["summary"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return summary
+
+
+# --------------------------------------------------------------------------- one size
+
+
+@dataclass
+class Prepared:
+    size: str
+    work: Path
+    gen: Generated
+    fleet: Path  # pristine copy; every mode works on its own copy
+    desired_file: Path
+    facts: dict[str, Any]
+    plan_min: dict[str, int]
+
+
+def prepare(size: str, remove: float, seed: int, work: Path) -> Prepared:
+    """Generate the fleet and the desired file; compute the minimum and the static timings."""
+    n_instances, n_keys = SIZES[size]
+    gen = generate(n_instances, n_keys, seed=seed, remove_fraction=remove)
+    folder = work / size
+    fleet, desired_file = write(gen, folder)
+    pristine = folder / "fleet.pristine.json"
+    shutil.copyfile(fleet, pristine)
+    text = desired_file.read_text(encoding="utf-8")
+    desired = load_paths([desired_file]).by_region[gen.region]
+    truth = observed_truth(gen)
+    plan = build_plan(desired, truth, endpoint="truth")
+    facts: dict[str, Any] = {
+        "instances": n_instances,
+        "keys": n_keys,
+        "live_bindings": len(gen.live),
+        "desired_file_bytes": len(text.encode()),
+        "fleet_file_bytes": fleet.stat().st_size,
+        "ready_unbinds": plan.summary.to_unbind,
+        "blocked": plan.summary.blocked,
+        "protected": plan.summary.protected,
+        "waves": plan.summary.waves,
+        "libyaml_parse_s": cpu_of(lambda: yaml.load(text, Loader=yaml.CSafeLoader)),
+        "desired_load_s": cpu_of(lambda: load_paths([desired_file])),
+        "pure_diff_s": cpu_of(lambda: build_plan(desired, truth, endpoint="truth")),
+        "emulator_fleet_load_s": _fleet_load_s(pristine),
+    }
+    return Prepared(size, folder, gen, pristine, desired_file, facts, plan_minimum(desired, truth.keys))
+
+
+def _fleet_load_s(fleet: Path) -> float:
+    from reconciler.emulator.state import FleetState
+
+    return cpu_of(lambda: FleetState.from_file(fleet, persist=False))
+
+
+def startup_cost(work: Path) -> tuple[float, float]:
+    """CPU time and peak RSS (MB) of ``cvmkeys --version``: interpreter start and imports,
+    the fixed cost of every command (the smallest of three runs)."""
+    best, rss = math.inf, math.inf
+    for _ in range(3):
+        _, _, cpu, peak = measure(
+            [sys.executable, "-m", "reconciler", "--version"],
+            cwd=work,
+            stdout=work / "version.out",
+            stderr=work / "version.err",
+        )
+        best, rss = min(best, cpu), min(rss, peak)
+    return round(best, 3), round(rss, 1)
+
+
+def _plan_and_apply(p: Prepared, mode: str, connect: list[str], apply_args: list[str]) -> dict[str, Any]:
+    """plan --out, then apply of that plan; the runs, their minimums and outcomes."""
+    plan_file = p.work / f"plan-{mode}.json"
+    plan_run = run_tool(
+        ["plan", str(p.desired_file), *connect, "--out", str(plan_file)], p.work, f"plan-{mode}"
+    )
+    if plan_run.exit_code != 0 or not plan_file.exists():
+        raise RuntimeError(f"{mode} plan failed: see {p.work}/plan-{mode}.err")
+    plan = load_plan(plan_file.read_text(encoding="utf-8"), str(plan_file))
+    apply_run = run_tool(["apply", str(plan_file), *apply_args, "--format", "json"], p.work, f"apply-{mode}")
+    outcomes = _outcomes(p.work / f"apply-{mode}.out")
+    if outcomes.get("done") != plan.summary.to_unbind or outcomes.get("failed"):
+        raise RuntimeError(f"{mode} apply did not do the plan ({outcomes}): see {p.work}/apply-{mode}.err")
+    return {
+        "plan": asdict(plan_run),
+        "plan_minimum": p.plan_min,
+        "apply": asdict(apply_run),
+        "apply_minimum": apply_minimum(plan),
+        "apply_outcomes": outcomes,
+        "waves": plan.summary.waves,
+        "ready_unbinds": plan.summary.to_unbind,
+        "_plan": plan,
+    }
+
+
+def run_inprocess(p: Prepared) -> dict[str, Any]:
+    fleet = p.work / "fleet-inprocess.json"
+    shutil.copyfile(p.fleet, fleet)
+    result = _plan_and_apply(
+        p, "inprocess", ["--emulator", str(fleet), "--rate-limit", "0"], ["--rate-limit", "0"]
+    )
+    # The same commands against an unthrottled emulator in another process: the tool alone.
+    alone = p.work / "fleet-alone.json"
+    shutil.copyfile(p.fleet, alone)
+    with ServedEmulator(alone, latency_ms=0, rate_limit=None, op_seconds=0) as emulator:
+        solo = _plan_and_apply(
+            p, "alone", ["--endpoint", emulator.url, "--rate-limit", "0"], ["--rate-limit", "0"]
+        )
+    result["plan_tool_alone"] = solo["plan"]
+    result["apply_tool_alone"] = solo["apply"]
+    result["startup_cpu_s"], result["startup_rss_mb"] = startup_cost(p.work)
+    result.pop("_plan")
+    return result
+
+
+def run_served(p: Prepared, peer_sample: int) -> dict[str, Any]:
+    from bench.peer import peer_apply
+    from reconciler.cloud.client import CvmClient
+    from reconciler.cloud.credentials import Credentials
+
+    fleet = p.work / "fleet-served.json"
+    shutil.copyfile(p.fleet, fleet)
+    with ServedEmulator(fleet, **SERVED) as emulator:
+        before = emulator.counts()
+        result = _plan_and_apply(p, "served", ["--endpoint", emulator.url], [])
+        # The emulator's own count of the plan's and apply's requests (4400 answers included).
+        after = emulator.counts()
+    plan: Plan = result.pop("_plan")
+    rate, op = SERVED["rate_limit"], SERVED["op_seconds"]
+    total_server = _delta(after, before)
+    result["server_requests"] = total_server
+    result["plan_lower_bound_s"] = round(lower_bound_s(result["plan_minimum"], rate), 3)
+    result["apply_lower_bound_s"] = round(
+        lower_bound_s(result["apply_minimum"], rate, plan.summary.waves, op), 3
+    )
+
+    # The peer's way, on a fresh copy of the same fleet and a fresh emulator.
+    bindings = [(c.key_id, c.instance_id) for c in plan.ready_changes]
+    sample = bindings if peer_sample <= 0 else bindings[:peer_sample]
+    peer_fleet = p.work / "fleet-peer.json"
+    shutil.copyfile(p.fleet, peer_fleet)
+    with ServedEmulator(peer_fleet, **SERVED) as emulator:
+        client = CvmClient(
+            Credentials(SECRET_ID, SECRET_KEY), p.gen.region, endpoint=emulator.url, rate_limit=rate
+        )
+        with client:
+            peer = peer_apply(client, sample)
+    scale = len(bindings) / max(1, len(sample))
+    result["peer"] = {
+        "sample_bindings": len(sample),
+        "sample_wall_s": round(peer.wall_s, 3),
+        "sample_calls": peer.calls,
+        "failed": peer.failed[:5],
+        "extrapolated": len(sample) < len(bindings),
+        "wall_s": round(peer.wall_s * scale, 1),
+        "calls": round(sum(peer.calls.values()) * scale),
+    }
+    return result
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, str]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def _calls_cell(made: Mapping[str, int], minimum: Mapping[str, int]) -> str:
+    parts = []
+    for action in ACTIONS:
+        if action in made or action in minimum:
+            short = {"DescribeKeyPairs": "keys", "DescribeInstances": "inst", "UnBindInstanceKey": "unbind"}
+            parts.append(f"{short[action]} {made.get(action, 0)}/{minimum.get(action, 0)}")
+    return ", ".join(parts)
+
+
+def _total(calls: Mapping[str, int]) -> int:
+    return sum(calls.values())
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def load_results(folder: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "size" in data and "mode" in data:
+            found.append(data)
+    order = {s: n for n, s in enumerate(SIZES)}
+    found.sort(key=lambda d: (order.get(d["size"], 9), d["mode"]))
+    return found
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table; columns after the first two are right-aligned."""
+    align = ["---" if n < 2 else "---:" for n in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _s(seconds: float, digits: int = 1) -> str:
+    return f"{seconds:,.{digits}f} s"
+
+
+def _growth(results: Mapping[str, dict[str, Any]]) -> list[str]:
+    """S -> L growth of the in-process plan's costs against the growth of the input."""
+    small, big = results["S"], results["L"]
+    size_ratio = big["facts"]["live_bindings"] / small["facts"]["live_bindings"]
+    picks: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+        ("plan CPU", lambda d: d["result"]["plan"]["cpu_s"] - d["result"]["startup_cpu_s"]),
+        ("tool alone CPU", lambda d: d["result"]["plan_tool_alone"]["cpu_s"] - d["result"]["startup_cpu_s"]),
+        ("pure diff", lambda d: d["facts"]["pure_diff_s"]),
+        ("peak RSS", lambda d: d["result"]["plan"]["peak_rss_mb"] - d["result"]["startup_rss_mb"]),
+    ]
+    rows = []
+    for label, pick in picks:
+        a, b = pick(small), pick(big)
+        growth = (b / a) / size_ratio if a > 0 else math.inf
+        rows.append([label, f"{a:.3f}", f"{b:.3f}", f"{b / a:.1f}", f"{size_ratio:.1f}", f"{growth:.2f}"])
+    header = ["measure (above start-up)", "S", "L", "L / S", "bindings L / S", "growth vs linear"]
+    return _table(header, rows)
+
+
+def render_tables(results: Sequence[dict[str, Any]]) -> str:
+    """The Markdown tables of the README, from the result files."""
+    if not results:
+        return "(no results yet: run `python bench/run.py --size S`)\n"
+    m = results[0]["machine"]
+    out = [f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, {m['system']}.", ""]
+    out += [f"- `{r['command']}` ({r['date']})" for r in results]
+    out.append("")
+
+    out += ["### API calls: made / minimum", ""]
+    rows = []
+    for r in results:
+        x, f = r["result"], r["facts"]
+        equal = x["plan"]["calls"] == x["plan_minimum"] and x["apply"]["calls"] == x["apply_minimum"]
+        rows.append(
+            [
+                r["size"],
+                r["mode"],
+                f"{f['live_bindings']:,}",
+                f"{x['ready_unbinds']:,}",
+                _calls_cell(x["plan"]["calls"], x["plan_minimum"]),
+                _calls_cell(x["apply"]["calls"], x["apply_minimum"]),
+                _ok(equal),
+            ]
+        )
+    out += _table(["size", "mode", "bindings", "unbinds", "plan", "apply", "= minimum"], rows)
+
+    served = [r for r in results if r["mode"] == "served"]
+    if served:
+        out += ["### Served: wall time next to the lower bound", ""]
+        rows = []
+        for r in served:
+            x = r["result"]
+            for name in ("plan", "apply"):
+                run, bound = x[name], x[f"{name}_lower_bound_s"]
+                ratio = run["wall_s"] / max(bound, 1e-9)
+                rows.append(
+                    [
+                        r["size"],
+                        name,
+                        _s(run["wall_s"]),
+                        _s(run["api_wall_s"]),
+                        _s(bound),
+                        f"{ratio:.2f}",
+                        f"{run['api_wall_s'] / max(bound, 1e-9):.2f}",
+                        _ok(ratio <= 1.2),
+                    ]
+                )
+        header = ["size", "command", "wall", "API phase", "lower bound", "wall / bound", "API / bound"]
+        out += _table([*header, "<= 1.2"], rows)
+
+        out += ["### Apply next to the peer's way (one call per binding, waiting for each)", ""]
+        rows = []
+        for r in served:
+            x = r["result"]
+            peer, ours = x["peer"], x["apply"]
+            ours_calls = _total(ours["calls"])
+            wall_ratio = peer["wall_s"] / max(ours["wall_s"], 1e-9)
+            sample = f"{peer['sample_bindings']} of {x['ready_unbinds']:,}" if peer["extrapolated"] else "all"
+            rows.append(
+                [
+                    r["size"],
+                    f"{x['ready_unbinds']:,}",
+                    f"{ours_calls:,}",
+                    _s(ours["wall_s"]),
+                    f"{peer['calls']:,}",
+                    _s(peer["wall_s"], 0),
+                    sample,
+                    f"{peer['calls'] / max(ours_calls, 1):.1f}x",
+                    f"{wall_ratio:.1f}x",
+                    _ok(wall_ratio >= 10),
+                ]
+            )
+        header = ["size", "unbinds", "cvmkeys calls", "cvmkeys wall", "peer calls", "peer wall"]
+        out += _table([*header, "peer timed on", "calls ratio", "wall ratio", ">= 10x"], rows)
+
+    out += ["### CPU time and peak memory of the tool's process", ""]
+    rows = []
+    for r in results:
+        x = r["result"]
+        pairs = [(r["mode"], x["plan"], x["apply"])]
+        if "plan_tool_alone" in x:
+            pairs.append(("tool alone", x["plan_tool_alone"], x["apply_tool_alone"]))
+        for label, pl, ap in pairs:
+            rows.append(
+                [
+                    r["size"],
+                    label,
+                    _s(pl["cpu_s"], 2),
+                    f"{pl['peak_rss_mb']:.0f} MB",
+                    _s(pl["wall_s"], 2),
+                    _s(ap["cpu_s"], 2),
+                    f"{ap['peak_rss_mb']:.0f} MB",
+                    _s(ap["wall_s"], 2),
+                ]
+            )
+    header = ["size", "mode", "plan CPU", "plan RSS", "plan wall", "apply CPU", "apply RSS", "apply wall"]
+    out += _table(header, rows)
+
+    inproc = {r["size"]: r for r in results if r["mode"] == "inprocess"}
+    if inproc:
+        out += ["### In-process plan: the tool's CPU next to libyaml parsing the same desired file", ""]
+        rows = []
+        for size, r in inproc.items():
+            x, f = r["result"], r["facts"]
+            y = f["libyaml_parse_s"]
+            cpu, alone = x["plan"]["cpu_s"], x["plan_tool_alone"]["cpu_s"]
+            rows.append(
+                [
+                    size,
+                    _s(y, 3),
+                    _s(cpu, 2),
+                    f"{cpu / y:.1f}x",
+                    _s(f["emulator_fleet_load_s"], 2),
+                    _s(alone, 2),
+                    f"{alone / y:.1f}x",
+                    _s(x["startup_cpu_s"], 2),
+                    _s(f["desired_load_s"], 3),
+                    _s(f["pure_diff_s"], 3),
+                    f"{x['plan']['peak_rss_mb']:.0f} MB",
+                ]
+            )
+        header = ["size", "libyaml parse", "plan CPU", "ratio", "emulator fleet load", "tool alone CPU"]
+        header += ["ratio", "start-up", "desired load", "pure diff", "peak RSS"]
+        out += _table(header, rows)
+        if "S" in inproc and "L" in inproc:
+            out += ["### Growth from S to L (in-process plan)", ""]
+            out += _growth(inproc)
+    return "\n".join(out) + "\n"
+
+
+def update_readme(tables: str) -> None:
+    text = README.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(TABLES_START) + ".*?" + re.escape(TABLES_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{README}: no {TABLES_START} ... {TABLES_END} section to fill")
+    README.write_text(pattern.sub(lambda _: f"{TABLES_START}\n{tables}{TABLES_END}", text), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", nargs="+", choices=sorted(SIZES), default=["S"])
+    parser.add_argument("--mode", choices=["inprocess", "served", "both"], default="both")
+    parser.add_argument(
+        "--remove", type=float, default=0.1, help="fraction of owned bindings the file removes (default 0.1)"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--peer-sample", type=int, default=20, help="bindings the peer's way is timed on (0: all)"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--work", type=Path, default=None, help="keep the generated files here")
+    parser.add_argument("--update-readme", action="store_true", help="write the tables into bench/README.md")
+    parser.add_argument("--report-only", action="store_true", help="only print the tables of OUT")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        work = args.work or Path(tempfile.mkdtemp(prefix="cvmkeys-bench-"))
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            for size in args.size:
+                _run_size(size, args, work)
+        finally:
+            if args.work is None:
+                shutil.rmtree(work, ignore_errors=True)
+    tables = render_tables(load_results(args.out))
+    print(tables)
+    if args.update_readme:
+        update_readme(tables)
+
+
+def _run_size(size: str, args: argparse.Namespace, work: Path) -> None:
+    print(f"[{size}] generating and preparing...", file=sys.stderr, flush=True)
+    p = prepare(size, args.remove, args.seed, work)
+    modes = ["inprocess", "served"] if args.mode == "both" else [args.mode]
+    for mode in modes:
+        print(f"[{size}] {mode}...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        result = run_inprocess(p) if mode == "inprocess" else run_served(p, args.peer_sample)
+        command = (
+            f"python bench/run.py --size {size} --mode {mode} --remove {args.remove:g} --seed {args.seed}"
+        )
+        if mode == "served":
+            command += f" --peer-sample {args.peer_sample}"
+        record = {
+            "size": size,
+            "mode": mode,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "machine": machine(),
+            "params": {"remove": args.remove, "seed": args.seed, **(SERVED if mode == "served" else {})},
+            "facts": p.facts,
+            "result": result,
+            "bench_wall_s": round(time.perf_counter() - started, 1),
+        }
+        path = args.out / f"{size}-{mode}.json"
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"[{size}] {mode}: {path} ({record['bench_wall_s']} s)", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
