@@ -199,7 +199,8 @@ ProfileOption = Annotated[
     typer.Option(
         "--profile",
         metavar="NAME",
-        help="tccli profile for credentials (~/.tccli/NAME.credential); default: the environment.",
+        help="tccli profile for credentials (~/.tccli/NAME.credential). Default: TENCENTCLOUD_SECRET_ID/KEY, "
+        "then the profile in $TENCENTCLOUD_PROFILE, then 'default'.",
     ),
 ]
 RateLimitOption = Annotated[
@@ -602,7 +603,8 @@ def import_command(
     """Write a desired-state file that allows exactly the bindings that are live now.
 
     The result validates, and `cvmkeys plan` on it shows no changes: a starting point to
-    commit and then edit down. Instance and key names go into comments next to the IDs.
+    commit and then edit down. Instance names go into comments next to the IDs, key names
+    into `name:` (which plan checks).
 
     Example: cvmkeys import --region ap-guangzhou --all --emulator examples/fleet.yaml --out bindings.yaml
     """
