@@ -1,0 +1,156 @@
+"""Crash test: ``cvmkeys apply PLANFILE`` killed with SIGKILL at random points against a served
+emulator (real sockets, fleet persisted to its file); afterwards ``plan`` shows exactly the
+remaining work, and applying a fresh plan converges.
+
+The emulator runs in this process (``serve_in_thread``), so the test reads its mutation log
+directly: "what was done" comes from the cloud's side, never from the killed process. Each
+seed picks its own kill point: before any unbind (during start-up or the stale check), or
+after the k-th UnBindInstanceKey the emulator carried out. Latency and a short status 20 keep
+the apply running long enough for the kill to land mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
+from reconciler.cli import app
+from reconciler.emulator.app import EmulatorApp
+from reconciler.emulator.server import serve_in_thread
+from reconciler.emulator.state import FleetState
+
+Binding = tuple[str, str]
+ENV = {
+    "NO_COLOR": "1",
+    "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+    "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+}
+runner = CliRunner()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [*args, "--rate-limit", "1000"], env=ENV)
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result.exit_code, result.stdout, result.stderr
+
+
+def ready_in(plan_json: str) -> set[Binding]:
+    return {
+        (c["key_id"], c["instance_id"]) for c in json.loads(plan_json)["changes"] if c["status"] == "ready"
+    }
+
+
+def unbound(state: FleetState) -> list[Binding]:
+    assert all(m.action == "UnBindInstanceKey" for m in state.mutations)
+    return [(m.key_id or "", iid) for m in state.mutations for iid in m.instance_ids]
+
+
+def wait_until_quiet(state: FleetState, seconds: float = 0.4) -> None:
+    """Let requests the dead process left in flight finish on the server side."""
+    last, quiet_since = len(state.mutations), time.monotonic()
+    while time.monotonic() - quiet_since < seconds:
+        time.sleep(0.02)
+        if len(state.mutations) != last:
+            last, quiet_since = len(state.mutations), time.monotonic()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_apply_killed_at_a_random_point_then_plan_shows_the_rest_and_apply_converges(
+    seed: int, tmp_path: Path
+) -> None:
+    rng = random.Random(seed)
+    gen = generate(240, 60, seed=seed, remove_fraction=0.5, scope=("keys", "account", "instances")[seed % 3])
+    fleet, desired = write(gen, tmp_path)
+    state = FleetState.from_file(fleet, persist=True, op_seconds=0.05)
+    initial = state.bindings(gen.region)
+    plan_file = tmp_path / "plan.json"
+    with serve_in_thread(EmulatorApp(state, latency_ms=15)) as server:
+        code, out, err = cli("plan", str(desired), "--endpoint", server.url, "--out", str(plan_file))
+        assert code == 0, out + err
+        planned = ready_in(plan_file.read_text())
+        calls = len(json.loads(plan_file.read_text())["batches"])
+        assert calls >= 10, "the plan should take long enough to be killed mid-run"
+        # Seed 1 kills before any unbind (start-up, the stale check); the others mid-run.
+        kill_after = 0 if seed == 1 else rng.randint(1, calls - 2)
+
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "apply",
+                str(plan_file),
+                "--endpoint",
+                server.url,
+                "--parallelism",
+                "2",
+                "--rate-limit",
+                "40",  # about 1.5 s for the whole plan: the kill lands mid-run
+                "--audit-log",
+                str(tmp_path / "audit.jsonl"),
+            ],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            if kill_after == 0:
+                time.sleep(rng.uniform(0.1, 0.8))  # start-up, the stale check, or the first call
+            else:
+                while len(state.mutations) < kill_after and time.monotonic() < deadline:
+                    time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL, "apply finished before it was killed"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        wait_until_quiet(state)
+        time.sleep(0.1)  # status 20 (0.05 s) of the last unbinds is over
+
+        done = unbound(state)
+        assert len(done) == len(set(done)), "a binding was unbound twice"
+        assert set(done) <= planned
+        assert state.bindings(gen.region) == initial - set(done)
+        if kill_after:
+            assert len(state.mutations) >= kill_after and set(done) < planned
+
+        # plan shows exactly what remains: nothing done is planned again, nothing is forgotten.
+        code, out, err = cli("plan", str(desired), "--endpoint", server.url, "--format", "json")
+        assert code == 0, err
+        assert ready_in(out) == planned - set(done)
+
+        # The saved plan is stale now (unless the kill came before any unbind): refused, not redone.
+        code, out, err = cli("apply", str(plan_file), "--endpoint", server.url)
+        if done:
+            assert code == 1 and "plan is stale" in err, out + err
+            assert unbound(state) == done
+
+        # A fresh plan, applied, converges.
+        plan2 = tmp_path / "plan2.json"
+        assert cli("plan", str(desired), "--endpoint", server.url, "--out", str(plan2))[0] == 0
+        code, out, err = cli("apply", str(plan2), "--endpoint", server.url)
+        assert code in (0, 3), out + err  # 3: blocked changes (running instances) remain
+        code, out, _ = cli("plan", str(desired), "--endpoint", server.url, "--format", "json")
+        assert ready_in(out) == set()
+
+    final_done = unbound(state)
+    assert len(final_done) == len(set(final_done)) and set(final_done) == planned
+    assert state.bindings(gen.region) == initial - planned
+    # The fleet file holds the same as the emulator's memory.
+    assert FleetState.from_file(fleet, persist=False).bindings(gen.region) == initial - planned
+    # The audit log of the killed process: every complete line is a JSON record.
+    audit = tmp_path / "audit.jsonl"
+    lines = audit.read_text().split("\n") if audit.exists() else []
+    for line in lines[:-1]:
+        json.loads(line)
