@@ -1,0 +1,108 @@
+"""Concurrency test: two ``cvmkeys apply PLANFILE`` of the same saved plan at once, as two
+processes against one served emulator (real sockets, status 20 lasting a while, latency).
+
+Each apply must end in one of three honest ways: it carried out the plan (exit 0, or 3 when
+blocked changes remain), it was refused because the plan went stale under it (exit 1, "plan is
+stale", nothing attempted), or it found its work already done (its calls answered, or refused
+because the other apply had the instance busy, and the re-observation shows the binding gone:
+``done``). Never a ``failed`` binding or an error caused by the double work. Afterwards the
+state is exactly the initial one minus the plan, and the mutation log names only planned
+bindings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
+from reconciler.cli import app
+from reconciler.emulator.app import EmulatorApp
+from reconciler.emulator.server import serve_in_thread
+from reconciler.emulator.state import FleetState
+
+Binding = tuple[str, str]
+ENV = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
+
+
+def ready_in(plan_json: str) -> set[Binding]:
+    return {
+        (c["key_id"], c["instance_id"]) for c in json.loads(plan_json)["changes"] if c["status"] == "ready"
+    }
+
+
+@pytest.mark.parametrize(("seed", "stagger"), [(1, 0.0), (2, 0.0), (3, 0.6)])
+def test_two_applies_of_one_plan_never_fail_because_of_each_other(
+    seed: int, stagger: float, tmp_path: Path
+) -> None:
+    gen = generate(200, 40, seed=seed, remove_fraction=0.5, scope=("keys", "account", "instances")[seed % 3])
+    fleet, desired = write(gen, tmp_path)
+    state = FleetState.from_file(fleet, persist=True, op_seconds=0.1)
+    initial = state.bindings(gen.region)
+    plan_file = tmp_path / "plan.json"
+    with serve_in_thread(EmulatorApp(state, latency_ms=10)) as server:
+        result = CliRunner().invoke(
+            app,
+            ["plan", str(desired), "--endpoint", server.url, "--out", str(plan_file), "--rate-limit", "1000"],
+            env=ENV,
+        )
+        assert result.exit_code == 0, result.output
+        planned = ready_in(plan_file.read_text())
+        assert len(planned) > 20
+        command = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "apply",
+            str(plan_file),
+            "--endpoint",
+            server.url,
+            "--format",
+            "json",
+            "--rate-limit",
+            "60",
+        ]
+        procs = []
+        for n in range(2):
+            if n and stagger:
+                time.sleep(stagger)  # the second starts while the first is at work
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    env={**os.environ, **ENV},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+
+    ran = 0
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert "Traceback" not in out + err and "internal error" not in err, err
+        if proc.returncode == 1 and "plan is stale" in err:
+            assert out == ""  # refused before anything was attempted: no results to report
+            continue
+        assert proc.returncode in (0, 3), f"exit {proc.returncode}\n{out}\n{err}"
+        ran += 1
+        data = json.loads(out)
+        assert data["summary"]["failed"] == 0 and data["summary"]["not-attempted"] == 0, out
+        assert data["stopped_reason"] == ""
+        done = {(r["key_id"], r["instance_id"]) for r in data["results"] if r["outcome"] == "done"}
+        assert done == planned  # whoever did the work, every planned binding is gone
+    assert ran >= 1
+    if stagger:
+        assert ran == 1, "the second apply, started mid-run, should have been refused as stale"
+
+    mutated = {(m.key_id, iid) for m in state.mutations for iid in m.instance_ids}
+    assert all(m.action == "UnBindInstanceKey" for m in state.mutations)
+    assert mutated == planned
+    assert state.bindings(gen.region) == initial - planned
+    assert FleetState.from_file(fleet, persist=False).bindings(gen.region) == initial - planned
