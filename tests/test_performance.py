@@ -3,8 +3,8 @@
 * the emulator reads a fleet file that is one JSON document with ``json`` and gets exactly
   what the YAML loader gets; whatever the two read differently goes to YAML;
 * the client's token bucket bursts half the rate (the server keeps tokens against jitter);
-* the executor times its status polls by what it learned of the operation time, so that a
-  wave after the first is polled once per 100 instances.
+* the executor polls after a wave only the instances the next wave touches, and times its
+  polls by what it learned of the operation time: after the first, one call per 100.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class _Clock:
         self.offset += seconds
 
 
-def test_later_waves_are_polled_once_when_the_operation_time_is_known(tmp_path: Path) -> None:
+def test_polls_are_timed_by_the_learned_operation_time(tmp_path: Path) -> None:
     gen = generate(300, 12, seed=5, remove_fraction=0.6)
     clock = _Clock()
     state = FleetState.from_data(gen.fleet, clock=clock, op_seconds=2.0)
@@ -137,9 +137,12 @@ def test_later_waves_are_polled_once_when_the_operation_time_is_known(tmp_path: 
         for w in range(plan.summary.waves)
     ]
     polls = [n for a, n in runs if a == "DescribeInstances"]
-    # The first wave learns (an immediate poll finds every instance busy, then back-off);
-    # every later wave is polled once, when its last call's operation has finished.
-    assert polls[0] > math.ceil(wave_instances[0] / 100)
-    assert polls[1:] == [math.ceil(n / 100) for n in wave_instances[1:]]
+    # After each wave but the last, only the instances of the next wave are polled; the first
+    # such poll learns the operation time (immediate: every instance busy; then back-off).
+    # Later polls are timed by it and need one call per 100 instances; the last poll
+    # confirms every instance before the verification.
+    assert polls[0] > math.ceil(wave_instances[1] / 100)
+    assert polls[1:-1] == [math.ceil(n / 100) for n in wave_instances[2:]]
+    assert polls[-1] == math.ceil(wave_instances[0] / 100)
     first_wave_wait = sum(clock.slept[: polls[0] - 1])
     assert all(s == pytest.approx(first_wave_wait, abs=0.2) for s in clock.slept[polls[0] - 1 :])

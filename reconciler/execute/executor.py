@@ -5,12 +5,16 @@ Called by the CLI's ``apply`` after the plan was checked (``check_fresh``). The 
 * only ``ready`` changes are attempted; blocked and protected ones are reported as such;
 * one UnBindInstanceKey per key per wave (at most 100 instances); batches of one wave run in
   parallel across keys (``parallelism``) under the client's rate limit;
-* after a wave, the touched instances are polled (DescribeInstances, 100 a call, timeout)
-  until none is in status 20, so the next wave never hits a busy instance. The polls follow
-  what they learn of how long an operation keeps an instance busy (see ``_OpTimer``): the first
-  poll of a wave comes when the wave's last call should have finished, so that usually one
-  DescribeInstances per 100 instances is all a wave needs; until anything is known (the
-  first wave), the first poll is immediate and the next ones back off;
+* a call puts its instances in status 20 until the operation finishes, and the next wave may
+  touch an instance only once it is idle again. So a wave sends first the calls whose
+  instances come back in the next wave; after the wave those instances (and those of failed
+  calls) are polled (DescribeInstances, 100 a call, timeout) until none is in status 20; by
+  then they have usually long finished, and the next wave starts at once. Every other
+  instance is polled once at the end, before the verification (an instance in status 20
+  still reports its old keys). Each instance is thus polled once after each of its calls, the
+  fewest polls there can be. The polls are timed by what earlier polls taught about how long
+  an operation takes (``_OpTimer``); until that is known the first poll is immediate and the
+  next ones back off;
 * after any failed or ambiguous call the truth is observed again: a binding that is gone is
   done, one whose instance can no longer be unbound is failed, the rest are retried within
   ``max_attempts``; a retry never names a binding that is already gone;
@@ -77,8 +81,9 @@ class _OpTimer:
     longer than ``a`` (``low``); one seen done proves it takes at most ``a`` (``high``, measured
     to the poll's answer). With operations of equal length, a poll at answer + ``high`` finds
     the instance done; one immediate poll after a long wave sees instances of every age and
-    sets both bounds. Operations of unequal length can contradict ``high``: it is then dropped
-    until a later poll sets it again.
+    sets both bounds. ``high`` is used (``wait``) only when the two bounds are close: instances
+    found done long after their call say little. Operations of unequal length can contradict
+    ``high``: it is then dropped until a later poll sets it again.
     """
 
     def __init__(self) -> None:
@@ -92,6 +97,13 @@ class _OpTimer:
             self.high = after_answer if self.high is None else min(self.high, after_answer)
         if self.high is not None and self.high <= self.low:
             self.high = None
+
+    @property
+    def wait(self) -> float | None:
+        """How long after a call's answer to poll its instances, or None when not known."""
+        if self.high is None or self.low <= 0 or self.high > max(2 * self.low, self.low + 1.0):
+            return None
+        return self.high
 
 
 @dataclass
@@ -158,6 +170,7 @@ class Executor:
         self.stop = stop or threading.Event()
         self._state = _State({(c.key_id, c.instance_id): _Track() for c in plan.ready_changes})
         self._answered: dict[str, float] = {}  # instance -> when its latest call was answered
+        self._unconfirmed: set[str] = set()  # instances not yet seen idle after their latest call
         self._op_timer = _OpTimer()
 
     # ------------------------------------------------------------------ public
@@ -171,14 +184,17 @@ class Executor:
         """
         calls_before = sum(self.client.calls.values())
         waves = sorted({b.wave for b in self.plan.batches})
+        by_wave: dict[int, list[Binding]] = {wave: [] for wave in waves}
+        for batch in self.plan.batches:
+            by_wave[batch.wave].extend((batch.key_id, iid) for iid in batch.instance_ids)
         try:
-            for wave in waves:
+            for n, wave in enumerate(waves):
                 if self.stop.is_set():
                     break
-                todo = [
-                    (b.key_id, iid) for b in self.plan.batches if b.wave == wave for iid in b.instance_ids
-                ]
-                self._run_wave(wave, todo)
+                following = {iid for _, iid in by_wave[waves[n + 1]]} if n + 1 < len(waves) else set()
+                self._run_wave(wave, by_wave[wave], following)
+            if not self.stop.is_set():
+                self._wait_idle(-1, sorted(self._unconfirmed))
         except CloudError as error:
             self._abort(error, "apply stopped")
         if self.stop.is_set():
@@ -208,7 +224,9 @@ class Executor:
 
     # ------------------------------------------------------------------ waves
 
-    def _run_wave(self, wave: int, bindings: list[Binding]) -> None:
+    def _run_wave(self, wave: int, bindings: list[Binding], following: set[str]) -> None:
+        """Send the wave (calls touching ``following``, the next wave's instances, first); then
+        wait until those instances and the failed calls' are idle; settle and retry failures."""
         pending = bindings
         self._emit("wave-start", wave, f"wave {wave + 1}: {len(pending)} unbinds")
         while pending and not self.stop.is_set():
@@ -217,9 +235,13 @@ class Executor:
                 break
             for binding in pending:
                 self._track(binding).attempts += 1
-            uncertain = self._send(wave, _group(pending))
-            touched = sorted({iid for _, iid in pending})
-            self._wait_idle(wave, touched)
+            calls = _group(pending)
+            calls.sort(key=lambda call: not following.intersection(call[1]))  # stable: chains first
+            uncertain = self._send(wave, calls)
+            touched = {iid for _, iid in pending}
+            self._unconfirmed |= touched
+            needed = (touched & following) | {iid for (_, iid), _ in uncertain}
+            self._wait_idle(wave, sorted(needed))
             pending = self._settle(wave, uncertain) if uncertain else []
 
     def _send(self, wave: int, calls: list[tuple[str, tuple[str, ...]]]) -> list[tuple[Binding, CloudError]]:
@@ -262,7 +284,8 @@ class Executor:
 
         A poll is timed for the newest call among the instances still waiting: at its answer
         plus what ``_OpTimer`` knows the operation takes; while nothing is known, the first poll
-        is immediate and the next ones back off from ``poll_initial`` to ``poll_max``.
+        is immediate and the next ones back off from ``poll_initial`` to ``poll_max``. Instances
+        found idle are confirmed (``_unconfirmed``).
         """
         options, timer = self.options, self._op_timer
         waiting = list(instance_ids)
@@ -271,8 +294,9 @@ class Executor:
         first = True
         while waiting and not self.stop.is_set():
             now = options.clock()
-            if timer.high is not None:
-                due = max((self._answered.get(iid, now) for iid in waiting), default=now) + timer.high
+            known = timer.wait
+            if known is not None:
+                due = max((self._answered.get(iid, now) for iid in waiting), default=now) + known
             elif first:
                 due = now
             else:
@@ -292,6 +316,7 @@ class Executor:
             for iid in waiting:
                 if iid in self._answered:
                     timer.learn(iid in busy, sent - self._answered[iid], answered - self._answered[iid])
+            self._unconfirmed.difference_update(iid for iid in waiting if iid not in busy)
             waiting = sorted(busy)
 
     def _time_out(self, busy: Sequence[str]) -> None:
