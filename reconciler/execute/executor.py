@@ -36,7 +36,8 @@ from reconciler.cloud.observe import observe_subset
 from reconciler.core.batching import MAX_INSTANCES_PER_CALL
 from reconciler.core.diff import blocked_reason
 from reconciler.core.plan import fingerprint_of
-from reconciler.errors import ApiError, CloudError, StalePlanError
+from reconciler.errors import ApiError, CloudError, PlanIntegrityError, StalePlanError
+from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     STATUS_KEY_ISSUING,
     ApplyResult,
@@ -126,8 +127,32 @@ class _State:
         return sum(1 for t in self.tracks.values() if t.outcome is Outcome.DONE)
 
 
+def check_sendable(plan: Plan) -> None:
+    """Refuse (PlanIntegrityError), before any request, a plan that names an ID the client
+    cannot send.
+
+    The plan schema takes IDs of any length (a plan stays readable if the cloud lengthens
+    them); the client sends only ``skey-``/``ins-`` and 8 characters and raises ``ValueError``
+    for anything else. A resealed plan with one such ID in a later batch would otherwise be
+    carried out up to that batch and then stop with an internal error.
+    """
+    fp = plan.fingerprint
+    keys = [b.key_id for b in plan.batches] + [c.key_id for c in plan.ready_changes] + list(fp.key_ids)
+    instances = [iid for b in plan.batches for iid in b.instance_ids]
+    instances += [c.instance_id for c in plan.ready_changes] + list(fp.instance_ids)
+    bad = [k for k in keys if not is_key_id(k)] + [i for i in instances if not is_instance_id(i)]
+    if bad:
+        shown = ", ".join(repr(value)[:60] for value in dict.fromkeys(bad))
+        raise PlanIntegrityError(
+            f"the plan names IDs the CVM API does not take: {shown}; nothing was sent",
+            hint="run `cvmkeys plan --out FILE` again and review the new plan",
+        )
+
+
 def check_fresh(client: CvmClient, plan: Plan) -> None:
-    """Refuse (StalePlanError) when what the plan touches changed since it was made."""
+    """Refuse (StalePlanError) when what the plan touches changed since it was made
+    (and, first, a plan naming IDs the client cannot send: ``check_sendable``)."""
+    check_sendable(plan)
     fp = plan.fingerprint
     observed = observe_subset(client, plan.region, fp.key_ids, fp.instance_ids)
     fresh = fingerprint_of(observed, fp.key_ids, fp.instance_ids)
@@ -182,6 +207,7 @@ class Executor:
         stops the apply: no further wave is started, and every binding is reported as what is
         known of it, never as a guess.
         """
+        check_sendable(self.plan)
         calls_before = sum(self.client.calls.values())
         waves = sorted({b.wave for b in self.plan.batches})
         by_wave: dict[int, list[Binding]] = {wave: [] for wave in waves}
