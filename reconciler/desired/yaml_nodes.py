@@ -337,7 +337,8 @@ class _Constructor:
             if tag == _FLOAT_TAG:
                 return self.scalars.construct_yaml_float(node)
         except (ValueError, KeyError, ConstructorError, OverflowError):
-            self.problem(node, f"cannot read {node.value!r} as {describe_tag(tag)}")
+            shown = node.value if len(node.value) <= 60 else node.value[:57] + "..."
+            self.problem(node, f"cannot read {shown!r} as {describe_tag(tag)}")
             return node.value
         if tag == _MERGE_TAG:  # ``<<`` as a value is just text
             return node.value

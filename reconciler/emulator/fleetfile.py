@@ -283,6 +283,13 @@ def parse_fleet_text(text: str, file: str) -> Any:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
         raise _yaml_error(file, error, text) from None
+    except ValueError:
+        # int() refuses numbers of more than 4,300 digits (CVE-2020-10735); YAML does not.
+        found = re.search(r"[0-9]{4000,}", text)
+        line = text.count("\n", 0, found.start()) + 1 if found else None
+        column = found.start() - text.rfind("\n", 0, found.start()) if found else None
+        message = "a number too long to read (over 4,300 digits)"
+        raise InputError([Problem(file, message, line, column)]) from None
     problem = _alias_problem(data) if "*" in text else None
     if problem is not None:
         place = _first_alias(text)
