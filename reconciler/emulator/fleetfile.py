@@ -632,7 +632,8 @@ def item_line(item: Mapping[str, Any]) -> str:
     # occurrence is the field name.
     for name in item:
         text = text.replace(f'"{name}": ', f"{name}: ", 1)
-    return text if text.isascii() else _YAML_UNSAFE.sub(_escape_unsafe, text)
+    # DEL (\x7f) is ASCII but not allowed by YAML.
+    return text if text.isascii() and "\x7f" not in text else _YAML_UNSAFE.sub(_escape_unsafe, text)
 
 
 def render_fleet(
