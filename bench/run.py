@@ -148,15 +148,14 @@ def tool_env() -> dict[str, str]:
 
 
 def measure(argv: Sequence[str], *, cwd: Path, stdout: Path, stderr: Path) -> tuple[int, float, float, float]:
-    """Run ``argv``; (exit code, wall s, CPU s of that process, its peak RSS in MB)."""
+    """Run ``argv`` through ``bench/launch.py``; (exit code, wall s, CPU s, peak RSS in MB) of
+    that process alone."""
+    report = stdout.with_suffix(".usage.json")
+    launcher = [sys.executable, "-S", str(Path(__file__).resolve().parent / "launch.py"), str(report)]
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err, env=tool_env())
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    rss_kb = usage.ru_maxrss  # kilobytes on Linux
-    return proc.returncode, wall, usage.ru_utime + usage.ru_stime, rss_kb / 1024
+        subprocess.run([*launcher, *argv], cwd=cwd, stdout=out, stderr=err, env=tool_env(), check=True)
+    usage = json.loads(report.read_text(encoding="utf-8"))
+    return usage["exit_code"], usage["wall_s"], usage["cpu_s"], usage["peak_rss_mb"]
 
 
 def run_tool(args: Sequence[str], work: Path, name: str) -> Run:

@@ -3,6 +3,8 @@
 * the emulator reads a fleet file that is one JSON document with ``json`` and gets exactly
   what the YAML loader gets; whatever the two read differently goes to YAML;
 * the client's token bucket bursts half the rate (the server keeps tokens against jitter);
+* the signer's encoder skips ``quote`` for what needs no encoding, with the same result;
+* the client checks a key's list of bound instance IDs with one regex, with the same verdict;
 * the executor polls after a wave only the instances the next wave touches, and times its
   polls by what it learned of the operation time: after the first, one call per 100.
 """
@@ -13,11 +15,16 @@ import json
 import math
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
+from reconciler.cloud import client as client_module
+from reconciler.cloud.auth import encode_params
 from reconciler.cloud.client import AttemptRecord, CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
@@ -30,6 +37,7 @@ from reconciler.emulator.fleetfile import parse_fleet_text
 from reconciler.emulator.state import FleetState
 from reconciler.errors import InputError
 from reconciler.execute.executor import ExecOptions, Executor
+from reconciler.ids import is_instance_id
 from reconciler.model import Outcome
 
 
@@ -146,3 +154,39 @@ def test_polls_are_timed_by_the_learned_operation_time(tmp_path: Path) -> None:
     assert polls[-1] == math.ceil(wave_instances[0] / 100)
     first_wave_wait = sum(clock.slept[: polls[0] - 1])
     assert all(s == pytest.approx(first_wave_wait, abs=0.2) for s in clock.slept[polls[0] - 1 :])
+
+
+# --------------------------------------------------------------------------- request encoding
+
+
+@given(st.dictionaries(st.text(max_size=12), st.text(max_size=30), max_size=8))
+def test_encode_params_is_urlencode_with_quote(params: dict[str, str]) -> None:
+    try:
+        expected = urlencode(params, quote_via=quote, safe="")
+    except UnicodeEncodeError:  # lone surrogates: both refuse them
+        with pytest.raises(UnicodeEncodeError):
+            encode_params(params)
+        return
+    assert encode_params(params) == expected
+
+
+# --------------------------------------------------------------------------- answer parsing
+
+_ids = st.from_regex(r"ins-[a-z0-9]{8}", fullmatch=True)
+
+
+@given(
+    st.lists(
+        st.one_of(_ids, _ids.map(lambda i: i + "\n" + i), _ids.map(lambda i: i[:-1]), st.text(max_size=14)),
+        max_size=6,
+    )
+)
+def test_checking_a_list_of_ids_at_once_agrees_with_checking_each(values: list[str]) -> None:
+    assert client_module._all_instance_ids(values) == all(is_instance_id(v) for v in values)
+
+
+def test_checking_a_list_of_ids_at_once_refuses_ids_run_together() -> None:
+    assert client_module._all_instance_ids(["ins-aaaaaaaa", "ins-bbbbbbbb"])
+    assert not client_module._all_instance_ids(["ins-aaaaaaaa\nins-bbbbbbbb"])
+    assert not client_module._all_instance_ids(["ins-aaaaaaaa\nins-bbbbbbbb", ""])
+    assert not client_module._all_instance_ids(["ins-aaaaaaaa", 5])

@@ -8,13 +8,19 @@ the request's ``Host`` header and path, then re-encodes all parameters exactly o
 
 Each attempt therefore gets a fresh Timestamp, Nonce and Signature (the API rejects a repeated
 Nonce as a replay, code 4500).
+
+The client hands the parameters over in the request's ``PARAMS_EXTENSION`` extension as well,
+so that the flow need not parse them back out of the URL or body: with 100 instance IDs a
+request's query is about 3 KB, and httpx checks every character of a URL each time one is
+built. A request without the extension is decoded as before.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import Callable, Generator
-from urllib.parse import parse_qsl, quote, urlencode
+from collections.abc import Callable, Generator, Mapping
+from urllib.parse import parse_qsl, quote
 
 import httpx
 
@@ -24,6 +30,9 @@ from reconciler.cloud.credentials import Credentials, mask_secret_id
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 PUBLIC_PARAMS = ("Timestamp", "Nonce", "SecretId", "SignatureMethod", "Region", "Signature")
 _NONCE_BOUND = 2**31 - 1
+PARAMS_EXTENSION = "cvmkeys.params"
+# What ``quote(..., safe="")`` leaves alone: IDs, numbers and action names need no encoding.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
 def random_nonce() -> int:
@@ -31,9 +40,18 @@ def random_nonce() -> int:
     return secrets.randbelow(_NONCE_BOUND) + 1
 
 
-def encode_params(params: dict[str, str]) -> str:
-    """``name=value&...``, every byte outside the unreserved set percent-encoded, once."""
-    return urlencode(params, quote_via=quote, safe="")
+def encode_params(params: Mapping[str, str]) -> str:
+    """``name=value&...``, every byte outside the unreserved set percent-encoded, once.
+
+    The same text as ``urlencode(params, quote_via=quote, safe="")``, without calling ``quote``
+    for the names and values that need no encoding (nearly all of them).
+    """
+    unreserved = _UNRESERVED.fullmatch
+    return "&".join(
+        f"{name if unreserved(name) else quote(name, safe='')}="
+        f"{value if unreserved(value) else quote(value, safe='')}"
+        for name, value in params.items()
+    )
 
 
 def _decode(raw: str) -> dict[str, str]:
@@ -88,12 +106,15 @@ class Api2Auth(httpx.Auth):
     def sign_request(self, request: httpx.Request) -> httpx.Request:
         """A new request: ``request``'s parameters plus the public ones and the signature."""
         method = request.method.upper()
-        if method == "GET":
-            params = _decode(request.url.query.decode("ascii"))
-        elif method == "POST":
-            params = _decode(request.content.decode("utf-8"))
-        else:
+        given = request.extensions.get(PARAMS_EXTENSION)
+        if method not in ("GET", "POST"):
             raise ValueError(f"API 2.0 requests are GET or POST, not {method}")
+        if given is not None:
+            params = dict(given)
+        elif method == "GET":
+            params = _decode(request.url.query.decode("ascii"))
+        else:
+            params = _decode(request.content.decode("utf-8"))
         for name in PUBLIC_PARAMS:
             if name in params:
                 raise ValueError(f"parameter {name!r} is set by the signer, not the caller")
@@ -108,12 +129,13 @@ class Api2Auth(httpx.Auth):
             for name, value in request.headers.multi_items()
             if name.lower() not in ("content-length", "content-type")
         ]
+        extensions = {k: v for k, v in request.extensions.items() if k != PARAMS_EXTENSION}
         if method == "GET":
             return httpx.Request(
                 method,
                 request.url.copy_with(query=encoded.encode("ascii")),
                 headers=headers,
-                extensions=request.extensions,
+                extensions=extensions,
             )
         headers.append(("Content-Type", FORM_CONTENT_TYPE))
         return httpx.Request(
@@ -121,7 +143,7 @@ class Api2Auth(httpx.Auth):
             request.url,
             headers=headers,
             content=encoded.encode("ascii"),
-            extensions=request.extensions,
+            extensions=extensions,
         )
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
