@@ -23,6 +23,7 @@ since, so two emulators on one file never lose each other's changes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -118,7 +119,7 @@ class InstanceView:
     @property
     def old_instance_id(self) -> str:
         """The API's old internal ``instanceId`` (``qcvm`` + hex), derived from the ID."""
-        return "qcvm" + hashlib.sha256(self.instance_id.encode()).hexdigest()[:28]
+        return _old_instance_id(self.instance_id)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ class _Region:
         self.sorted_key_ids = sorted(self.keys)
         self._instance_lines: dict[str, str] = {}
         self._key_lines: dict[str, str] = {}
+        # The whole lists, until an item changes: an unbind changes one key line, and rebuilding
+        # the list of 50,000 instance lines for each save cost more than writing the file.
+        self._instance_list: list[str] | None = None
+        self._key_list: list[str] | None = None
 
     def key_item(self, kid: str) -> dict[str, Any]:
         item = dict(self.keys[kid])
@@ -179,23 +184,30 @@ class _Region:
     def to_lines(self) -> tuple[list[str], list[str]]:
         """The file lines of instances and keys; cached, since a save rewrites the whole file
         and most items have not changed since the last one."""
-        instance_lines = []
-        for iid, item in self.instances.items():
-            line = self._instance_lines.get(iid)
-            if line is None:
-                line = self._instance_lines[iid] = item_line(item)
-            instance_lines.append(line)
-        key_lines = []
-        for kid in self.keys:
-            line = self._key_lines.get(kid)
-            if line is None:
-                line = self._key_lines[kid] = item_line(self.key_item(kid))
-            key_lines.append(line)
+        instance_lines = self._instance_list
+        if instance_lines is None:
+            instance_lines = []
+            for iid, item in self.instances.items():
+                line = self._instance_lines.get(iid)
+                if line is None:
+                    line = self._instance_lines[iid] = item_line(item)
+                instance_lines.append(line)
+            self._instance_list = instance_lines
+        key_lines = self._key_list
+        if key_lines is None:
+            key_lines = []
+            for kid in self.keys:
+                line = self._key_lines.get(kid)
+                if line is None:
+                    line = self._key_lines[kid] = item_line(self.key_item(kid))
+                key_lines.append(line)
+            self._key_list = key_lines
         return instance_lines, key_lines
 
     def set_status(self, iid: str, status: int) -> None:
         self.instances[iid]["status"] = status
         self._instance_lines.pop(iid, None)
+        self._instance_list = None
 
     def bind(self, kid: str, iid: str) -> bool:
         if kid in self.instance_keys[iid]:
@@ -203,6 +215,7 @@ class _Region:
         self.instance_keys[iid].add(kid)
         self.key_instances[kid][iid] = None
         self._key_lines.pop(kid, None)
+        self._key_list = None
         return True
 
     def unbind(self, kid: str, iid: str) -> bool:
@@ -211,6 +224,7 @@ class _Region:
         self.instance_keys[iid].discard(kid)
         self.key_instances[kid].pop(iid, None)
         self._key_lines.pop(kid, None)
+        self._key_list = None
         return True
 
 
@@ -218,6 +232,13 @@ def _format_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds + _BEIJING_OFFSET))
 
 
+# Both are hashes of the ID, asked for every instance of every answer: computed once each.
+@functools.lru_cache(maxsize=1 << 17)
+def _old_instance_id(instance_id: str) -> str:
+    return "qcvm" + hashlib.sha256(instance_id.encode()).hexdigest()[:28]
+
+
+@functools.lru_cache(maxsize=1 << 17)
 def _default_lan_ip(instance_id: str) -> str:
     digest = hashlib.sha256(instance_id.encode()).digest()
     return f"10.{digest[0]}.{digest[1]}.{digest[2] % 254 + 1}"
