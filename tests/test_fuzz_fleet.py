@@ -1,0 +1,219 @@
+"""Fuzzing the emulator's fleet loader (``FleetState.from_file``, which ``--emulator FLEET`` and
+``cvmkeys emulator serve`` use): random bytes, random text, fleet-shaped documents with random
+values, real fleet files mutated byte by byte, and the hostile files of
+``tests/data/hostile/fleet/``.
+
+For every input: a ``FleetState`` or an ``InputError`` whose problems name the file (with a
+line and column wherever the text has a place to point at), never another exception, within a
+bounded time. What loads is a consistent world: every binding joins a key and an instance of
+its region.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.emulator.fleetfile import dump_fleet
+from reconciler.emulator.state import FleetState
+from reconciler.errors import InputError
+
+HERE = Path(__file__).resolve().parent
+HOSTILE = HERE / "data" / "hostile" / "fleet"
+EXAMPLE = HERE.parent / "examples" / "fleet.yaml"
+SETTINGS = settings(
+    max_examples=int(os.environ.get("CVMKEYS_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
+# The same fleet as the emulator writes it (one item a line): the fast reader's shape.
+WRITTEN_TEXT = dump_fleet(FleetState.from_file(EXAMPLE, persist=False).to_data())
+
+
+def load(path: Path, data: bytes) -> FleetState | InputError:
+    path.write_bytes(data)
+    start = time.perf_counter()
+    try:
+        state = FleetState.from_file(path, persist=False)
+    except InputError as error:
+        assert error.problems
+        for problem in error.problems:
+            assert problem.file == str(path)
+            assert problem.line is None or (problem.line >= 1 and (problem.column or 0) >= 1)
+            assert "\n" not in problem.message and len(problem.message) < 600, problem.message
+        return error
+    finally:
+        assert time.perf_counter() - start < 5
+    for region in state.regions:
+        instances = set(state.instance_ids(region))
+        keys = set(state.key_ids(region))
+        assert all(k in keys and i in instances for k, i in state.bindings(region))
+    return state
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    return tmp_path / "fleet.yaml"
+
+
+@SETTINGS
+@given(data=st.binary(max_size=400))
+def test_arbitrary_bytes(scratch: Path, data: bytes) -> None:
+    load(scratch, data)
+
+
+@SETTINGS
+@given(text=st.text(max_size=400))
+def test_arbitrary_text(scratch: Path, text: str) -> None:
+    load(scratch, text.encode("utf-8", "surrogatepass"))
+
+
+_values: st.SearchStrategy[Any] = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 1000),
+        st.floats(allow_nan=True),
+        st.text(max_size=10),
+        st.sampled_from(
+            ["ins-1a2b3c4d", "ins-5e6f7a8b", "skey-3glfot13", "gz", "centos", "ins-\uff11a2b3c4d"]
+        ),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["id", "name", "os", "status", "bound", "lan_ip", "wan_ips", "created", "x"]),
+            children,
+            max_size=5,
+        ),
+    ),
+    max_leaves=20,
+)
+_instance = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["ins-1a2b3c4d", "ins-5e6f7a8b", "ins-1a2b3c4d\n", "INS-1"]),
+        "name": st.one_of(st.text(max_size=8), _values),
+        "os": st.sampled_from(["centos7.6x86_64", "Windows Server 2019", ""]),
+        "status": st.one_of(st.integers(-1, 1001), _values),
+    },
+    optional={"lan_ip": _values, "wan_ips": _values, "created": _values, "zone": _values},
+)
+_key = st.fixed_dictionaries(
+    {"id": st.sampled_from(["skey-3glfot13", "skey-8x9y0z12", "skey-3glfot13 "]), "name": _values},
+    optional={"bound": st.one_of(st.lists(st.sampled_from(["ins-1a2b3c4d", "ins-5e6f7a8b"])), _values)},
+)
+fleets = st.fixed_dictionaries(
+    {
+        "credentials": st.one_of(
+            st.just([{"secret_id": "AKIDFUZZ", "secret_key": "fuzz-secret"}]), st.lists(_values, max_size=2)
+        ),
+        "regions": st.one_of(
+            st.dictionaries(
+                st.sampled_from(["gz", "ap-guangzhou", "sh", "mars-1"]),
+                st.one_of(
+                    st.fixed_dictionaries(
+                        {"instances": st.lists(_instance, max_size=3), "keys": st.lists(_key, max_size=3)}
+                    ),
+                    _values,
+                ),
+                max_size=2,
+            ),
+            _values,
+        ),
+    }
+)
+
+
+@SETTINGS
+@given(fleet=fleets, as_json=st.booleans())
+def test_fleet_shaped_documents(scratch: Path, fleet: dict[str, Any], as_json: bool) -> None:
+    try:
+        text = json.dumps(fleet, ensure_ascii=False) if as_json else yaml.safe_dump(fleet, allow_unicode=True)
+    except ValueError:
+        return  # NaN in JSON: the generator's problem, not an input
+    load(scratch, text.encode("utf-8", "surrogatepass"))
+
+
+@st.composite
+def mutations(draw: st.DrawFn, base: str) -> bytes:
+    data = bytearray(base.encode("utf-8"))
+    for _ in range(draw(st.integers(1, 4))):
+        where = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "repeat"]))
+        chunk = draw(
+            st.one_of(
+                st.binary(min_size=1, max_size=6),
+                st.sampled_from(
+                    [b"&a ", b"*a", b"[", b"{", b"\n  ", b": ", b", ", b'"', b"\x00", b"!!", b"9" * 30]
+                ),
+            )
+        )
+        if kind == "insert":
+            data[where:where] = chunk
+        elif kind == "delete":
+            del data[where : where + len(chunk)]
+        elif kind == "replace":
+            data[where : where + len(chunk)] = chunk
+        else:
+            data[where:where] = data[where : where + draw(st.integers(1, 200))] * draw(st.integers(2, 5))
+    return bytes(data)
+
+
+@SETTINGS
+@given(data=mutations(EXAMPLE_TEXT))
+def test_the_example_fleet_mutated(scratch: Path, data: bytes) -> None:
+    load(scratch, data)
+
+
+@SETTINGS
+@given(data=mutations(WRITTEN_TEXT))
+def test_a_written_fleet_mutated(scratch: Path, data: bytes) -> None:
+    load(scratch, data)
+
+
+def test_the_unmutated_bases_load(scratch: Path) -> None:
+    for text in (EXAMPLE_TEXT, WRITTEN_TEXT):
+        assert isinstance(load(scratch, text.encode()), FleetState)
+
+
+EXPECTED = {
+    "duplicate-keys.json": "duplicate key 'gz'",
+    "float-status.json": "status must be an integer",
+    "laughs-in-bound.yaml": "aliases expand to more than 100,000 extra nodes",
+    "long-number.yaml": "a number too long to read",
+    "lookalike-ids.yaml": "instance id 'ins-0000000\uff11' must be ins- and 8",
+    "nul-byte.yaml": "character U+0000 is not allowed",
+    "python-tag.yaml": "could not determine a constructor",
+    "recursive-alias.yaml": "recursive alias",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_hostile_fleet_files(name: str, scratch: Path) -> None:
+    assert {p.name for p in HOSTILE.iterdir()} == set(EXPECTED)
+    result = load(scratch, (HOSTILE / name).read_bytes())
+    assert isinstance(result, InputError)
+    first = result.problems[0]
+    assert first.line is not None and EXPECTED[name] in first.message, str(first)
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+@pytest.mark.parametrize("depth", [900, 10_000])
+def test_deep_nesting_is_refused_at_its_place(scratch: Path, as_json: bool, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    if as_json:
+        text = '{"credentials": [{"secret_id": "a", "secret_key": "b"}], "regions": ' + nested + "}"
+    else:
+        text = "credentials: [{secret_id: a, secret_key: b}]\nregions: " + nested + "\n"
+    result = load(scratch, text.encode())
+    assert isinstance(result, InputError)
+    assert result.problems[0].line is not None
