@@ -37,7 +37,25 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def validator(name: str) -> Draft202012Validator:
-    """A compiled 2020-12 validator for schema ``name``."""
+    """A compiled 2020-12 validator for schema ``name``.
+
+    Local references (``{"$ref": "#/$defs/x"}`` alone in their object) are replaced by what
+    they point to first: the meaning is the same, and jsonschema resolves a ``$ref`` anew for
+    every item it checks, which was half the time of validating a plan of 8,000 changes.
+    """
     schema = load_schema(name)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(_inline_refs(schema, schema.get("$defs") or {}, ()))
+
+
+def _inline_refs(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if len(node) == 1 and isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in defs and name not in seen:  # a recursive definition keeps its $ref
+                return _inline_refs(defs[name], defs, (*seen, name))
+        return {key: _inline_refs(value, defs, seen) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(value, defs, seen) for value in node]
+    return node

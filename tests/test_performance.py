@@ -5,30 +5,36 @@
 * the client's token bucket bursts half the rate (the server keeps tokens against jitter);
 * the signer's encoder skips ``quote`` for what needs no encoding, with the same result;
 * the client checks a key's list of bound instance IDs with one regex, with the same verdict;
+* schema validators with local $refs inlined judge documents exactly as the schema does;
 * the executor polls after a wave only the instances the next wave touches, and times its
   polls by what it learned of the operation time: after the first, one call per 100.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
+from bench.run import observed_truth
 from reconciler.cloud import client as client_module
 from reconciler.cloud.auth import encode_params
 from reconciler.cloud.client import AttemptRecord, CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.cloud.ratelimit import ActionRateLimiter
+from reconciler.core.document import dump_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
 from reconciler.emulator import fleetfile
@@ -39,6 +45,7 @@ from reconciler.errors import InputError
 from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.ids import is_instance_id
 from reconciler.model import Outcome
+from reconciler.schemas import load_schema, validator
 
 
 def _yaml(text: str) -> object:
@@ -190,3 +197,50 @@ def test_checking_a_list_of_ids_at_once_refuses_ids_run_together() -> None:
     assert not client_module._all_instance_ids(["ins-aaaaaaaa\nins-bbbbbbbb"])
     assert not client_module._all_instance_ids(["ins-aaaaaaaa\nins-bbbbbbbb", ""])
     assert not client_module._all_instance_ids(["ins-aaaaaaaa", 5])
+
+
+# --------------------------------------------------------------------------- schema validators
+
+
+def _corruptions(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for path, value in [
+        (("changes", 0, "status"), "maybe"),
+        (("changes", 1, "instance_id"), "ins-BAD"),
+        (("batches", 0, "wave"), -1),
+        (("batches", 0, "instance_ids"), ["ins-aaaaaaaa", 7]),
+        (("findings",), [{"severity": "info"}]),
+        (("summary", "calls"), "many"),
+        (("fingerprint", "key_ids"), None),
+    ]:
+        doc = copy.deepcopy(plan)
+        target: Any = doc
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+        out.append(doc)
+    return out
+
+
+@pytest.mark.parametrize("name", ["plan", "bindings"])
+def test_validators_with_inlined_refs_judge_like_the_schema(name: str, tmp_path: Path) -> None:
+    """``schemas.validator`` replaces local $refs by their target (faster); same verdicts."""
+    gen = generate(80, 8, seed=2, remove_fraction=0.4)
+    desired_file = tmp_path / "b.yaml"
+    desired_file.write_text(gen.desired_text)
+    desired = load_paths([desired_file]).by_region[gen.region]
+    plan = build_plan(desired, observed_truth(gen), endpoint="test")
+    docs: list[Any] = [json.loads(dump_plan(plan))] if name == "plan" else [yaml.safe_load(gen.desired_text)]
+    if name == "plan":
+        docs += _corruptions(docs[0])
+    else:
+        docs += [{**docs[0], "scope": "everything"}, {**docs[0], "keys": {"skey-x": {"instances": [1]}}}]
+    plain = Draft202012Validator(load_schema(name))
+    fast = validator(name)
+    assert json.dumps(fast.schema).count("$ref") < json.dumps(plain.schema).count("$ref")
+    for doc in docs:
+        expected = sorted((list(e.absolute_path), e.message) for e in plain.iter_errors(doc))
+        assert sorted((list(e.absolute_path), e.message) for e in fast.iter_errors(doc)) == expected
+    assert not list(fast.iter_errors(docs[0]))
+    if name == "plan":
+        assert all(list(fast.iter_errors(doc)) for doc in docs[1:])

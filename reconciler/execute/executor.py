@@ -123,8 +123,10 @@ class _State:
     aborted: str | None = None  # why the apply stopped early, when a read failed for good
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    done: int = 0  # bindings whose outcome is DONE (kept by ``Executor._set_outcome``)
+
     def done_count(self) -> int:
-        return sum(1 for t in self.tracks.values() if t.outcome is Outcome.DONE)
+        return self.done
 
 
 def check_sendable(plan: Plan) -> None:
@@ -243,7 +245,7 @@ class Executor:
             if track.outcome is Outcome.DONE:
                 track.reason = f"accepted by the API; not verified ({error.message})"
             elif track.outcome is None and track.attempts > 0:
-                track.outcome = Outcome.FAILED
+                self._set_outcome(track, Outcome.FAILED)
                 track.reason = f"outcome unknown: could not observe it after the call ({error.message})"
             elif track.outcome is None:
                 track.reason = f"not attempted: {what} ({error.message})"
@@ -293,7 +295,7 @@ class Executor:
                     error = future.exception()
                     if error is None:
                         for iid in ids:
-                            self._track((key_id, iid)).outcome = Outcome.DONE
+                            self._set_outcome(self._track((key_id, iid)), Outcome.DONE)
                         self._emit("call-done", wave, f"unbound {key_id} from {len(ids)} instances")
                     elif isinstance(error, CloudError):
                         uncertain.extend(((key_id, iid), error) for iid in ids)
@@ -349,7 +351,7 @@ class Executor:
         still = set(busy)
         for binding, track in self._state.tracks.items():
             if binding[1] in still and track.outcome is None:
-                track.outcome = Outcome.FAILED
+                self._set_outcome(track, Outcome.FAILED)
                 track.reason = (
                     f"instance stayed in status 20 (key issuing) for over {self.options.wait_timeout:g}s"
                 )
@@ -364,15 +366,15 @@ class Executor:
             track = self._track(binding)
             pair = observed.keys.get(binding[0])
             if pair is None or binding[1] not in pair.bound_instance_ids:
-                track.outcome = Outcome.DONE
+                self._set_outcome(track, Outcome.DONE)
                 continue
             track.code = error.code if isinstance(error, ApiError) else None
             reason = blocked_reason(observed.instances.get(binding[1]), self.plan.region)
             if reason is not None:
-                track.outcome = Outcome.FAILED
+                self._set_outcome(track, Outcome.FAILED)
                 track.reason = f"{reason} ({error.message})"
             elif track.attempts >= self.options.max_attempts:
-                track.outcome = Outcome.FAILED
+                self._set_outcome(track, Outcome.FAILED)
                 track.reason = f"{error.message} (after {track.attempts} attempts)"
             else:
                 retry.append(binding)
@@ -390,13 +392,20 @@ class Executor:
             pair = observed.keys.get(key_id)
             if pair is not None and iid in pair.bound_instance_ids:
                 track = self._track((key_id, iid))
-                track.outcome = Outcome.FAILED
+                self._set_outcome(track, Outcome.FAILED)
                 track.reason = "the API accepted the unbind but the binding is still there"
 
     # ------------------------------------------------------------------ helpers
 
     def _track(self, binding: Binding) -> _Track:
         return self._state.tracks[binding]
+
+    def _set_outcome(self, track: _Track, outcome: Outcome) -> None:
+        # Counted here: every event reports how many are done, and counting them anew each
+        # time was quadratic (8 million steps for an apply of 7,000 bindings).
+        with self._state.lock:
+            self._state.done += (outcome is Outcome.DONE) - (track.outcome is Outcome.DONE)
+            track.outcome = outcome
 
     def _emit(self, kind: str, wave: int, message: str) -> None:
         self.on_event(
