@@ -335,12 +335,17 @@ def _plan_and_apply(p: Prepared, mode: str, connect: list[str], apply_args: list
     }
 
 
-def run_inprocess(p: Prepared) -> dict[str, Any]:
+def run_inprocess(p: Prepared, *, tool_alone: bool = True) -> dict[str, Any]:
+    """plan and apply against the emulator in the tool's process; with ``tool_alone``, also
+    against one in another process (the tool's own cost) and the start-up cost."""
     fleet = p.work / "fleet-inprocess.json"
     shutil.copyfile(p.fleet, fleet)
     result = _plan_and_apply(
         p, "inprocess", ["--emulator", str(fleet), "--rate-limit", "0"], ["--rate-limit", "0"]
     )
+    result.pop("_plan")
+    if not tool_alone:
+        return result
     # The same commands against an unthrottled emulator in another process: the tool alone.
     alone = p.work / "fleet-alone.json"
     shutil.copyfile(p.fleet, alone)
@@ -351,7 +356,6 @@ def run_inprocess(p: Prepared) -> dict[str, Any]:
     result["plan_tool_alone"] = solo["plan"]
     result["apply_tool_alone"] = solo["apply"]
     result["startup_cpu_s"], result["startup_rss_mb"] = startup_cost(p.work)
-    result.pop("_plan")
     return result
 
 
