@@ -65,6 +65,8 @@ CODE_OPERATION_FAILED = 5100
 CODE_PARTIAL_SUCCESS = 5400
 
 DEFAULT_CREATED = "2020-01-01 00:00:00"
+# A fleet file bigger than this is refused unread (a 50,000-instance fleet is about 6 MB).
+MAX_FLEET_BYTES = 64 * 2**20
 _BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 
@@ -727,6 +729,9 @@ def _read_fleet(path: Path) -> tuple[dict[str, Any], tuple[int, int, int]]:
     try:
         with open(path, "rb") as handle:
             stat = os.fstat(handle.fileno())
+            if stat.st_size > MAX_FLEET_BYTES:
+                limit = MAX_FLEET_BYTES // 2**20
+                raise InputError([Problem(file, f"fleet file of {stat.st_size:,} bytes: over {limit} MiB")])
             raw = handle.read()
     except FileNotFoundError:
         raise InputError([Problem(file, "fleet file not found")], hint="see examples/fleet.yaml") from None
