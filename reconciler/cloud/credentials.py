@@ -172,6 +172,11 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any] | None:
             f"{path}:{error.lineno}:{error.colno}: not valid JSON; expected the JSON that tccli writes",
             hint=f"run `tccli configure` again, or fix the file by hand (a {what} file is a JSON object)",
         ) from None
+    except (ValueError, RecursionError):
+        # A number of over 4,300 digits, or nesting ~1,000 deep: not tccli's JSON either.
+        raise ConfigError(
+            f"{path}: not the JSON that tccli writes (a number too long, or nesting too deep)"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, as tccli writes")
     return data
