@@ -32,6 +32,10 @@ def check_endpoint(url: str) -> str:
     Refused: schemes other than https (http only to a loopback host), user info, a query, a
     fragment, a missing host. An empty path (or ``/``) becomes ``/v2/index.php``.
     """
+    if "@" in url:
+        # Before parsing, and without echoing the URL: the user info may be a secret, and a
+        # password with a "/" in it is not even parsed as user info.
+        raise ConfigError("endpoint must not contain user info (user:password@)")
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname or ""
