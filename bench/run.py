@@ -4,7 +4,7 @@
 
 For each size it generates a fleet and a desired-state file (``bench/fleetgen.py``, seeded), then
 runs the real command line (``python -m reconciler``, i.e. ``cvmkeys``) as a subprocess and
-measures each run's wall time, CPU time (user + system, from ``os.wait4``) and peak RSS:
+measures each run's wall time, CPU time (user + system) and peak RSS (``bench/launch.py``):
 
 * in-process: ``cvmkeys plan --emulator FLEET --out plan.json`` then ``cvmkeys apply plan.json``;
   the emulator runs inside the tool's process with no latency (``--rate-limit 0``: nothing to
@@ -455,6 +455,13 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _server_agrees(result: Mapping[str, Any]) -> bool:
+    total: collections.Counter[str] = collections.Counter()
+    for name in ("plan", "apply"):
+        total.update(result[name]["calls"])
+    return bool(result.get("server_requests") == dict(total))
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     """A Markdown table; columns after the first two are right-aligned."""
     align = ["---" if n < 2 else "---:" for n in range(len(header))]
@@ -512,6 +519,14 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
             ]
         )
     out += _table(["size", "mode", "bindings", "unbinds", "plan", "apply", "= minimum"], rows)
+    agree = [r["size"] for r in results if r["mode"] == "served" and _server_agrees(r["result"])]
+    if agree:
+        out += [
+            "Served runs where the emulator counted exactly the requests of the audit logs: "
+            + ", ".join(agree)
+            + ".",
+            "",
+        ]
 
     served = [r for r in results if r["mode"] == "served"]
     if served:
