@@ -83,15 +83,39 @@ def plan_minimum(desired: Desired, keys: Mapping[str, KeyPair]) -> dict[str, int
     }
 
 
+def poll_minimum(wave_sizes: Sequence[int]) -> int:
+    """The fewest DescribeInstances that see each instance idle once after each of its calls.
+
+    ``wave_sizes``: instances per wave; an instance in a wave is in every wave before it (as
+    ``core.batching`` makes them). After wave *w* the next wave's instances must be seen idle
+    before it starts (they are mandatory in that round), and after the last wave its own
+    instances before the verification. An instance that no later wave touches needs one
+    look too, at any round from its own on: it fills a free place of a round's calls, or,
+    when there is none left, a call of its own at the end. 100 instances a call.
+    """
+    rounds = len(wave_sizes)
+    calls = free_places = waiting = 0
+    for w in range(rounds):
+        mandatory = wave_sizes[w + 1] if w + 1 < rounds else wave_sizes[w]
+        if w + 1 < rounds:
+            waiting += wave_sizes[w] - wave_sizes[w + 1]  # their last call was in wave w
+        calls += _pages(mandatory)
+        free_places = -mandatory % PAGE
+        used = min(free_places, waiting)
+        waiting -= used
+    return calls + _pages(waiting)
+
+
 def apply_minimum(plan: Plan) -> dict[str, int]:
     """The fewest calls that carry out ``plan`` (a saved plan) safely when every call succeeds.
 
     * fresh check (is the plan stale?): the key pairs and instances the plan touches, one
       DescribeKeyPairs / DescribeInstances per 100 IDs;
     * one UnBindInstanceKey per key per wave per 100 instances: ``len(plan.batches)``;
-    * after each wave, one poll of the wave's instances (DescribeInstances, 100 a call) to see
-      them leave status 20 before the next wave touches them, and before the verification
-      (an instance in status 20 still reports its old keys);
+    * the status polls (DescribeInstances): each instance seen idle once after each of its
+      calls, packed 100 a call (``poll_minimum``): the next wave's instances before it starts,
+      and every instance before the verification (an instance in status 20 still reports its
+      old keys);
     * verification: the key pairs that were unbound, one DescribeKeyPairs per 100.
     """
     waves: dict[int, set[str]] = collections.defaultdict(set)
@@ -99,9 +123,10 @@ def apply_minimum(plan: Plan) -> dict[str, int]:
         waves[batch.wave].update(batch.instance_ids)
     unbound_keys = {batch.key_id for batch in plan.batches}
     fp = plan.fingerprint
+    polls = poll_minimum([len(waves[w]) for w in sorted(waves)])
     return {
         "DescribeKeyPairs": _pages(len(fp.key_ids)) + _pages(len(unbound_keys)),
-        "DescribeInstances": _pages(len(fp.instance_ids)) + sum(_pages(len(ids)) for ids in waves.values()),
+        "DescribeInstances": _pages(len(fp.instance_ids)) + polls,
         "UnBindInstanceKey": len(plan.batches),
     }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.run import prepare, run_inprocess
+from bench.run import poll_minimum, prepare, run_inprocess
 from reconciler.core.document import load_plan
 from reconciler.model import ChangeStatus
 
@@ -38,9 +38,14 @@ def test_s_in_process_plan_and_apply_make_exactly_the_minimum_calls(tmp_path: Pa
         "DescribeInstances": _pages(len(prepared.gen.declared_instances | unprotected)),
     }
     fp = plan.fingerprint
+    # Polls: every instance seen idle once after each of its calls (one observation per
+    # unbind), 100 a call, at least one round per wave; for S the rounds have room for all.
+    polls = max(len(waves), _pages(sum(len(s) for s in per_wave)))
+    assert sum(len(s) for s in per_wave) == plan.summary.to_unbind
+    assert polls == poll_minimum([len(s) for s in per_wave])
     assert result["apply_minimum"] == {
         "DescribeKeyPairs": _pages(len(fp.key_ids)) + _pages(len({b.key_id for b in plan.batches})),
-        "DescribeInstances": _pages(len(fp.instance_ids)) + sum(_pages(len(s)) for s in per_wave),
+        "DescribeInstances": _pages(len(fp.instance_ids)) + polls,
         "UnBindInstanceKey": len(plan.batches),
     }
 

@@ -10,11 +10,12 @@ Called by the CLI's ``apply`` after the plan was checked (``check_fresh``). The 
   instances come back in the next wave; after the wave those instances (and those of failed
   calls) are polled (DescribeInstances, 100 a call, timeout) until none is in status 20; by
   then they have usually long finished, and the next wave starts at once. Every other
-  instance is polled once at the end, before the verification (an instance in status 20
-  still reports its old keys). Each instance is thus polled once after each of its calls, the
-  fewest polls there can be. The polls are timed by what earlier polls taught about how long
-  an operation takes (``_OpTimer``); until that is known the first poll is immediate and the
-  next ones back off;
+  instance is polled once, before the verification (an instance in status 20 still reports
+  its old keys): those with the oldest calls fill the free places of the polls between waves,
+  the rest are polled at the end. Each instance is thus polled once after each of its calls,
+  in as few calls as there can be. The polls are timed by what earlier polls taught about how
+  long an operation takes (``_OpTimer``); until that is known the first poll is immediate and
+  the next ones back off;
 * after any failed or ambiguous call the truth is observed again: a binding that is gone is
   done, one whose instance can no longer be unbound is failed, the rest are retried within
   ``max_attempts``; a retry never names a binding that is already gone;
@@ -25,6 +26,7 @@ Called by the CLI's ``apply`` after the plan was checked (``check_fresh``). The 
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -269,8 +271,18 @@ class Executor:
             touched = {iid for _, iid in pending}
             self._unconfirmed |= touched
             needed = (touched & following) | {iid for (_, iid), _ in uncertain}
-            self._wait_idle(wave, sorted(needed))
+            self._wait_idle(wave, sorted(needed), self._fillers(needed, following))
             pending = self._settle(wave, uncertain) if uncertain else []
+
+    def _fillers(self, needed: set[str], following: set[str]) -> list[str]:
+        """Instances to confirm in the free places of the polls for ``needed``: those with the
+        oldest calls whose instance no later wave touches. Each must be seen idle once anyway;
+        seen now, in a call that is made anyway, it need not be polled at the end."""
+        free = -len(needed) % MAX_INSTANCES_PER_CALL
+        if not needed or not free:
+            return []
+        candidates = self._unconfirmed - needed - following
+        return heapq.nsmallest(free, candidates, key=lambda iid: (self._answered.get(iid, 0.0), iid))
 
     def _send(self, wave: int, calls: list[tuple[str, tuple[str, ...]]]) -> list[tuple[Binding, CloudError]]:
         """Send the calls in parallel; return the bindings whose call failed, with the error."""
@@ -307,13 +319,14 @@ class Executor:
                 self._track((key_id, iid)).attempts -= 1
         return uncertain
 
-    def _wait_idle(self, wave: int, instance_ids: Sequence[str]) -> None:
+    def _wait_idle(self, wave: int, instance_ids: Sequence[str], fillers: Sequence[str] = ()) -> None:
         """Poll until none of these instances is in status 20 (or the timeout passes).
 
         A poll is timed for the newest call among the instances still waiting: at its answer
         plus what ``_OpTimer`` knows the operation takes; while nothing is known, the first poll
         is immediate and the next ones back off from ``poll_initial`` to ``poll_max``. Instances
-        found idle are confirmed (``_unconfirmed``).
+        found idle are confirmed (``_unconfirmed``). ``fillers`` ride along in the first poll
+        only: confirmed if idle, not waited for if busy.
         """
         options, timer = self.options, self._op_timer
         waiting = list(instance_ids)
@@ -337,15 +350,17 @@ class Executor:
                 self._emit("waiting", wave, f"waiting for {len(waiting)} instances to finish key issuing")
                 options.sleep(due - now)
             first = False
+            polled = [*waiting, *fillers]
+            fillers = ()
             sent = options.clock()
-            found = self.client.describe_instances(waiting)
+            found = self.client.describe_instances(polled)
             answered = options.clock()
             busy = {i.instance_id for i in found if i.status == STATUS_KEY_ISSUING}
-            for iid in waiting:
+            for iid in polled:
                 if iid in self._answered:
                     timer.learn(iid in busy, sent - self._answered[iid], answered - self._answered[iid])
-            self._unconfirmed.difference_update(iid for iid in waiting if iid not in busy)
-            waiting = sorted(busy)
+            self._unconfirmed.difference_update(iid for iid in polled if iid not in busy)
+            waiting = sorted(busy.intersection(waiting))
 
     def _time_out(self, busy: Sequence[str]) -> None:
         still = set(busy)
