@@ -204,7 +204,11 @@ ProfileOption = Annotated[
     ),
 ]
 RateLimitOption = Annotated[
-    float, typer.Option("--rate-limit", help="Client-side limit, requests per second per action.")
+    float | None,
+    typer.Option(
+        "--rate-limit",
+        help="Client-side limit, requests per second per action (default 10; none with --emulator; 0: none).",
+    ),
 ]
 NoColorOption = Annotated[bool, typer.Option("--no-color", help="No colour in the output.")]
 MaxUnbindsOption = Annotated[
@@ -307,7 +311,7 @@ def plan(
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
-    rate_limit: RateLimitOption = 10.0,
+    rate_limit: RateLimitOption = None,
     audit_log: Annotated[
         Path | None, typer.Option("--audit-log", metavar="FILE", help="Append every API call as JSON lines.")
     ] = None,
@@ -458,7 +462,7 @@ def apply(
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
-    rate_limit: RateLimitOption = 10.0,
+    rate_limit: RateLimitOption = None,
 ) -> None:
     """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
 
@@ -598,7 +602,7 @@ def import_command(
     schema_ref: Annotated[
         str, typer.Option("--schema-ref", metavar="PATH|URL", help="Schema named in the editor header line.")
     ] = "../schemas/bindings.schema.json",
-    rate_limit: RateLimitOption = 10.0,
+    rate_limit: RateLimitOption = None,
 ) -> None:
     """Write a desired-state file that allows exactly the bindings that are live now.
 
