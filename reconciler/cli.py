@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from reconciler import __version__
 from reconciler.cloud.observe import observe_for_plan
@@ -40,7 +41,37 @@ from reconciler.errors import (
 from reconciler.execute.executor import ExecEvent, ExecOptions, Executor, check_fresh
 from reconciler.model import ApplyResult, ChangeStatus, Desired, Outcome, Plan, SafetyLimits
 
+# click's UsageError, whichever click Typer uses (BadParameter is its subclass).
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+class _Group(TyperGroup):
+    """The command group, with usage errors exiting 1 instead of click's 2: under
+    ``plan --detailed-exitcode``, 2 means "changes present", and a mistyped flag in CI must not
+    read as that (Terraform also exits 1 on usage errors)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as error:
+            _usage_exit_code(error)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _UsageError as error:
+            _usage_exit_code(error)
+            raise
+
+
+def _usage_exit_code(error: Exception) -> None:
+    if type(error).__name__ != "NoArgsIsHelpError":  # bare `cvmkeys` shows the help
+        error.exit_code = 1  # type: ignore[attr-defined]
+
+
 app = typer.Typer(
+    cls=_Group,
     name="cvmkeys",
     help="Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git."
     "\n\nExample: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml",
