@@ -258,11 +258,15 @@ class Executor:
         """Send the wave (calls touching ``following``, the next wave's instances, first); then
         wait until those instances and the failed calls' are idle; settle and retry failures."""
         pending = bindings
+        retrying = False
         self._emit("wave-start", wave, f"wave {wave + 1}: {len(pending)} unbinds")
         while pending and not self.stop.is_set():
             pending = [b for b in pending if self._track(b).outcome is None]
             if not pending:
                 break
+            if retrying:  # someone else (another apply, the console) may have made them busy
+                self._wait_idle(wave, sorted({iid for _, iid in pending}))
+            retrying = True
             for binding in pending:
                 self._track(binding).attempts += 1
             calls = _group(pending)
@@ -384,7 +388,11 @@ class Executor:
                 self._set_outcome(track, Outcome.DONE)
                 continue
             track.code = error.code if isinstance(error, ApiError) else None
-            reason = blocked_reason(observed.instances.get(binding[1]), self.plan.region)
+            instance = observed.instances.get(binding[1])
+            # Busy (status 20) passes: the instance still reports its old keys until the other
+            # operation ends, and may be idle again by the retry; only the attempt budget ends it.
+            busy = instance is not None and instance.status == STATUS_KEY_ISSUING
+            reason = None if busy else blocked_reason(instance, self.plan.region)
             if reason is not None:
                 self._set_outcome(track, Outcome.FAILED)
                 track.reason = f"{reason} ({error.message})"
