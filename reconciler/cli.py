@@ -23,12 +23,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from reconciler import __version__
+from reconciler.cloud.client import DEFAULT_ENDPOINT
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.connect import Connection, ConnectOptions, connect, emulator_label
 from reconciler.core.plan import build_plan
+from reconciler.core.safety import check_safety, merge_limits
 from reconciler.errors import (
     ApprovalError,
     ConfigError,
@@ -39,7 +42,15 @@ from reconciler.errors import (
     UnsafePlanError,
 )
 from reconciler.execute.executor import ExecEvent, ExecOptions, Executor, check_fresh
-from reconciler.model import ApplyResult, ChangeStatus, Desired, Outcome, Plan, SafetyLimits
+from reconciler.model import (
+    ApplyResult,
+    ChangeStatus,
+    Desired,
+    Outcome,
+    Plan,
+    SafetyLimits,
+    SafetyVerdict,
+)
 
 # click's UsageError, whichever click Typer uses (BadParameter is its subclass).
 _UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -103,9 +114,10 @@ def _reporting_errors() -> Iterator[None]:
         if isinstance(error, InputError):
             for problem in error.problems:
                 console.print(str(problem), markup=False, soft_wrap=True)
-        console.print(f"[bold red]Error:[/] {error.message}", soft_wrap=True)
+        # Messages may quote the cloud (names, API messages): never read them as markup.
+        console.print(f"[bold red]Error:[/] {escape(error.message)}", soft_wrap=True)
         if error.hint:
-            console.print(f"[dim]hint:[/] {error.hint}", soft_wrap=True)
+            console.print(f"[dim]hint:[/] {escape(error.hint)}", soft_wrap=True)
         if _options.debug:
             console.print_exception()
         raise typer.Exit(error.exit_code) from None
@@ -118,7 +130,9 @@ def _reporting_errors() -> Iterator[None]:
         # A file that cannot be read or written: the user's to fix, not a bug.
         console = _stderr()
         where = f" ({error.filename})" if error.filename else ""
-        console.print(f"[bold red]Error:[/] {error.strerror or error}{where}", markup=True, soft_wrap=True)
+        console.print(
+            f"[bold red]Error:[/] {escape(str(error.strerror or error))}{escape(where)}", soft_wrap=True
+        )
         console.print("[dim]hint:[/] check the path and its permissions", soft_wrap=True)
         if _options.debug:
             console.print_exception()
@@ -208,6 +222,11 @@ def main() -> None:
 
 
 # --------------------------------------------------------------------------- cloud commands
+
+
+class ResultFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 class OutputFormat(str, Enum):
@@ -412,10 +431,20 @@ def _read_plan(planfile: Path) -> Plan:
 
 
 def _is_plan_file(paths: list[Path]) -> bool:
+    """One ``*.json`` file, or one file holding a JSON object with ``format_version`` (a YAML
+    desired-state file in flow style also starts with ``{``, but is not JSON)."""
     if len(paths) != 1 or not paths[0].is_file():
         return False
+    if paths[0].suffix.lower() == ".json":
+        return True
     with paths[0].open("rb") as handle:
-        return handle.read(64).lstrip().startswith(b"{")
+        if not handle.read(64).lstrip().startswith(b"{"):
+            return False
+    try:
+        data = json.loads(paths[0].read_bytes())
+    except (ValueError, OSError):
+        return False
+    return isinstance(data, dict) and "format_version" in data
 
 
 class _Progress:
@@ -462,7 +491,10 @@ def _confirm(plan: Plan) -> None:
         )
     console = _stderr()
     console.print("\nDo you want to perform these actions? Only 'yes' will be accepted.")
-    answer = input("  Enter a value: ")
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:  # Ctrl-D
+        answer = ""
     if answer.strip() != "yes":
         raise ApprovalError("apply cancelled")
 
@@ -488,8 +520,8 @@ def apply(
         Path | None, typer.Option("--audit-log", metavar="FILE", help="Append every API call as JSON lines.")
     ] = None,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="Result format: text or json.")
-    ] = OutputFormat.text,
+        ResultFormat, typer.Option("--format", help="Result format: text or json.")
+    ] = ResultFormat.text,
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
@@ -505,8 +537,6 @@ def apply(
     from reconciler.render.text import render_result_text
 
     with _reporting_errors():
-        if output_format is OutputFormat.markdown:
-            raise ConfigError("apply results come as text or json")
         audit = AuditLog(audit_log) if audit_log else None
         color = _use_color(no_color)
         try:
@@ -524,13 +554,23 @@ def apply(
                 the_plan, connection = _make_plan(
                     paths, options, SafetyLimits(max_unbinds, max_unbind_percent), on_attempt=audit
                 )
-                _stderr().print(_render_plan(the_plan, OutputFormat.text, color), end="")
+                console = _stderr()
+                stderr_color = not no_color and "NO_COLOR" not in os.environ and console.is_terminal
+                console.print(
+                    _render_plan(the_plan, OutputFormat.text, stderr_color),
+                    end="",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
                 if the_plan.has_errors:
+                    connection.close()
                     raise _plan_errors(the_plan)
             with connection:
-                if not the_plan.safety.safe and not force:
+                verdict = _recheck_safety(the_plan, SafetyLimits(max_unbinds, max_unbind_percent))
+                if not verdict.safe and not force:
                     raise UnsafePlanError(
-                        "the plan is UNSAFE: " + "; ".join(the_plan.safety.violations),
+                        "the plan is UNSAFE: " + "; ".join(verdict.violations),
                         hint="check the plan; if it is right, apply it with --force",
                     )
                 if the_plan.ready_changes and not auto_approve and not _is_plan_file(paths):
@@ -539,11 +579,20 @@ def apply(
         finally:
             if audit is not None:
                 audit.close()
-        if output_format is OutputFormat.json:
+        if output_format is ResultFormat.json:
             typer.echo(json.dumps(result_to_data(result), indent=2, sort_keys=True))
         else:
             typer.echo(render_result_text(result, color=color, plan=the_plan), nl=False)
         raise typer.Exit(_apply_exit_code(result))
+
+
+def _recheck_safety(the_plan: Plan, override: SafetyLimits) -> SafetyVerdict:
+    """The plan's verdict, checked again when limits are given on the command line (they win)."""
+    if override.max_unbinds is None and override.max_unbind_percent is None:
+        return the_plan.safety
+    recorded = SafetyLimits(the_plan.safety.max_unbinds, the_plan.safety.max_unbind_percent)
+    verdict = the_plan.safety
+    return check_safety(verdict.unbinds, verdict.owned_bindings, merge_limits(recorded, override))
 
 
 def _options_for_saved_plan(the_plan: Plan, options: ConnectOptions) -> ConnectOptions:
@@ -551,8 +600,14 @@ def _options_for_saved_plan(the_plan: Plan, options: ConnectOptions) -> ConnectO
     if options.emulator is None and options.endpoint is None:
         if the_plan.endpoint.startswith("emulator:"):
             options.emulator = Path(the_plan.endpoint.removeprefix("emulator:"))
-        else:
+        elif the_plan.endpoint == DEFAULT_ENDPOINT:
             options.endpoint = the_plan.endpoint
+        else:
+            # Signed requests go only where the user says: a plan file is data, not an address book.
+            raise ConfigError(
+                f"the plan was made against {the_plan.endpoint}",
+                hint=f"to apply it there, say so: cvmkeys apply PLANFILE --endpoint {the_plan.endpoint}",
+            )
         return options
     given = emulator_label(options.emulator) if options.emulator else (options.endpoint or "")
     if given != the_plan.endpoint:

@@ -2,7 +2,8 @@
 
 Called by the CLI only. ``--emulator FLEET`` runs the emulator in this process and sends every
 request through an httpx transport straight into it (no socket), signed as for the real API,
-with the fleet's first credentials unless the environment (or ``--profile``) provides some.
+with the fleet's first credentials unless ``--profile`` names others or the environment holds
+credentials the fleet accepts.
 Changes are saved back to the fleet file, so plan -> apply -> plan converges across runs.
 The real endpoint takes credentials from ``--profile``, the environment, or a tccli profile
 (``reconciler.cloud.credentials.load_credentials``).
@@ -96,7 +97,14 @@ def connect(
         if options.profile is not None:
             credentials = load_credentials(profile=options.profile)
         else:
-            credentials = credentials_from_env() or _fleet_credentials(state, options.emulator)
+            # Environment credentials are used only when the fleet knows them: real cloud
+            # credentials in the environment must not break (or be sent to) the emulator.
+            from_env = credentials_from_env()
+            known = {getattr(c, "secret_id", None) for c in getattr(state, "credentials", ())}
+            if from_env is not None and from_env.secret_id in known:
+                credentials = from_env
+            else:
+                credentials = _fleet_credentials(state, options.emulator)
         _log_credentials(credentials)
         client = make_client(credentials, EMULATOR_URL, transport(EmulatorApp(state)))
         return Connection(client, emulator_label(options.emulator))

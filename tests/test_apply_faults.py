@@ -297,3 +297,61 @@ def test_a_read_that_fails_for_good_stops_apply_with_an_honest_record(tmp_path: 
     assert by_outcome[Outcome.DONE] and not set(by_outcome[Outcome.DONE]) & live  # wave 1 went through
     assert by_outcome[Outcome.NOT_ATTEMPTED] and set(by_outcome[Outcome.NOT_ATTEMPTED]) <= live
     assert {(m.key_id, i) for m in state.mutations for i in m.instance_ids} == set(by_outcome[Outcome.DONE])
+
+
+def test_safety_flags_also_guard_a_saved_plan(example: tuple[Path, Path], tmp_path: Path) -> None:
+    desired, fleet = example
+    plan_file = tmp_path / "p.json"
+    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    before = fleet.read_text()
+    code, _, err = cli("apply", str(plan_file), "--max-unbinds", "1")
+    assert code == 1 and "3 unbinds is over max_unbinds 1" in err
+    assert fleet.read_text() == before
+
+
+def test_names_from_the_cloud_are_never_read_as_markup(example: tuple[Path, Path]) -> None:
+    desired, fleet = example
+    fleet.write_text(fleet.read_text().replace("name: batch-1", "name: 'batch[/x]-1 [bold red]'"))
+    code, out, err = cli("apply", str(desired), "--emulator", str(fleet), "--auto-approve")
+    assert code == 3, err
+    assert "batch[/x]-1 [bold red]" in err and "internal error" not in err  # the plan, shown as is
+    assert "batch[/x]-1 [bold red]" in out
+
+
+def test_a_flow_style_desired_file_is_not_taken_for_a_plan(
+    example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, fleet = example
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("{version: 1, region: gz, keys: {skey-8x9y0z12: {instances: []}}}\n")
+    code, out, err = cli("apply", str(flow), "--emulator", str(fleet), "--auto-approve")
+    assert code == 3, err  # planned and applied; two blocked changes remain
+    assert "Apply complete" in out
+
+
+def test_a_saved_plan_is_sent_only_where_the_user_says(example: tuple[Path, Path], tmp_path: Path) -> None:
+    desired, fleet = example
+    plan_file = tmp_path / "p.json"
+    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    from reconciler.core.document import dump_plan, load_plan
+
+    plan = load_plan(plan_file.read_text(), str(plan_file))
+    import dataclasses
+
+    plan_file.write_text(
+        dump_plan(dataclasses.replace(plan, endpoint="https://collector.example/v2/index.php"))
+    )
+    code, _, err = cli("apply", str(plan_file))
+    assert code == 1 and "--endpoint https://collector.example/v2/index.php" in err
+
+
+def test_real_credentials_in_the_environment_do_not_break_the_emulator(example: tuple[Path, Path]) -> None:
+    desired, fleet = example
+    env = {
+        "NO_COLOR": "1",
+        "TENCENTCLOUD_SECRET_ID": "AKIDREALCLOUD00000000000000000000000",
+        "TENCENTCLOUD_SECRET_KEY": "real-cloud-secret",
+    }
+    code, out, err = cli("plan", str(desired), "--emulator", str(fleet), env=env)
+    assert code == 0, err
+    assert "Plan: 3 to unbind" in out and "real-cloud-secret" not in out + err

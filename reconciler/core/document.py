@@ -1,6 +1,6 @@
 """The plan document: a ``Plan`` as JSON, with an integrity digest, and back. Pure (no I/O).
 
-Called by the CLI (``plan -out`` writes ``dump_plan``; ``apply PLANFILE`` and ``show`` read with
+Called by the CLI (``plan --out`` writes ``dump_plan``; ``apply PLANFILE`` and ``show`` read with
 ``load_plan``), by ``render.json`` and by ``apply --format json`` (``result_to_data``). The form
 is specified by ``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
 
@@ -53,7 +53,7 @@ _MAX_PROBLEM_CHARS = 200
 MAX_PLAN_DEPTH = 32
 
 _INVISIBLE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-_RERUN_HINT = "run `cvmkeys plan -out FILE` again and review the new plan"
+_RERUN_HINT = "run `cvmkeys plan --out FILE` again and review the new plan"
 
 
 # --------------------------------------------------------------------------- writing
@@ -398,7 +398,7 @@ def _parse(text: str, source: str) -> Any:
     except json.JSONDecodeError as error:
         raise PlanIntegrityError(
             f"{source}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}",
-            hint="a plan file is written by `cvmkeys plan -out FILE`; " + _RERUN_HINT,
+            hint="a plan file is written by `cvmkeys plan --out FILE`; " + _RERUN_HINT,
         ) from None
     except ValueError as error:
         raise PlanIntegrityError(f"{source}: not valid JSON: {error}", hint=_RERUN_HINT) from None

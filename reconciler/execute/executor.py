@@ -229,6 +229,9 @@ class Executor:
             self._abort(error, "apply stopped")
         if self.stop.is_set():
             self._state.interrupted = True
+            for track in self._state.tracks.values():
+                if track.outcome is Outcome.DONE and not track.reason:
+                    track.reason = "accepted by the API; not verified (interrupted)"
             self._emit("stopped", -1, "stopped: no new calls started; calls in flight finished")
         elif self._state.aborted is None:
             try:
@@ -312,7 +315,7 @@ class Executor:
                     if error is None:
                         for iid in ids:
                             self._set_outcome(self._track((key_id, iid)), Outcome.DONE)
-                        self._emit("call-done", wave, f"unbound {key_id} from {len(ids)} instances")
+                        self._emit("call-done", wave, f"unbound {key_id} from {_instances(len(ids))}")
                     elif isinstance(error, CloudError):
                         uncertain.extend(((key_id, iid), error) for iid in ids)
                         self._emit("call-failed", wave, f"{error.message}; checking what happened")
@@ -486,3 +489,7 @@ def _group(bindings: Iterable[Binding]) -> list[tuple[str, tuple[str, ...]]]:
         for start in range(0, len(ids), MAX_INSTANCES_PER_CALL):
             calls.append((key_id, tuple(ids[start : start + MAX_INSTANCES_PER_CALL])))
     return calls
+
+
+def _instances(count: int) -> str:
+    return f"{count} instance{'' if count == 1 else 's'}"

@@ -2,7 +2,7 @@
 
 Called by the CLI (``plan --format json``, ``show --format json``, ``apply --format json``).
 The plan form is the plan document itself (``core.document``), integrity digest included, so
-``cvmkeys plan --format json > plan.json`` is as good a plan file as ``plan -out``.
+``cvmkeys plan --format json > plan.json`` is as good a plan file as ``plan --out``.
 """
 
 from __future__ import annotations
