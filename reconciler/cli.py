@@ -257,6 +257,7 @@ RateLimitOption = Annotated[
     float | None,
     typer.Option(
         "--rate-limit",
+        min=0,
         help="Client-side limit, requests per second per action (default 10; none with --emulator; 0: none).",
     ),
 ]
