@@ -61,7 +61,9 @@ class Connection:
 
 
 def emulator_label(fleet: Path) -> str:
-    return f"emulator:{fleet}"
+    """What a plan records for ``--emulator FLEET``: the absolute path, so a saved plan can be
+    applied from any directory."""
+    return f"emulator:{fleet.absolute()}"
 
 
 def connect(

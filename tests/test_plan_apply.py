@@ -238,3 +238,28 @@ def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path) -> None:
     throttled = [a for a in attempts if a.code == 4400]
     assert throttled, "the emulator's rate limit should have answered 4400 at least once"
     assert all(a.retry_in_s is not None and a.retry_in_s > 0 for a in throttled)  # backed off, then retried
+
+
+def test_a_saved_emulator_plan_applies_from_another_directory(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(EXAMPLES / "fleet.yaml", work / "fleet.yaml")
+    env = {**os.environ, "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "reconciler"]
+    subprocess.run(
+        [*cmd, "plan", str(EXAMPLES / "bindings.yaml"), "--emulator", "fleet.yaml", "--out", "p.json"],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    applied = subprocess.run(
+        [*cmd, "apply", str(work / "p.json")], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert applied.returncode == 3, applied.stderr  # done; the example's blocked changes remain
+    assert "Apply complete: 3 done" in applied.stdout
