@@ -272,8 +272,11 @@ MaxPercentOption = Annotated[
 ]
 
 
-def _use_color(no_color: bool) -> bool:
-    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+def _use_color(no_color: bool, *, terminal: bool | None = None) -> bool:
+    """Colour unless told not to (``--no-color``, ``NO_COLOR``) or writing to no terminal
+    (``terminal``: whether the output goes to one; standard output by default)."""
+    on_terminal = sys.stdout.isatty() if terminal is None else terminal
+    return not no_color and "NO_COLOR" not in os.environ and on_terminal
 
 
 def _now() -> str:
@@ -544,7 +547,8 @@ def apply(
             options = ConnectOptions(
                 emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile
             )
-            if _is_plan_file(paths):
+            saved_plan = _is_plan_file(paths)
+            if saved_plan:
                 the_plan = _read_plan(paths[0])
                 if the_plan.has_errors:
                     raise _plan_errors(the_plan)
@@ -556,9 +560,10 @@ def apply(
                     paths, options, SafetyLimits(max_unbinds, max_unbind_percent), on_attempt=audit
                 )
                 console = _stderr()
-                stderr_color = not no_color and "NO_COLOR" not in os.environ and console.is_terminal
                 console.print(
-                    _render_plan(the_plan, OutputFormat.text, stderr_color),
+                    _render_plan(
+                        the_plan, OutputFormat.text, _use_color(no_color, terminal=console.is_terminal)
+                    ),
                     end="",
                     markup=False,
                     highlight=False,
@@ -574,7 +579,7 @@ def apply(
                         "the plan is UNSAFE: " + "; ".join(verdict.violations),
                         hint="check the plan; if it is right, apply it with --force",
                     )
-                if the_plan.ready_changes and not auto_approve and not _is_plan_file(paths):
+                if the_plan.ready_changes and not auto_approve and not saved_plan:
                     _confirm(the_plan)
                 result = _execute(connection, the_plan, parallelism)
         finally:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -23,6 +24,9 @@ from reconciler.cloud.client import DEFAULT_ENDPOINT, AttemptRecord, CvmClient
 from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials, mask_secret_id
 from reconciler.cloud.endpoint import check_endpoint
 from reconciler.errors import ConfigError
+
+if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
+    from reconciler.emulator.state import FleetState
 
 _log = logging.getLogger(__name__)
 
@@ -102,8 +106,7 @@ def connect(
             # Environment credentials are used only when the fleet knows them: real cloud
             # credentials in the environment must not break (or be sent to) the emulator.
             from_env = credentials_from_env()
-            known = {getattr(c, "secret_id", None) for c in getattr(state, "credentials", ())}
-            if from_env is not None and from_env.secret_id in known:
+            if from_env is not None and state.secret_key_for(from_env.secret_id) is not None:
                 credentials = from_env
             else:
                 credentials = _fleet_credentials(state, options.emulator)
@@ -122,11 +125,8 @@ def _log_credentials(credentials: Credentials) -> None:
     _log.info("credentials: SecretId %s from %s", mask_secret_id(credentials.secret_id), credentials.source)
 
 
-def _fleet_credentials(state: object, fleet: Path) -> Credentials:
-    pairs = getattr(state, "credentials", None) or []
-    if not pairs:
+def _fleet_credentials(state: FleetState, fleet: Path) -> Credentials:
+    if not state.credentials:
         raise ConfigError(f"{fleet}: the fleet file lists no credentials")
-    first = pairs[0]
-    secret_id = getattr(first, "secret_id", None) or first["secret_id"]
-    secret_key = getattr(first, "secret_key", None) or first["secret_key"]
-    return Credentials(secret_id, secret_key, source=f"the fleet file {fleet}")
+    first = state.credentials[0]
+    return Credentials(first.secret_id, first.secret_key, source=f"the fleet file {fleet}")

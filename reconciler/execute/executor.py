@@ -229,27 +229,28 @@ class Executor:
             self._abort(error, "apply stopped")
         if self.stop.is_set():
             self._state.interrupted = True
-            for track in self._state.tracks.values():
-                if track.outcome is Outcome.DONE and not track.reason:
-                    track.reason = "accepted by the API; not verified (interrupted)"
+            self._mark_unverified("interrupted")
             self._emit("stopped", -1, "stopped: no new calls started; calls in flight finished")
         elif self._state.aborted is None:
             try:
                 self._verify()
             except CloudError as error:
                 self._state.aborted = error.message
-                for track in self._state.tracks.values():
-                    if track.outcome is Outcome.DONE:
-                        track.reason = f"accepted by the API; not verified ({error.message})"
+                self._mark_unverified(error.message)
         return self._result(calls_before)
+
+    def _mark_unverified(self, why: str) -> None:
+        """Say of every binding the API accepted that no observation has confirmed it."""
+        for track in self._state.tracks.values():
+            if track.outcome is Outcome.DONE:
+                track.reason = f"accepted by the API; not verified ({why})"
 
     def _abort(self, error: CloudError, what: str) -> None:
         self._state.aborted = error.message
         self._emit("stopped", -1, f"{what}: {error.message}")
+        self._mark_unverified(error.message)
         for track in self._state.tracks.values():
-            if track.outcome is Outcome.DONE:
-                track.reason = f"accepted by the API; not verified ({error.message})"
-            elif track.outcome is None and track.attempts > 0:
+            if track.outcome is None and track.attempts > 0:
                 self._set_outcome(track, Outcome.FAILED)
                 track.reason = f"outcome unknown: could not observe it after the call ({error.message})"
             elif track.outcome is None:
