@@ -150,3 +150,12 @@ def make_emulator(tmp_path: Path) -> Iterator[EmulatorFactory]:
 def emulator(make_emulator: EmulatorFactory) -> Emulator:
     """The example fleet, persisted to a temporary copy, default settings."""
     return make_emulator()
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> tuple[Path, Path]:
+    """The bundled desired file and a private copy of the example fleet (apply may change it)."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    fleet = tmp_path / "fleet.yaml"
+    shutil.copy(examples / "fleet.yaml", fleet)
+    return examples / "bindings.yaml", fleet

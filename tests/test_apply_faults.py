@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,48 +13,34 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from support import emulator_client, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
-from reconciler.cli import app
 from reconciler.cloud.client import CvmClient
-from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
-from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
 from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.model import Outcome, Plan
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-runner = CliRunner()
-
 
 def _world(tmp_path: Path, faults: FaultProfile | None, seed: int = 5) -> tuple[FleetState, CvmClient, Plan]:
     gen = generate(150, 10, seed=seed, remove_fraction=0.4)
     state = FleetState.from_data(gen.fleet)
-    client = CvmClient(
-        Credentials(SECRET_ID, SECRET_KEY),
+    client = emulator_client(
+        EmulatorApp(state, faults=faults),
         gen.region,
-        endpoint="http://localhost/v2/index.php",
-        transport=transport(EmulatorApp(state, faults=faults)),
-        rate_limit=None,
         sleep=lambda s: None,
     )
     path = tmp_path / "bindings.yaml"
     path.write_text(gen.desired_text)
     desired = load_paths([path]).by_region[gen.region]
     # Plan on a fault-free view, as a reviewer would have seen it.
-    clean = CvmClient(
-        Credentials(SECRET_ID, SECRET_KEY),
-        gen.region,
-        endpoint="http://localhost/v2/index.php",
-        transport=transport(EmulatorApp(state)),
-        rate_limit=None,
-    )
+    clean = emulator_client(EmulatorApp(state), gen.region)
     return state, client, build_plan(desired, observe_for_plan(clean, desired), endpoint="test")
 
 
@@ -128,17 +113,7 @@ def test_partial_success_is_observed_not_guessed(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI guards
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture
-def example(tmp_path: Path) -> tuple[Path, Path]:
-    fleet = tmp_path / "fleet.yaml"
-    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
-    return EXAMPLES / "bindings.yaml", fleet
+cli = run_cli
 
 
 def test_apply_without_a_terminal_or_auto_approve_stops_and_changes_nothing(
@@ -196,13 +171,7 @@ def test_plan_makes_the_minimum_number_of_calls(tmp_path: Path) -> None:
     gen = generate(900, 260, seed=9, remove_fraction=0.2, scope="account")
     state = FleetState.from_data(gen.fleet)
     emulator = EmulatorApp(state)
-    client = CvmClient(
-        Credentials(SECRET_ID, SECRET_KEY),
-        gen.region,
-        endpoint="http://localhost/v2/index.php",
-        transport=transport(emulator),
-        rate_limit=None,
-    )
+    client = emulator_client(emulator, gen.region)
     path = tmp_path / "b.yaml"
     path.write_text(gen.desired_text)
     desired = load_paths([path]).by_region[gen.region]

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import FakeTime
 
 from reconciler.cloud.client import AttemptRecord, CallResult, CvmClient
 from reconciler.cloud.credentials import Credentials
@@ -39,22 +39,6 @@ MODES = [
     pytest.param("POST", "HmacSHA1", id="POST-sha1"),
 ]
 
-
-class FakeTime:
-    """A clock that moves only when something sleeps; sleeps are recorded."""
-
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 def iid(n: int) -> str:

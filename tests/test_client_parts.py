@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+from support import FakeTime
 
 from reconciler.cloud import signing
 from reconciler.cloud.auth import Api2Auth
@@ -21,23 +22,6 @@ from reconciler.errors import ApiError, ConfigError, TransportError
 SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3gnPhESA"
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3Cozk1qA"
 CREDS = Credentials(SECRET_ID, SECRET_KEY)
-
-
-class FakeTime:
-    """A clock that only moves when something sleeps."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 # --------------------------------------------------------------------------- endpoint
@@ -197,9 +181,7 @@ def _sent_params(request: httpx.Request) -> dict[str, str]:
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("signature_method", ["HmacSHA256", "HmacSHA1"])
-def test_auth_adds_public_params_and_a_verifiable_signature(
-    method: str, signature_method: str
-) -> None:
+def test_auth_adds_public_params_and_a_verifiable_signature(method: str, signature_method: str) -> None:
     # A value full of characters that need encoding: it must be encoded exactly once.
     params = {"Action": "DescribeKeyPairs", "keyName": "a b+c/d=e&f%g~中", "keyIds.0": "skey-abcd1234"}
     sent = _signed(method, signature_method, params)

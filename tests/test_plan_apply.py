@@ -10,36 +10,23 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from support import emulator_client, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
-from reconciler.cli import app
-from reconciler.cloud.client import AttemptRecord, CvmClient
-from reconciler.cloud.credentials import Credentials
+from reconciler.cloud.client import AttemptRecord
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
-from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
 from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.model import ChangeStatus, Outcome
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-runner = CliRunner()
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
-    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture
-def example(tmp_path: Path) -> tuple[Path, Path]:
-    fleet = tmp_path / "fleet.yaml"
-    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
-    return EXAMPLES / "bindings.yaml", fleet
+cli = run_cli
 
 
 def test_example_plan_apply_plan_converges(example: tuple[Path, Path], tmp_path: Path) -> None:
@@ -64,19 +51,14 @@ def test_example_plan_apply_plan_converges(example: tuple[Path, Path], tmp_path:
 
 @pytest.mark.parametrize("scope", ["keys", "instances", "account"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_generated_fleets_converge_and_mutations_are_exactly_the_plan(scope: str, seed: int) -> None:
+def test_generated_fleets_converge_and_mutations_are_exactly_the_plan(
+    scope: str, seed: int, tmp_path: Path
+) -> None:
     gen = generate(120, 12, seed=seed, remove_fraction=0.3, scope=scope)
     state = FleetState.from_data(gen.fleet)
     emulator = EmulatorApp(state)
-    credentials = Credentials(SECRET_ID, SECRET_KEY)
-    client = CvmClient(
-        credentials,
-        gen.region,
-        endpoint="http://localhost/v2/index.php",
-        transport=transport(emulator),
-        rate_limit=None,
-    )
-    path = Path(f"/tmp/cvmkeys-test-{scope}-{seed}.yaml")
+    client = emulator_client(emulator, gen.region)
+    path = tmp_path / "bindings.yaml"
     path.write_text(gen.desired_text)
     desired = load_paths([path]).by_region[gen.region]
 
@@ -171,7 +153,7 @@ def test_stale_plan_is_refused_before_any_mutation(tmp_path: Path) -> None:
     assert FleetState.from_file(fleet, persist=False).bindings("ap-guangzhou") == before
 
 
-def test_instances_with_several_keys_are_unbound_in_waves_with_waiting() -> None:
+def test_instances_with_several_keys_are_unbound_in_waves_with_waiting(tmp_path: Path) -> None:
     fleet = {
         "credentials": [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY}],
         "regions": {
@@ -188,14 +170,8 @@ def test_instances_with_several_keys_are_unbound_in_waves_with_waiting() -> None
         },
     }
     state = FleetState.from_data(fleet, op_seconds=0.15)
-    client = CvmClient(
-        Credentials(SECRET_ID, SECRET_KEY),
-        "gz",
-        endpoint="http://localhost/v2/index.php",
-        transport=transport(EmulatorApp(state)),
-        rate_limit=None,
-    )
-    path = Path("/tmp/cvmkeys-waves.yaml")
+    client = emulator_client(EmulatorApp(state), "gz")
+    path = tmp_path / "bindings.yaml"
     path.write_text(
         "version: 1\nregion: gz\nkeys:\n  skey-kkkkkkk1: {instances: [ins-aaaaaaa1]}\n"
         "  skey-kkkkkkk2: {instances: []}\n  skey-kkkkkkk3: {instances: []}\n"
@@ -218,12 +194,9 @@ def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path) -> None:
     state = FleetState.from_data(gen.fleet)
     emulator = EmulatorApp(state, rate_limit=5)
     attempts: list[AttemptRecord] = []
-    client = CvmClient(
-        Credentials(SECRET_ID, SECRET_KEY),
+    client = emulator_client(
+        emulator,
         gen.region,
-        endpoint="http://localhost/v2/index.php",
-        transport=transport(emulator),
-        rate_limit=None,
         backoff_base=0.05,
         max_attempts=8,
         on_attempt=attempts.append,

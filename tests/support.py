@@ -1,0 +1,54 @@
+"""Helpers shared by test modules (pytest puts tests/ on sys.path: ``from support import ...``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from typer.testing import CliRunner
+
+from reconciler.cli import app
+from reconciler.cloud.client import CvmClient
+from reconciler.cloud.credentials import Credentials
+from reconciler.connect import EMULATOR_URL
+from reconciler.emulator.app import EmulatorApp, transport
+
+_runner = CliRunner()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``cvmkeys ARGS`` in-process; (exit code, stdout, stderr). Never a traceback."""
+    result = _runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result.exit_code, result.stdout, result.stderr
+
+
+def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmClient:
+    """A real client talking to ``emulator`` in-process with the fleet's first credentials and,
+    unless ``options`` say otherwise, no client-side rate limit."""
+    first = emulator.state.credentials[0]
+    options.setdefault("rate_limit", None)
+    return CvmClient(
+        Credentials(first.secret_id, first.secret_key),
+        region,
+        endpoint=EMULATOR_URL,
+        transport=transport(emulator),
+        **options,
+    )
+
+
+class FakeTime:
+    """A clock that moves only when something sleeps; sleeps are recorded."""
+
+    def __init__(self, start: float = 1_750_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
