@@ -154,6 +154,10 @@ class Desired:
     sources: tuple[SourceFile, ...] = ()
     # Where each declared instance first appears, for findings that point at the file.
     instance_locations: Mapping[str, Location] = field(default_factory=dict)
+    # Declared instances whose absence is only a warning (every file naming them says
+    # ``missing_instances: warn``); any other declared instance that does not exist is an error.
+    missing_instances_warn: frozenset[str] = frozenset()
+    account: str | None = None  # the account (UIN) the files say they are for; not checked yet
 
     @property
     def declared_instances(self) -> frozenset[str]:
@@ -171,6 +175,9 @@ class ChangeStatus(str, Enum):
     READY = "ready"  # will be attempted by apply
     BLOCKED = "blocked"  # cannot happen now; ``reason`` says why
     PROTECTED = "protected"  # in scope but protected: never attempted
+    # No API can make this change (a Windows instance): shown with the reason, never attempted,
+    # and not an alert (not counted by --detailed-exitcode 2 or apply's exit 3).
+    UNCHANGEABLE = "unchangeable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +284,16 @@ class Plan:
     def ready_changes(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.status is ChangeStatus.READY)
 
+    @property
+    def actionable_changes(self) -> tuple[Change, ...]:
+        """Changes someone can act on: ready, or blocked for now. What ``--detailed-exitcode``
+        2 means; protected and unchangeable changes are not counted."""
+        return tuple(c for c in self.changes if c.status in (ChangeStatus.READY, ChangeStatus.BLOCKED))
+
+    @property
+    def unchangeable_changes(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.status is ChangeStatus.UNCHANGEABLE)
+
 
 # --------------------------------------------------------------------------- apply results
 
@@ -286,6 +303,7 @@ class Outcome(str, Enum):
     FAILED = "failed"
     BLOCKED = "blocked"
     PROTECTED = "protected"
+    UNCHANGEABLE = "unchangeable"  # no API can make the change: never attempted, not an alert
     NOT_ATTEMPTED = "not-attempted"  # interrupted before its call was sent
 
 

@@ -6,6 +6,11 @@ Scope rules (design.md): ``keys`` owns every binding of a declared key; ``instan
 binding on a declared instance; ``account`` owns every binding in the region. An owned binding
 that the file does not allow becomes an unbind ``Change``; bindings outside the scope are never
 looked at again after ``owned_bindings``.
+
+A change is ``ready``, ``blocked`` (not now: the instance's state, or a near-miss ID in the
+file), ``protected`` (the file says never), or ``unchangeable`` (no API can do it: Windows).
+Declared instances that do not exist are errors (docs/desired-state.md, "Missing instances"):
+a typo in an allowed ID must never turn into an unbind from the instance that was meant.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from reconciler import ids
 from reconciler.model import (
     STATUS_KEY_ISSUING,
     STATUS_RUNNING,
@@ -21,6 +27,7 @@ from reconciler.model import (
     Change,
     ChangeStatus,
     Desired,
+    DesiredKey,
     Finding,
     Instance,
     KeyPair,
@@ -80,12 +87,21 @@ def instances_needed(desired: Desired, keys: Mapping[str, KeyPair]) -> set[str]:
     return needed | desired.declared_instances
 
 
+def unchangeable_reason(instance: Instance | None) -> str | None:
+    """Why no API can ever make an unbind on this instance (so it is not an alert), or None."""
+    if instance is not None and instance.is_windows:
+        return f"Windows instance ({instance.os}): no API can unbind keys from Windows instances"
+    return None
+
+
 def blocked_reason(instance: Instance | None, region: str) -> str | None:
-    """Why an unbind on this instance cannot happen now, or None when it can."""
+    """Why an unbind on this instance cannot happen now, or None when it can (the executor
+    asks again at apply time, so an unchangeable instance is also a reason here)."""
     if instance is None:
         return f"instance not found in {region} (deleted, returned, or not this account's)"
-    if instance.is_windows:
-        return f"Windows instance ({instance.os}): keys can be unbound from Linux instances only"
+    never = unchangeable_reason(instance)
+    if never is not None:
+        return never
     if instance.status == STATUS_SHUT_DOWN:
         return None
     if instance.status == STATUS_RUNNING:
@@ -115,40 +131,19 @@ def diff(desired: Desired, observed: Observed) -> Diff:
     allowed = allowed_bindings(desired)
     findings: list[Finding] = []
 
-    for key_id, key in sorted(desired.keys.items()):
-        pair = observed.keys.get(key_id)
-        if pair is None:
-            findings.append(
-                Finding(
-                    Severity.ERROR,
-                    "key-not-found",
-                    f"key {key_id} does not exist in {observed.region}: "
-                    "the file's intent for it cannot be enforced",
-                    key_id=key_id,
-                    location=key.location,
-                )
-            )
-        elif key.name is not None and pair.name != key.name:
-            findings.append(
-                Finding(
-                    Severity.ERROR,
-                    "key-name-mismatch",
-                    f"key {key_id} is named {pair.name!r} in {observed.region}, the file says {key.name!r}",
-                    key_id=key_id,
-                    location=key.location,
-                )
-            )
-
-    for iid in sorted(desired.declared_instances - observed.instances.keys()):
+    findings.extend(key_findings(desired.keys, observed.keys, observed.region))
+    if not ids.is_known_region(desired.region):
         findings.append(
             Finding(
                 Severity.WARNING,
-                "instance-not-found",
-                f"instance {iid} is declared but does not exist in {observed.region}",
-                instance_id=iid,
-                location=desired.instance_locations.get(iid),
+                "region-unknown",
+                f"region {desired.region} is not one this version of cvmkeys knows: used as written",
             )
         )
+    typos = near_miss_typos(desired, observed)
+    findings.extend(_missing_instance_findings(desired, observed, typos))
+    # A live instance one edit away from a declared-but-absent ID: the instance the file meant.
+    suspect = {live_id: absent for absent, live_ids in sorted(typos.items()) for live_id in live_ids}
 
     missing = sorted(b for b in allowed - live if b[0] in observed.keys and b[1] in observed.instances)
     for key_id, iid in missing:
@@ -162,12 +157,109 @@ def diff(desired: Desired, observed: Observed) -> Diff:
             )
         )
 
-    changes = _changes(desired, observed, sorted(owned - allowed), live)
+    changes = _changes(desired, observed, sorted(owned - allowed), live, suspect)
     return Diff(tuple(changes), tuple(findings), len(owned), len(missing))
 
 
+def key_findings(
+    declared: Mapping[str, DesiredKey], keys: Mapping[str, KeyPair], region: str
+) -> list[Finding]:
+    """Errors for declared keys that do not exist or whose live name is not the declared one.
+
+    Pure and self-contained so that apply can run it again on the key pairs it re-reads.
+    """
+    findings: list[Finding] = []
+    for key_id, key in sorted(declared.items()):
+        pair = keys.get(key_id)
+        if pair is None:
+            findings.append(
+                Finding(
+                    Severity.ERROR,
+                    "key-not-found",
+                    f"key {key_id} does not exist in {region}: "
+                    "the file's intent for it cannot be enforced",
+                    key_id=key_id,
+                    location=key.location,
+                )
+            )
+        elif key.name is not None and pair.name != key.name:
+            findings.append(
+                Finding(
+                    Severity.ERROR,
+                    "key-name-mismatch",
+                    f"key {key_id} is named {pair.name!r} in {region}, the file says {key.name!r}",
+                    key_id=key_id,
+                    location=key.location,
+                )
+            )
+    return findings
+
+
+def near_miss_typos(desired: Desired, observed: Observed) -> dict[str, list[str]]:
+    """For each declared instance that does not exist: the live instances (bound to some key,
+    or observed) that the file does not name and whose ID is one edit away from it. Each is
+    almost certainly the instance the file meant, so nothing is unbound from it until the file
+    is fixed. Declared IDs that exist are never suspects: the file names them correctly."""
+    declared = desired.declared_instances
+    absent = declared - observed.instances.keys()
+    if not absent:
+        return {}
+    live_ids = {iid for pair in observed.keys.values() for iid in pair.bound_instance_ids}
+    live_ids.update(observed.instances)
+    return ids.near_miss_map(absent, live_ids - declared)
+
+
+def _missing_instance_findings(
+    desired: Desired, observed: Observed, typos: Mapping[str, list[str]]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    for iid in sorted(desired.declared_instances - observed.instances.keys()):
+        location = desired.instance_locations.get(iid)
+        if iid in typos:
+            labels = []
+            for live_id in typos[iid]:
+                live = observed.instances.get(live_id)
+                labels.append(f"{live_id} ({live.name})" if live is not None and live.name else live_id)
+            keys = sorted(k for k, key in desired.keys.items() if iid in key.instances)
+            where = f" for {', '.join(keys)}" if keys else ""
+            findings.append(
+                Finding(
+                    Severity.ERROR,
+                    "instance-id-typo",
+                    f"instance {iid} is declared{where} but does not exist in {observed.region}: "
+                    f"did you mean {' or '.join(labels)}? (nothing is unbound from "
+                    f"{' or '.join(typos[iid])} until the file is fixed)",
+                    key_id=keys[0] if len(keys) == 1 else None,
+                    instance_id=iid,
+                    location=location,
+                )
+            )
+            continue
+        lenient = iid in desired.missing_instances_warn
+        findings.append(
+            Finding(
+                Severity.WARNING if lenient else Severity.ERROR,
+                "instance-not-found",
+                f"instance {iid} is declared but does not exist in {observed.region}"
+                + (
+                    " (missing_instances: warn)"
+                    if lenient
+                    else "; remove it from the file, or set 'missing_instances: warn' if "
+                    "instances come and go"
+                ),
+                instance_id=iid,
+                location=location,
+            )
+        )
+    return findings
+
+
 def _changes(
-    desired: Desired, observed: Observed, candidates: list[Binding], live: set[Binding]
+    desired: Desired,
+    observed: Observed,
+    candidates: list[Binding],
+    live: set[Binding],
+    suspect: Mapping[str, str],
 ) -> list[Change]:
     statuses: list[tuple[Binding, ChangeStatus, str]] = []
     for binding in candidates:
@@ -176,6 +268,11 @@ def _changes(
             statuses.append((binding, ChangeStatus.PROTECTED, f"key {key_id} is protected"))
         elif iid in desired.protected_instances:
             statuses.append((binding, ChangeStatus.PROTECTED, f"instance {iid} is protected"))
+        elif (never := unchangeable_reason(observed.instances.get(iid))) is not None:
+            statuses.append((binding, ChangeStatus.UNCHANGEABLE, never))
+        elif iid in suspect:
+            typo = f"the file names {suspect[iid]}, which does not exist: a typo for {iid}? fix the file"
+            statuses.append((binding, ChangeStatus.BLOCKED, typo))
         else:
             reason = blocked_reason(observed.instances.get(iid), observed.region)
             if reason is None:

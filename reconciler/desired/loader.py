@@ -46,6 +46,11 @@ OTHER_YAML_KINDS: tuple[tuple[str, frozenset[str]], ...] = (
     ("CI pipeline file", frozenset({"jobs"})),  # GitHub Actions
     ("CI pipeline file", frozenset({"stages"})),  # GitLab CI
 )
+# ``missing_instances``: what a declared instance that does not exist is (docs/desired-state.md).
+MISSING_ERROR = "error"
+MISSING_WARN = "warn"
+# A file found by a folder search with any of these at its top level is a desired-state file.
+DESIRED_FILE_KEYS = frozenset({"version", "region", "keys"})
 # More problems than this in one file are summarised in one line: the rest are likely echoes.
 MAX_PROBLEMS_PER_FILE = 100
 
@@ -67,6 +72,8 @@ class LoadedDesired:
     by_region: Mapping[str, Desired]
     skipped: tuple[str, ...] = ()
     skipped_kinds: tuple[str, ...] = ()  # what each skipped file is, e.g. "emulator fleet file"
+    # Not errors, but worth saying (a region this version does not know), as FILE:LINE:COL.
+    warnings: tuple[Problem, ...] = ()
 
     def summary(self) -> str:
         """One line for ``cvmkeys validate``: what was loaded, and that it is valid."""
@@ -83,6 +90,8 @@ class LoadedDesired:
             kinds = self.skipped_kinds or ("emulator fleet file",) * len(self.skipped)
             counted = [_count(kinds.count(kind), kind) for kind in sorted(set(kinds))]
             text += f" ({', '.join(counted)} skipped)"
+        if self.warnings:
+            text += f"; {_count(len(self.warnings), 'warning')}: " + "; ".join(map(str, self.warnings))
         return text
 
 
@@ -134,7 +143,8 @@ def _load_paths(paths: Sequence[Path]) -> LoadedDesired:
     by_region = _merge(loaded, problems)
     if problems:
         raise InputError(_ordered(problems))
-    return LoadedDesired(tuple(files), by_region, tuple(skipped), tuple(skipped_kinds))
+    warnings = [warning for file in loaded for warning in file.warnings]
+    return LoadedDesired(tuple(files), by_region, tuple(skipped), tuple(skipped_kinds), tuple(warnings))
 
 
 # --------------------------------------------------------------------------- finding files
@@ -145,8 +155,9 @@ def _discover(paths: Sequence[Path], problems: list[Problem]) -> list[tuple[Path
     targets: dict[Path, tuple[Path, str, bool]] = {}
     for given in paths:
         if given.is_dir():
-            found = _yaml_files(given)
-            if not found:
+            before = len(problems)
+            found = _yaml_files(given, problems)
+            if not found and len(problems) == before:
                 problems.append(Problem(str(given), "no *.yaml or *.yml files in this directory"))
             for path in found:
                 targets.setdefault(_identity(path), (path, str(path), False))
@@ -168,11 +179,68 @@ def _identity(path: Path) -> Path:
         return path.absolute()
 
 
-def _yaml_files(directory: Path) -> list[Path]:
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _yaml_files(directory: Path, problems: list[Problem]) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` under ``directory``, staying inside it.
+
+    Symlinks are resolved: a file or folder link that points inside the folder is followed
+    (a folder reached twice, e.g. through a loop, is searched once); one that points outside,
+    or nowhere, is a problem and is not read (the message names the link, never the content).
+    """
+    root = _identity(directory)
     found: list[Path] = []
-    for root, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        found.extend(Path(root) / name for name in filenames if name.lower().endswith(YAML_SUFFIXES))
+    visited: set[Path] = set()
+
+    def search(folder: Path, real: Path) -> None:
+        if real in visited:
+            return  # a loop, or a folder also reached another way: searched once
+        visited.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append(Problem(str(folder), f"cannot search this directory: {error.strerror or error}"))
+            return
+        for entry in entries:
+            path = folder / entry.name
+            is_yaml = entry.name.lower().endswith(YAML_SUFFIXES)
+            if entry.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    if is_yaml:
+                        problems.append(Problem(str(path), "broken symlink (or a symlink loop): not read"))
+                    continue
+                if not _inside(target, root):
+                    if is_yaml or target.is_dir():
+                        kind = "a folder" if target.is_dir() else "a file"
+                        problems.append(
+                            Problem(
+                                str(path),
+                                f"symlink to {kind} outside {directory}: refused, not read "
+                                "(a folder search reads only what is inside the folder)",
+                            )
+                        )
+                    continue
+                if target.is_dir():
+                    if not entry.name.startswith("."):
+                        search(path, target)
+                elif is_yaml:
+                    found.append(path)
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:  # pragma: no cover - vanished while searching
+                continue
+            if is_dir:
+                if not entry.name.startswith("."):
+                    search(path, _identity(path))
+            elif is_yaml:
+                found.append(path)  # whether it is a regular file is checked when it is read
+
+    search(directory, root)
     return sorted(found, key=lambda path: path.parts)
 
 
@@ -197,6 +265,17 @@ class _FileDesired:
     data: dict[str, Any]
     locator: NodeLocator
     top: Location
+    missing_instances: str = MISSING_ERROR
+    account: str | None = None
+    account_given: Location | None = None
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def declared_instances(self) -> frozenset[str]:
+        declared = set(self.extra_instances)
+        for key in self.keys.values():
+            declared.update(key.instances)
+        return frozenset(declared)
 
     def location(self, path: Iterable[str | int], *, key: bool = False) -> Location:
         line, column = self.locator.position(path, key=key)
@@ -213,9 +292,9 @@ def _load_file(
         problems.append(source)
         return None
     if not explicit:
-        for kind, keys in OTHER_YAML_KINDS:
-            if has_top_level_keys(source.text, keys):
-                return _Skipped(kind)  # decided before composing: fleet files can be large
+        kind = _other_yaml_kind(source.text)
+        if kind is not None:
+            return _Skipped(kind)  # decided before composing: fleet files can be large
     root = compose(source.text, display)
     if isinstance(root, Problem):
         problems.append(root)
@@ -256,6 +335,27 @@ def _load_file(
         problems.extend(file_problems)
         return None
     return _build(display, data, locator, root, SourceFile(display, source.sha256))
+
+
+def _other_yaml_kind(text: str) -> str | None:
+    """What a file found by a folder search is, if it is not a desired-state file.
+
+    A file whose top level has ``version``, ``region`` or ``keys`` is a desired-state file,
+    whatever else it has (a stray ``jobs:`` in it is an error, not a reason to skip it: in
+    scope ``account`` a skipped file's allowances would vanish and the plan would unbind them).
+    Only a file without any of them is recognised as a fleet file or CI pipeline.
+    """
+    if any(word in text for word in DESIRED_FILE_KEYS) and _has_any_top_level_key(text, DESIRED_FILE_KEYS):
+        return None
+    for kind, keys in OTHER_YAML_KINDS:
+        if has_top_level_keys(text, keys):
+            return kind
+    return None
+
+
+def _has_any_top_level_key(text: str, wanted: frozenset[str]) -> bool:
+    # ``has_top_level_keys`` wants all of its keys; one of ours is enough. Stops at the first.
+    return any(has_top_level_keys(text, frozenset({word})) for word in sorted(wanted) if word in text)
 
 
 def _build(
@@ -300,9 +400,25 @@ def _build(
         line, column = locator.position(("scope",))
         scope_given = Location(display, line, column)
     line, column = node_position(root)
+    warnings: list[Problem] = []
+    if not ids.is_known_region(data["region"]):
+        region_line, region_column = locator.position(("region",))
+        warnings.append(
+            Problem(
+                display,
+                f"region {data['region']!r} is not one this version of cvmkeys knows: "
+                "used as written (check the spelling if the API rejects it)",
+                region_line,
+                region_column,
+            )
+        )
+    account_given = None
+    if "account" in data:
+        account_line, account_column = locator.position(("account",))
+        account_given = Location(display, account_line, account_column)
     return _FileDesired(
         display=display,
-        region=ids.canonical_region(data["region"]),
+        region=ids.normalize_region(data["region"]),
         scope=Scope(data.get("scope", Scope.KEYS.value)),
         scope_given=scope_given,
         keys=keys,
@@ -318,6 +434,10 @@ def _build(
         data=data,
         locator=locator,
         top=Location(display, line, column),
+        missing_instances=data.get("missing_instances", MISSING_ERROR),
+        account=data.get("account"),
+        account_given=account_given,
+        warnings=tuple(warnings),
     )
 
 
@@ -354,6 +474,10 @@ def _merge(files: list[_FileDesired], problems: list[Problem]) -> dict[str, Desi
             for instance_id, location in loaded.instance_locations.items():
                 instance_locations.setdefault(instance_id, location)
         _extra_instance_conflicts(group, keys, key_files, problems)
+        account = _account(region, group, problems)
+        # An instance's absence is only a warning when every file that names it says so.
+        strict = _declared(group, lenient=False)
+        lenient = _declared(group, lenient=True)
         merged[region] = Desired(
             region=region,
             scope=first.scope,
@@ -367,8 +491,34 @@ def _merge(files: list[_FileDesired], problems: list[Problem]) -> dict[str, Desi
             ),
             sources=tuple(f.source for f in group),
             instance_locations=instance_locations,
+            missing_instances_warn=lenient - strict,
+            account=account,
         )
     return merged
+
+
+def _declared(group: list[_FileDesired], *, lenient: bool) -> frozenset[str]:
+    """Instances declared by the files that say (``lenient``) or do not say ``missing_instances: warn``."""
+    chosen = [f.declared_instances for f in group if (f.missing_instances == MISSING_WARN) is lenient]
+    return frozenset().union(*chosen)
+
+
+def _account(region: str, group: list[_FileDesired], problems: list[Problem]) -> str | None:
+    """The one account the region's files name (files without ``account`` do not count)."""
+    named = [f for f in group if f.account is not None]
+    if not named:
+        return None
+    first = named[0]
+    for other in named[1:]:
+        if other.account != first.account:
+            problems.append(
+                _problem_at(
+                    other.account_given or other.top,
+                    f"account {other.account!r} differs from account {first.account!r} at "
+                    f"{first.account_given}: all files for region {region} must name the same account",
+                )
+            )
+    return first.account
 
 
 def _strictest(limits: Iterable[float | None]) -> Any:

@@ -13,7 +13,6 @@ subschema, so its message is exactly the one the full validation would have give
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import re
@@ -177,6 +176,10 @@ def _describe_error(
     subschema: Any = error.schema
     instance = error.instance
     label = _label(path)
+    if path == ("region",):
+        # ``anyOf`` (a known name, or any well-formed one) words nothing useful by itself.
+        yield path, False, region_message(instance)
+        return
     if "propertyNames" in error.absolute_schema_path:
         # The error is about a mapping key; jsonschema's path stops at the mapping.
         name_path = (*path, str(instance))
@@ -213,7 +216,13 @@ def _describe_error(
         yield path, False, message
         return
     if keyword == "pattern" and isinstance(instance, str):
-        yield path, False, _id_message(instance, _KIND_OF_PATTERN.get(value, "instance"))
+        kind = _KIND_OF_PATTERN.get(value)
+        if kind is not None:
+            yield path, False, _id_message(instance, kind)
+        else:
+            # The schema's own words for its pattern (what editors show too), never the regex.
+            help_text = subschema.get("patternErrorMessage") or "not in the expected form"
+            yield path, False, f"{label} {_describe(instance, bare=True)}: {help_text}"
         return
     if keyword == "const":
         if path == ("version",) and isinstance(instance, str):
@@ -251,18 +260,19 @@ def _required_hint(path: Path_, name: str) -> str:
 
 
 def _enum_message(path: Path_, label: str, instance: Any, options: list[Any]) -> str:
-    if path == ("region",):
-        message = f"unknown region {_describe(instance, bare=True)}"
-        close = (
-            difflib.get_close_matches(instance, list(ids.KNOWN_REGIONS), n=1)
-            if isinstance(instance, str)
-            else []
-        )
-        if close:
-            return f"{message}; did you mean {close[0]!r}?"
-        return f"{message} (known: {', '.join(_LONG_REGIONS)}, or their API 2.0 short codes)"
     choices = ", ".join(str(option) for option in options)
     return f"{label} must be one of {choices}; got {_describe(instance)}"
+
+
+def region_message(value: Any) -> str:
+    """Why ``value`` is not a region, with a did-you-mean when a known one is close."""
+    if not isinstance(value, str):
+        return f"'region' must be a region name such as ap-guangzhou, got {_describe(value)}"
+    message = f"unknown region {_describe(value, bare=True)}"
+    close = ids.region_suggestion(value) or ids.is_likely_region_typo(value)
+    if close:
+        return f"{message}; did you mean {close!r}?"
+    return f"{message}: expected {ids.REGION_HELP} (known: {', '.join(_LONG_REGIONS)})"
 
 
 def _label(path: Path_) -> str:
@@ -311,6 +321,10 @@ def _extra_checks(data: Any) -> Iterator[tuple[Path_, bool, str]]:
         for key_id in keys:
             if isinstance(key_id, str) and not ids.is_key_id(key_id) and _ID_RE["key"].search(key_id):
                 yield ("keys", key_id), True, _id_message(key_id, "key")
+    region = data.get("region")
+    # Well-formed but one or two letters from a known region: a typo, not a new region.
+    if isinstance(region, str) and ids.is_well_formed_region(region) and ids.is_likely_region_typo(region):
+        yield ("region",), False, region_message(region)
     safety = data.get("safety")
     if isinstance(safety, dict):
         percent = safety.get("max_unbind_percent")

@@ -30,6 +30,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import Problem
+from reconciler.files import FileReadError, read_bounded
 
 # Largest desired-state file read; bigger files are refused before reading them whole.
 MAX_FILE_BYTES = 32 * 1024 * 1024
@@ -90,16 +91,10 @@ class Source:
 def read_source(path: Path, display: str) -> Source | Problem:
     """Read ``path`` as UTF-8 YAML text, or say precisely why it cannot be read."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        return Problem(display, "no such file or directory")
-    except IsADirectoryError:
-        return Problem(display, "is a directory")
-    except OSError as error:
-        return Problem(display, f"cannot read: {error.strerror or error}")
-    if len(data) > MAX_FILE_BYTES:
-        return Problem(display, f"file is larger than the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit")
+        # Regular files only, at most MAX_FILE_BYTES: a FIFO or /dev/zero never hangs or fills memory.
+        data = read_bounded(path, MAX_FILE_BYTES, "file", display)
+    except FileReadError as error:
+        return error.problems[0]
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
