@@ -46,7 +46,7 @@ EXPECTED_BAD = [
     "tests/data/bad/unknown-fields.yaml:7:3: unknown field 'max_unbind' (allowed: max_unbinds, "
     "max_unbind_percent)",
     "tests/data/bad/unknown-fields.yaml:8:1: unknown field 'regoin' (allowed: version, region, "
-    "scope, keys, instances, protected, safety)",
+    "scope, keys, instances, protected, safety, missing_instances, account)",
     "tests/data/bad/wrong-types.yaml:1:10: 'version' must be the number 1, got a string ('1')",
     "tests/data/bad/wrong-types.yaml:2:9: unknown region 'ap-guangzou'; did you mean 'ap-guangzhou'?",
     "tests/data/bad/wrong-types.yaml:3:8: 'scope' must be one of keys, instances, account; got a "

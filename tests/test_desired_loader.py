@@ -239,7 +239,7 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
             "f.yaml:5:5: missing required field 'instances' (use 'instances: []' for a key "
             "that must be bound nowhere)",
             "f.yaml:6:1: unknown field 'safty' (allowed: version, region, scope, keys, "
-            "instances, protected, safety)",
+            "instances, protected, safety, missing_instances, account)",
         ],
     ),
     "missing version and region": (
@@ -278,11 +278,19 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
     "unknown region": (
         "version: 1\nregion: 42\n",
         [
-            "f.yaml:2:9: unknown region 42 (known: ap-bangkok, ap-beijing, ap-beijing-fsi, "
-            "ap-chengdu, ap-chongqing, ap-guangzhou, ap-guangzhou-open, ap-hongkong, "
-            "ap-jakarta, ap-mumbai, ap-nanjing, ap-seoul, ap-shanghai, ap-shanghai-fsi, "
+            "f.yaml:2:9: unknown region 42: expected a long region name such as ap-guangzhou "
+            "(lower-case words joined by '-') or an API 2.0 short code such as gz"
+        ],
+    ),
+    "region that is not a name": (
+        "version: 1\nregion: Mars_1\n",
+        [
+            "f.yaml:2:9: unknown region 'Mars_1': expected a long region name such as ap-guangzhou "
+            "(lower-case words joined by '-') or an API 2.0 short code such as gz (known: ap-bangkok, "
+            "ap-beijing, ap-beijing-fsi, ap-chengdu, ap-chongqing, ap-guangzhou, ap-guangzhou-open, "
+            "ap-hongkong, ap-jakarta, ap-mumbai, ap-nanjing, ap-seoul, ap-shanghai, ap-shanghai-fsi, "
             "ap-shenzhen-fsi, ap-singapore, ap-tokyo, eu-frankfurt, eu-moscow, na-ashburn, "
-            "na-siliconvalley, na-toronto, sa-saopaulo, or their API 2.0 short codes)"
+            "na-siliconvalley, na-toronto, sa-saopaulo)"
         ],
     ),
     "percentage NaN": (
@@ -400,7 +408,7 @@ def test_python_tags_never_construct_objects(here: Path, loader: str) -> None:
         "f.yaml:3:7: YAML tag '!!python/object/apply:os.system' is not allowed: "
         "use plain mappings, lists and scalars",
         "f.yaml:3:7: 'keys' must be a mapping, got a list",
-        "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, protected, safety)",
+        "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, protected, safety, missing_instances, account)",
         "f.yaml:4:4: YAML tag '!!python/name:os.system' is not allowed: use plain mappings, "
         "lists and scalars",
     ]
@@ -487,7 +495,7 @@ def test_problems_are_sorted_by_file_then_position_and_capped(here: Path) -> Non
     found = problems("b.yaml", "a.yaml")
     assert found[:2] == [
         "a.yaml:3:1: unknown field 'bogus' (allowed: version, region, scope, keys, instances, "
-        "protected, safety)",
+        "protected, safety, missing_instances, account)",
         "a.yaml:4:1: duplicate key 'version': at lines 1 and 4 of this mapping (YAML would "
         "silently keep only the last)",
     ]

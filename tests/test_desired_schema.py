@@ -42,8 +42,37 @@ def test_schema_is_valid_2020_12_with_an_id(schema: dict[str, Any]) -> None:
     assert schemas.validator("bindings").schema["$id"] == schema["$id"]  # built from it, $refs inlined
 
 
-def test_region_enum_is_exactly_the_known_regions(schema: dict[str, Any]) -> None:
-    assert schema["properties"]["region"]["enum"] == list(ids.KNOWN_REGIONS)
+def test_region_is_a_known_name_or_any_well_formed_one(schema: dict[str, Any]) -> None:
+    known, well_formed = schema["properties"]["region"]["anyOf"]
+    assert known["enum"] == list(ids.KNOWN_REGIONS)  # what editors offer as completions
+    assert well_formed["pattern"] == ids.REGION_NAME_PATTERN
+    validate = schemas.validator("bindings").iter_errors
+    assert [e.message for e in validate({"version": 1, "region": "ap-newplace"})] == []
+    assert [e.validator for e in validate({"version": 1, "region": "Mars_1"})] == ["anyOf"]
+
+
+def test_patterns_have_readable_messages_for_editors(schema: dict[str, Any]) -> None:
+    """yaml-language-server shows ``patternErrorMessage`` instead of the regular expression."""
+    patterned = [(where, sub) for where, sub in _subschemas(schema) if "pattern" in sub]
+    assert len(patterned) >= 4
+    for where, sub in patterned:
+        assert sub.get("patternErrorMessage"), where
+        assert "^" not in sub["patternErrorMessage"] and "[" not in sub["patternErrorMessage"], where
+
+
+def test_lists_the_tool_requires_unique_are_unique_items(schema: dict[str, Any]) -> None:
+    assert schema["$defs"]["instanceList"]["uniqueItems"] is True
+    assert schema["properties"]["protected"]["properties"]["keys"]["uniqueItems"] is True
+    validate = schemas.validator("bindings").iter_errors
+    twice = {"version": 1, "region": "gz", "keys": {"skey-aaaaaaaa": {"instances": ["ins-aaaaaaaa"] * 2}}}
+    assert [e.validator for e in validate(twice)] == ["uniqueItems"]
+
+
+def test_opt_out_and_account_fields(schema: dict[str, Any]) -> None:
+    assert schema["properties"]["missing_instances"]["enum"] == ["error", "warn"]
+    validate = schemas.validator("bindings").iter_errors
+    assert [e.message for e in validate({"version": 1, "region": "gz", "account": "100012345678"})] == []
+    assert [e.validator for e in validate({"version": 1, "region": "gz", "account": "12ab"})] == ["pattern"]
 
 
 def test_id_patterns_are_the_ones_in_ids(schema: dict[str, Any]) -> None:
@@ -87,7 +116,8 @@ def test_examples_exist() -> None:
     [
         ({"region": "gz"}, "required"),
         ({"version": 2, "region": "gz"}, "const"),
-        ({"version": 1, "region": "mars"}, "enum"),
+        ({"version": 1, "region": "Mars"}, "anyOf"),
+        ({"version": 1, "region": "gz", "missing_instances": "ignore"}, "enum"),
         ({"version": 1, "region": "gz", "keys": {"skey-BAD": {"instances": []}}}, "pattern"),
         ({"version": 1, "region": "gz", "keys": {"skey-aaaaaaaa": {}}}, "required"),
         ({"version": 1, "region": "gz", "instances": ["ins-1"]}, "pattern"),

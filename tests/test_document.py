@@ -130,7 +130,7 @@ def test_schema_is_2020_12_with_id_and_documented_members() -> None:
         "action", "key_id", "instance_id", "status", "reason", "warnings", "key_name",
         "instance_name", "instance_status",
     }
-    assert change["properties"]["status"]["enum"] == ["ready", "blocked", "protected"]
+    assert change["properties"]["status"]["enum"] == ["ready", "blocked", "protected", "unchangeable"]
     # Every member written is described by the schema (no silent extras of our own).
     data = json.loads(dump_plan(full_plan()))
     assert set(data) == set(schema["properties"])
@@ -260,7 +260,7 @@ def test_schema_violations_name_their_json_path() -> None:
     data["batches"][0]["instance_ids"] = []
     message = _refusal(_resealed(data))
     assert message.startswith("plan.json: not a valid cvmkeys plan (3 schema problems):")
-    assert "$.changes[3].status: 'done' is not one of ['ready', 'blocked', 'protected']" in message
+    assert "$.changes[3].status: 'done' is not one of ['ready', 'blocked', 'protected', 'unchangeable']" in message
     assert "$.summary: 'calls' is a required property" in message
     assert "$.batches[0].instance_ids: [] should be non-empty" in message
 
@@ -307,7 +307,7 @@ def test_lone_surrogate_in_a_cloud_name_still_round_trips() -> None:
 def test_result_data_and_golden() -> None:
     data = result_to_data(full_result())
     assert data["summary"] == {
-        "done": 3, "failed": 1, "blocked": 1, "protected": 1, "not-attempted": 1
+        "done": 3, "failed": 1, "blocked": 1, "protected": 1, "unchangeable": 0, "not-attempted": 1
     }
     assert data["results"][4] == {
         "key_id": "skey-legacy01",

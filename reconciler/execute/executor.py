@@ -454,6 +454,8 @@ class Executor:
                 results.append(BindingResult(*binding, Outcome.BLOCKED, change.reason))
             elif change.status is ChangeStatus.PROTECTED:
                 results.append(BindingResult(*binding, Outcome.PROTECTED, change.reason))
+            elif change.status is ChangeStatus.UNCHANGEABLE:
+                results.append(BindingResult(*binding, Outcome.UNCHANGEABLE, change.reason))
             else:
                 track = self._track(binding)
                 if track.outcome is None:

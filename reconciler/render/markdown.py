@@ -197,6 +197,17 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
         sections.append(
             _Section(f"#### Blocked: not attempted ({len(blocked):,})\n\n", rows, "\n", "blocked change")
         )
+    unchangeable = [c for c in plan.changes if c.status is ChangeStatus.UNCHANGEABLE]
+    if unchangeable:
+        rows = [f"- {_key(c)} on {_place(c)}: {escape(c.reason)}\n" for c in unchangeable]
+        sections.append(
+            _Section(
+                f"#### Unchangeable: no API can unbind these ({len(unchangeable):,})\n\n",
+                rows,
+                "\n",
+                "unchangeable change",
+            )
+        )
     warned = [(c, w) for c in plan.changes for w in c.warnings]
     if warned:
         rows = [f"- {_key(c)} on {_place(c)}: {escape(w)}\n" for c, w in warned]

@@ -31,8 +31,18 @@ NAME_LIMIT = 64  # longest name shown; the cloud allows 60, more is a hostile or
 _NAME_COLUMN_MAX = 32  # names longer than this do not widen their group's column
 _WAVES_LISTED = 10
 
-_SIGN = {ChangeStatus.READY: "-", ChangeStatus.BLOCKED: "!", ChangeStatus.PROTECTED: "="}
-_SIGN_STYLE = {ChangeStatus.READY: _RED, ChangeStatus.BLOCKED: _YELLOW, ChangeStatus.PROTECTED: _DIM}
+_SIGN = {
+    ChangeStatus.READY: "-",
+    ChangeStatus.BLOCKED: "!",
+    ChangeStatus.PROTECTED: "=",
+    ChangeStatus.UNCHANGEABLE: "~",
+}
+_SIGN_STYLE = {
+    ChangeStatus.READY: _RED,
+    ChangeStatus.BLOCKED: _YELLOW,
+    ChangeStatus.PROTECTED: _DIM,
+    ChangeStatus.UNCHANGEABLE: _DIM,
+}
 _SEVERITY_STYLE = {Severity.ERROR: _RED, Severity.WARNING: _YELLOW, Severity.INFO: _CYAN}
 _SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 _OUTCOME_STYLE = {
@@ -40,6 +50,7 @@ _OUTCOME_STYLE = {
     Outcome.FAILED: _RED,
     Outcome.BLOCKED: _YELLOW,
     Outcome.PROTECTED: _DIM,
+    Outcome.UNCHANGEABLE: _DIM,
     Outcome.NOT_ATTEMPTED: _YELLOW,
 }
 _OUTCOME_LABEL = {
@@ -47,6 +58,7 @@ _OUTCOME_LABEL = {
     Outcome.FAILED: "failed",
     Outcome.BLOCKED: "blocked",
     Outcome.PROTECTED: "protected",
+    Outcome.UNCHANGEABLE: "unchangeable",
     Outcome.NOT_ATTEMPTED: "not attempted",
 }
 
@@ -160,9 +172,12 @@ def plan_line(plan: Plan) -> str:
     if not plan.changes:
         return "No changes. The live bindings match the file."
     counts = _counts(plan.changes)
+    unchangeable = counts[ChangeStatus.UNCHANGEABLE]
     return (
         f"Plan: {counts[ChangeStatus.READY]} to unbind, {counts[ChangeStatus.BLOCKED]} blocked, "
-        f"{counts[ChangeStatus.PROTECTED]} protected."
+        f"{counts[ChangeStatus.PROTECTED]} protected"
+        + (f", {unchangeable} unchangeable (no API can unbind them)" if unchangeable else "")
+        + "."
     )
 
 
@@ -221,6 +236,9 @@ def result_line(result: ApplyResult) -> str:
         f"{result.count(Outcome.BLOCKED)} blocked",
         f"{result.count(Outcome.PROTECTED)} protected",
     ]
+    unchangeable = result.count(Outcome.UNCHANGEABLE)
+    if unchangeable:
+        parts.append(f"{unchangeable} unchangeable")
     not_attempted = result.count(Outcome.NOT_ATTEMPTED)
     if not_attempted:
         parts.append(f"{not_attempted} not attempted")
