@@ -1,0 +1,290 @@
+"""Issue 11 in the diff: a typo never unbinds, missing instances are errors, Windows is unchangeable.
+
+Pure tests of ``core.diff`` (random fleets included), and the same promises end to end: the
+real CLI planning against the emulator over its in-process HTTP transport.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import run_cli
+
+from reconciler import ids
+from reconciler.core.diff import (
+    allowed_bindings,
+    diff,
+    is_protected,
+    key_findings,
+    live_bindings,
+    owned_bindings,
+)
+from reconciler.core.plan import build_plan
+from reconciler.model import (
+    ChangeStatus,
+    Desired,
+    DesiredKey,
+    Instance,
+    KeyPair,
+    Observed,
+    Scope,
+    Severity,
+)
+
+REGION = "ap-guangzhou"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def instance(iid: str, *, os_name: str = "centos7.6x86_64", stopped: bool = True) -> Instance:
+    # Built in one place: the Instance fields are changing (status -> state), this keeps the
+    # tests to one line to adjust.
+    return Instance(iid, f"name-{iid}", 4 if stopped else 2, os_name)
+
+
+def observed(bindings: dict[str, list[str]], instances: list[Instance]) -> Observed:
+    return Observed(
+        REGION,
+        {k: KeyPair(k, f"name-{k}", tuple(v)) for k, v in bindings.items()},
+        {i.instance_id: i for i in instances},
+    )
+
+
+def desired(keys: dict[str, list[str]], scope: Scope = Scope.KEYS, **kw: object) -> Desired:
+    return Desired(REGION, scope, {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()}, **kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- a typo in an ID
+
+
+def test_a_one_character_typo_is_an_error_naming_the_live_instance_and_blocks_its_unbind() -> None:
+    obs = observed({"skey-3glfot13": ["ins-1a2b3c4d"]}, [instance("ins-1a2b3c4d")])
+    result = diff(desired({"skey-3glfot13": ["ins-1a2b3c4e"]}), obs)
+    (finding,) = [f for f in result.findings if f.code == "instance-id-typo"]
+    assert finding.severity is Severity.ERROR
+    assert "did you mean ins-1a2b3c4d (name-ins-1a2b3c4d)?" in finding.message
+    (change,) = result.changes
+    assert change.status is ChangeStatus.BLOCKED
+    assert "ins-1a2b3c4e" in change.reason and "typo" in change.reason
+    assert not any(f.code == "instance-not-found" for f in result.findings)  # said once, precisely
+
+
+def test_a_swapped_pair_of_characters_is_a_typo_too() -> None:
+    obs = observed({"skey-3glfot13": ["ins-1a2b3c4d"]}, [instance("ins-1a2b3c4d")])
+    result = diff(desired({"skey-3glfot13": ["ins-1a2b3cd4"]}), obs)
+    assert [f.code for f in result.findings if f.severity is Severity.ERROR] == ["instance-id-typo"]
+    assert [c.status for c in result.changes] == [ChangeStatus.BLOCKED]
+
+
+def test_the_typo_is_an_error_even_with_missing_instances_warn() -> None:
+    obs = observed({"skey-3glfot13": ["ins-1a2b3c4d"]}, [instance("ins-1a2b3c4d")])
+    want = desired({"skey-3glfot13": ["ins-1a2b3c4e"]}, missing_instances_warn=frozenset({"ins-1a2b3c4e"}))
+    result = diff(want, obs)
+    assert [(f.code, f.severity) for f in result.findings] == [("instance-id-typo", Severity.ERROR)]
+    assert [c.status for c in result.changes] == [ChangeStatus.BLOCKED]
+
+
+def test_a_missing_instance_is_an_error_by_default_and_a_warning_when_the_file_opts_out() -> None:
+    obs = observed({"skey-3glfot13": ["ins-1a2b3c4d"]}, [instance("ins-1a2b3c4d")])
+    strict = diff(desired({"skey-3glfot13": ["ins-1a2b3c4d", "ins-zzzzzzzz"]}), obs)
+    assert [(f.code, f.severity) for f in strict.findings] == [("instance-not-found", Severity.ERROR)]
+    assert "missing_instances: warn" in strict.findings[0].message  # says how to opt out
+    lenient = diff(
+        desired(
+            {"skey-3glfot13": ["ins-1a2b3c4d", "ins-zzzzzzzz"]},
+            missing_instances_warn=frozenset({"ins-zzzzzzzz"}),
+        ),
+        obs,
+    )
+    assert [(f.code, f.severity) for f in lenient.findings] == [("instance-not-found", Severity.WARNING)]
+
+
+def test_a_plan_with_a_typo_has_errors_and_nothing_ready_on_the_meant_instance() -> None:
+    obs = observed(
+        {"skey-3glfot13": ["ins-1a2b3c4d", "ins-5e6f7a8b"]},
+        [instance("ins-1a2b3c4d"), instance("ins-5e6f7a8b")],
+    )
+    plan = build_plan(desired({"skey-3glfot13": ["ins-1a2b3c4e"]}), obs, endpoint="test")
+    assert plan.has_errors
+    assert {c.instance_id for c in plan.ready_changes} == {"ins-5e6f7a8b"}
+
+
+# --------------------------------------------------------------------------- unchangeable
+
+
+def test_windows_bindings_are_unchangeable_not_blocked_and_not_actionable() -> None:
+    obs = observed(
+        {"skey-3glfot13": ["ins-7w7w7w7w", "ins-9c8d7e6f"]},
+        [instance("ins-7w7w7w7w", os_name="Windows Server 2019"), instance("ins-9c8d7e6f", stopped=False)],
+    )
+    plan = build_plan(desired({"skey-3glfot13": []}), obs, endpoint="test")
+    statuses = {c.instance_id: c.status for c in plan.changes}
+    assert statuses == {"ins-7w7w7w7w": ChangeStatus.UNCHANGEABLE, "ins-9c8d7e6f": ChangeStatus.BLOCKED}
+    (windows,) = plan.unchangeable_changes
+    assert "Windows" in windows.reason and "no API" in windows.reason
+    assert plan.summary.blocked == 1
+    assert [c.instance_id for c in plan.actionable_changes] == ["ins-9c8d7e6f"]
+    assert plan.batches == ()
+
+
+def test_only_windows_left_means_nothing_actionable() -> None:
+    obs = observed({"skey-3glfot13": ["ins-7w7w7w7w"]}, [instance("ins-7w7w7w7w", os_name="Windows 2012")])
+    plan = build_plan(desired({"skey-3glfot13": []}), obs, endpoint="test")
+    assert plan.actionable_changes == () and len(plan.unchangeable_changes) == 1
+
+
+# --------------------------------------------------------------------------- key names, again
+
+
+def test_key_findings_is_the_one_check_for_absent_keys_and_names() -> None:
+    declared = {
+        "skey-aaaaaaaa": DesiredKey("skey-aaaaaaaa", frozenset(), name="deploy"),
+        "skey-bbbbbbbb": DesiredKey("skey-bbbbbbbb", frozenset()),
+    }
+    keys = {"skey-aaaaaaaa": KeyPair("skey-aaaaaaaa", "renamed")}
+    found = [(f.code, f.key_id) for f in key_findings(declared, keys, REGION)]
+    assert found == [("key-name-mismatch", "skey-aaaaaaaa"), ("key-not-found", "skey-bbbbbbbb")]
+    keys["skey-aaaaaaaa"] = KeyPair("skey-aaaaaaaa", "deploy")
+    keys["skey-bbbbbbbb"] = KeyPair("skey-bbbbbbbb", "anything")
+    assert key_findings(declared, keys, REGION) == []
+
+
+def test_an_unknown_but_well_formed_region_is_a_plan_warning() -> None:
+    want = Desired("ap-newplace", Scope.KEYS, {})
+    result = diff(want, Observed("ap-newplace", {}, {}))
+    assert [(f.code, f.severity) for f in result.findings] == [("region-unknown", Severity.WARNING)]
+
+
+# --------------------------------------------------------------------------- random fleets
+
+ID_CHARS = "abc01"  # a small alphabet, so that near misses are frequent
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[Desired, Observed]:
+    instance_ids = draw(st.lists(st.text(ID_CHARS, min_size=8, max_size=8), min_size=1, max_size=10, unique=True))
+    live_ids = [f"ins-{i}" for i in instance_ids]
+    key_ids = [f"skey-{n:08d}" for n in range(draw(st.integers(1, 4)))]
+    instances = [
+        instance(
+            iid,
+            os_name=draw(st.sampled_from(["centos", "centos", "Windows Server"])),
+            stopped=draw(st.booleans()) or draw(st.booleans()),
+        )
+        for iid in live_ids
+    ]
+    bindings = {k: draw(st.lists(st.sampled_from(live_ids), unique=True, max_size=6)) for k in key_ids}
+
+    def mutate(iid: str) -> str:
+        """An ID one edit away (a typo), or a random unrelated one."""
+        body = list(iid[4:])
+        position = draw(st.integers(0, 7))
+        body[position] = draw(st.sampled_from([c for c in ID_CHARS + "xyz" if c != body[position]]))
+        return "ins-" + "".join(body)
+
+    def allowed_ids() -> list[str]:
+        chosen = draw(st.lists(st.sampled_from(live_ids), unique=True, max_size=4))
+        typos = [mutate(i) for i in draw(st.lists(st.sampled_from(live_ids), unique=True, max_size=2))]
+        return sorted(set(chosen + typos))
+
+    declared_keys = draw(st.lists(st.sampled_from(key_ids), unique=True, min_size=1))
+    scope = draw(st.sampled_from(list(Scope)))
+    want = Desired(
+        REGION,
+        scope,
+        {k: DesiredKey(k, frozenset(allowed_ids())) for k in declared_keys},
+        protected_keys=frozenset(draw(st.lists(st.sampled_from(key_ids), unique=True, max_size=1))),
+        protected_instances=frozenset(draw(st.lists(st.sampled_from(live_ids), unique=True, max_size=2))),
+        extra_instances=frozenset(mutate(i) for i in draw(st.lists(st.sampled_from(live_ids), max_size=1))),
+        missing_instances_warn=frozenset(mutate(i) for i in live_ids) if draw(st.booleans()) else frozenset(),
+    )
+    # The observer asks for every declared instance and every candidate; only live ones answer.
+    return want, observed(bindings, instances)
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_no_ready_unbind_from_an_instance_the_file_names_only_by_a_near_miss(
+    world: tuple[Desired, Observed],
+) -> None:
+    want, obs = world
+    result = diff(want, obs)
+    absent = want.declared_instances - obs.instances.keys()
+    named_by_near_miss = {
+        iid
+        for iid in obs.instances
+        if iid not in want.declared_instances
+        and any(ids.edit_distance(iid, a) == ids.NEAR_MISS_DISTANCE for a in absent)
+    }
+    for change in result.changes:
+        if change.instance_id in named_by_near_miss:
+            assert change.status is not ChangeStatus.READY, change
+    if named_by_near_miss & {b[1] for b in live_bindings(obs.keys)}:
+        assert any(f.code == "instance-id-typo" and f.severity is Severity.ERROR for f in result.findings)
+    # Every absent declared instance is reported: an error unless every naming file opted out.
+    reported = {f.instance_id: f for f in result.findings if f.code in ("instance-not-found", "instance-id-typo")}
+    assert set(reported) == absent
+    for iid, finding in reported.items():
+        lenient = iid in want.missing_instances_warn and finding.code == "instance-not-found"
+        assert finding.severity is (Severity.WARNING if lenient else Severity.ERROR)
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangeable(
+    world: tuple[Desired, Observed],
+) -> None:
+    want, obs = world
+    result = diff(want, obs)
+    owned = owned_bindings(want, live_bindings(obs.keys))
+    candidates = owned - allowed_bindings(want)
+    protected = {b for b in candidates if is_protected(want, b)}
+    unchangeable = {b for b in candidates - protected if obs.instances[b[1]].is_windows}
+    by_status: dict[ChangeStatus, set[tuple[str, str]]] = {status: set() for status in ChangeStatus}
+    for change in result.changes:
+        by_status[change.status].add((change.key_id, change.instance_id))
+    assert by_status[ChangeStatus.PROTECTED] == protected
+    assert by_status[ChangeStatus.UNCHANGEABLE] == unchangeable
+    assert by_status[ChangeStatus.READY] | by_status[ChangeStatus.BLOCKED] == candidates - protected - unchangeable
+    assert len(result.changes) == len(candidates)  # each binding once
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _fleet_copy(tmp_path: Path) -> Path:
+    fleet = tmp_path / "fleet.yaml"
+    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
+    return fleet
+
+
+def test_plan_with_a_typo_fails_with_did_you_mean_over_http(tmp_path: Path) -> None:
+    fleet = _fleet_copy(tmp_path)
+    text = (EXAMPLES / "bindings.yaml").read_text(encoding="utf-8").replace("ins-1a2b3c4d", "ins-1a2b3c4e")
+    assert "ins-1a2b3c4e" in text
+    wanted = tmp_path / "bindings.yaml"
+    wanted.write_text(text, encoding="utf-8")
+    code, out, err = run_cli("plan", str(wanted), "--emulator", str(fleet), "--format", "json")
+    assert code == 1, out + err
+    document = json.loads(out) if out.strip().startswith("{") else None
+    shown = out + err
+    assert "did you mean ins-1a2b3c4d" in shown
+    if document is not None:  # the JSON plan says the same, and nothing is ready on web-1
+        ready = {(c["key_id"], c["instance_id"]) for c in document["changes"] if c["status"] == "ready"}
+        assert not any(iid == "ins-1a2b3c4d" for _, iid in ready)
+
+
+def test_plan_shows_windows_as_unchangeable_in_every_format(tmp_path: Path) -> None:
+    fleet = _fleet_copy(tmp_path)
+    wanted = EXAMPLES / "bindings.yaml"
+    code, out, err = run_cli("plan", str(wanted), "--emulator", str(fleet))
+    assert code == 0, out + err
+    assert "unchangeable: Windows instance" in out and "1 unchangeable" in out
+    code, out, _ = run_cli("plan", str(wanted), "--emulator", str(fleet), "--format", "markdown")
+    assert "Unchangeable: no API can unbind these (1)" in out
+    code, out, _ = run_cli("plan", str(wanted), "--emulator", str(fleet), "--format", "json")
+    statuses = {c["instance_id"]: c["status"] for c in json.loads(out)["changes"]}
+    assert statuses["ins-7w7w7w7w"] == "unchangeable"
