@@ -408,7 +408,8 @@ def test_python_tags_never_construct_objects(here: Path, loader: str) -> None:
         "f.yaml:3:7: YAML tag '!!python/object/apply:os.system' is not allowed: "
         "use plain mappings, lists and scalars",
         "f.yaml:3:7: 'keys' must be a mapping, got a list",
-        "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, protected, safety, missing_instances, account)",
+        "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, protected, "
+        "safety, missing_instances, account)",
         "f.yaml:4:4: YAML tag '!!python/name:os.system' is not allowed: use plain mappings, "
         "lists and scalars",
     ]

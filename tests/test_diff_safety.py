@@ -165,7 +165,8 @@ ID_CHARS = "abc01"  # a small alphabet, so that near misses are frequent
 
 @st.composite
 def worlds(draw: st.DrawFn) -> tuple[Desired, Observed]:
-    instance_ids = draw(st.lists(st.text(ID_CHARS, min_size=8, max_size=8), min_size=1, max_size=10, unique=True))
+    body = st.text(ID_CHARS, min_size=8, max_size=8)
+    instance_ids = draw(st.lists(body, min_size=1, max_size=10, unique=True))
     live_ids = [f"ins-{i}" for i in instance_ids]
     key_ids = [f"skey-{n:08d}" for n in range(draw(st.integers(1, 4)))]
     instances = [
@@ -225,7 +226,8 @@ def test_no_ready_unbind_from_an_instance_the_file_names_only_by_a_near_miss(
     if named_by_near_miss & {b[1] for b in live_bindings(obs.keys)}:
         assert any(f.code == "instance-id-typo" and f.severity is Severity.ERROR for f in result.findings)
     # Every absent declared instance is reported: an error unless every naming file opted out.
-    reported = {f.instance_id: f for f in result.findings if f.code in ("instance-not-found", "instance-id-typo")}
+    codes = ("instance-not-found", "instance-id-typo")
+    reported = {f.instance_id: f for f in result.findings if f.code in codes}
     assert set(reported) == absent
     for iid, finding in reported.items():
         lenient = iid in want.missing_instances_warn and finding.code == "instance-not-found"
@@ -248,7 +250,8 @@ def test_unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangea
         by_status[change.status].add((change.key_id, change.instance_id))
     assert by_status[ChangeStatus.PROTECTED] == protected
     assert by_status[ChangeStatus.UNCHANGEABLE] == unchangeable
-    assert by_status[ChangeStatus.READY] | by_status[ChangeStatus.BLOCKED] == candidates - protected - unchangeable
+    unbinds = by_status[ChangeStatus.READY] | by_status[ChangeStatus.BLOCKED]
+    assert unbinds == candidates - protected - unchangeable
     assert len(result.changes) == len(candidates)  # each binding once
 
 

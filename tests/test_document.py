@@ -260,7 +260,8 @@ def test_schema_violations_name_their_json_path() -> None:
     data["batches"][0]["instance_ids"] = []
     message = _refusal(_resealed(data))
     assert message.startswith("plan.json: not a valid cvmkeys plan (3 schema problems):")
-    assert "$.changes[3].status: 'done' is not one of ['ready', 'blocked', 'protected', 'unchangeable']" in message
+    statuses = "['ready', 'blocked', 'protected', 'unchangeable']"
+    assert f"$.changes[3].status: 'done' is not one of {statuses}" in message
     assert "$.summary: 'calls' is a required property" in message
     assert "$.batches[0].instance_ids: [] should be non-empty" in message
 
