@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import run_cli
@@ -291,3 +292,38 @@ def test_plan_shows_windows_as_unchangeable_in_every_format(tmp_path: Path) -> N
     code, out, _ = run_cli("plan", str(wanted), "--emulator", str(fleet), "--format", "json")
     statuses = {c["instance_id"]: c["status"] for c in json.loads(out)["changes"]}
     assert statuses["ins-7w7w7w7w"] == "unchangeable"
+
+
+# --------------------------------------------------------------------------- ids helpers
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text("ab01", min_size=3, max_size=6), min_size=1, max_size=6),
+    st.lists(st.text("ab01", min_size=2, max_size=7), max_size=20),
+)
+def test_the_near_miss_index_agrees_with_the_edit_distance(wanted: list[str], pool: list[str]) -> None:
+    found = ids.near_miss_map(wanted, pool)
+    for word in set(wanted):
+        expected = sorted({c for c in pool if c != word and ids.edit_distance(word, c) == 1})
+        assert found.get(word, []) == expected
+        assert ids.near_misses(word, pool) == expected
+
+
+def test_edit_distance_counts_swaps_as_one() -> None:
+    assert ids.edit_distance("ins-1a2b3c4d", "ins-1a2b3cd4") == 1
+    assert ids.edit_distance("ins-1a2b3c4d", "ins-1a2b3c4e") == 1
+    assert ids.edit_distance("abc", "xyz") == 3
+    assert ids.edit_distance("abc", "xyz", limit=1) == 2
+
+
+def test_region_suggestions_for_the_cli() -> None:
+    assert ids.region_suggestion("ap-guangzho") == "ap-guangzhou"
+    assert ids.region_suggestion("ap-guangzhou") is None
+    assert ids.region_suggestion("zz-nowhere") is None
+    assert ids.normalize_region("gz") == "ap-guangzhou"
+    assert ids.normalize_region("eu-paris") == "eu-paris"
+    with pytest.raises(KeyError):
+        ids.normalize_region("Mars_1")
+    with pytest.raises(KeyError):
+        ids.canonical_region("eu-paris")  # the table lookup stays closed (the emulator's)

@@ -101,7 +101,13 @@ def _change_lines(plan: Plan, color: bool) -> list[str]:
         + _paint("!", color, _YELLOW)
         + " blocked: not attempted, "
         + _paint("=", color, _DIM)
-        + " protected: never touched):",
+        + " protected: never touched"
+        + (
+            ", " + _paint("~", color, _DIM) + " unchangeable: no API can"
+            if any(c.status is ChangeStatus.UNCHANGEABLE for c in plan.changes)
+            else ""
+        )
+        + "):",
     ]
     for key_id, changes in _grouped(plan.changes).items():
         key_name = next((c.key_name for c in changes if c.key_name), None)
