@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,9 +354,21 @@ def _other_yaml_kind(text: str) -> str | None:
     return None
 
 
+# Where a block mapping's top-level key can be: at the start of a line, maybe quoted. A cheap
+# filter before parsing: a fleet file (``regions:``, indented ``keys:``) never matches it.
+_FIRST_CONTENT = re.compile(r"(?m)^([ \t]*)([^\s#-]|-(?!--))")
+_TOP_LEVEL_CANDIDATE = re.compile(r"""(?m)^["']?(version|region|keys)["']?[ \t]*:""")
+
+
 def _has_any_top_level_key(text: str, wanted: frozenset[str]) -> bool:
-    # ``has_top_level_keys`` wants all of its keys; one of ours is enough. Stops at the first.
-    return any(has_top_level_keys(text, frozenset({word})) for word in sorted(wanted) if word in text)
+    # ``has_top_level_keys`` wants all of its keys; one of ours is enough. A flow mapping
+    # (``{version: 1, ...}``) or an indented top level has no line-start keys: always parsed.
+    first = _FIRST_CONTENT.search(text)
+    if first is None or first.group(1) or first.group(2) == "{":  # indented, or a flow mapping
+        words = sorted(word for word in wanted if word in text)
+    else:
+        words = sorted({match.group(1) for match in _TOP_LEVEL_CANDIDATE.finditer(text)} & wanted)
+    return any(has_top_level_keys(text, frozenset({word})) for word in words)
 
 
 def _build(
