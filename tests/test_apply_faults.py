@@ -129,10 +129,10 @@ def test_apply_without_a_terminal_or_auto_approve_stops_and_changes_nothing(
 def test_fresh_apply_with_auto_approve_and_json_result(example: tuple[Path, Path]) -> None:
     desired, fleet = example
     code, out, _ = cli("apply", str(desired), "--emulator", str(fleet), "--auto-approve", "--format", "json")
-    assert code == 3  # the example keeps two blocked changes
+    assert code == 3  # the example keeps a blocked change (db-1 is running)
     data = json.loads(out)
     outcomes = {r["outcome"] for r in data["results"]}
-    assert outcomes == {"done", "blocked", "protected"}
+    assert outcomes == {"done", "blocked", "protected", "unchangeable"}
 
 
 def test_unsafe_plan_is_shown_and_needs_force(example: tuple[Path, Path], tmp_path: Path) -> None:

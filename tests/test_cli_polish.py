@@ -211,7 +211,7 @@ def test_readme_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert result.exit_code in allowed, f"{line}\n{result.stdout}{result.stderr}"
         assert "Traceback" not in result.stdout + result.stderr
         outputs.append(result.stdout)
-    assert "Plan: 3 to unbind, 2 blocked, 1 protected." in outputs[1]
-    assert "Apply complete: 3 done, 0 failed, 2 blocked, 1 protected." in outputs[3]
-    assert "Plan: 0 to unbind, 2 blocked, 1 protected." in outputs[4]
+    assert "Plan: 3 to unbind, 1 blocked, 1 protected, 1 unchangeable (no API can unbind them)." in outputs[1]
+    assert "Apply complete: 3 done, 0 failed, 1 blocked, 1 protected, 1 unchangeable." in outputs[3]
+    assert "Plan: 0 to unbind, 1 blocked, 1 protected, 1 unchangeable (no API can unbind them)." in outputs[4]
     assert "No changes. The live bindings match the file." in outputs[6]
