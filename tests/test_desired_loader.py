@@ -278,8 +278,8 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
     "unknown region": (
         "version: 1\nregion: 42\n",
         [
-            "f.yaml:2:9: unknown region 42: expected a long region name such as ap-guangzhou "
-            "(lower-case words joined by '-') or an API 2.0 short code such as gz"
+            "f.yaml:2:9: 'region' must be a long region name such as ap-guangzhou "
+            "(lower-case words joined by '-') or an API 2.0 short code such as gz; got an integer (42)"
         ],
     ),
     "region that is not a name": (

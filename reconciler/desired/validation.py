@@ -267,7 +267,7 @@ def _enum_message(path: Path_, label: str, instance: Any, options: list[Any]) ->
 def region_message(value: Any) -> str:
     """Why ``value`` is not a region, with a did-you-mean when a known one is close."""
     if not isinstance(value, str):
-        return f"unknown region {_describe(value, bare=True)}: expected {ids.REGION_HELP}"
+        return f"'region' must be {ids.REGION_HELP}; got {_describe(value)}"
     message = f"unknown region {_describe(value, bare=True)}"
     close = ids.region_suggestion(value) or ids.is_likely_region_typo(value)
     if close:
