@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from reconciler.core.diff import (
     owned_bindings,
 )
 from reconciler.core.plan import build_plan
+from reconciler.desired.loader import load_paths
 from reconciler.model import (
     ChangeStatus,
     Desired,
@@ -254,6 +256,42 @@ def test_unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangea
     unbinds = by_status[ChangeStatus.READY] | by_status[ChangeStatus.BLOCKED]
     assert unbinds == candidates - protected - unchangeable
     assert len(result.changes) == len(candidates)  # each binding once
+
+
+def _as_file(want: Desired) -> str:
+    """``want`` written as a desired-state file (what a user would write)."""
+    allowed = {iid for key in want.keys.values() for iid in key.instances}
+    lines = ["version: 1", "region: gz", f"scope: {want.scope.value}"]
+    if want.missing_instances_warn:
+        lines.append("missing_instances: warn")
+    lines.append("keys:")
+    for key_id, key in sorted(want.keys.items()):
+        lines.append(f"  {key_id}:")
+        lines.append(f"    instances: [{', '.join(sorted(key.instances))}]")
+    extra = sorted(want.extra_instances - allowed)
+    if extra:
+        lines.append(f"instances: [{', '.join(extra)}]")
+    lines.append("protected:")
+    lines.append(f"  keys: [{', '.join(sorted(want.protected_keys))}]")
+    lines.append(f"  instances: [{', '.join(sorted(want.protected_instances))}]")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds())
+def test_through_a_real_file_no_typo_ever_becomes_a_ready_unbind(world: tuple[Desired, Observed]) -> None:
+    generated, obs = world
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "bindings.yaml"
+        path.write_text(_as_file(generated), encoding="utf-8")
+        want = load_paths([path]).by_region["ap-guangzhou"]
+    plan = build_plan(want, obs, endpoint="test")
+    absent = want.declared_instances - obs.instances.keys()
+    near = {iid for iid in obs.instances if any(ids.edit_distance(iid, a) == 1 for a in absent)}
+    near -= want.declared_instances
+    assert not {c.instance_id for c in plan.ready_changes} & near
+    if absent and not want.missing_instances_warn:
+        assert plan.has_errors  # every missing declared instance is an error by default
 
 
 # --------------------------------------------------------------------------- end to end
