@@ -569,3 +569,26 @@ def test_commands_in_the_docs_are_real(doc: str) -> None:
     assert len(found) >= (8 if doc == "README.md" else 2)
     if doc == "README.md":
         assert {"validate", "plan", "show", "apply", "import", "emulator"} <= {inv.path[0] for inv in found}
+
+
+def test_the_documented_cam_policies() -> None:
+    """docs/gitops.md's policies are valid JSON: the read-only one can only read, the apply one
+    adds exactly the two unbind actions; the trust policies tie each role to its subject; the
+    comparison shown there is the one the apply workflow runs."""
+    text = (ROOT / "docs" / "gitops.md").read_text(encoding="utf-8")
+    policies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, flags=re.S)]
+    read_only, apply_role, trust = policies
+
+    def actions(policy: dict[str, Any]) -> set[str]:
+        return {action for statement in policy["statement"] for action in statement["action"]}
+
+    reads = {"cvm:DescribeInstances", "cvm:DescribeKeyPairs", "sts:GetCallerIdentity"}
+    assert actions(read_only) == reads
+    assert actions(apply_role) == reads | {"cvm:DisassociateInstancesKeyPairs", "cvm:UnBindInstanceKey"}
+    (statement,) = trust["statement"]
+    assert statement["action"] == "name/sts:AssumeRoleWithWebIdentity"
+    subjects = statement["condition"]["string_equal"]["oidc:sub"]
+    assert "repo:<org>/<repo>:pull_request" in subjects
+    assert not any("environment" in subject for subject in subjects)
+    assert '"oidc:sub": ["repo:<org>/<repo>:environment:cvmkeys-production"]' in text
+    assert f"changes='{_jq_program('changes')}'" in text
