@@ -155,6 +155,31 @@ def test_the_entry_recognises_the_content(tmp_path: Path) -> None:
     assert typo.returncode == 1 and "cvmkeys/typo.yaml:2:1:" in typo.stdout + typo.stderr
 
 
+def test_the_hook_passes_on_this_repository() -> None:
+    """What pre-commit would run here (the tracked files it selects, through the entry)
+    succeeds. The recipes in examples/ci/github/ match by name (cvmkeys-*.yml) outside
+    .github/, so there the content test is what leaves them alone."""
+    from pre_commit.commands.run import Classifier, filter_by_include_exclude
+
+    hook = _hook()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    cwd = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        classifier = Classifier(tracked.stdout.split())
+        names = filter_by_include_exclude(classifier.filenames, str(hook["files"]), str(hook["exclude"]))
+        selected = sorted(classifier.by_types(names, ["yaml"], [], []))
+    finally:
+        os.chdir(cwd)
+    assert "examples/bindings.yaml" in selected
+    recipes = [name for name in selected if name.startswith("examples/ci/")]
+    assert recipes
+    skipped = _run_entry(ROOT, *recipes)
+    assert skipped.returncode == 0 and not skipped.stdout + skipped.stderr
+    result = _run_entry(ROOT, *selected)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --------------------------------------------------------------------------- pre-commit try-repo
 
 
