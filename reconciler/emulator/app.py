@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from reconciler.cloud.signing import SIGNATURE_METHODS, string_to_sign, verify
-from reconciler.emulator import actions
+from reconciler.emulator import actions, errors
 from reconciler.emulator.faults import (
     ConnectionDropped,
     FaultInjector,
@@ -43,12 +43,7 @@ from reconciler.emulator.faults import (
     InjectedFault,
     ResponseTimedOut,
 )
-from reconciler.emulator.state import (
-    CODE_INVALID_PARAMETER,
-    CODE_PARTIAL_SUCCESS,
-    ApiFault,
-    FleetState,
-)
+from reconciler.emulator.state import ApiFault, FleetState
 from reconciler.ids import KNOWN_REGIONS, canonical_region
 
 if TYPE_CHECKING:
@@ -209,7 +204,7 @@ class EmulatorApp:
             canonical_region(region)
         except KeyError:
             return _Answer.error(
-                CODE_INVALID_PARAMETER, f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})"
+                errors.InvalidRegion.code, f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})"
             )
         if not self._take_token(action):
             return _Answer.error(
@@ -305,7 +300,7 @@ class EmulatorApp:
             self.state.unbind_instance_key(region, key_id, done)
         self._record(action, "partial", f"done {','.join(done)}; failed {','.join(failed)}")
         return _Answer.error(
-            CODE_PARTIAL_SUCCESS,
+            errors.PartialSuccess.code,
             f"{action}: partial success in a batch: done: {', '.join(done)}; "
             f"failed: {', '.join(failed)} (injected)",
         )
@@ -332,7 +327,7 @@ def _listed(params: actions.Params) -> dict[str, str]:
 def _check_public(params: Mapping[str, str]) -> None:
     missing = [name for name in PUBLIC_PARAMS if not params.get(name)]
     if missing:
-        raise ApiFault(CODE_INVALID_PARAMETER, f"missing public parameter(s): {', '.join(missing)}")
+        raise errors.InvalidParameter(f"missing public parameter(s): {', '.join(missing)}")
     bad = []
     if not _ACTION_RE.match(params["Action"]):
         bad.append(f"Action {params['Action']!r} is not an action name")
@@ -343,7 +338,7 @@ def _check_public(params: Mapping[str, str]) -> None:
     if method is not None and method not in SIGNATURE_METHODS:
         bad.append(f"SignatureMethod must be one of {', '.join(SIGNATURE_METHODS)}, not {method!r}")
     if bad:
-        raise ApiFault(CODE_INVALID_PARAMETER, "; ".join(bad))
+        raise errors.InvalidParameter("; ".join(bad))
 
 
 def _host_of(environ: Mapping[str, Any]) -> str:
@@ -361,7 +356,7 @@ def _parse_form(text: bytes | str, where: str) -> list[tuple[str, str]]:
         raw = text.decode("ascii") if isinstance(text, bytes) else text
         return parse_qsl(raw, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (UnicodeDecodeError, UnicodeEncodeError, ValueError):
-        raise ApiFault(CODE_INVALID_PARAMETER, f"the {where} is not valid URL-encoded UTF-8") from None
+        raise errors.InvalidParameter(f"the {where} is not valid URL-encoded UTF-8") from None
 
 
 def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
@@ -369,8 +364,7 @@ def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
     if method == "POST":
         content_type = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
-            raise ApiFault(
-                CODE_INVALID_PARAMETER,
+            raise errors.InvalidParameter(
                 f"a POST body must be application/x-www-form-urlencoded, not {content_type or 'missing'}",
             )
         try:
@@ -378,7 +372,7 @@ def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
         except ValueError:
             length = 0
         if length > MAX_BODY:
-            raise ApiFault(CODE_INVALID_PARAMETER, "request body too large")
+            raise errors.InvalidParameter("request body too large")
         body = environ["wsgi.input"].read(length) if length > 0 else b""
         pairs += _parse_form(body, "request body")
     params: dict[str, str] = {}
@@ -386,7 +380,7 @@ def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
     for name, value in pairs:
         normal = name.replace("_", ".")
         if normal in seen:
-            raise ApiFault(CODE_INVALID_PARAMETER, f"parameter {name} is given more than once")
+            raise errors.InvalidParameter(f"parameter {name} is given more than once")
         seen.add(normal)
         params[name] = value
     return params
