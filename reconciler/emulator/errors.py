@@ -222,3 +222,7 @@ _BY_CODE: dict[int, type[ApiError]] = {
 def by_code(code: int, message: str) -> ApiError:
     """The generic error of a 2.0 code (for code written before the classes existed)."""
     return _BY_CODE.get(code, InvalidParameter)(message)
+
+
+class InvalidFilter(ApiError):
+    code, code3 = 4000, "InvalidFilter"
