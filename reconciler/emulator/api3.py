@@ -18,7 +18,8 @@ Authentication (the first failure answers, HTTP 200 with ``Response.Error.Code``
 * signature v1 (form POST or GET with ``Action, Timestamp, Nonce, SecretId, Signature,
   Version``; ``reconciler/cloud/signing.py`` over Host and path ``/``): the same checks, the
   ``Token`` parameter, and a Nonce used twice by one SecretId in the window is refused.
-* no signature: only ``AssumeRoleWithWebIdentity`` (STS), as the SDK sends it.
+* no signature (no ``Authorization``, or ``SKIP``): only ``AssumeRoleWithWebIdentity`` (STS),
+  as the SDK sends it.
 
 Then: service (``sts`` by TC3 scope, ``sts.*`` Host or STS action name; else ``cvm``); action
 known (``InvalidAction``); ``Version`` (``NoSuchVersion``); ``Region`` (CVM: required, known);
@@ -162,7 +163,8 @@ class Api3Face:
         region = str(environ.get("HTTP_X_TC_REGION") or "") or None
         host = host_of(environ)
         authorization = str(environ.get("HTTP_AUTHORIZATION") or "")
-        if not authorization:
+        # The SDK sends an unsigned STS call with no Authorization or with "SKIP".
+        if authorization.strip() in ("", "SKIP"):
             if action not in sts.UNSIGNED_ACTIONS:
                 raise errors.InvalidAuthorization(
                     f"{action} must be signed: the Authorization header is missing"

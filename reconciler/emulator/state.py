@@ -476,6 +476,7 @@ class FleetState:
                     {"secret_id": c.secret_id, "secret_key": c.secret_key} for c in self.credentials
                 ],
                 "regions": {r.written_name: r.to_data() for r in self._regions.values()},
+                **({"identity": dict(self._identity_data)} if self._identity_data else {}),
             }
 
     def __repr__(self) -> str:
@@ -503,6 +504,7 @@ class FleetState:
         text = render_fleet(
             [item_line({"secret_id": c.secret_id, "secret_key": c.secret_key}) for c in self.credentials],
             [(r.written_name, *r.to_lines()) for r in self._regions.values()],
+            self._identity_data,
         )
         directory = self.path.parent
         fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
