@@ -5,7 +5,8 @@
 standard library's ``wsgiref`` with one thread per connection, so requests overlap (latency
 and slow answers do not hold others up). One port serves API 2.0 (``/v2/index.php``), API 3.0
 and STS (``/``) and the metadata service (``/latest/meta-data/...``). A ``ConnectionDropped``
-raised by the app makes the request end with the connection closed and no answer, as the fault injector intends.
+raised by the app makes the request end with the connection closed and no answer, as the fault
+injector intends.
 """
 
 from __future__ import annotations
