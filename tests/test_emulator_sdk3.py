@@ -148,10 +148,15 @@ def test_stop_and_start(served: tuple[Emulator, RunningServer]) -> None:
 
 
 @pytest.mark.parametrize("sign_method", SIGN_METHODS)
-def test_refusals_with_their_documented_codes(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
+def test_refusals_with_their_documented_codes(
+    served: tuple[Emulator, RunningServer], sign_method: str
+) -> None:
     em, server = served
     client = cvm(server, sign_method)
-    assert refused(lambda: disassociate(client, [WEB1, DB1], [OLD])) == "UnsupportedOperation.InstanceStateRunning"
+    assert (
+        refused(lambda: disassociate(client, [WEB1, DB1], [OLD]))
+        == "UnsupportedOperation.InstanceStateRunning"
+    )
     assert refused(lambda: disassociate(client, [WIN1], [OLD])) == "UnsupportedOperation.InstanceOsWindows"
     assert refused(lambda: disassociate(client, ["ins-aaaaaaaa"], [OLD])) == "InvalidInstanceId.NotFound"
     assert refused(lambda: disassociate(client, [WEB1], ["skey-00000000"])) == "InvalidKeyPairId.NotFound"
@@ -159,7 +164,9 @@ def test_refusals_with_their_documented_codes(served: tuple[Emulator, RunningSer
     assert refused(lambda: disassociate(client, many, [OLD])) == "InvalidParameterValue.LimitExceeded"
     assert em.state.mutations == []
     disassociate(client, [WEB1], [OLD])
-    assert refused(lambda: disassociate(client, [WEB1], [CI])) == "OperationDenied.InstanceOperationInProgress"
+    assert (
+        refused(lambda: disassociate(client, [WEB1], [CI])) == "OperationDenied.InstanceOperationInProgress"
+    )
 
 
 @pytest.mark.parametrize("sign_method", SIGN_METHODS)
