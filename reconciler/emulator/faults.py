@@ -4,7 +4,7 @@ Used by ``emulator/app.py`` (which asks ``FaultInjector.draw`` once per authenti
 and configured by tests (a ``FaultProfile`` object) or by ``cvmkeys emulator serve --fault-*``.
 
 Every kind has its own rate (0..1); the kinds are drawn one after another from one seeded
-``random.Random`` in the order of ``FAULT_KINDS`` and the first that fires is injected, so at
+``random.Random`` in the order of ``ALL_FAULT_KINDS`` and the first that fires is injected, so at
 most one fault hits a request and a seed replays the same sequence of faults for the same
 sequence of requests.
 
@@ -36,9 +36,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-FAULT_KINDS = ("throttle", "error", "http", "drop", "partial", "lost", "slow", "lag", "stuck_stop")
-# Kinds that only mean something to API 3.0 (drawn for 3.0 requests only).
-API3_ONLY_KINDS = frozenset({"lag", "stuck_stop"})
+# The kinds both APIs know, in drawing order (kept as it was, so that seeded chaos runs replay).
+FAULT_KINDS = ("throttle", "error", "http", "drop", "partial", "lost", "slow")
+# Kinds that only mean something to API 3.0 (drawn for 3.0 requests only), drawn after those.
+API3_ONLY_KINDS = ("lag", "stuck_stop")
+ALL_FAULT_KINDS = FAULT_KINDS + API3_ONLY_KINDS
 
 
 class ConnectionDropped(ConnectionResetError):
@@ -115,7 +117,7 @@ class FaultProfile:
             "stuck_stop": "stuck_stop_rate",
         }
         if kind not in fields:
-            raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")
+            raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(ALL_FAULT_KINDS)})")
         return cls(
             seed=seed,
             actions=frozenset(actions) if actions is not None else None,
