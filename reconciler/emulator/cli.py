@@ -161,13 +161,14 @@ def serve_command(
 
     def ready(url: str) -> None:
         typer.echo(f"CVM API 2.0 emulator serving {fleet} at {url}")
-        base = url[: -len("/v2/index.php")] if url.endswith("/v2/index.php") else url
-        typer.echo(f"CVM API 3.0 and STS at {base}/ (SDK endpoint {base.split('//', 1)[-1]})")
         for cred in state.credentials:
             # Emulator-only credentials from the fleet file: shown on purpose.
             typer.echo(f"  SecretId:  {cred.secret_id}")
             typer.echo(f"  SecretKey: {cred.secret_key}")
         typer.echo(f"  regions:   {', '.join(state.regions)}")
+        # After the credentials: scripts read the first three lines (endpoint, id, key).
+        base = url[: -len("/v2/index.php")] if url.endswith("/v2/index.php") else url
+        typer.echo(f"  API 3.0:   {base}/ (and STS; SDK endpoint {base.split('//', 1)[-1]})")
         if not no_save:
             typer.echo("  changes are saved to the fleet file")
         if faults is not None:
