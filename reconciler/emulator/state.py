@@ -1140,8 +1140,10 @@ class FleetState:
 
     def _issue(self, role: str, session: str, seconds: int) -> Secret:
         account = self.account_id
-        role_id = "4611686018" + hashlib.sha256(f"{account}/{role}".encode()).hexdigest()[:9]
-        role_id = str(int(role_id, 16) % 10**19)
+        # Role IDs look like CAM's (4611686018427387904 + n), derived from the name so that a
+        # role keeps its ID.
+        digest = hashlib.sha256(f"{account}/{role}".encode()).hexdigest()
+        role_id = str(4611686018427387904 + int(digest[:8], 16) % 10**9)
         identity = Identity(
             arn=f"qcs::sts:{account}:assumed-role/{role_id}/{session}",
             account_id=account,
