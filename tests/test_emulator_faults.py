@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 from conftest import EXAMPLE_FLEET, Emulator, EmulatorFactory
 from typer.testing import CliRunner
 
+from reconciler.cloud import tc3
 from reconciler.emulator.cli import emulator_app
 from reconciler.emulator.faults import FaultProfile
 
@@ -173,6 +175,16 @@ def test_faults_replay_with_a_seed_and_combine(make_emulator: EmulatorFactory) -
     assert len(first) < 30  # some requests got through
 
 
+def test_3_0_only_faults_never_hit_2_0_requests(make_emulator: EmulatorFactory) -> None:
+    em = make_emulator(faults=FaultProfile(lag_rate=1.0, stuck_stop_rate=1.0))
+    assert code_of(unbind(em, CI, [WEB1])) == 0
+    assert code_of(em.call("StopInstances", {"instanceIds.0": DB1})) == 0
+    assert em.state.settled_status(GZ, DB1) == 4
+    assert em.app.injected_faults == []
+    with pytest.raises(ValueError, match="stuck_stop"):
+        FaultProfile.only("sideways")
+
+
 def test_fault_profile_checks_its_rates() -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
         FaultProfile(error_rate=1.5)
@@ -213,6 +225,29 @@ def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: P
         em.secret_id, em.secret_key, em.region, em.url = secret_id, secret_key, GZ, url.group(1)
         response = em.call("UnBindInstanceKey", {"keyId": CI, "instanceIds.0": BATCH1}, url=url.group(1))
         assert code_of(response) == 0
+        # The same port serves API 3.0 at "/" (TC3-signed), on the same fleet.
+        base = url.group(1)[: -len("/v2/index.php")]
+        body = json.dumps({"InstanceIds": [BATCH1]}).encode()
+        stamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Host": base.split("//", 1)[1],
+            "X-TC-Action": "DescribeInstances",
+            "X-TC-Timestamp": str(stamp),
+            "X-TC-Version": "2017-03-12",
+            "X-TC-Region": GZ,
+        }
+        headers["Authorization"] = tc3.authorization(
+            secret_id,
+            secret_key,
+            service="cvm",
+            timestamp=stamp,
+            method="POST",
+            headers=headers,
+            payload=body,
+        )
+        described = httpx.post(base + "/", content=body, headers=headers).json()["Response"]
+        assert CI not in described["InstanceSet"][0]["LoginSettings"]["KeyIds"]
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=10)
     finally:

@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reconciler.emulator.state import CODE_INVALID_PARAMETER, ApiFault, FleetState, InstanceView, KeyView
+from reconciler.emulator import errors
+from reconciler.emulator.state import FleetState, InstanceView, KeyView
 from reconciler.ids import is_instance_id, is_key_id
 
 MAX_PAGE = 100
@@ -57,11 +58,11 @@ class Params:
         if raw is None or raw == "":
             return default
         if not _INT_RE.match(raw):
-            raise ApiFault(CODE_INVALID_PARAMETER, f"{name} must be an integer, not {raw!r}")
+            raise errors.InvalidParameter(f"{name} must be an integer, not {raw!r}")
         value = int(raw)
         if value < low or (high is not None and value > high):
             limit = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise ApiFault(CODE_INVALID_PARAMETER, f"{name} must be {limit}, not {value}")
+            raise errors.InvalidParameter(f"{name} must be {limit}, not {value}")
         return value
 
     def listed(self, name: str) -> list[str] | None:
@@ -70,14 +71,13 @@ class Params:
         found: list[tuple[int, str]] = []
         for lower, (original, value) in self._by_lower.items():
             if lower == name.lower():
-                raise ApiFault(
-                    CODE_INVALID_PARAMETER,
+                raise errors.InvalidParameter(
                     f"{original} must be sent as {name}.0, {name}.1, ... (one value each)",
                 )
             if lower.startswith(prefix):
                 index = lower[len(prefix) :]
                 if not index.isdigit() or not index.isascii():
-                    raise ApiFault(CODE_INVALID_PARAMETER, f"{original}: the index must be a number")
+                    raise errors.InvalidParameter(f"{original}: the index must be a number")
                 found.append((int(index), value))
         if not found:
             return None
@@ -90,17 +90,15 @@ class Params:
         values = self.listed(name)
         if values is None:
             if required:
-                raise ApiFault(CODE_INVALID_PARAMETER, f"missing parameter {name}.0 ({what})")
+                raise errors.InvalidParameter(f"missing parameter {name}.0 ({what})")
             return None
         for index, value in enumerate(values):
             if not check(value):
-                raise ApiFault(
-                    CODE_INVALID_PARAMETER,
+                raise errors.InvalidParameter(
                     f"{name}.{index}: {value!r} is not a valid {what}",
                 )
         if required and len(values) > MAX_BATCH:
-            raise ApiFault(
-                CODE_INVALID_PARAMETER,
+            raise errors.LimitExceeded(
                 f"{name}: at most {MAX_BATCH} values in one call, got {len(values)}",
             )
         return values
@@ -195,16 +193,16 @@ def describe_instances(state: FleetState, region: str, params: Params) -> dict[s
 def _key_call(params: Params) -> tuple[str, list[str]]:
     key_id = params.get("keyId")
     if key_id is None or key_id == "":
-        raise ApiFault(CODE_INVALID_PARAMETER, "missing parameter keyId")
+        raise errors.InvalidParameter("missing parameter keyId")
     if not is_key_id(key_id):
-        raise ApiFault(CODE_INVALID_PARAMETER, f"keyId: {key_id!r} is not a valid key ID (skey-xxxxxxxx)")
+        raise errors.InvalidParameter(f"keyId: {key_id!r} is not a valid key ID (skey-xxxxxxxx)")
     ids = params.ids("instanceIds", is_instance_id, "instance ID (ins-xxxxxxxx)", required=True)
     assert ids is not None
     return key_id, ids
 
 
 def parse_key_call(params: Mapping[str, str]) -> tuple[str, list[str]]:
-    """keyId and instanceIds of a (Un)BindInstanceKey call; ``ApiFault`` 4000 if malformed."""
+    """keyId and instanceIds of a (Un)BindInstanceKey call; ``errors.InvalidParameter`` if malformed."""
     return _key_call(Params(params))
 
 

@@ -21,21 +21,19 @@ Checks, in order (the first that fails answers):
 
 from __future__ import annotations
 
-import contextvars
 import heapq
-import json
+import hmac
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import httpx
 
 from reconciler.cloud.signing import SIGNATURE_METHODS, string_to_sign, verify
-from reconciler.emulator import actions
+from reconciler.emulator import actions, errors, metadata
 from reconciler.emulator.faults import (
     ConnectionDropped,
     FaultInjector,
@@ -43,82 +41,24 @@ from reconciler.emulator.faults import (
     InjectedFault,
     ResponseTimedOut,
 )
-from reconciler.emulator.state import (
-    CODE_INVALID_PARAMETER,
-    CODE_PARTIAL_SUCCESS,
-    ApiFault,
-    FleetState,
-)
+from reconciler.emulator.state import ApiFault, FleetState, Secret
+from reconciler.emulator.wire import Answer, TokenBucket, host_of, parse_form, read_body, read_timeout
 from reconciler.ids import KNOWN_REGIONS, canonical_region
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 API_PATH = "/v2/index.php"
+API3_PATH = "/"  # API 3.0 and STS (emulator/api3.py)
+METADATA_PREFIX = metadata.PREFIX
 MAX_CLOCK_SKEW = 300.0  # seconds; "5 minutes in the newer docs"
 PUBLIC_PARAMS = ("Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature")
 MAX_BODY = 1 << 20
 
-CODE_DESCRIPTIONS: Mapping[int, str] = {
-    4000: "InvalidParameter",
-    4100: "AuthFailure",
-    4104: "AuthFailure.SecretIdNotFound",
-    4400: "RequestLimitExceeded",
-    4500: "RequestReplayed",
-    5000: "ResourceNotFound",
-    5100: "OperationFailed",
-    5400: "PartialSuccess",
-    6000: "InternalError",
-    6100: "UnsupportedAction",
-    6200: "ServiceUnavailable",
-}
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 _ACTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
-
-# The read timeout of the in-process request being served (set by ``transport``), so that a
-# slow answer can time out at once instead of sleeping.
-_read_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("read_timeout", default=None)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, holding at most ``burst``; clocked by the injected clock."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self.tokens = burst
-        self.updated = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class _Answer:
-    """An HTTP answer: status line, content type, body."""
-
-    def __init__(self, status: str, body: bytes, content_type: str = "application/json; charset=utf-8"):
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-
-    @classmethod
-    def json(cls, document: Mapping[str, Any]) -> _Answer:
-        return cls("200 OK", json.dumps(document, ensure_ascii=False).encode("utf-8"))
-
-    @classmethod
-    def error(cls, code: int, message: str) -> _Answer:
-        return cls.json({"code": code, "message": message, "codeDesc": CODE_DESCRIPTIONS.get(code, "Error")})
-
-    @classmethod
-    def http(cls, status: str) -> _Answer:
-        return cls(status, f"{status}\n".encode(), "text/plain; charset=utf-8")
+_Answer = Answer
+_read_timeout = read_timeout
 
 
 class EmulatorApp:
@@ -133,9 +73,12 @@ class EmulatorApp:
         rate_limit: float | None = None,
         latency_ms: float = 0.0,
         faults: FaultProfile | None = None,
+        api3_limits: Mapping[str, float] | None = None,
     ) -> None:
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError("rate_limit must be positive")
+        if api3_limits is not None and any(rate <= 0 for rate in api3_limits.values()):
+            raise ValueError("api3_limits must be positive")
         self.state = state
         self.clock = clock or state.clock
         self.rate_limit = rate_limit
@@ -148,6 +91,12 @@ class EmulatorApp:
         self._nonces: set[tuple[str, str]] = set()
         self._nonce_expiry: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
+        # API 3.0's per-action limits (``api3.DOCUMENTED_LIMITS`` is the cloud's); None: the
+        # same ``rate_limit`` for every action as in 2.0 (None there too: no limit).
+        self.api3_limits = dict(api3_limits) if api3_limits is not None else None
+        from reconciler.emulator.api3 import Api3Face  # the 3.0 face uses this app's shared parts
+
+        self._api3 = Api3Face(self)
 
     # ------------------------------------------------------------------ WSGI
 
@@ -164,11 +113,15 @@ class EmulatorApp:
         if self.latency_ms > 0:
             time.sleep(self.latency_ms / 1000.0)
         path = environ.get("PATH_INFO", "")
-        if path != API_PATH:
-            return _Answer.http("404 Not Found")
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if path.startswith(METADATA_PREFIX):
+            return metadata.handle(self.state, path, method)
+        if path not in (API_PATH, API3_PATH):
+            return _Answer.http("404 Not Found")
         if method not in ("GET", "POST"):
             return _Answer.http("405 Method Not Allowed")
+        if path == API3_PATH:
+            return self._api3.handle(environ, method)
         try:
             params = _read_params(environ, method)
             return self._answer(environ, method, path, params)
@@ -185,11 +138,11 @@ class EmulatorApp:
                 self.request_counts[action] += 1
         _check_public(params)
         secret_id = params["SecretId"]
-        secret_key = self.state.secret_key_for(secret_id)
-        if secret_key is None:
+        secret = self.state.secret(secret_id)
+        if secret is None:
             return _Answer.error(4104, f"SecretId {secret_id} does not exist or is disabled")
         host = _host_of(environ)
-        if not verify(secret_key, method, host, path, params):
+        if not verify(secret.secret_key, method, host, path, params):
             signed = string_to_sign(method, host, path, params)
             return _Answer.error(
                 4100,
@@ -198,6 +151,9 @@ class EmulatorApp:
         replay = self._check_replay(secret_id, params["Timestamp"], params["Nonce"])
         if replay is not None:
             return _Answer.error(4500, replay)
+        # Temporary credentials need their token in the signed Token parameter, as Tencent's
+        # 2.0 SDK sends it.
+        self.check_token(secret, params.get("Token"))
         handler = actions.ACTIONS.get(action)
         if handler is None:
             return _Answer.error(
@@ -209,7 +165,7 @@ class EmulatorApp:
             canonical_region(region)
         except KeyError:
             return _Answer.error(
-                CODE_INVALID_PARAMETER, f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})"
+                errors.InvalidRegion.code, f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})"
             )
         if not self._take_token(action):
             return _Answer.error(
@@ -246,15 +202,49 @@ class EmulatorApp:
             heapq.heappush(self._nonce_expiry, (sent + MAX_CLOCK_SKEW, secret_id, nonce))
         return None
 
-    def _take_token(self, action: str) -> bool:
-        if self.rate_limit is None:
+    def check_token(self, secret: Secret, token: str | None) -> None:
+        """Raise ``TokenFailure`` unless temporary credentials come with their token, unexpired."""
+        if secret.token is None:
+            return  # long-lived credentials: a token is neither needed nor looked at
+        if not token:
+            raise errors.TokenFailure(
+                f"SecretId {secret.secret_id} is a temporary credential: its token must be sent"
+            )
+        if not hmac.compare_digest(token.encode("utf-8"), secret.token.encode("utf-8")):
+            raise errors.TokenFailure("the token does not belong to this SecretId")
+        if secret.expires is not None and self.clock() >= secret.expires:
+            raise errors.TokenFailure(f"the temporary credentials expired at {secret.expires:.0f}")
+
+    def check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
+        """An error text if the Timestamp is out of the window or the Nonce was used, else None."""
+        return self._check_replay(secret_id, timestamp, nonce)
+
+    def take_token(self, action: str, rate: float | None) -> bool:
+        """A token from ``action``'s bucket (``rate`` a second); True when there is no limit."""
+        if rate is None:
             return True
         with self._lock:
             bucket = self._buckets.get(action)
             if bucket is None:
-                burst = max(1.0, self.rate_limit)
-                bucket = self._buckets[action] = TokenBucket(self.rate_limit, burst, self.clock)
+                bucket = self._buckets[action] = TokenBucket(rate, max(1.0, rate), self.clock)
             return bucket.take()
+
+    def _take_token(self, action: str) -> bool:
+        return self.take_token(action, self.rate_limit)
+
+    def record_fault(self, action: str, kind: str, detail: str) -> None:
+        self._record(action, kind, detail)
+
+    def draw_fault(self, action: str) -> str | None:
+        """A fault for a 3.0 request (no partial success there), or None."""
+        return None if self._injector is None else self._injector.draw(action, can_partial=False, api3=True)
+
+    def inject_after(self, fault: str, action: str) -> None:
+        """Faults that strike after the call was carried out (lost and slow answers)."""
+        self._inject_after(fault, action)
+
+    def coin(self) -> bool:
+        return self._injector.coin() if self._injector is not None else False
 
     # ------------------------------------------------------------------ faults
 
@@ -305,7 +295,7 @@ class EmulatorApp:
             self.state.unbind_instance_key(region, key_id, done)
         self._record(action, "partial", f"done {','.join(done)}; failed {','.join(failed)}")
         return _Answer.error(
-            CODE_PARTIAL_SUCCESS,
+            errors.PartialSuccess.code,
             f"{action}: partial success in a batch: done: {', '.join(done)}; "
             f"failed: {', '.join(failed)} (injected)",
         )
@@ -332,7 +322,7 @@ def _listed(params: actions.Params) -> dict[str, str]:
 def _check_public(params: Mapping[str, str]) -> None:
     missing = [name for name in PUBLIC_PARAMS if not params.get(name)]
     if missing:
-        raise ApiFault(CODE_INVALID_PARAMETER, f"missing public parameter(s): {', '.join(missing)}")
+        raise errors.InvalidParameter(f"missing public parameter(s): {', '.join(missing)}")
     bad = []
     if not _ACTION_RE.match(params["Action"]):
         bad.append(f"Action {params['Action']!r} is not an action name")
@@ -343,25 +333,11 @@ def _check_public(params: Mapping[str, str]) -> None:
     if method is not None and method not in SIGNATURE_METHODS:
         bad.append(f"SignatureMethod must be one of {', '.join(SIGNATURE_METHODS)}, not {method!r}")
     if bad:
-        raise ApiFault(CODE_INVALID_PARAMETER, "; ".join(bad))
+        raise errors.InvalidParameter("; ".join(bad))
 
 
-def _host_of(environ: Mapping[str, Any]) -> str:
-    host = environ.get("HTTP_HOST")
-    if host:
-        return str(host)
-    name = str(environ.get("SERVER_NAME", ""))
-    port = str(environ.get("SERVER_PORT", ""))
-    default = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
-    return name if port in ("", default) else f"{name}:{port}"
-
-
-def _parse_form(text: bytes | str, where: str) -> list[tuple[str, str]]:
-    try:
-        raw = text.decode("ascii") if isinstance(text, bytes) else text
-        return parse_qsl(raw, keep_blank_values=True, strict_parsing=False, errors="strict")
-    except (UnicodeDecodeError, UnicodeEncodeError, ValueError):
-        raise ApiFault(CODE_INVALID_PARAMETER, f"the {where} is not valid URL-encoded UTF-8") from None
+_host_of = host_of
+_parse_form = parse_form
 
 
 def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
@@ -369,24 +345,17 @@ def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
     if method == "POST":
         content_type = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
-            raise ApiFault(
-                CODE_INVALID_PARAMETER,
+            raise errors.InvalidParameter(
                 f"a POST body must be application/x-www-form-urlencoded, not {content_type or 'missing'}",
             )
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > MAX_BODY:
-            raise ApiFault(CODE_INVALID_PARAMETER, "request body too large")
-        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        body = read_body(environ, MAX_BODY)
         pairs += _parse_form(body, "request body")
     params: dict[str, str] = {}
     seen: set[str] = set()
     for name, value in pairs:
         normal = name.replace("_", ".")
         if normal in seen:
-            raise ApiFault(CODE_INVALID_PARAMETER, f"parameter {name} is given more than once")
+            raise errors.InvalidParameter(f"parameter {name} is given more than once")
         seen.add(normal)
         params[name] = value
     return params

@@ -15,14 +15,14 @@ import typer
 from reconciler.errors import ConfigError, CvmkeysError, InputError
 
 emulator_app = typer.Typer(
-    help="Run the bundled emulator of the CVM API 2.0 (no cloud account needed).",
+    help="Run the bundled emulator of the CVM API 2.0 and 3.0 (no cloud account needed).",
     no_args_is_help=True,
 )
 
 
 @emulator_app.callback()
 def _emulator_group() -> None:
-    """Run the bundled emulator of the CVM API 2.0 (no cloud account needed)."""
+    """Run the bundled emulator of the CVM API 2.0 and 3.0 (no cloud account needed)."""
 
 
 def _fail(error: CvmkeysError) -> typer.Exit:
@@ -74,6 +74,28 @@ def serve_command(
     fault_slow_seconds: Annotated[
         float, typer.Option("--fault-slow-seconds", help="Delay of a slow answer.")
     ] = 30.0,
+    documented_limits: Annotated[
+        bool,
+        typer.Option(
+            "--documented-limits",
+            help="API 3.0: the cloud's per-action limits (DescribeInstances 40/s, others 10/s).",
+        ),
+    ] = False,
+    op_lag: Annotated[
+        float,
+        typer.Option(
+            "--op-lag", help="API 3.0: seconds LatestOperation* still shows the previous operation."
+        ),
+    ] = 0.0,
+    fault_lag: Annotated[
+        float, typer.Option("--fault-lag", help="Rate of 3.0 calls whose operation state lags.")
+    ] = 0.0,
+    fault_lag_seconds: Annotated[
+        float, typer.Option("--fault-lag-seconds", help="How long an injected state lag lasts.")
+    ] = 10.0,
+    fault_stuck_stop: Annotated[
+        float, typer.Option("--fault-stuck-stop", help="Rate of 3.0 soft stops that never complete.")
+    ] = 0.0,
     fault_actions: Annotated[
         str | None,
         typer.Option("--fault-actions", help="Comma-separated actions faults may hit (default: all)."),
@@ -84,24 +106,27 @@ def serve_command(
     Example: cvmkeys emulator serve --fleet examples/fleet.yaml --port 8080 --op-seconds 2
     """
     from reconciler.emulator.actions import ACTIONS
+    from reconciler.emulator.api3 import ACTIONS as ACTIONS3
+    from reconciler.emulator.api3 import DOCUMENTED_LIMITS
     from reconciler.emulator.app import EmulatorApp
     from reconciler.emulator.faults import FaultProfile
     from reconciler.emulator.server import serve
     from reconciler.emulator.state import FleetState
 
     try:
-        if op_seconds < 0 or latency_ms < 0 or (rate_limit is not None and rate_limit <= 0):
+        if op_seconds < 0 or latency_ms < 0 or op_lag < 0 or (rate_limit is not None and rate_limit <= 0):
             raise ConfigError(
-                "--op-seconds and --latency-ms must not be negative; --rate-limit must be positive"
+                "--op-seconds, --op-lag and --latency-ms must not be negative; --rate-limit must be positive"
             )
         actions = None
         if fault_actions:
             actions = frozenset(a.strip() for a in fault_actions.split(",") if a.strip())
-            unknown = sorted(actions - set(ACTIONS))
+            known = list(dict.fromkeys([*ACTIONS, *ACTIONS3]))
+            unknown = sorted(actions - set(known))
             if unknown:
                 raise ConfigError(
                     f"--fault-actions: unknown action(s) {', '.join(unknown)}",
-                    hint=f"known: {', '.join(ACTIONS)}",
+                    hint=f"known: {', '.join(known)}",
                 )
         try:
             profile = FaultProfile(
@@ -115,12 +140,22 @@ def serve_command(
                 slow_rate=fault_slow,
                 slow_seconds=fault_slow_seconds,
                 actions=actions,
+                lag_rate=fault_lag,
+                lag_seconds=fault_lag_seconds,
+                stuck_stop_rate=fault_stuck_stop,
             )
         except ValueError as error:
             raise ConfigError(f"fault options: {error}") from None
         faults = profile if any(profile.rates().values()) else None
         state = FleetState.from_file(fleet, op_seconds=op_seconds, persist=not no_save)
-        app = EmulatorApp(state, rate_limit=rate_limit, latency_ms=latency_ms, faults=faults)
+        state.op_lag = op_lag
+        app = EmulatorApp(
+            state,
+            rate_limit=rate_limit,
+            latency_ms=latency_ms,
+            faults=faults,
+            api3_limits=DOCUMENTED_LIMITS if documented_limits else None,
+        )
     except CvmkeysError as error:
         raise _fail(error) from None
 
@@ -131,6 +166,9 @@ def serve_command(
             typer.echo(f"  SecretId:  {cred.secret_id}")
             typer.echo(f"  SecretKey: {cred.secret_key}")
         typer.echo(f"  regions:   {', '.join(state.regions)}")
+        # After the credentials: scripts read the first three lines (endpoint, id, key).
+        base = url[: -len("/v2/index.php")] if url.endswith("/v2/index.php") else url
+        typer.echo(f"  API 3.0:   {base}/ (and STS; SDK endpoint {base.split('//', 1)[-1]})")
         if not no_save:
             typer.echo("  changes are saved to the fleet file")
         if faults is not None:

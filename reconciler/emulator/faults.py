@@ -4,7 +4,7 @@ Used by ``emulator/app.py`` (which asks ``FaultInjector.draw`` once per authenti
 and configured by tests (a ``FaultProfile`` object) or by ``cvmkeys emulator serve --fault-*``.
 
 Every kind has its own rate (0..1); the kinds are drawn one after another from one seeded
-``random.Random`` in the order of ``FAULT_KINDS`` and the first that fires is injected, so at
+``random.Random`` in the order of ``ALL_FAULT_KINDS`` and the first that fires is injected, so at
 most one fault hits a request and a seed replays the same sequence of faults for the same
 sequence of requests.
 
@@ -18,7 +18,15 @@ kind                what the client sees (and what happened)
 ``partial``         (Un)BindInstanceKey with 2+ instances: some done, code 5400 naming them
 ``lost``            the call IS carried out, then the connection closes with no answer
 ``slow``            the call is carried out; the answer comes after ``slow_seconds``
+``lag``             (3.0) the call is carried out and answered, but the instances' latest
+                    operation keeps showing the previous one for ``lag_seconds``
+``stuck_stop``      (3.0) a SOFT StopInstances is accepted but never completes: the
+                    operation ends FAILED and the instance stays RUNNING (SOFT_FIRST goes
+                    hard and takes twice as long)
 ==================  ===================================================================
+
+API 3.0 answers the same kinds with its own codes: ``throttle`` is ``RequestLimitExceeded``,
+``error`` ``InternalError`` or ``ResourceUnavailable``; 3.0 has no ``partial``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# The kinds both APIs know, in drawing order (kept as it was, so that seeded chaos runs replay).
 FAULT_KINDS = ("throttle", "error", "http", "drop", "partial", "lost", "slow")
+# Kinds that only mean something to API 3.0 (drawn for 3.0 requests only), drawn after those.
+API3_ONLY_KINDS = ("lag", "stuck_stop")
+ALL_FAULT_KINDS = FAULT_KINDS + API3_ONLY_KINDS
 
 
 class ConnectionDropped(ConnectionResetError):
@@ -57,13 +69,16 @@ class FaultProfile:
     slow_rate: float = 0.0
     slow_seconds: float = 30.0
     actions: frozenset[str] | None = None  # None: every action
+    lag_rate: float = 0.0
+    lag_seconds: float = 10.0  # Terraform sleeps 10 s before it polls, for this reason
+    stuck_stop_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for kind, rate in self.rates().items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{kind} rate must be between 0 and 1, not {rate}")
-        if self.slow_seconds < 0:
-            raise ValueError("slow_seconds must not be negative")
+        if self.slow_seconds < 0 or self.lag_seconds < 0:
+            raise ValueError("slow_seconds and lag_seconds must not be negative")
 
     def rates(self) -> dict[str, float]:
         """Each kind's rate, in drawing order."""
@@ -75,6 +90,8 @@ class FaultProfile:
             "partial": self.partial_rate,
             "lost": self.lost_response_rate,
             "slow": self.slow_rate,
+            "lag": self.lag_rate,
+            "stuck_stop": self.stuck_stop_rate,
         }
 
     @classmethod
@@ -96,9 +113,11 @@ class FaultProfile:
             "partial": "partial_rate",
             "lost": "lost_response_rate",
             "slow": "slow_rate",
+            "lag": "lag_rate",
+            "stuck_stop": "stuck_stop_rate",
         }
         if kind not in fields:
-            raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")
+            raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(ALL_FAULT_KINDS)})")
         return cls(
             seed=seed,
             actions=frozenset(actions) if actions is not None else None,
@@ -125,8 +144,9 @@ class FaultInjector:
         self._random = random.Random(profile.seed)
         self._lock = threading.Lock()
 
-    def draw(self, action: str, *, can_partial: bool) -> str | None:
-        """The kind of fault to inject into this request, or None."""
+    def draw(self, action: str, *, can_partial: bool, api3: bool = False) -> str | None:
+        """The kind of fault to inject into this request, or None. ``partial`` only where
+        ``can_partial``; the 3.0-only kinds only for ``api3`` requests."""
         if self.profile.actions is not None and action not in self.profile.actions:
             return None
         with self._lock:
@@ -134,8 +154,11 @@ class FaultInjector:
                 if rate <= 0.0:
                     continue
                 hit = self._random.random() < rate
-                if hit and (kind != "partial" or can_partial):
-                    return kind
+                if not hit or (kind == "partial" and not can_partial):
+                    continue
+                if kind in API3_ONLY_KINDS and not api3:
+                    continue
+                return kind
             return None
 
     def coin(self) -> bool:

@@ -93,6 +93,8 @@ def _yaml_error(file: str, error: yaml.YAMLError, text: str = "") -> InputError:
 
 # The shape the writer produces. Any other line sends the file to the YAML loader.
 _HEADER_RE = re.compile(r"^(credentials|regions):( \[\]| \{\})?$")
+# The optional identity block (STS, metadata), as the writer puts it: one line of JSON.
+_IDENTITY_RE = re.compile(r"^identity: (\{.*\})$")
 _REGION_RE = re.compile(r"^  ([a-z][a-z0-9-]*):$")
 _SECTION_RE = re.compile(r"^    (instances|keys):( \[\])?$")
 _CRED_ITEM_RE = re.compile(r"^  - (\{.*\})$")
@@ -146,6 +148,13 @@ def _parse_fast(text: str) -> dict[str, Any]:
     top: str | None = None
     for line in text.splitlines():
         if not line or line.startswith("#"):
+            continue
+        if (match := _IDENTITY_RE.match(line)) is not None and "identity" not in data:
+            try:
+                data["identity"] = json.loads(match.group(1), parse_float=_refuse, parse_constant=_refuse)
+            except ValueError as error:
+                raise _NotFastShape(str(error)) from None
+            top = section = None
             continue
         if (match := _HEADER_RE.match(line)) is not None:
             top, empty = match.group(1), match.group(2)
@@ -210,9 +219,7 @@ def _parse_json(text: str) -> Any:
     if not text.lstrip().startswith("{") or _JSON_NOT_YAML.search(text):
         raise _NotFastShape("not a plain JSON object")
     try:
-        return json.loads(
-            text, parse_float=_refuse, parse_constant=_refuse, object_pairs_hook=_unique_pairs
-        )
+        return json.loads(text, parse_float=_refuse, parse_constant=_refuse, object_pairs_hook=_unique_pairs)
     except ValueError as error:
         raise _NotFastShape(str(error)) from None
     except RecursionError:
@@ -343,6 +350,44 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+IDENTITY_FIELDS = ("account_id", "roles", "web_identity_tokens")
+_ACCOUNT_RE = re.compile(r"^[0-9]{1,20}$")
+_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")
+
+
+def _check_identity(identity: object, out: list[tuple[PathT, str]]) -> None:
+    """The optional ``identity`` block: account ID, instance roles, web identity tokens."""
+    path: PathT = ("identity",)
+    if not _check_map(identity, path, IDENTITY_FIELDS, (), "identity", out):
+        return
+    assert isinstance(identity, dict)
+    account = identity.get("account_id")
+    if "account_id" in identity and not (isinstance(account, str) and _ACCOUNT_RE.match(account)):
+        out.append(((*path, "account_id"), "account_id must be a string of 1 to 20 digits"))
+    roles = identity.get("roles", [])
+    if not isinstance(roles, list):
+        out.append(((*path, "roles"), "roles must be a list of role names"))
+    else:
+        for n, role in enumerate(roles):
+            if not (isinstance(role, str) and _ROLE_NAME_RE.match(role)):
+                out.append(
+                    ((*path, "roles", n), f"role name {_shown(role)} must be 1-128 of [A-Za-z0-9+=,.@_-]")
+                )
+    tokens = identity.get("web_identity_tokens", [])
+    if not isinstance(tokens, list):
+        out.append(
+            ((*path, "web_identity_tokens"), "web_identity_tokens must be a list of {provider_id, token}")
+        )
+        return
+    for n, item in enumerate(tokens):
+        tpath: PathT = (*path, "web_identity_tokens", n)
+        if not _check_map(item, tpath, ("provider_id", "token"), ("token",), "a web identity token", out):
+            continue
+        for name in ("provider_id", "token"):
+            if name in item and _check_str(item[name], (*tpath, name), name, out) and not item[name].strip():
+                out.append(((*tpath, name), f"{name} must not be empty"))
+
+
 def _check_map(
     value: object,
     path: PathT,
@@ -400,9 +445,11 @@ def check_fleet(data: Any) -> list[tuple[PathT, str]]:
     """
     out: list[tuple[PathT, str]] = []
     if not _check_map(
-        data, (), ("credentials", "regions"), ("credentials", "regions"), "the fleet file", out
+        data, (), ("credentials", "regions", "identity"), ("credentials", "regions"), "the fleet file", out
     ):
         return out
+    if "identity" in data:
+        _check_identity(data["identity"], out)
     credentials = data.get("credentials")
     if "credentials" in data:
         if not isinstance(credentials, list) or not credentials:
@@ -667,13 +714,19 @@ def item_line(item: Mapping[str, Any]) -> str:
 
 
 def render_fleet(
-    credential_lines: Sequence[str], regions: Sequence[tuple[str, Sequence[str], Sequence[str]]]
+    credential_lines: Sequence[str],
+    regions: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+    identity: Mapping[str, Any] | None = None,
 ) -> str:
-    """The fleet file text from item lines (``item_line``): credentials, then per region
-    (name, instance lines, key lines)."""
+    """The fleet file text from item lines (``item_line``): the identity block if any (one
+    JSON line), credentials, then per region (name, instance lines, key lines)."""
     lines = [
         "# Fleet of the cvmkeys CVM API emulator (schemas/fleet.schema.json).",
         "# Written by the emulator: one item per line; comments are not kept.",
+    ]
+    if identity:
+        lines.append("identity: " + json.dumps(dict(identity), ensure_ascii=True, sort_keys=True))
+    lines += [
         "credentials:" + ("" if credential_lines else " []"),
     ]
     lines.extend(f"  - {line}" for line in credential_lines)
@@ -701,4 +754,6 @@ def dump_fleet(data: Mapping[str, Any]) -> str:
         )
         for name, region in (data.get("regions") or {}).items()
     ]
-    return render_fleet([item_line(cred) for cred in data.get("credentials") or []], regions)
+    return render_fleet(
+        [item_line(cred) for cred in data.get("credentials") or []], regions, data.get("identity")
+    )

@@ -3,8 +3,10 @@
 ``serve_in_thread`` is for tests (a threading server on a free port, stopped by ``close()`` or a
 ``with`` block); ``serve`` blocks and is what ``cvmkeys emulator serve`` runs. Both use the
 standard library's ``wsgiref`` with one thread per connection, so requests overlap (latency
-and slow answers do not hold others up). A ``ConnectionDropped`` raised by the app makes the
-request end with the connection closed and no answer, as the fault injector intends.
+and slow answers do not hold others up). One port serves API 2.0 (``/v2/index.php``), API 3.0
+and STS (``/``) and the metadata service (``/latest/meta-data/...``). A ``ConnectionDropped``
+raised by the app makes the request end with the connection closed and no answer, as the fault
+injector intends.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ class RunningServer:
         host, port = server.server_address[:2]
         self.host = str(host)
         self.port = int(port)
-        self.url = f"http://{self.host}:{self.port}{API_PATH}"
+        self.url = f"http://{self.host}:{self.port}{API_PATH}"  # API 2.0
+        self.url3 = f"http://{self.host}:{self.port}/"  # API 3.0, STS and the metadata service
+        self.endpoint = f"{self.host}:{self.port}"  # what Tencent's 3.0 SDK's HttpProfile takes
 
     def close(self) -> None:
         """Stop serving and wait for the server thread."""
@@ -88,7 +92,8 @@ def serve(
 ) -> None:
     """Serve until interrupted (Ctrl-C raises ``KeyboardInterrupt`` out of here, after closing).
 
-    ``ready``, if given, is called with the endpoint URL once the socket is listening.
+    ``ready``, if given, is called with the 2.0 endpoint URL once the socket is listening (the
+    3.0 one is the same host and port with path ``/``).
     """
     server = _make(app, host, port)
     bound_host, bound_port = server.server_address[:2]

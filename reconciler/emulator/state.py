@@ -26,10 +26,13 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
+import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from reconciler.emulator import errors
+from reconciler.emulator.errors import ApiError
 from reconciler.emulator.fleetfile import (
     AT_KEY,
     check_fleet,
@@ -47,22 +52,14 @@ from reconciler.emulator.fleetfile import (
 )
 from reconciler.errors import InputError, Problem
 from reconciler.ids import KNOWN_REGIONS, canonical_region
-from reconciler.model import (
-    STATUS_KEY_ISSUING,
-    STATUS_RUNNING,
-    STATUS_SHUT_DOWN,
-    STATUS_SHUTTING_DOWN,
-    STATUS_STARTING,
-    status_name,
-)
 
 Clock = Callable[[], float]
 
 # API error codes the backend answers with (the common codes of the CVM API 2.0).
-CODE_INVALID_PARAMETER = 4000
-CODE_NOT_FOUND = 5000
-CODE_OPERATION_FAILED = 5100
-CODE_PARTIAL_SUCCESS = 5400
+CODE_INVALID_PARAMETER = errors.InvalidParameter.code
+CODE_NOT_FOUND = errors.ResourceNotFound.code
+CODE_OPERATION_FAILED = errors.OperationFailed.code
+CODE_PARTIAL_SUCCESS = errors.PartialSuccess.code
 
 DEFAULT_CREATED = "2020-01-01 00:00:00"
 # A fleet file bigger than this is refused unread (a 50,000-instance fleet is about 6 MB).
@@ -70,13 +67,76 @@ MAX_FLEET_BYTES = 64 * 2**20
 _BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 
-class ApiFault(Exception):
-    """An API error answer: ``code`` and ``message`` go into the response body as they are."""
+# Every API error is an ``errors.ApiError``; the old name stays for the wire layers.
+ApiFault = ApiError
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+# The instance status table of the CVM API 2.0, the emulator's own copy (it must not depend
+# on the tool's model): the fleet file stores these numbers.
+STATUS_RUNNING = 2
+STATUS_SHUT_DOWN = 4
+STATUS_STARTING = 8
+STATUS_SHUTTING_DOWN = 9
+STATUS_KEY_ISSUING = 20
+_STATUS_NAMES: Mapping[int, str] = {
+    1: "failure",
+    2: "running",
+    3: "creating",
+    4: "shut down",
+    5: "returned",
+    6: "returning",
+    7: "rebooting",
+    8: "starting",
+    9: "shutting down",
+    10: "resetting password",
+    11: "formatting",
+    12: "making image",
+    13: "setting bandwidth",
+    14: "reinstalling OS",
+    15: "binding domain",
+    16: "unbinding domain",
+    17: "binding load balancer",
+    18: "unbinding load balancer",
+    19: "upgrading",
+    20: "key issuing",
+}
+
+
+def status_name(status: int) -> str:
+    """Human name of a 2.0 status; unknown numbers are maintenance states per the docs."""
+    return _STATUS_NAMES.get(status, f"maintenance ({status})")
+
+
+# API-neutral instance states, what the rules speak; each API maps them to its own word.
+RUNNING, STOPPED, STARTING, STOPPING, BUSY = "running", "stopped", "starting", "stopping", "busy"
+# 2.0 status -> 3.0 InstanceState (an inference, no official table: cvm-api-3.0.md 4.7). Statuses
+# with no 3.0 word (10-20: maintenance and key issuing) are an operation in progress: 3.0 shows
+# them as BUSY (LatestOperationState OPERATING) on top of the word below.
+API3_STATES: Mapping[int, str] = {
+    1: "LAUNCH_FAILED",
+    2: "RUNNING",
+    3: "PENDING",
+    4: "STOPPED",
+    5: "SHUTDOWN",
+    6: "TERMINATING",
+    7: "REBOOTING",
+    8: "STARTING",
+    9: "STOPPING",
+}
+API3_VERSION = "2017-03-12"
+DEFAULT_ACCOUNT_ID = "100000000001"
+
+
+def neutral_state(status: int) -> str:
+    """The API-neutral state of a 2.0 status."""
+    return {2: RUNNING, 4: STOPPED, 8: STARTING, 9: STOPPING}.get(status, BUSY if status >= 10 else "other")
+
+
+def api3_state(status: int) -> str:
+    """The 3.0 ``InstanceState`` word of a 2.0 status (20, key issuing, is a STOPPED instance
+    with an operation running; other maintenance states a RUNNING one)."""
+    if status in API3_STATES:
+        return API3_STATES[status]
+    return "STOPPED" if status == STATUS_KEY_ISSUING else "RUNNING"
 
 
 @dataclass(frozen=True)
@@ -86,8 +146,10 @@ class Mutation:
     time: float
     region: str  # canonical long name
     action: str
-    key_id: str | None
+    key_id: str | None  # the key of a one-key call (all of 2.0's); None for several
     instance_ids: tuple[str, ...]
+    key_ids: tuple[str, ...] = ()  # every key of the call (3.0 takes up to 100)
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +175,14 @@ class InstanceView:
     created: str
     status_time: str
     key_ids: tuple[str, ...]  # keys bound now (observed view)
+    # API 3.0's view: its InstanceState word and the instance's latest operation.
+    api3_state: str = ""
+    busy: bool = False  # an operation runs on it (2.0 status 20, 3.0 OPERATING)
+    stop_charging: bool = False  # stopped with StoppedMode=STOP_CHARGING
+    latest_operation: str | None = None
+    latest_operation_state: str | None = None  # OPERATING | SUCCESS | FAILED
+    latest_operation_request_id: str | None = None
+    latest_operation_error: str | None = None
 
     @property
     def is_windows(self) -> bool:
@@ -137,10 +207,71 @@ class KeyView:
 
 
 @dataclass
+class _Phase:
+    until: float
+    status: int  # the 2.0 status reported until ``until``
+    keys: frozenset[str] | None  # keys reported meanwhile (None: the settled ones)
+
+
+@dataclass
 class _Pending:
-    status: int  # reported until ``due``
-    due: float
-    keys: frozenset[str] | None  # keys reported while pending (None: the settled ones)
+    """An instance's transient states, one phase after the other (ForceStop has three)."""
+
+    phases: list[_Phase]
+
+    @property
+    def due(self) -> float:
+        return self.phases[-1].until
+
+    @property
+    def status(self) -> int:
+        return self.phases[0].status
+
+    @property
+    def keys(self) -> frozenset[str] | None:
+        return self.phases[0].keys
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An instance's latest operation as 3.0 reports it (``LatestOperation*``)."""
+
+    action: str
+    request_id: str
+    due: float  # OPERATING until then
+    visible: float  # reported from then on; before, the previous operation (state lag)
+    outcome: str  # SUCCESS | FAILED, once due
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a credential is (STS GetCallerIdentity)."""
+
+    arn: str
+    account_id: str
+    user_id: str
+    principal_id: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Secret:
+    """What the emulator knows of a SecretId: its key and, for temporary credentials, the token
+    they need and when they expire. Key and token never show in a repr."""
+
+    secret_id: str
+    secret_key: str = field(repr=False)
+    identity: Identity
+    token: str | None = field(default=None, repr=False)
+    expires: float | None = None
+
+
+ROLE_ARN_PATTERN = re.compile(
+    r"^qcs::cam::uin/(?P<account>[0-9]{1,20}):roleName/(?P<name>[\w+=,.@-]{1,128})$"
+)
+MAX_ROLE_SECONDS = 43200
+DEFAULT_ROLE_SECONDS = 7200
 
 
 class _Region:
@@ -279,6 +410,12 @@ class FleetState:
         self._lock = threading.RLock()
         self._pending: dict[str, dict[str, _Pending]] = {}
         self._status_times: dict[tuple[str, str], str] = {}
+        # Memory only (like the cloud's: nothing a restart must keep): latest operations,
+        # temporary credentials STS issued, instances stopped with STOP_CHARGING.
+        self._operations: dict[tuple[str, str], list[Operation]] = {}
+        self._temporary: dict[str, Secret] = {}
+        self._stop_charging: set[tuple[str, str]] = set()
+        self.op_lag = 0.0  # seconds a new latest operation stays hidden behind the previous one
         self._file_signature: tuple[int, int, int] | None = None
         self._install(data)
 
@@ -318,6 +455,14 @@ class FleetState:
             Credential(item["secret_id"], item["secret_key"]) for item in data.get("credentials") or []
         ]
         self._secrets = {cred.secret_id: cred.secret_key for cred in self.credentials}
+        identity = data.get("identity") or {}
+        self.account_id: str = str(identity.get("account_id") or DEFAULT_ACCOUNT_ID)
+        self.roles: tuple[str, ...] = tuple(identity.get("roles") or ())
+        self.web_identity_tokens: tuple[tuple[str, str], ...] = tuple(
+            (str(item.get("provider_id") or "OIDC"), str(item["token"]))
+            for item in identity.get("web_identity_tokens") or ()
+        )
+        self._identity_data = dict(identity)
         self._regions: dict[str, _Region] = {}
         for written, raw in (data.get("regions") or {}).items():
             long_name = canonical_region(written)
@@ -331,6 +476,7 @@ class FleetState:
                     {"secret_id": c.secret_id, "secret_key": c.secret_key} for c in self.credentials
                 ],
                 "regions": {r.written_name: r.to_data() for r in self._regions.values()},
+                **({"identity": dict(self._identity_data)} if self._identity_data else {}),
             }
 
     def __repr__(self) -> str:
@@ -358,6 +504,7 @@ class FleetState:
         text = render_fleet(
             [item_line({"secret_id": c.secret_id, "secret_key": c.secret_key}) for c in self.credentials],
             [(r.written_name, *r.to_lines()) for r in self._regions.values()],
+            self._identity_data,
         )
         directory = self.path.parent
         fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
@@ -411,8 +558,7 @@ class FleetState:
         try:
             long_name = canonical_region(region)
         except KeyError:
-            raise ApiFault(
-                CODE_INVALID_PARAMETER,
+            raise errors.InvalidRegion(
                 f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})",
             ) from None
         found = self._regions.get(long_name)
@@ -426,6 +572,9 @@ class FleetState:
             return {}
         for iid in [iid for iid, p in pending.items() if p.due <= now]:
             del pending[iid]
+        for p in pending.values():
+            while p.phases[0].until <= now:
+                p.phases.pop(0)
         return pending
 
     def settle(self) -> None:
@@ -444,11 +593,18 @@ class FleetState:
         p = pending.get(iid)
         keys = p.keys if p is not None and p.keys is not None else r.instance_keys[iid]
         created = raw.get("created", DEFAULT_CREATED)
+        status = p.status if p is not None else int(raw["status"])
+        op = self._latest_operation(r.long_name, iid)
+        now = self.clock()
+        op_state = None if op is None else ("OPERATING" if now < op.due else op.outcome)
+        busy = neutral_state(status) == BUSY
+        if busy and op_state is None:  # a stuck or maintenance status with no call behind it
+            op_state = "OPERATING"
         return InstanceView(
             instance_id=iid,
             name=raw["name"],
             os=raw["os"],
-            status=p.status if p is not None else int(raw["status"]),
+            status=status,
             region=r.long_name,
             zone=raw.get("zone", f"{r.long_name}-1"),
             lan_ip=raw.get("lan_ip") or _default_lan_ip(iid),
@@ -456,6 +612,13 @@ class FleetState:
             created=created,
             status_time=self._status_times.get((r.long_name, iid), created),
             key_ids=tuple(sorted(keys)),
+            api3_state=api3_state(status),
+            busy=busy,
+            stop_charging=(r.long_name, iid) in self._stop_charging,
+            latest_operation=None if op is None else op.action,
+            latest_operation_state=op_state,
+            latest_operation_request_id=None if op is None else op.request_id,
+            latest_operation_error=None if op is None or op_state != "FAILED" else op.error,
         )
 
     def _key_members(self, r: _Region, kid: str, pending: Mapping[str, _Pending]) -> list[str]:
@@ -620,10 +783,12 @@ class FleetState:
             missing.append(f"key {key_id}")
         missing.extend(f"instance {iid}" for iid in instance_ids if iid not in r.instances)
         if missing:
-            raise ApiFault(
-                CODE_NOT_FOUND,
-                f"{', '.join(missing)} not found in region {r.long_name}",
+            error = (
+                errors.KeyPairNotFound
+                if len(missing) == 1 and key_id not in r.keys
+                else errors.InstanceNotFound
             )
+            raise error(f"{', '.join(missing)} not found in region {r.long_name}")
 
     def check_key_operation(self, action: str, region: str, key_id: str, instance_ids: Iterable[str]) -> None:
         """Raise the ``ApiFault`` a bind/unbind of these instances would get now, if any."""
@@ -633,17 +798,20 @@ class FleetState:
             self._require(r, key_id, ids)
             pending = self._active_pending(r.long_name, self.clock())
             refusals = []
+            first: type[ApiError] | None = None
             for iid in ids:
                 raw = r.instances[iid]
                 status = self._status(r, iid, pending)
                 if "windows" in str(raw["os"]).lower():
                     refusals.append(f"instance {iid} ({raw['name']}) runs Windows ({raw['os']})")
+                    first = first or errors.InstanceOsWindows
                 elif status != STATUS_SHUT_DOWN:
                     refusals.append(_refusal(iid, raw, status))
+                    first = first or _state_error(status)
             if refusals:
+                assert first is not None
                 verb = "bound to" if action == "BindInstanceKey" else "unbound from"
-                raise ApiFault(
-                    CODE_OPERATION_FAILED,
+                raise first(
                     f"{action} refused, nothing changed: keys can only be {verb} Linux instances "
                     f"that are shut down (status 4): {'; '.join(refusals)}",
                 )
@@ -671,13 +839,17 @@ class FleetState:
                 else:
                     changed[0] |= r.unbind(key_id, iid)
                 self._start_transient(r, iid, STATUS_KEY_ISSUING, now, before)
-            self.mutations.append(Mutation(now, r.long_name, action, key_id, ids))
+            request_id = str(uuid.uuid4())
+            self._record_operations(r.long_name, ids, action, request_id, now + self.op_seconds)
+            self.mutations.append(Mutation(now, r.long_name, action, key_id, ids, (key_id,), request_id))
 
     def _start_transient(
         self, r: _Region, iid: str, status: int, now: float, keys: frozenset[str] | None
     ) -> None:
         if self.op_seconds > 0:
-            self._pending.setdefault(r.long_name, {})[iid] = _Pending(status, now + self.op_seconds, keys)
+            self._pending.setdefault(r.long_name, {})[iid] = _Pending(
+                [_Phase(now + self.op_seconds, status, keys)]
+            )
 
     def stop_instances(self, region: str, instance_ids: Iterable[str], *, force: bool = False) -> None:
         """StopInstances: only running (2) instances; they show 9 for op_seconds, then 4."""
@@ -698,14 +870,10 @@ class FleetState:
             self._require(r, None, ids)
             now = self.clock()
             pending = self._active_pending(r.long_name, now)
-            refusals = [
-                _refusal(iid, r.instances[iid], self._status(r, iid, pending))
-                for iid in ids
-                if self._status(r, iid, pending) != need
-            ]
+            refused = [iid for iid in ids if self._status(r, iid, pending) != need]
+            refusals = [_refusal(iid, r.instances[iid], self._status(r, iid, pending)) for iid in refused]
             if refusals:
-                raise ApiFault(
-                    CODE_OPERATION_FAILED,
+                raise _state_error(self._status(r, refused[0], pending))(
                     f"{action} refused, nothing changed: only instances that are "
                     f"{status_name(need)} (status {need}) can be "
                     f"{'stopped' if need == STATUS_RUNNING else 'started'}: {'; '.join(refusals)}",
@@ -715,8 +883,343 @@ class FleetState:
                 r.set_status(iid, final)
                 self._status_times[(r.long_name, iid)] = stamp
                 self._start_transient(r, iid, transient, now, None)
+                self._stop_charging.discard((r.long_name, iid))
             changed[0] = True
-            self.mutations.append(Mutation(now, r.long_name, action, None, ids))
+            request_id = str(uuid.uuid4())
+            self._record_operations(r.long_name, ids, action, request_id, now + self.op_seconds)
+            self.mutations.append(Mutation(now, r.long_name, action, None, ids, (), request_id))
+
+    # ------------------------------------------------------------------ latest operations (3.0)
+
+    def _latest_operation(self, region: str, iid: str) -> Operation | None:
+        now = self.clock()
+        for op in reversed(self._operations.get((region, iid), ())):
+            if op.visible <= now:
+                return op
+        return None
+
+    def _record_operations(
+        self,
+        region: str,
+        ids: Iterable[str],
+        action: str,
+        request_id: str,
+        due: float,
+        *,
+        lag: float = 0.0,
+        outcome: str = "SUCCESS",
+        error: str | None = None,
+    ) -> None:
+        now = self.clock()
+        op = Operation(action, request_id, due, now + self.op_lag + lag, outcome, error)
+        for iid in ids:
+            history = self._operations.setdefault((region, iid), [])
+            history.append(op)
+            del history[:-3]  # the latest, and what a lagging view may still show
+
+    def _busy(self, r: _Region, iid: str, pending: Mapping[str, _Pending]) -> bool:
+        """An operation runs on the instance: a key operation (status 20), a maintenance
+        status, or any transient phase of a 3.0 call."""
+        return neutral_state(self._status(r, iid, pending)) == BUSY
+
+    def _require3(self, r: _Region, key_ids: Sequence[str], instance_ids: Sequence[str]) -> None:
+        """3.0's existence checks: every missing instance named, then every missing key."""
+        missing = [iid for iid in instance_ids if iid not in r.instances]
+        if missing:
+            raise errors.InstanceNotFound(f"The specified instance ID {missing} is not found.")
+        missing_keys = [kid for kid in key_ids if kid not in r.keys]
+        if missing_keys:
+            raise errors.KeyPairNotFound(f"The specified key pair ID {missing_keys} does not exist.")
+
+    def _refuse3(self, action: str, what: str, refusals: list[tuple[type[ApiError], str]]) -> None:
+        if refusals:
+            # The whole call fails; its code is the first refused instance's (the docs give one
+            # code per answer and do not say which instance wins).
+            raise refusals[0][0](
+                f"{action} refused, nothing changed: {what}: {'; '.join(text for _, text in refusals)}"
+            )
+
+    def check_key_pairs_operation(
+        self,
+        action: str,
+        region: str,
+        key_ids: Sequence[str],
+        instance_ids: Sequence[str],
+        *,
+        force_stop: bool,
+    ) -> None:
+        """Raise the error a 3.0 (Dis)AssociateInstancesKeyPairs of these would get now, if any."""
+        with self._lock:
+            r = self._region(region)
+            self._require3(r, key_ids, instance_ids)
+            pending = self._active_pending(r.long_name, self.clock())
+            refusals: list[tuple[type[ApiError], str]] = []
+            for iid in instance_ids:
+                raw = r.instances[iid]
+                status = self._status(r, iid, pending)
+                word = api3_state(status)
+                name = f"instance {iid} ({raw['name']})"
+                if "windows" in str(raw["os"]).lower():
+                    refusals.append((errors.InstanceOsWindows, f"{name} runs Windows ({raw['os']})"))
+                elif (r.long_name, iid) in self._stop_charging:
+                    refusals.append(
+                        (errors.StoppedModeStopCharging, f"{name} was stopped with STOP_CHARGING")
+                    )
+                elif self._busy(r, iid, pending):
+                    refusals.append(
+                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
+                    )
+                elif word != "STOPPED" and not (force_stop and word == "RUNNING"):
+                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
+            self._refuse3(
+                action,
+                "keys can only be changed on Linux instances that are STOPPED (or RUNNING with ForceStop)",
+                refusals,
+            )
+
+    def change_key_pairs(
+        self,
+        action: str,
+        region: str,
+        key_ids: Sequence[str],
+        instance_ids: Sequence[str],
+        *,
+        force_stop: bool = False,
+        request_id: str | None = None,
+        lag: float = 0.0,
+    ) -> str:
+        """3.0 DisassociateInstancesKeyPairs / AssociateInstancesKeyPairs: every key from (or to)
+        every instance, all or nothing. Disassociating a key that is not bound changes nothing;
+        associating adds the keys (the instance keeps its others). With ``force_stop`` a RUNNING
+        instance goes STOPPING -> STOPPED (the change) -> STARTING -> RUNNING, ``op_seconds``
+        each. Returns the RequestId its instances' LatestOperationRequestId reports."""
+        keys = tuple(dict.fromkeys(key_ids))
+        ids = tuple(dict.fromkeys(instance_ids))
+        request_id = request_id or str(uuid.uuid4())
+        with self._changing() as changed:
+            self.check_key_pairs_operation(action, region, keys, ids, force_stop=force_stop)
+            r = self._region(region)
+            now = self.clock()
+            pending = self._active_pending(r.long_name, now)
+            op = self.op_seconds
+            longest = 0.0
+            for iid in ids:
+                before = frozenset(r.instance_keys[iid])
+                running = self._status(r, iid, pending) == STATUS_RUNNING
+                for kid in keys:
+                    changed[0] |= (
+                        r.bind(kid, iid) if action == "AssociateInstancesKeyPairs" else r.unbind(kid, iid)
+                    )
+                if op > 0:
+                    if running:
+                        phases = [
+                            _Phase(now + op, STATUS_SHUTTING_DOWN, before),
+                            _Phase(now + 2 * op, STATUS_KEY_ISSUING, before),
+                            _Phase(now + 3 * op, STATUS_STARTING, None),
+                        ]
+                    else:
+                        phases = [_Phase(now + op, STATUS_KEY_ISSUING, before)]
+                    self._pending.setdefault(r.long_name, {})[iid] = _Pending(phases)
+                    longest = max(longest, phases[-1].until - now)
+                    self._record_operations(r.long_name, [iid], action, request_id, phases[-1].until, lag=lag)
+                else:
+                    self._record_operations(r.long_name, [iid], action, request_id, now, lag=lag)
+                if running:
+                    self._status_times[(r.long_name, iid)] = _format_time(now + longest)
+            key_id = keys[0] if len(keys) == 1 else None
+            self.mutations.append(Mutation(now, r.long_name, action, key_id, ids, keys, request_id))
+        return request_id
+
+    def stop_instances3(
+        self,
+        region: str,
+        instance_ids: Sequence[str],
+        *,
+        stop_type: str = "SOFT",
+        stopped_mode: str = "KEEP_CHARGING",
+        request_id: str | None = None,
+        lag: float = 0.0,
+        soft_stop_fails: bool = False,
+    ) -> str:
+        """3.0 StopInstances: only RUNNING instances, all or nothing; STOPPING for op_seconds,
+        then STOPPED. ``soft_stop_fails`` (a fault): a SOFT stop never completes (the instance
+        stays RUNNING, the operation ends FAILED); SOFT_FIRST then goes hard and takes twice as
+        long; HARD is not affected."""
+        ids = tuple(dict.fromkeys(instance_ids))
+        request_id = request_id or str(uuid.uuid4())
+        with self._changing() as changed:
+            r = self._region(region)
+            self._require3(r, (), ids)
+            now = self.clock()
+            pending = self._active_pending(r.long_name, now)
+            refusals: list[tuple[type[ApiError], str]] = []
+            for iid in ids:
+                word = api3_state(self._status(r, iid, pending))
+                name = f"instance {iid} ({r.instances[iid]['name']})"
+                if self._busy(r, iid, pending):
+                    refusals.append(
+                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
+                    )
+                elif word != "RUNNING":
+                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
+            self._refuse3("StopInstances", "only RUNNING instances can be stopped", refusals)
+            fails = soft_stop_fails and stop_type == "SOFT"
+            took = self.op_seconds * (2 if soft_stop_fails and stop_type == "SOFT_FIRST" else 1)
+            for iid in ids:
+                if not fails:
+                    r.set_status(iid, STATUS_SHUT_DOWN)
+                    self._status_times[(r.long_name, iid)] = _format_time(now + took)
+                    if stopped_mode == "STOP_CHARGING":
+                        self._stop_charging.add((r.long_name, iid))
+                    changed[0] = True
+                if took > 0:
+                    self._pending.setdefault(r.long_name, {})[iid] = _Pending(
+                        [_Phase(now + took, STATUS_SHUTTING_DOWN, None)]
+                    )
+            self._record_operations(
+                r.long_name,
+                ids,
+                "StopInstances",
+                request_id,
+                now + took,
+                lag=lag,
+                outcome="FAILED" if fails else "SUCCESS",
+                error="the soft stop did not complete in time (injected)" if fails else None,
+            )
+            self.mutations.append(Mutation(now, r.long_name, "StopInstances", None, ids, (), request_id))
+        return request_id
+
+    def start_instances3(
+        self, region: str, instance_ids: Sequence[str], *, request_id: str | None = None, lag: float = 0.0
+    ) -> str:
+        """3.0 StartInstances: only STOPPED instances, all or nothing; STARTING, then RUNNING."""
+        ids = tuple(dict.fromkeys(instance_ids))
+        request_id = request_id or str(uuid.uuid4())
+        with self._changing() as changed:
+            r = self._region(region)
+            self._require3(r, (), ids)
+            now = self.clock()
+            pending = self._active_pending(r.long_name, now)
+            refusals: list[tuple[type[ApiError], str]] = []
+            for iid in ids:
+                word = api3_state(self._status(r, iid, pending))
+                name = f"instance {iid} ({r.instances[iid]['name']})"
+                if self._busy(r, iid, pending):
+                    refusals.append(
+                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
+                    )
+                elif word != "STOPPED":
+                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
+            self._refuse3("StartInstances", "only STOPPED instances can be started", refusals)
+            for iid in ids:
+                r.set_status(iid, STATUS_RUNNING)
+                self._status_times[(r.long_name, iid)] = _format_time(now + self.op_seconds)
+                self._stop_charging.discard((r.long_name, iid))
+                self._start_transient(r, iid, STATUS_STARTING, now, None)
+            changed[0] = True
+            self._record_operations(
+                r.long_name, ids, "StartInstances", request_id, now + self.op_seconds, lag=lag
+            )
+            self.mutations.append(Mutation(now, r.long_name, "StartInstances", None, ids, (), request_id))
+        return request_id
+
+    # ------------------------------------------------------------------ identity (STS)
+
+    def _root_identity(self) -> Identity:
+        account = self.account_id
+        return Identity(f"qcs::cam::uin/{account}:uin/{account}", account, account, account, "CAMUser")
+
+    def secret(self, secret_id: str) -> Secret | None:
+        """What is known of a SecretId: long-lived (the fleet file's) or temporary (STS), even
+        if expired (the caller decides). None if unknown."""
+        key = self._secrets.get(secret_id)
+        if key is not None:
+            return Secret(secret_id, key, self._root_identity())
+        with self._lock:
+            return self._temporary.get(secret_id)
+
+    def _issue(self, role: str, session: str, seconds: int) -> Secret:
+        account = self.account_id
+        # Role IDs look like CAM's (4611686018427387904 + n), derived from the name so that a
+        # role keeps its ID.
+        digest = hashlib.sha256(f"{account}/{role}".encode()).hexdigest()
+        role_id = str(4611686018427387904 + int(digest[:8], 16) % 10**9)
+        identity = Identity(
+            arn=f"qcs::sts:{account}:assumed-role/{role_id}/{session}",
+            account_id=account,
+            user_id=f"{role_id}:{session}",
+            principal_id=role_id,
+            type="CAMRole",
+        )
+        secret = Secret(
+            secret_id="AKID" + secrets.token_hex(16).upper(),
+            secret_key=secrets.token_urlsafe(24),
+            identity=identity,
+            token=secrets.token_urlsafe(48),
+            expires=float(int(self.clock()) + seconds),
+        )
+        with self._lock:
+            now = self.clock()
+            for old in [sid for sid, s in self._temporary.items() if (s.expires or 0) + 3600 < now]:
+                del self._temporary[old]  # long expired: forget
+            self._temporary[secret.secret_id] = secret
+        return secret
+
+    def _role_name(self, role_arn: str) -> str:
+        match = ROLE_ARN_PATTERN.match(role_arn or "")
+        if match is None:
+            raise errors.InvalidParameterValue(
+                f"RoleArn {role_arn!r} is not a role ARN (qcs::cam::uin/<account>:roleName/<name>)"
+            )
+        if match["account"] != self.account_id:
+            raise errors.RoleNotFound(f"role {role_arn} is not a role of account {self.account_id}")
+        return match["name"]
+
+    @staticmethod
+    def _duration(seconds: int | None) -> int:
+        value = DEFAULT_ROLE_SECONDS if seconds is None else seconds
+        if not 1 <= value <= MAX_ROLE_SECONDS:
+            raise errors.InvalidParameterValue(
+                f"DurationSeconds must be from 1 to {MAX_ROLE_SECONDS}, not {value}"
+            )
+        return value
+
+    def assume_role(self, role_arn: str, session_name: str, duration: int | None = None) -> Secret:
+        """STS AssumeRole: any well-formed role ARN of the account; temporary credentials."""
+        return self._issue(self._role_name(role_arn), session_name, self._duration(duration))
+
+    def assume_role_with_web_identity(
+        self, provider_id: str, token: str, role_arn: str, session_name: str, duration: int | None = None
+    ) -> Secret:
+        """STS AssumeRoleWithWebIdentity: only for a token (of that provider) the fleet declares."""
+        role = self._role_name(role_arn)
+        if (provider_id or "OIDC", token) not in self.web_identity_tokens:
+            raise errors.WebIdentityTokenError(
+                f"the web identity token is not valid for provider {provider_id or 'OIDC'}"
+            )
+        return self._issue(role, session_name, self._duration(duration))
+
+    def instance_role_credentials(self, role: str) -> Secret:
+        """The metadata service's credentials for an instance role the fleet declares (KeyError
+        if it declares no such role); new ones once less than 10 minutes are left."""
+        if role not in self.roles:
+            raise KeyError(role)
+        with self._lock:
+            now = self.clock()
+            for secret in self._temporary.values():
+                if (
+                    secret.identity.user_id.endswith(f":instance-{role}")
+                    and (secret.expires or 0) - now > 600
+                ):
+                    return secret
+        return self._issue(role, f"instance-{role}", 6 * 3600)
+
+
+def _state_error(status: int) -> type[ApiError]:
+    """The error class for a refusal because of a 2.0 status (its 3.0 code by state)."""
+    if neutral_state(status) == BUSY:
+        return errors.InstanceOperationInProgress
+    return errors.state_refusal(api3_state(status))
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
