@@ -104,11 +104,12 @@ class AttemptRecord:
     key_id: str | None
     instance_ids: tuple[str, ...]
     attempt: int
-    code: int | None
+    code: int | str | None
     message: str
     duration_s: float
     http_status: int | None
     retry_in_s: float | None = None
+    request_id: str | None = None  # API 3.0's RequestId of the answer, when one was read
 
 
 @dataclass(frozen=True, slots=True)
