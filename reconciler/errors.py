@@ -110,7 +110,9 @@ class ApiError(CloudError):
             f"{action} failed: code {code}: {api_message}"
             + (f" (RequestId {request_id})" if request_id else ""),
             action=action,
-            retryable=code in RETRYABLE_API_CODES if isinstance(code, int) else kind is ApiErrorKind.RETRYABLE,
+            retryable=(
+                code in RETRYABLE_API_CODES if isinstance(code, int) else kind is ApiErrorKind.RETRYABLE
+            ),
             hint=hint,
         )
         self.code = code
