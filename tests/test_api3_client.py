@@ -6,6 +6,7 @@ retries, rate limits, temporary credentials, endpoints."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import socket
 from typing import Any
@@ -142,6 +143,20 @@ def test_unbind_sends_every_key_and_instance_and_returns_the_request_id(env: Env
     assert after[ins(1)].latest_operation_request_id == result.request_id
     assert env.server.instances[ins(1)].keys == set()
     assert env.records[0].request_id == result.request_id and env.records[0].instance_ids == (ins(1), ins(2))
+    assert env.records[0].key_ids == (key(1), key(2)) and env.records[0].key_id is None
+
+
+def test_the_audit_log_keeps_request_ids(env: Env, tmp_path: Any) -> None:
+    from reconciler.execute.audit import AuditLog
+
+    env.server.add_key(key(1), bound=[ins(1)])
+    env.server.script("DisassociateInstancesKeyPairs", "RequestLimitExceeded")
+    with AuditLog(tmp_path / "audit.jsonl") as audit, env.client(on_attempt=audit) as client:
+        result = client.unbind([key(1)], [ins(1)])
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["requestId"] for line in lines] == [s.request_id for s in env.server.seen]
+    assert lines[-1]["requestId"] == result.request_id and lines[0]["code"] == "RequestLimitExceeded"
+    assert lines[0]["keyIds"] == [key(1)] and lines[0]["keyId"] == key(1)
 
 
 @pytest.mark.parametrize(

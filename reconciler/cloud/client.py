@@ -110,6 +110,7 @@ class AttemptRecord:
     http_status: int | None
     retry_in_s: float | None = None
     request_id: str | None = None  # API 3.0's RequestId of the answer, when one was read
+    key_ids: tuple[str, ...] = ()  # API 3.0: every key of a multi-key call (key_id is None then)
 
 
 @dataclass(frozen=True, slots=True)

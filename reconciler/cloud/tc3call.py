@@ -320,6 +320,7 @@ class Tc3Caller:
                     action=action,
                     region=self.region or "",
                     key_id=key_ids[0] if len(key_ids) == 1 else None,
+                    key_ids=key_ids,
                     instance_ids=instance_ids,
                     attempt=attempt,
                     code=code if error is not None or code else None,
