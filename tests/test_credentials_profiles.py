@@ -146,6 +146,15 @@ def test_a_session_token_in_the_environment_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="TENCENTCLOUD_TOKEN is set"):
         load_credentials(env)
+    # Terraform's name is honoured by the 3.0 client; the 2.0 client refuses it clearly.
+    env = _env(
+        tmp_path,
+        TENCENTCLOUD_SECRET_ID=ENV_ID,
+        TENCENTCLOUD_SECRET_KEY=ENV_KEY,
+        TENCENTCLOUD_SECURITY_TOKEN="t",
+    )
+    with pytest.raises(ConfigError, match="TENCENTCLOUD_SECURITY_TOKEN gives temporary credentials"):
+        load_credentials(env)
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "a/b", ".hidden", "", "two words", "c:evil"])
