@@ -264,7 +264,8 @@ def test_http_errors_retried_on_reads_and_ambiguous_on_writes(env: Env) -> None:
             client.unbind([key(1)], [ins(1)])
     assert info.value.ambiguous and "HTTP 500" in str(info.value)
     assert env.server.actions() == ["DescribeInstances", "DescribeInstances", "DisassociateInstancesKeyPairs"]
-    assert env.records[-1].http_status is None and env.records[-1].retry_in_s is None
+    assert env.records[-1].http_status == 500 and env.records[-1].retry_in_s is None
+    assert env.records[0].http_status == 500 and env.records[1].http_status == 200
 
 
 def test_connection_refused_is_a_transport_error_not_sent() -> None:

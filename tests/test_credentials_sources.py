@@ -7,6 +7,7 @@ real HTTP with checked signatures."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -433,3 +434,21 @@ def test_the_2_0_client_refuses_every_temporary_source(world: World, tmp_path: P
         == BASE_ID
     )
     assert world.server.seen == []
+
+
+def test_no_secret_in_debug_logs_of_a_whole_oidc_and_role_flow(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.server.web_tokens.add(OIDC_TOKEN)
+    env = world.env(TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN=OIDC_TOKEN, TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE)
+    with caplog.at_level(logging.DEBUG):
+        provider = world.resolve(env)
+        with world.client(provider) as client:
+            client.describe_instances(["ins-00000001"])
+            world.server.script("DescribeInstances", "AuthFailure.TokenFailure")
+            with pytest.raises(ApiError) as info:
+                client.describe_instances(["ins-00000001"])
+    logged = caplog.text + repr(provider) + repr(client) + str(info.value)
+    assert "DescribeInstances" in caplog.text  # the attempts were logged
+    for secret in (*SECRETS, "tmp-key-2", "tmp-token-2"):
+        assert secret not in logged

@@ -277,13 +277,13 @@ class Tc3Caller:
                 bucket.acquire()
             started = self._clock()
             t0 = time.perf_counter()
-            status: int | None = None
             code: str | None = None
             request_id: str | None = None
             message = ""
             error: CloudError | None = None
+            answered: list[int] = []  # the HTTP status, once an answer came
             try:
-                status, response = self._send(action, body)
+                response = self._send(action, body, answered)
                 request_id = _request_id(response)
                 failure = response.get("Error")
                 if failure is not None:
@@ -306,6 +306,7 @@ class Tc3Caller:
                 error = failure
             except CloudError as failure:
                 error = failure
+            status = answered[0] if answered else None
             duration = time.perf_counter() - t0
             retry_in: float | None = None
             if (
@@ -354,7 +355,7 @@ class Tc3Caller:
             with self._callback_lock:
                 self._on_attempt(record)
 
-    def _send(self, action: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    def _send(self, action: str, body: bytes, answered: list[int]) -> dict[str, Any]:
         """One HTTP exchange; the ``Response`` object of an HTTP 200 JSON answer."""
         with self._lock:
             if self._closed:
@@ -377,6 +378,7 @@ class Tc3Caller:
             raise TransportError(action, type(exc).__name__, retryable=False, ambiguous=False) from None
         except httpx.RequestError as exc:  # every other httpx request error: maybe sent
             raise self._transport_error(action, exc, ambiguous=True) from None
+        answered.append(response.status_code)
         if response.status_code != 200:
             raise TransportError(
                 action,
@@ -391,7 +393,7 @@ class Tc3Caller:
         envelope = data.get("Response") if isinstance(data, dict) else None
         if not isinstance(envelope, dict):
             raise TransportError(action, "answer has no 'Response' object", retryable=False, ambiguous=True)
-        return response.status_code, envelope
+        return envelope
 
     def _transport_error(self, action: str, exc: Exception, *, ambiguous: bool) -> TransportError:
         text = self._scrub(str(exc))
