@@ -9,6 +9,7 @@ import itertools
 import json
 import random
 import socket
+import threading
 from typing import Any
 
 import httpx
@@ -427,3 +428,36 @@ def test_answers_of_the_wrong_shape_are_transport_errors(env: Env) -> None:
     with client, pytest.raises(TransportError, match="not an instance ID") as info:
         client.describe_instances([ins(1)])
     assert not info.value.retryable
+
+
+def test_over_a_real_socket_and_from_many_threads(env: Env) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # no request lines on stderr
+            pass
+
+    for n in range(300):
+        env.server.add_key(key(n), bound=[ins(n)])
+    server = make_server("127.0.0.1", 0, env.server, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        client = Api3Client(
+            Credentials(SECRET_ID, SECRET_KEY),
+            "ap-guangzhou",
+            endpoint=url,
+            rate_limits=None,
+            clock=env.time.clock,
+        )
+        with client, ThreadPoolExecutor(6) as pool:
+            keys = list(pool.map(lambda _: len(client.describe_key_pairs()), range(6)))
+            found = list(pool.map(lambda n: client.describe_instances([ins(n)])[0].instance_id, range(12)))
+        assert keys == [300] * 6 and found == [ins(n) for n in range(12)]
+        assert client.calls["DescribeKeyPairs"] == 18 and client.calls["DescribeInstances"] == 12
+        assert env.server.seen[0].headers["host"] == f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -214,6 +214,7 @@ def test_sts_refusals_are_clear_errors(world: World) -> None:
     provider = world.resolve(env)
     with pytest.raises(ApiError, match=r"InvalidParameter\.RoleNotExist") as info:
         provider.get()
+    assert "trust policy" in (info.value.hint or "")
     _no_secret(info.value)
 
 
@@ -255,6 +256,7 @@ def test_a_refused_oidc_token_is_not_echoed(world: World) -> None:
     env = world.env(TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN=OIDC_TOKEN, TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE)
     with pytest.raises(ApiError, match="WebIdentityTokenError") as info:
         world.resolve(env).get()
+    assert "OIDC identity provider OIDC" in (info.value.hint or "")
     _no_secret(info.value)
 
 
@@ -452,3 +454,54 @@ def test_no_secret_in_debug_logs_of_a_whole_oidc_and_role_flow(
     assert "DescribeInstances" in caplog.text  # the attempts were logged
     for secret in (*SECRETS, "tmp-key-2", "tmp-token-2"):
         assert secret not in logged
+
+
+def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
+    world.profile(
+        "default",
+        {
+            "type": "sso",
+            "secretId": "AKIDsso000000000000000",
+            "secretKey": "k",
+            "token": "session-token-secret",
+            "expiresAt": int(world.time.now) - 10,
+        },
+    )
+    with pytest.raises(ConfigError, match="expired") as info:
+        world.resolve(world.env())
+    _no_secret(info.value)
+    world.profile(
+        "default",
+        {
+            "type": "sso",
+            "secretId": "AKIDsso000000000000000",
+            "secretKey": "k",
+            "token": "session-token-secret",
+            "expiresAt": int(world.time.now) + 600,
+        },
+    )
+    assert world.resolve(world.env()).get().token == "session-token-secret"
+
+
+def test_concurrent_attempts_share_one_renewal(world: World) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = world.env(
+        TENCENTCLOUD_SECRET_ID=BASE_ID, TENCENTCLOUD_SECRET_KEY=BASE_KEY, TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE
+    )
+    provider = world.resolve(env)
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: provider.get().secret_id, range(32)))
+    assert len(ids) == 1 and provider.fetches == 1
+    assert world.server.actions() == ["AssumeRole"]
+
+
+def test_caller_identity_helper(world: World) -> None:
+    from reconciler.cloud.sts import caller_identity
+
+    provider = world.resolve(world.env(TENCENTCLOUD_SECRET_ID=BASE_ID, TENCENTCLOUD_SECRET_KEY=BASE_KEY))
+    me = caller_identity(provider, world.sts(), clock=world.time.clock)
+    assert (me.account_id, me.type) == (ACCOUNT, "CAMUser")
+    assert (
+        world.server.seen[-1].headers["x-tc-region"] and world.server.seen[-1].action == "GetCallerIdentity"
+    )

@@ -413,7 +413,7 @@ def read_profile(choice: ProfileChoice, environ: Mapping[str, str] = os.environ)
             raise ConfigError(
                 f"{path}: profile {choice.name!r} holds temporary credentials (type {kind}) "
                 "without a token and expiresAt",
-                hint=f"log in again with tccli (tccli {kind} login --profile {choice.name})",
+                hint=f"log in again with tccli (profile {choice.name})",
             )
         expires_at = float(raw)
     role_arn = _profile_string(data, "role-arn", path)
@@ -573,9 +573,7 @@ def resolve_credentials(
         provider_id = _env(environ, ENV_PROVIDER_ID) or DEFAULT_PROVIDER_ID
         _check_value(ENV_PROVIDER_ID, provider_id)
         if role.external_id is not None:
-            raise ConfigError(
-                f"{ENV_EXTERNAL_ID} is set, but AssumeRoleWithWebIdentity takes no external ID"
-            )
+            raise ConfigError(f"{ENV_EXTERNAL_ID} is set, but AssumeRoleWithWebIdentity takes no external ID")
         return _web_identity_provider(role, provider_id, read_token, token_source, sts, clock)
     if _env(environ, ENV_PROVIDER_ID) is not None:
         raise ConfigError(
@@ -629,6 +627,12 @@ def _base_provider(
             environ, name, f"tccli profile {choice.name!r} ({found.path}, type cvm-role)", sts, clock
         )
     assert found.credentials is not None
+    expires = found.credentials.expires_at
+    if expires is not None and expires <= clock():
+        raise ConfigError(
+            f"{found.path}: the temporary credentials of profile {choice.name!r} expired",
+            hint=f"log in again with tccli (profile {choice.name})",
+        )
     base: CredentialsProvider = StaticProvider(found.credentials)
     if found.role_arn is not None:
         _check_role_arn(found.role_arn, f"{found.path}: role-arn")

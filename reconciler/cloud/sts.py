@@ -17,13 +17,22 @@ from typing import Any
 
 import httpx
 
-from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, StsOptions
 from reconciler.cloud.endpoint import API3_PATH, STS_ENDPOINT, check_endpoint
 from reconciler.cloud.retry import RetryPolicy
 from reconciler.cloud.tc3call import Tc3Auth, Tc3Caller, field_dict, field_int, field_str
+from reconciler.errors import ApiError
 
 SERVICE = "sts"
 VERSION = "2018-08-13"
+ASSUME_ROLE_HINT = (
+    "check that the role {role} exists and that its trust policy lets these credentials assume it "
+    "(and the external ID, if it asks for one)"
+)
+WEB_IDENTITY_HINT = (
+    "check that the role {role} trusts the CAM OIDC identity provider {provider}, that the token's "
+    "audience is the provider's client ID and that its subject matches the role's conditions"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,8 @@ class StsClient:
         caller = self._caller(provider)
         try:
             return caller.call("AssumeRole", params, lambda r: _temporary(r, source))[0]
+        except ApiError as error:
+            raise _with_hint(error, ASSUME_ROLE_HINT.format(role=role_arn)) from None
         finally:
             caller.close()
 
@@ -161,5 +172,30 @@ class StsClient:
         caller.auth.remember_secret(web_identity_token)
         try:
             return caller.call("AssumeRoleWithWebIdentity", params, lambda r: _temporary(r, source))[0]
+        except ApiError as error:
+            raise _with_hint(error, WEB_IDENTITY_HINT.format(role=role_arn, provider=provider_id)) from None
         finally:
             caller.close()
+
+
+def caller_identity(
+    provider: CredentialsProvider,
+    sts: StsOptions | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> CallerIdentity:
+    """Who ``provider``'s credentials are (account and ARN), for the plan to show."""
+    sts = sts or StsOptions()
+    client = StsClient(
+        endpoint=sts.endpoint, transport=sts.transport, region=sts.region, timeout=sts.timeout, clock=clock
+    )
+    return client.get_caller_identity(provider)
+
+
+def _with_hint(error: ApiError, hint: str) -> ApiError:
+    # Same error, with what to check: STS refusals of a role are nearly always its trust policy.
+    if error.hint is not None:
+        return error
+    return ApiError(
+        error.action, error.code, error.api_message, kind=error.kind, request_id=error.request_id, hint=hint
+    )
