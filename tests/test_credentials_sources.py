@@ -397,6 +397,7 @@ def test_get_caller_identity_says_who_it_ran_as(world: World) -> None:
             {"TENCENTCLOUD_SECURITY_TOKEN": "session-token-secret"},
             "TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY",
         ),
+        ({"TENCENTCLOUD_CAM_ROLE_NAME": "r", "TENCENTCLOUD_PROFILE": "ops"}, "not clear which identity"),
         ({"TENCENTCLOUD_ASSUME_ROLE_ARN": ROLE}, "no API credentials found"),
     ],
 )

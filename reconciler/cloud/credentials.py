@@ -14,12 +14,13 @@ Sources, in the order and with the names of Terraform's tencentcloud provider
 
 1. ``--profile NAME``: that tccli profile, and nothing else from the environment's keys.
 2. ``TENCENTCLOUD_SECRET_ID`` / ``TENCENTCLOUD_SECRET_KEY`` (+ ``TENCENTCLOUD_SECURITY_TOKEN``).
-3. The tccli profile named by ``TENCENTCLOUD_PROFILE`` (or tccli's ``TCCLI_PROFILE``), else
+3. ``TENCENTCLOUD_CAM_ROLE_NAME``: the CVM instance role, from the metadata service
+   (``TENCENTCLOUD_METADATA_ENDPOINT`` overrides its URL, for tests). As in Terraform it wins
+   over a ``default`` profile; with a profile named by the environment it is an error.
+4. The tccli profile named by ``TENCENTCLOUD_PROFILE`` (or tccli's ``TCCLI_PROFILE``), else
    ``default``, in ``TENCENTCLOUD_SHARED_CREDENTIALS_DIR`` (else ``~/.tccli``):
    ``<profile>.credential`` with ``secretId``, ``secretKey``, optional ``token``, optional
    ``role-arn`` + ``role-session-name`` (assumed with the profile's keys), or ``type: cvm-role``.
-4. ``TENCENTCLOUD_CAM_ROLE_NAME``: the CVM instance role, from the metadata service
-   (``TENCENTCLOUD_METADATA_ENDPOINT`` overrides its URL, for tests).
 5. ``TENCENTCLOUD_ASSUME_ROLE_ARN`` (+ ``_SESSION_NAME``, ``_SESSION_DURATION``,
    ``_EXTERNAL_ID``): STS AssumeRole, signed with the credentials of 1-4.
 6. ``TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN`` or ``..._TOKEN_FILE`` (+ the role ARN and
@@ -605,6 +606,13 @@ def _base_provider(
             )
         return StaticProvider(from_env)
     if cam_role is not None and not choice.explicit:
+        if choice.chosen_by != "default":
+            raise ConfigError(
+                f"{ENV_CAM_ROLE_NAME} and {choice.chosen_by} are both set: "
+                "it is not clear which identity to use",
+                hint="unset one of them",
+            )
+        # The variable is an explicit choice; a default profile lying around is not.
         return _instance_role_provider(environ, cam_role, ENV_CAM_ROLE_NAME, sts, clock)
     found = read_profile(choice, environ)
     if found is None:
