@@ -104,7 +104,7 @@ def test_sts_caller_identity_and_an_assumed_role(app: EmulatorApp) -> None:
     me = sts.get_caller_identity(base)
     assert me.account_id and me.arn
     role = f"qcs::cam::uin/{me.account_id}:roleName/cvmkeys-apply"
-    temporary = sts.assume_role(base, role_arn=role, session_name="t", duration_s=900)
+    temporary = sts.assume_role(base, role_arn=role, session_name="t1", duration_s=900)
     assert temporary.temporary
     with Api3Client(
         temporary, "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limits=None
