@@ -6,7 +6,7 @@
     ├── InputError               bad desired-state / fleet / plan input; carries every Problem
     ├── ConfigError              credentials, endpoint, options that do not fit together
     ├── CloudError               talking to the CVM API failed (``retryable`` says if a retry may help)
-    │   ├── ApiError             the API answered a non-zero ``code``
+    │   ├── ApiError             the API answered an error code (``kind``: what it means)
     │   └── TransportError       HTTP 5xx, timeouts, connection errors, unreadable answers
     ├── PlanRefusedError         a plan that must not be applied (errors in it, edited, stale, unsafe)
     │   ├── PlanIntegrityError   the saved plan file was edited or is not a plan
@@ -20,6 +20,7 @@ No exception text ever contains a secret key: the client never puts one in a mes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import ClassVar
 
 
@@ -63,8 +64,17 @@ class ConfigError(CvmkeysError):
     """Credentials, endpoint or command-line options are missing or inconsistent."""
 
 
-# Codes the API documents as transient: rate limit, internal error, temporarily unavailable.
-RETRYABLE_API_CODES = frozenset({4400, 6000, 6200})
+class ApiErrorKind(str, Enum):
+    """What an API error means for the caller; each client maps its API's codes into it, so the
+    executor branches on the kind, never on one API's codes."""
+
+    RETRYABLE = "retryable"  # rate limit / transient, certainly not carried out: retry may help
+    BUSY = "busy"  # the instance is busy with another operation: wait, then retry
+    BLOCKED = "blocked"  # instance state / Windows / stopped-mode charging: not attempted again
+    NOT_FOUND = "not-found"  # a resource is gone: observe again
+    AMBIGUOUS = "ambiguous"  # a mutating call may have been carried out: observe, never blind retry
+    AUTH = "auth"  # credentials or permissions: a clear error with a hint
+    INVALID = "invalid"  # permanent: the request is wrong
 
 
 class CloudError(CvmkeysError):
@@ -77,16 +87,27 @@ class CloudError(CvmkeysError):
 
 
 class ApiError(CloudError):
-    """The API answered with a non-zero ``code``."""
+    """The API answered with an error: ``code`` is 2.0's integer or 3.0's string code; ``kind``
+    (set by the client that read it) says what it means for the caller."""
 
-    def __init__(self, action: str, code: int, api_message: str) -> None:
+    def __init__(
+        self,
+        action: str,
+        code: int | str,
+        api_message: str,
+        *,
+        kind: ApiErrorKind = ApiErrorKind.INVALID,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(
             f"{action} failed: code {code}: {api_message}",
             action=action,
-            retryable=code in RETRYABLE_API_CODES,
+            retryable=kind is ApiErrorKind.RETRYABLE,
         )
         self.code = code
         self.api_message = api_message
+        self.kind = kind
+        self.request_id = request_id
 
 
 class TransportError(CloudError):
@@ -120,9 +141,3 @@ class UnsafePlanError(PlanRefusedError):
 
 class ApprovalError(CvmkeysError):
     """The user did not approve the apply, or could not be asked."""
-
-
-class InterruptedError_(CvmkeysError):
-    """Apply stopped on Ctrl-C; what was done and what remains has been reported."""
-
-    exit_code: ClassVar[int] = 130
