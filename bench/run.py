@@ -50,10 +50,10 @@ import yaml  # noqa: E402
 from bench.fleetgen import SECRET_ID, SECRET_KEY, SIZES, Generated, generate, write  # noqa: E402
 from reconciler.cloud.client import instance_state  # noqa: E402
 from reconciler.core.diff import instances_needed  # noqa: E402
-from reconciler.core.document import load_plan  # noqa: E402
 from reconciler.core.plan import build_plan  # noqa: E402
 from reconciler.desired.loader import load_paths  # noqa: E402
 from reconciler.model import Desired, Instance, KeyPair, Observed, Plan  # noqa: E402
+from reconciler.planfile import load_plan  # noqa: E402
 
 PAGE = 100  # IDs per describe call and instances per (un)bind call
 SERVED = {"latency_ms": 50.0, "rate_limit": 10.0, "op_seconds": 2.0}

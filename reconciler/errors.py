@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
+from reconciler.common import plural
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -56,7 +58,7 @@ class InputError(CvmkeysError):
     def __init__(self, problems: list[Problem], *, hint: str | None = None) -> None:
         self.problems = list(problems)
         count = len(self.problems)
-        summary = f"{count} problem{'s' if count != 1 else ''} found"
+        summary = f"{plural(count, 'problem')} found"
         super().__init__(summary, hint=hint)
 
 

@@ -86,7 +86,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def read_plan(planfile: Path) -> Plan:
     """A saved plan, checked (integrity, schema, batches)."""
-    from reconciler.core.document import load_plan
+    from reconciler.planfile import load_plan
 
     try:
         text = planfile.read_text(encoding="utf-8")

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from bench.run import poll_minimum, prepare, run_inprocess
-from reconciler.core.document import load_plan
 from reconciler.model import ChangeStatus
+from reconciler.planfile import load_plan
 
 
 def test_s_in_process_plan_and_apply_make_exactly_the_minimum_calls(tmp_path: Path) -> None:

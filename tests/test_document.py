@@ -14,7 +14,6 @@ from reconciler.cloud.client import instance_state
 from reconciler.core.document import (
     canonical_digest,
     dump_plan,
-    load_plan,
     plan_from_data,
     plan_to_data,
     result_to_data,
@@ -32,6 +31,7 @@ from reconciler.model import (
     Scope,
     SourceFile,
 )
+from reconciler.planfile import load_plan
 from reconciler.render.json import render_plan_json, render_result_json
 from reconciler.schemas import load_schema, validator
 
@@ -150,7 +150,7 @@ def test_plan_to_data_is_json_ready_with_enum_values() -> None:
 
 def test_plan_from_data_accepts_a_written_document() -> None:
     data = json.loads(dump_plan(full_plan()))
-    assert plan_from_data(data) == full_plan()
+    assert plan_from_data(data, schema=validator("plan")) == full_plan()
 
 
 # --------------------------------------------------------------------------- refusals

@@ -32,10 +32,11 @@ from test_render_samples import full_plan
 from typer.testing import CliRunner
 
 from reconciler.cli import app
-from reconciler.core.document import MAX_PLAN_DEPTH, canonical_digest, dump_plan, load_plan
+from reconciler.core.document import MAX_PLAN_DEPTH, canonical_digest, dump_plan
 from reconciler.errors import PlanIntegrityError
 from reconciler.execute.executor import check_sendable
 from reconciler.model import ChangeStatus, Plan
+from reconciler.planfile import load_plan
 from reconciler.render.markdown import render_plan_markdown
 from reconciler.render.text import render_plan_text
 

@@ -43,13 +43,14 @@ from bench.fleetgen import generate
 from reconciler.cli import app
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
-from reconciler.core.document import canonical_digest, load_plan
+from reconciler.core.document import canonical_digest
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.server import RunningServer, serve_in_thread
 from reconciler.emulator.state import FleetState
 from reconciler.errors import CvmkeysError, PlanIntegrityError
 from reconciler.execute.executor import Executor
+from reconciler.planfile import load_plan
 
 HOSTILE = Path(__file__).resolve().parent / "data" / "hostile"
 SECRET_ID = "AKIDSECURITYTEST00000000000000000000"

@@ -1,8 +1,9 @@
 """The plan document: a ``Plan`` as JSON, with an integrity digest, and back. Pure (no I/O).
 
-Called by the CLI (``plan --out`` writes ``dump_plan``; ``apply PLANFILE`` and ``show`` read with
-``load_plan``), by ``render.json`` and by ``apply --format json`` (``result_to_data``). The form
-is specified by ``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
+Called by ``operations`` (``plan --out`` writes ``dump_plan``), by ``render.json`` (plans and
+``result_to_data``) and by ``reconciler.planfile`` (``load_plan``, which passes in the plan
+schema's validator: the core never loads a schema file). The form is specified by
+``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
 
 Reading refuses, with a ``PlanIntegrityError`` that names the file, anything that is not exactly
 a plan this version can carry out: text that is not JSON (``FILE:LINE:COL``), a newer major
@@ -18,8 +19,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 from reconciler.common import canonical_sha256, plural, short_repr
 from reconciler.errors import PlanIntegrityError
@@ -41,7 +42,12 @@ from reconciler.model import (
     SourceFile,
     Summary,
 )
-from reconciler.schemas import validator
+
+
+class SchemaValidator(Protocol):
+    """What ``load_plan`` needs of a JSON Schema validator (jsonschema's ``iter_errors``)."""
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]: ...
 
 INTEGRITY_ALGORITHM = "sha256"
 RESULT_FORMAT_VERSION = "1.0"
@@ -194,9 +200,9 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
 
 
-def _schema_problems(data: Mapping[str, Any]) -> list[str]:
+def _schema_problems(data: Mapping[str, Any], schema: SchemaValidator) -> list[str]:
     errors = sorted(
-        validator("plan").iter_errors(data),
+        schema.iter_errors(data),
         key=lambda e: (tuple(str(p) for p in e.absolute_path), e.message),
     )
     return [f"{_json_path(e.absolute_path)}: {_short(e.message)}" for e in errors]
@@ -264,13 +270,13 @@ def _check_ids(data: Mapping[str, Any], source: str) -> None:
             )
 
 
-def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
+def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: str = "<plan>") -> Plan:
     """Build a ``Plan`` from its JSON data, after validating it against the plan schema.
 
     ``source`` names the data in messages. Unknown members are ignored (newer minor versions
     may add them). Does not check the integrity digest: ``load_plan`` does that first.
     """
-    problems = _schema_problems(data)
+    problems = _schema_problems(data, schema)
     if problems:
         listed = problems[:_MAX_LISTED_PROBLEMS]
         if len(problems) > len(listed):
@@ -473,7 +479,7 @@ def _check_integrity(data: Mapping[str, Any], source: str) -> None:
         )
 
 
-def load_plan(text: str, source: str) -> Plan:
+def load_plan(text: str, source: str, *, schema: SchemaValidator) -> Plan:
     """Read a plan file's text (``source`` names it in messages) and return the ``Plan``.
 
     Order of checks: JSON syntax, an object, a readable ``format_version``, the integrity
@@ -487,7 +493,7 @@ def load_plan(text: str, source: str) -> Plan:
         )
     _check_version(data, source)
     _check_integrity(data, source)
-    return plan_from_data(data, source=source)
+    return plan_from_data(data, schema=schema, source=source)
 
 
 # --------------------------------------------------------------------------- apply results

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reconciler.common import plural
 from reconciler.model import (
     ApplyResult,
     BindingResult,
@@ -55,10 +56,6 @@ def code(text: str) -> str:
     if text and _SAFE_CODE.fullmatch(text) and "@" not in text:
         return f"`{text}`"
     return escape(text)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
 @dataclass
@@ -165,7 +162,7 @@ def _banner(plan: Plan) -> str:
     errors = sum(1 for f in plan.findings if f.severity is Severity.ERROR)
     if errors:
         text += (
-            f"> [!WARNING]\n> **This plan has {_count(errors, 'error')}** "
+            f"> [!WARNING]\n> **This plan has {plural(errors, 'error', thousands=True)}** "
             "(see Findings); `cvmkeys apply` refuses it.\n\n"
         )
     return text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from reconciler.common import plural
 from reconciler.model import (
     ApplyResult,
     Batch,
@@ -23,7 +24,7 @@ from reconciler.model import (
     Plan,
     Severity,
 )
-from reconciler.render._sanitize import clean, display_width, pad, plural
+from reconciler.render._sanitize import clean, display_width, pad
 
 _RESET = "\x1b[0m"
 _BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "1", "2", "31", "32", "33", "36"
