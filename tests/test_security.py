@@ -418,14 +418,14 @@ def _tamper(plan_text: str, crafted: str, where: str) -> str:
         target = batch["instance_ids"][0]
         batch["instance_ids"][0] = crafted
         for change in data["changes"]:
-            if change["instance_id"] == target and change["key_id"] == batch["key_id"]:
+            if change["instance_id"] == target and change["key_id"] == batch["key_ids"][0]:
                 change["instance_id"] = crafted
     elif where == "fingerprint":
         data["fingerprint"]["instance_ids"][0] = crafted
     else:
         crafted_key = "skey" + crafted[3:]
-        old = batch["key_id"]
-        batch["key_id"] = crafted_key
+        old = batch["key_ids"][0]
+        batch["key_ids"][0] = crafted_key
         for change in data["changes"]:
             if change["key_id"] == old:
                 change["key_id"] = crafted_key
