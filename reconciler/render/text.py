@@ -1,8 +1,9 @@
 """Terminal text for plans and apply results, Terraform-like. Pure: returns a string.
 
-Called by the CLI (``plan``, ``show``, ``apply``), which decides ``color`` (``--no-color``,
-``NO_COLOR``, whether stdout is a terminal) and prints. Colour is plain ANSI SGR codes, added
-only when ``color`` is true, so the output is the same bytes on every machine.
+Called by the CLI's views (``plan``, ``show``, ``apply``), which decide ``color`` once
+(``cli.views.Terminal``: ``--no-color``, ``NO_COLOR``, ``TERM=dumb``, whether the stream is a
+terminal) and print. Colour is rich's rendering of a style in the 8 standard colours, added only
+when ``color`` is true, so the output is the same bytes on every machine.
 
 Every string that can carry cloud-supplied text (names, reasons, warnings, findings) goes
 through ``clean``: a name cannot inject escapes or control characters into the terminal.
@@ -11,6 +12,8 @@ through ``clean``: a name cannot inject escapes or control characters into the t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
+from typing import Any
 
 from reconciler.common import plural
 from reconciler.model import (
@@ -26,8 +29,7 @@ from reconciler.model import (
 )
 from reconciler.render._sanitize import clean, display_width, pad
 
-_RESET = "\x1b[0m"
-_BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "1", "2", "31", "32", "33", "36"
+_BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "bold", "dim", "red", "green", "yellow", "cyan"
 NAME_LIMIT = 64  # longest name shown; the cloud allows 60, more is a hostile or odd name
 _NAME_COLUMN_MAX = 32  # names longer than this do not widen their group's column
 _WAVES_LISTED = 10
@@ -55,7 +57,21 @@ _OUTCOME_LABEL = {
 def _paint(text: str, color: bool, *styles: str) -> str:
     if not color or not text:
         return text
-    return f"\x1b[{';'.join(styles)}m{text}{_RESET}"
+    return str(_style(" ".join(styles)).render(text, color_system=_standard_colors()))
+
+
+@cache
+def _style(definition: str) -> Any:
+    from rich.style import Style  # only when colouring: plain output needs no rich
+
+    return Style.parse(definition)
+
+
+@cache
+def _standard_colors() -> Any:
+    from rich.color import ColorSystem
+
+    return ColorSystem.STANDARD
 
 
 def _key_title(key_id: str, key_name: str | None) -> str:
