@@ -1,4 +1,6 @@
-"""Reading live state with the fewest API calls. Called by the CLI (plan) and by ``execute``.
+"""Reading live state with the fewest API calls, through any ``cloud.base.CloudClient``.
+
+Called by ``operations`` (plan) and by ``execute``.
 
 Plan: every key pair of the region (DescribeKeyPairs, 100 a page, pages in parallel), then
 DescribeInstances only for the instances the diff needs (``core.diff.instances_needed``), 100
