@@ -295,6 +295,13 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
         raise _plan_errors(the_plan)
     cloud = dataclasses.replace(request.cloud, connect=options_for_plan(the_plan, request.cloud.connect))
     with _connected(the_plan.region, cloud) as connection:
+        if connection.client.api is not the_plan.api:
+            # The batches are shaped for the plan's API (2.0: one key a call).
+            raise ConfigError(
+                f"the plan was made for CVM API {the_plan.api.value}, "
+                f"this connection speaks {connection.client.api.value}",
+                hint="apply it with the API it was planned for, or plan again",
+            )
         executor = _executor(connection, the_plan, request, hooks, stop)
         executor.check_fresh()
         _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
