@@ -11,24 +11,28 @@ each command imports what it needs when it runs.
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from reconciler import __version__, operations
+from reconciler import __version__
 from reconciler.cli.views import ApplyView, Format, PlanView, Terminal, show_import
 from reconciler.errors import ConfigError, CvmkeysError, InputError
-from reconciler.model import SafetyLimits, Scope
+
+if TYPE_CHECKING:
+    import threading
+
+    from reconciler import operations
+
+# The operations (and the model behind them) are imported by the commands that run them, not
+# at start-up: `cvmkeys --version` and `--help` need neither.
 
 # click's UsageError, whichever click Typer uses (BadParameter is its subclass).
 _UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -213,6 +217,8 @@ def _main_options(
         raise typer.BadParameter(
             f"{log_level!r} is not one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level"
         )
+    import logging
+
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -286,6 +292,7 @@ def _cloud(
     rate_limit: float | None,
     audit_log: Path | None = None,
 ) -> operations.CloudRequest:
+    from reconciler import operations
     from reconciler.connect import ConnectOptions
 
     options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile)
@@ -301,6 +308,8 @@ def validate(paths: PathsArgument) -> None:
 
     Example: cvmkeys validate examples/
     """
+    from reconciler import operations
+
     with _reporting_errors():
         typer.echo(operations.validate(paths).summary())
 
@@ -332,6 +341,9 @@ def plan(
 
     Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml --out plan.json
     """
+    from reconciler import operations
+    from reconciler.model import SafetyLimits
+
     with _reporting_errors():
         request = operations.PlanRequest(
             tuple(paths),
@@ -360,6 +372,8 @@ def show(
 
     Example: cvmkeys show plan.json --format markdown
     """
+    from reconciler import operations
+
     with _reporting_errors():
         PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile))
 
@@ -367,6 +381,9 @@ def show(
 @contextmanager
 def _graceful_stop(view: ApplyView) -> Iterator[threading.Event]:
     """Ctrl-C sets the event (no new calls; calls in flight finish); a second one aborts."""
+    import signal
+    import threading
+
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:
@@ -414,6 +431,9 @@ def apply(
     Examples: cvmkeys apply plan.json
               cvmkeys apply examples/bindings.yaml --emulator examples/fleet.yaml
     """
+    from reconciler import operations
+    from reconciler.model import SafetyLimits
+
     with _reporting_errors():
         request = operations.ApplyRequest(
             tuple(paths),
@@ -474,7 +494,9 @@ def import_command(
 
     Example: cvmkeys import --region ap-guangzhou --all --emulator examples/fleet.yaml --out bindings.yaml
     """
+    from reconciler import operations
     from reconciler.importer import parse_key_ids
+    from reconciler.model import Scope
 
     with _reporting_errors():
         if all_keys == bool(keys) and not (scope is ImportScope.account and not keys):
