@@ -186,7 +186,7 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
     if plan.changes:
         summary = f"**{line}**"
         if plan.batches:
-            summary += f" {waves_summary(plan.batches)}."
+            summary += f" {waves_summary(plan.batches, plan.api)}."
         summary += "\n\n"
     else:
         summary = "**No changes.** The live bindings match the file.\n\n"

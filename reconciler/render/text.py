@@ -17,6 +17,7 @@ from typing import Any
 
 from reconciler.common import plural
 from reconciler.model import (
+    ApiVersion,
     ApplyResult,
     Batch,
     BindingResult,
@@ -140,8 +141,12 @@ def _findings_lines(findings: Iterable[Finding], color: bool) -> list[str]:
     return ["", _styled("Findings:", color, _BOLD)] + [_finding_line(f, color) for f in ordered]
 
 
-def waves_summary(batches: Iterable[Batch]) -> str:
-    """``"3 UnBindInstanceKey calls in 2 waves (wave 1: 2 calls, 150 instances; ...)"``.
+# The unbind action of each API, as the plan's calls are named for people.
+UNBIND_ACTION = {ApiVersion.V2: "UnBindInstanceKey", ApiVersion.V3: "DisassociateInstancesKeyPairs"}
+
+
+def waves_summary(batches: Iterable[Batch], api: ApiVersion = ApiVersion.V2) -> str:
+    """``"2 waves, 3 calls to UnBindInstanceKey (wave 1: 2 calls, 150 instances; ...)"``.
 
     Waves are numbered from 1 for people; the plan document keeps the core's numbers.
     """
@@ -159,7 +164,7 @@ def waves_summary(batches: Iterable[Batch]) -> str:
     if len(per_wave) > _WAVES_LISTED:
         parts.append(f"{len(per_wave) - _WAVES_LISTED} more waves")
     return (
-        f"{plural(len(per_wave), 'wave')}, {plural(calls_total, 'call')} to UnBindInstanceKey "
+        f"{plural(len(per_wave), 'wave')}, {plural(calls_total, 'call')} to {UNBIND_ACTION[api]} "
         f"({'; '.join(parts)})"
     )
 
@@ -217,7 +222,7 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
         lines += _change_lines(plan, color)
     lines += _findings_lines(plan.findings, color)
     if plan.batches:
-        lines += ["", "Calls: " + waves_summary(plan.batches) + "."]
+        lines += ["", "Calls: " + waves_summary(plan.batches, plan.api) + "."]
     elif plan.changes:
         lines += ["", "Calls: none; nothing is ready to unbind."]
     lines += _verdict_lines(plan, color)
