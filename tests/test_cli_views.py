@@ -7,7 +7,9 @@ after the command."""
 from __future__ import annotations
 
 import io
+import json
 import re
+from pathlib import Path
 
 import pytest
 from support import run_cli
@@ -66,3 +68,26 @@ def test_global_options_are_accepted_after_the_command() -> None:
     assert code == 1 and "Traceback" not in err
     code, _, err = run_cli("validate", "no-such-file.yaml", "--log-level", "LOUD")
     assert code == 1 and "LOUD" in err
+
+
+def test_apply_result_in_each_format(example: tuple[Path, Path], tmp_path: Path) -> None:
+    desired, fleet = example
+    plan_file = tmp_path / "p.json"
+    assert run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    code, out, err = run_cli("apply", str(plan_file), "--format", "markdown")
+    assert code in (0, 3), err
+    assert out.startswith("### cvmkeys apply: `ap-guangzhou`") and "| done |" in out
+    assert "apply: " in err  # not a terminal: plain progress lines, no bar
+    code, out, _ = run_cli(
+        "apply", str(desired), "--emulator", str(fleet), "--auto-approve", "--format", "json"
+    )
+    assert code in (0, 3)
+    assert json.loads(out)["format_version"] == "1.0"
+
+
+def test_term_dumb_gives_plain_progress_lines(example: tuple[Path, Path]) -> None:
+    desired, fleet = example
+    env = {"TERM": "dumb", "NO_COLOR": ""}
+    code, _, err = run_cli("apply", str(desired), "--emulator", str(fleet), "--auto-approve", env=env)
+    assert code in (0, 3), err
+    assert "\x1b[" not in err and "apply: wave 1" in err
