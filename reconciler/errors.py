@@ -1,4 +1,4 @@
-"""The one error tree of cvmkeys. Every module raises these; only ``cli.py`` catches them.
+"""The one error tree of cvmkeys. Every module raises these; only ``reconciler.cli`` catches them.
 
 ::
 
