@@ -91,3 +91,16 @@ def test_term_dumb_gives_plain_progress_lines(example: tuple[Path, Path]) -> Non
     code, _, err = run_cli("apply", str(desired), "--emulator", str(fleet), "--auto-approve", env=env)
     assert code in (0, 3), err
     assert "\x1b[" not in err and "apply: wave 1" in err
+
+
+def test_plan_out_keeps_the_permissions_of_the_file_it_replaces(
+    example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    desired, fleet = example
+    plan_file = tmp_path / "p.json"
+    plan_file.write_text("old")
+    plan_file.chmod(0o600)  # a plan names the fleet's IDs: someone chose to keep it private
+    assert run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    assert plan_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(plan_file.read_text())["format_version"] == "2.0"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
