@@ -26,7 +26,7 @@ from reconciler.cloud.client import DEFAULT_ENDPOINT, CvmClient
 from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials, mask_secret_id
 from reconciler.cloud.endpoint import check_endpoint
 from reconciler.errors import ConfigError
-from reconciler.model import Plan
+from reconciler.model import ApiVersion, Plan
 
 if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
     from reconciler.emulator.state import FleetState
@@ -48,6 +48,7 @@ class ConnectOptions:
     timeout: float = 10.0
     max_attempts: int = 5
     profile: str | None = None  # --profile: a tccli profile, read instead of the environment
+    api: ApiVersion = ApiVersion.V2  # which client; a saved plan's own (``options_for_plan``)
 
 
 @dataclass
@@ -68,8 +69,9 @@ class Connection:
 
 
 def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
-    """Where to apply a saved plan: where it was made unless told otherwise, and never
-    somewhere else."""
+    """Where to apply a saved plan: where it was made (and with its API) unless told otherwise,
+    and never somewhere else."""
+    options = dataclasses.replace(options, api=plan.api)
     if options.emulator is None and options.endpoint is None:
         if plan.endpoint.startswith("emulator:"):
             return dataclasses.replace(options, emulator=Path(plan.endpoint.removeprefix("emulator:")))
@@ -104,6 +106,9 @@ def connect(
     """A client for ``region`` as the options say."""
     if options.emulator is not None and options.endpoint is not None:
         raise ConfigError("give --emulator or --endpoint, not both")
+    if options.api is not ApiVersion.V2:
+        # The one place a client is chosen: the 3.0 client registers here.
+        raise ConfigError(f"CVM API {options.api.value} is not supported by this cvmkeys")
     # The in-process emulator has no rate limit to respect: throttling it would only slow demos.
     default_rate = None if options.emulator is not None else DEFAULT_RATE_LIMIT
     rate_limit = options.rate_limit if options.rate_limit is not None else default_rate

@@ -272,3 +272,18 @@ def test_a_saved_emulator_plan_applies_from_another_directory(tmp_path: Path) ->
     )
     assert applied.returncode == 3, applied.stderr  # done; the example's blocked changes remain
     assert "Apply complete: 3 done" in applied.stdout
+
+
+def test_a_plan_is_applied_only_with_the_api_it_was_made_for(tmp_path: Path) -> None:
+    fleet, desired = _example_world(tmp_path)
+    plan_file = tmp_path / "p.json"
+    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    data = json.loads(plan_file.read_text())
+    assert data["api"] == "2.0"
+    data["api"] = "3.0"  # as if made against the 3.0 API
+    data["integrity"]["digest"] = canonical_digest(data)
+    plan_file.write_text(json.dumps(data))
+    before = fleet.read_bytes()
+    code, _, err = cli("apply", str(plan_file))
+    assert code == 1 and "CVM API 3.0" in err
+    assert fleet.read_bytes() == before
