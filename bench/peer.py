@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.cloud.client import CvmClient
-from reconciler.model import STATUS_KEY_ISSUING
+from reconciler.model import InstanceState
 
 
 @dataclass
@@ -52,7 +52,7 @@ def peer_apply(
         while clock() < deadline:
             sleep(poll_interval)
             found = client.describe_instances([instance_id])
-            if not found or found[0].status != STATUS_KEY_ISSUING:
+            if not found or found[0].state is not InstanceState.BUSY:
                 break
         else:
             result.failed.append(f"{key_id} {instance_id}: still in status 20 after {timeout:g}s")

@@ -48,11 +48,12 @@ if str(ROOT) not in sys.path:  # ``python bench/run.py`` puts bench/, not the ro
 import yaml  # noqa: E402
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, SIZES, Generated, generate, write  # noqa: E402
+from reconciler.cloud.client import instance_state  # noqa: E402
 from reconciler.core.diff import instances_needed  # noqa: E402
-from reconciler.core.document import load_plan  # noqa: E402
 from reconciler.core.plan import build_plan  # noqa: E402
 from reconciler.desired.loader import load_paths  # noqa: E402
 from reconciler.model import Desired, Instance, KeyPair, Observed, Plan  # noqa: E402
+from reconciler.planfile import load_plan  # noqa: E402
 
 PAGE = 100  # IDs per describe call and instances per (un)bind call
 SERVED = {"latency_ms": 50.0, "rate_limit": 10.0, "op_seconds": 2.0}
@@ -121,7 +122,7 @@ def apply_minimum(plan: Plan) -> dict[str, int]:
     waves: dict[int, set[str]] = collections.defaultdict(set)
     for batch in plan.batches:
         waves[batch.wave].update(batch.instance_ids)
-    unbound_keys = {batch.key_id for batch in plan.batches}
+    unbound_keys = {k for batch in plan.batches for k in batch.key_ids}
     fp = plan.fingerprint
     polls = poll_minimum([len(waves[w]) for w in sorted(waves)])
     return {
@@ -143,7 +144,10 @@ def observed_truth(gen: Generated) -> Observed:
     region: Any = gen.fleet["regions"]
     data = region[gen.region]
     keys = {k["id"]: KeyPair(k["id"], k["name"], tuple(k["bound"])) for k in data["keys"]}
-    instances = {i["id"]: Instance(i["id"], i["name"], i["status"], i["os"]) for i in data["instances"]}
+    instances = {
+        i["id"]: Instance(i["id"], i["name"], *instance_state(i["status"]), i["os"])
+        for i in data["instances"]
+    }
     return Observed(region=gen.region, keys=keys, instances=instances)
 
 

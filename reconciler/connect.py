@@ -1,6 +1,6 @@
 """Building a CVM client from command-line options: the real endpoint or the bundled emulator.
 
-Called by the CLI only. ``--emulator FLEET`` runs the emulator in this process and sends every
+Called by ``operations`` only. ``--emulator FLEET`` runs the emulator in this process and sends every
 request through an httpx transport straight into it (no socket), signed as for the real API,
 with the fleet's first credentials unless ``--profile`` names others or the environment holds
 credentials the fleet accepts.
@@ -11,6 +11,7 @@ The real endpoint takes credentials from ``--profile``, the environment, or a tc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from reconciler.cloud.client import DEFAULT_ENDPOINT, AttemptRecord, CvmClient
+from reconciler.cloud.base import AttemptRecord, CloudClient
+from reconciler.cloud.client import DEFAULT_ENDPOINT, CvmClient
 from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials, mask_secret_id
 from reconciler.cloud.endpoint import check_endpoint
 from reconciler.errors import ConfigError
+from reconciler.model import ApiVersion, Plan
 
 if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
     from reconciler.emulator.state import FleetState
@@ -45,11 +48,12 @@ class ConnectOptions:
     timeout: float = 10.0
     max_attempts: int = 5
     profile: str | None = None  # --profile: a tccli profile, read instead of the environment
+    api: ApiVersion = ApiVersion.V2  # which client; a saved plan's own (``options_for_plan``)
 
 
 @dataclass
 class Connection:
-    client: CvmClient
+    client: CloudClient
     endpoint_label: str  # what the plan records: the URL, or "emulator:PATH"
 
     def close(self) -> None:
@@ -62,6 +66,29 @@ class Connection:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
+    """Where to apply a saved plan: where it was made (and with its API) unless told otherwise,
+    and never somewhere else."""
+    options = dataclasses.replace(options, api=plan.api)
+    if options.emulator is None and options.endpoint is None:
+        if plan.endpoint.startswith("emulator:"):
+            return dataclasses.replace(options, emulator=Path(plan.endpoint.removeprefix("emulator:")))
+        if plan.endpoint == DEFAULT_ENDPOINT:
+            return dataclasses.replace(options, endpoint=plan.endpoint)
+        # Signed requests go only where the user says: a plan file is data, not an address book.
+        raise ConfigError(
+            f"the plan was made against {plan.endpoint}",
+            hint=f"to apply it there, say so: cvmkeys apply PLANFILE --endpoint {plan.endpoint}",
+        )
+    given = emulator_label(options.emulator) if options.emulator else (options.endpoint or "")
+    if given != plan.endpoint:
+        raise ConfigError(
+            f"the plan was made against {plan.endpoint}, not {given}",
+            hint="apply it where it was planned, or plan again against the new endpoint",
+        )
+    return options
 
 
 def emulator_label(fleet: Path) -> str:
@@ -79,6 +106,9 @@ def connect(
     """A client for ``region`` as the options say."""
     if options.emulator is not None and options.endpoint is not None:
         raise ConfigError("give --emulator or --endpoint, not both")
+    if options.api is not ApiVersion.V2:
+        # The one place a client is chosen: the 3.0 client registers here.
+        raise ConfigError(f"CVM API {options.api.value} is not supported by this cvmkeys")
     # The in-process emulator has no rate limit to respect: throttling it would only slow demos.
     default_rate = None if options.emulator is not None else DEFAULT_RATE_LIMIT
     rate_limit = options.rate_limit if options.rate_limit is not None else default_rate

@@ -1,4 +1,4 @@
-"""The one error tree of cvmkeys. Every module raises these; only ``cli.py`` catches them.
+"""The one error tree of cvmkeys. Every module raises these; only ``reconciler.cli`` catches them.
 
 ::
 
@@ -6,7 +6,7 @@
     ├── InputError               bad desired-state / fleet / plan input; carries every Problem
     ├── ConfigError              credentials, endpoint, options that do not fit together
     ├── CloudError               talking to the CVM API failed (``retryable`` says if a retry may help)
-    │   ├── ApiError             the API answered a non-zero ``code``
+    │   ├── ApiError             the API answered an error code (``kind``: what it means)
     │   └── TransportError       HTTP 5xx, timeouts, connection errors, unreadable answers
     ├── PlanRefusedError         a plan that must not be applied (errors in it, edited, stale, unsafe)
     │   ├── PlanIntegrityError   the saved plan file was edited or is not a plan
@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
+
+from reconciler.common import plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class InputError(CvmkeysError):
     def __init__(self, problems: list[Problem], *, hint: str | None = None) -> None:
         self.problems = list(problems)
         count = len(self.problems)
-        summary = f"{count} problem{'s' if count != 1 else ''} found"
+        summary = f"{plural(count, 'problem')} found"
         super().__init__(summary, hint=hint)
 
 
@@ -64,8 +66,17 @@ class ConfigError(CvmkeysError):
     """Credentials, endpoint or command-line options are missing or inconsistent."""
 
 
-# Codes the API documents as transient: rate limit, internal error, temporarily unavailable.
-RETRYABLE_API_CODES = frozenset({4400, 6000, 6200})
+class ApiErrorKind(str, Enum):
+    """What an API error means for the caller; each client maps its API's codes into it, so the
+    executor branches on the kind, never on one API's codes."""
+
+    RETRYABLE = "retryable"  # rate limit / transient, certainly not carried out: retry may help
+    BUSY = "busy"  # the instance is busy with another operation: wait, then retry
+    BLOCKED = "blocked"  # instance state / Windows / stopped-mode charging: not attempted again
+    NOT_FOUND = "not-found"  # a resource is gone: observe again
+    AMBIGUOUS = "ambiguous"  # a mutating call may have been carried out: observe, never blind retry
+    AUTH = "auth"  # credentials or permissions: a clear error with a hint
+    INVALID = "invalid"  # permanent: the request is wrong
 
 
 class CloudError(CvmkeysError):
@@ -77,22 +88,9 @@ class CloudError(CvmkeysError):
         self.retryable = retryable
 
 
-class ApiErrorKind(str, Enum):
-    """What an API error means for the caller (CONTRACT.md): the executor decides on this, not on
-    codes. 2.0 errors get it from their int code, 3.0 errors from their string code."""
-
-    RETRYABLE = "retryable"  # rate limit / transient: the client retries it
-    BUSY = "busy"  # the instance is busy with another operation: wait, then try again
-    BLOCKED = "blocked"  # instance state / Windows / stop-charging: not attempted again
-    NOT_FOUND = "not_found"  # an instance or key does not exist (any more): observe again
-    AMBIGUOUS = "ambiguous"  # internal error on a mutating call: observe again, never blind retry
-    AUTH = "auth"  # authentication or authorisation failed: a clear error with a hint
-    INVALID = "invalid"  # permanent
-
-
 class ApiError(CloudError):
-    """The API answered with an error ``code`` (2.0: a non-zero int; 3.0: a string such as
-    ``UnsupportedOperation.InstanceStateRunning``)."""
+    """The API answered with an error: ``code`` is 2.0's integer or 3.0's string code; ``kind``
+    (set by the client that read it) says what it means for the caller."""
 
     def __init__(
         self,
@@ -100,19 +98,15 @@ class ApiError(CloudError):
         code: int | str,
         api_message: str,
         *,
-        kind: ApiErrorKind | None = None,
+        kind: ApiErrorKind = ApiErrorKind.INVALID,
         request_id: str | None = None,
         hint: str | None = None,
     ) -> None:
-        if kind is None:
-            kind = ApiErrorKind.RETRYABLE if code in RETRYABLE_API_CODES else ApiErrorKind.INVALID
         super().__init__(
             f"{action} failed: code {code}: {api_message}"
             + (f" (RequestId {request_id})" if request_id else ""),
             action=action,
-            retryable=(
-                code in RETRYABLE_API_CODES if isinstance(code, int) else kind is ApiErrorKind.RETRYABLE
-            ),
+            retryable=kind is ApiErrorKind.RETRYABLE,
             hint=hint,
         )
         self.code = code
@@ -152,9 +146,3 @@ class UnsafePlanError(PlanRefusedError):
 
 class ApprovalError(CvmkeysError):
     """The user did not approve the apply, or could not be asked."""
-
-
-class InterruptedError_(CvmkeysError):
-    """Apply stopped on Ctrl-C; what was done and what remains has been reported."""
-
-    exit_code: ClassVar[int] = 130

@@ -1,12 +1,12 @@
 """``cvmkeys import``: a desired-state file written from what is live now.
 
-Called by ``cli.py`` (the ``import`` command). Two steps, kept apart like plan's:
+Called by ``operations.import_desired`` (the ``import`` command). Two steps, kept apart like plan's:
 
 * :func:`observe_for_import` reads the live state with the fewest calls: DescribeKeyPairs
   (only the chosen keys when the scope allows it, 100 a page), then DescribeInstances only for
   the instances those keys are bound to (100 IDs a call), just to learn their names. It talks
-  to any object with the client's two describe methods (``Describer``), so this module imports
-  no network code.
+  to a ``cloud.base.CloudClient`` of either API (only its two describe methods), so this module
+  imports no network code.
 * :func:`render_desired` is pure: the same selection and observed state always give the same
   bytes. The YAML is written by hand, because the format is small and fixed and the names must
   go into comments (``- ins-1a2b3c4d  # web-1``), which PyYAML cannot write.
@@ -28,13 +28,17 @@ with every character that is not plainly printable escaped; tests load the resul
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from reconciler import ids
+from reconciler.common import plural
 from reconciler.errors import ConfigError
-from reconciler.model import Instance, KeyPair, Observed, Scope
+from reconciler.model import KeyPair, Observed, Scope
+
+if TYPE_CHECKING:
+    from reconciler.cloud.base import CloudClient
 
 # Where the editor finds the schema: the layout of this repository (desired files in a folder
 # next to ``schemas/``). ``cvmkeys import --schema-ref`` changes it.
@@ -45,14 +49,6 @@ COMMENT_NAME_LIMIT = 64
 _BIDI_AND_INVISIBLE = frozenset(
     "\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
 )
-
-
-class Describer(Protocol):
-    """The two read calls of ``reconciler.cloud.client.CvmClient`` that import needs."""
-
-    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]: ...
-
-    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ def canonical_region(region: str) -> str:
 # --------------------------------------------------------------------------- observing
 
 
-def observe_for_import(client: Describer, selection: ImportSelection) -> Observed:
+def observe_for_import(client: CloudClient, selection: ImportSelection) -> Observed:
     """The live state ``render_desired`` needs: ceil(keys/100) + ceil(bound instances/100) calls.
 
     With ``--keys`` in scope ``keys`` only those keys are described (a ``keyIds.n`` filter);
@@ -111,7 +107,7 @@ def observe_for_import(client: Describer, selection: ImportSelection) -> Observe
     missing = sorted(set(selection.key_ids or ()) - keys.keys())
     if missing:
         raise ConfigError(
-            f"{len(missing)} key{'s' if len(missing) != 1 else ''} not found in {selection.region}: "
+            f"{plural(len(missing), 'key')} not found in {selection.region}: "
             + ", ".join(missing[:10])
             + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
             hint="check the key IDs and the region (--region)",
@@ -173,8 +169,10 @@ def render_desired(
         "#",
         f"# Written by `cvmkeys import` from the live bindings of {selection.region} "
         f"(scope: {selection.scope.value}).",
-        f"# {_plural(summary.keys, 'key')}, {_plural(summary.bindings, 'binding')}, "
-        f"{_plural(summary.instances, 'instance')}. `cvmkeys plan` on this file shows no changes",
+        f"# {plural(summary.keys, 'key', thousands=True)}, "
+        f"{plural(summary.bindings, 'binding', thousands=True)}, "
+        f"{plural(summary.instances, 'instance', thousands=True)}. "
+        "`cvmkeys plan` on this file shows no changes",
         "# until the cloud or the file changes. Names in comments are what the cloud reported,",
         "# cleaned for display; IDs are what counts. Format: docs/desired-state.md.",
         "",
@@ -249,6 +247,3 @@ def _comment(text: str, *, limit: int | None = COMMENT_NAME_LIMIT) -> str:
 def _has_surrogates(text: str) -> bool:
     return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -10,9 +10,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-PLAN_FORMAT_VERSION = "1.0"
+PLAN_FORMAT_VERSION = "2.0"  # 2.0: ``api``, instance states by name, batches with ``key_ids``
 
-# The instance status table of the CVM API 2.0 (DescribeInstances ``status``).
+
+class ApiVersion(str, Enum):
+    """Which CVM API a client speaks and a plan was made for."""
+
+    V2 = "2.0"  # the seed's API: cvm.api.qcloud.com/v2/index.php, UnBindInstanceKey
+    V3 = "3.0"  # cvm.tencentcloudapi.com, Version 2017-03-12, DisassociateInstancesKeyPairs
+
+
+class InstanceState(str, Enum):
+    """An instance's state, API-neutral; both APIs map into it (the API's own word is kept)."""
+
+    RUNNING = "running"  # 2.0 status 2,  3.0 RUNNING
+    STOPPED = "stopped"  # 2.0 status 4,  3.0 STOPPED        (the only state an unbind accepts)
+    STARTING = "starting"  # 2.0 status 8,  3.0 STARTING
+    STOPPING = "stopping"  # 2.0 status 9,  3.0 STOPPING
+    BUSY = "busy"  # 2.0 status 20 (key issuing), 3.0 LatestOperationState OPERATING
+    OTHER = "other"  # anything else (PENDING, REBOOTING, SHUTDOWN, 2.0 maintenance, ...)
+
+
+# The API limits, in one place: both APIs take at most 100 IDs a call and 100 items a page.
+MAX_IDS_PER_CALL = 100
+PAGE_SIZE = 100
+
+# The instance status table of the CVM API 2.0 (DescribeInstances ``status``). Only the 2.0
+# client (``cloud.api2``) and the emulator read these; everything else uses ``InstanceState``.
 INSTANCE_STATUS_NAMES: Mapping[int, str] = {
     1: "failure",
     2: "running",
@@ -42,24 +66,6 @@ STATUS_STARTING = 8
 STATUS_KEY_ISSUING = 20
 
 
-class ApiVersion(str, Enum):
-    """Which CVM API a client speaks and a plan was made for."""
-
-    V2 = "2.0"  # the seed's API: cvm.api.qcloud.com/v2/index.php, UnBindInstanceKey
-    V3 = "3.0"  # cvm.tencentcloudapi.com, Version 2017-03-12, DisassociateInstancesKeyPairs
-
-
-class InstanceState(str, Enum):
-    """An instance's state, API-neutral; both APIs map into it (the API's own word is kept)."""
-
-    RUNNING = "running"  # 2.0 status 2,  3.0 RUNNING
-    STOPPED = "stopped"  # 2.0 status 4,  3.0 STOPPED        (the only state an unbind accepts)
-    STARTING = "starting"  # 2.0 status 8,  3.0 STARTING
-    STOPPING = "stopping"  # 2.0 status 9,  3.0 STOPPING
-    BUSY = "busy"  # 2.0 status 20 (key issuing), 3.0 LatestOperationState OPERATING
-    OTHER = "other"  # anything else (PENDING, REBOOTING, SHUTDOWN, 2.0 maintenance, ...)
-
-
 def status_name(status: int) -> str:
     """Human name of an instance status; unknown numbers are maintenance states per the docs."""
     return INSTANCE_STATUS_NAMES.get(status, f"maintenance ({status})")
@@ -77,18 +83,32 @@ class KeyPair:
     bound_instance_ids: tuple[str, ...] = ()
 
 
+Binding = tuple[str, str]  # (key_id, instance_id): the one spelling of a binding
+
+
+def is_windows_os(os_name: str) -> bool:
+    """The one "is Windows" rule: unbinding works on Linux instances only."""
+    return "windows" in os_name.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """An instance as DescribeInstances reports it (only the fields this tool uses)."""
 
     instance_id: str
     name: str
-    status: int
+    state: InstanceState
+    api_state: str  # the API's own word for display: "4 (shut down)" / "STOPPED"
     os: str
+    # 3.0 only (None on 2.0): the latest operation, for waiting on an asynchronous call
+    latest_operation: str | None = None
+    latest_operation_state: str | None = None  # SUCCESS | OPERATING | FAILED
+    latest_operation_request_id: str | None = None
+    latest_operation_error: str | None = None
 
     @property
     def is_windows(self) -> bool:
-        return "windows" in self.os.lower()
+        return is_windows_os(self.os)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,17 +229,25 @@ class Change:
     warnings: tuple[str, ...] = ()
     key_name: str | None = None
     instance_name: str | None = None
-    instance_status: int | None = None  # None: instance not observed (not found, or protected)
+    # The API's word for the instance's state (``Instance.api_state``); None: not observed
+    # (not found, or protected).
+    instance_state: str | None = None
     action: str = "unbind"
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One UnBindInstanceKey call: one key, up to 100 instances, in one wave."""
+    """One unbind call: 2.0 exactly one key; 3.0 up to 100 keys x up to 100 instances, every
+    pair a planned unbind."""
 
     wave: int
-    key_id: str
+    key_ids: tuple[str, ...]
     instance_ids: tuple[str, ...]
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        """Every (key, instance) pair this call unbinds."""
+        return tuple((k, i) for k in self.key_ids for i in self.instance_ids)
 
 
 class Severity(str, Enum):
@@ -283,6 +311,7 @@ class Plan:
     region: str
     scope: Scope
     endpoint: str
+    api: ApiVersion
     changes: tuple[Change, ...]
     batches: tuple[Batch, ...]
     findings: tuple[Finding, ...]
@@ -331,7 +360,7 @@ class BindingResult:
     instance_id: str
     outcome: Outcome
     reason: str = ""
-    api_code: int | None = None
+    api_code: int | str | None = None  # 2.0 integer codes, 3.0 strings
     attempts: int = 0
 
 

@@ -302,7 +302,8 @@ def test_a_saved_plan_is_sent_only_where_the_user_says(example: tuple[Path, Path
     desired, fleet = example
     plan_file = tmp_path / "p.json"
     assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
-    from reconciler.core.document import dump_plan, load_plan
+    from reconciler.core.document import dump_plan
+    from reconciler.planfile import load_plan
 
     plan = load_plan(plan_file.read_text(), str(plan_file))
     import dataclasses

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from bench.run import poll_minimum, prepare, run_inprocess
-from reconciler.core.document import load_plan
 from reconciler.model import ChangeStatus
+from reconciler.planfile import load_plan
 
 
 def test_s_in_process_plan_and_apply_make_exactly_the_minimum_calls(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_s_in_process_plan_and_apply_make_exactly_the_minimum_calls(tmp_path: Pa
     assert sum(len(s) for s in per_wave) == plan.summary.to_unbind
     assert polls == poll_minimum([len(s) for s in per_wave])
     assert result["apply_minimum"] == {
-        "DescribeKeyPairs": _pages(len(fp.key_ids)) + _pages(len({b.key_id for b in plan.batches})),
+        "DescribeKeyPairs": _pages(len(fp.key_ids)) + _pages(len({b.key_ids[0] for b in plan.batches})),
         "DescribeInstances": _pages(len(fp.instance_ids)) + polls,
         "UnBindInstanceKey": len(plan.batches),
     }

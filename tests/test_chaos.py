@@ -59,7 +59,7 @@ from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.faults import FAULT_KINDS, FaultProfile
 from reconciler.emulator.state import FleetState
 from reconciler.errors import CloudError, StalePlanError
-from reconciler.execute.executor import ExecOptions, Executor, check_fresh
+from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.model import Desired, Outcome, Plan
 
 pytestmark = pytest.mark.chaos
@@ -291,7 +291,7 @@ def run_seed(seed: int, tmp_path: Path) -> SeedFigures:
         figures.runs += 1
         before = state.bindings(gen.region)
         try:
-            check_fresh(client, plan)
+            Executor(client, plan).check_fresh()
         except StalePlanError:
             figures.stale_refusals += 1
         except CloudError:

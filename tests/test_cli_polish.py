@@ -72,7 +72,12 @@ def test_version() -> None:
     assert __version__ == version("cvmkeys")
 
 
-def test_shell_completion_is_offered() -> None:
+def test_shell_completion_is_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without this, Typer asks shellingham for the shell that started the process, and
+    # `--show-completion` becomes a flag for that shell: under a runner whose parent is not a
+    # shell (CI, a detached job: the parent is init) detection fails and the command exits 1.
+    # Typer reads the variable when it builds the command, so it is set here, not in ``env``.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     code, stdout, _ = invoke("--help")
     assert code == 0
     assert "--install-completion" in stdout and "--show-completion" in stdout

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from support import FakeTime
 
-from reconciler.cloud.client import AttemptRecord, CallResult, CvmClient
+from reconciler.cloud.client import AttemptRecord, CallResult, CvmClient, instance_state
 from reconciler.cloud.credentials import Credentials
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
-from reconciler.errors import ApiError, ConfigError, TransportError
+from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
 from reconciler.model import Instance, KeyPair
 
 SECRET_ID = "AKIDclienttest0123456789abcdefXYZ"
@@ -120,8 +120,8 @@ def test_describe_results_are_typed_and_correct(
     assert env.client.describe_key_pairs([kid(2), kid(9)]) == [KeyPair(kid(2), "key-2", (iid(2), iid(3)))]
     instances = env.client.describe_instances([iid(5), iid(0), "ins-zzzzzzzz"])
     assert sorted(instances, key=lambda i: i.instance_id) == [
-        Instance(iid(0), "web-0", 4, "centos7.2x86_64"),
-        Instance(iid(5), "web-5", 4, "centos7.2x86_64"),
+        Instance(iid(0), "web-0", *instance_state(4), "centos7.2x86_64"),
+        Instance(iid(5), "web-5", *instance_state(4), "centos7.2x86_64"),
     ]
     assert all(type(i) is Instance for i in instances)
     assert env.app.request_counts == {"DescribeKeyPairs": 2, "DescribeInstances": 1}
@@ -213,7 +213,7 @@ def test_unbind_changes_state(make_env: Any, http_method: str, signature_method:
 
 def test_bind_stop_start_change_state(make_env: Any) -> None:
     env = make_env(fleet(status=2))
-    env.client.stop_instances([iid(4)], force=True)
+    env.client.stop_instances([iid(4)], hard=True)
     assert env.state.settled_status(REGION, iid(4)) == 4
     env.client.bind_instance_key(kid(0), [iid(4)])
     assert (kid(0), iid(4)) in env.state.bindings(REGION)
@@ -313,7 +313,7 @@ def test_mutation_answered_6000_is_not_retried(make_env: Any, action: str) -> No
     call = env.client.unbind_instance_key if action == "UnBindInstanceKey" else env.client.bind_instance_key
     with pytest.raises(ApiError) as info:
         call(kid(0), [iid(0)])
-    assert info.value.code in (6000, 6200) and info.value.retryable
+    assert info.value.code in (6000, 6200) and info.value.kind is ApiErrorKind.AMBIGUOUS
     assert env.app.request_counts[action] == 1
     assert env.time.sleeps == []
 
@@ -486,7 +486,7 @@ def test_over_a_real_socket_every_method_and_signature() -> None:
                 assert len(keys) == 120 and keys[n] == KeyPair(kid(n), f"key-{n}", (iid(n), iid(n + 1)))
                 instances = client.describe_instances([iid(i) for i in range(150)])
                 assert sorted(instances, key=lambda i: i.instance_id)[n] == Instance(
-                    iid(n), f"web-{n}", 4, "centos7.2x86_64"
+                    iid(n), f"web-{n}", *instance_state(4), "centos7.2x86_64"
                 )
                 client.unbind_instance_key(kid(n), [iid(n), iid(n + 1)])
             assert app.request_counts == {

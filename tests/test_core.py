@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.cloud.client import instance_state
 from reconciler.core.batching import make_batches, wave_count
 from reconciler.core.diff import diff
 from reconciler.core.plan import build_plan, fingerprint_of
@@ -19,6 +20,7 @@ from reconciler.model import (
     Desired,
     DesiredKey,
     Instance,
+    InstanceState,
     KeyPair,
     Observed,
     SafetyLimits,
@@ -38,7 +40,7 @@ def key(n: int) -> str:
 
 
 def linux(iid: str, status: int = 4, name: str = "") -> Instance:
-    return Instance(iid, name or iid, status, "centos7.6x86_64")
+    return Instance(iid, name or iid, *instance_state(status), "centos7.6x86_64")
 
 
 def observed(
@@ -93,9 +95,10 @@ def test_scope_account_owns_everything() -> None:
     [
         (None, "not found"),
         (linux(ins(1), status=2), "running: stop it first"),
-        (linux(ins(1), status=20), "status 20"),
+        (linux(ins(1), status=20), "busy (20 (key issuing))"),
         (linux(ins(1), status=9), "shutting down"),
         (linux(ins(1), status=33), "maintenance"),
+        (Instance(ins(1), "w", *instance_state(4), "Windows Server 2019"), "Windows"),
     ],
 )
 def test_blocked_reasons(instance: Instance | None, fragment: str) -> None:
@@ -175,7 +178,7 @@ def test_batching_waves_for_instances_with_several_keys() -> None:
     changes = [change(key(1), ins(1)), change(key(2), ins(1)), change(key(2), ins(2))]
     batches = make_batches(changes)
     assert wave_count(batches) == 2
-    assert [(b.wave, b.key_id, b.instance_ids) for b in batches] == [
+    assert [(b.wave, b.key_ids[0], b.instance_ids) for b in batches] == [
         (0, key(2), (ins(1), ins(2))),
         (1, key(1), (ins(1),)),
     ]
@@ -195,7 +198,7 @@ def worlds(draw: st.DrawFn) -> tuple[Desired, Observed]:
         Instance(
             ins(i),
             f"n{i}",
-            draw(st.sampled_from([2, 4, 4, 4, 20])),
+            *instance_state(draw(st.sampled_from([2, 4, 4, 4, 20]))),
             draw(st.sampled_from(["centos", "Windows"])),
         )
         for i in range(n_ins)
@@ -238,16 +241,16 @@ def test_unbinds_are_exactly_owned_minus_allowed_minus_protected(world: tuple[De
     for c in plan.changes:
         inst = obs.instances[c.instance_id]
         if c.status is ChangeStatus.READY:
-            assert inst.status == 4 and not inst.is_windows
+            assert inst.state is InstanceState.STOPPED and not inst.is_windows
     # Batches carry each ready change exactly once, no instance twice in a wave, <= 100 per call.
     ready = sorted((c.key_id, c.instance_id) for c in plan.ready_changes)
-    assert sorted((b.key_id, i) for b in plan.batches for i in b.instance_ids) == ready
+    assert sorted((b.key_ids[0], i) for b in plan.batches for i in b.instance_ids) == ready
     per_wave = Counter((b.wave, i) for b in plan.batches for i in b.instance_ids)
     assert all(n == 1 for n in per_wave.values())
-    by_wave_key = Counter((b.wave, b.key_id) for b in plan.batches)
+    by_wave_key = Counter((b.wave, b.key_ids[0]) for b in plan.batches)
     sizes = Counter()
     for b in plan.batches:
-        sizes[(b.wave, b.key_id)] += len(b.instance_ids)
+        sizes[(b.wave, b.key_ids[0])] += len(b.instance_ids)
     assert all(by_wave_key[wk] == math.ceil(sizes[wk] / 100) for wk in by_wave_key)
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from test_render_samples import check_golden, empty_plan, full_plan, full_result
 
+from reconciler.cloud.client import instance_state
 from reconciler.core.document import (
     canonical_digest,
     dump_plan,
-    load_plan,
     plan_from_data,
     plan_to_data,
     result_to_data,
@@ -31,6 +31,7 @@ from reconciler.model import (
     Scope,
     SourceFile,
 )
+from reconciler.planfile import load_plan
 from reconciler.render.json import render_plan_json, render_result_json
 from reconciler.schemas import load_schema, validator
 
@@ -52,9 +53,9 @@ def core_plan() -> Plan:
             )
         },
         instances={
-            "ins-aaaa0001": Instance("ins-aaaa0001", "one", 4, "centos7.2x86_64"),
-            "ins-aaaa0002": Instance("ins-aaaa0002", "two", 4, "centos7.2x86_64"),
-            "ins-aaaa0003": Instance("ins-aaaa0003", "three", 2, "ubuntu"),
+            "ins-aaaa0001": Instance("ins-aaaa0001", "one", *instance_state(4), "centos7.2x86_64"),
+            "ins-aaaa0002": Instance("ins-aaaa0002", "two", *instance_state(4), "centos7.2x86_64"),
+            "ins-aaaa0003": Instance("ins-aaaa0003", "three", *instance_state(2), "ubuntu"),
         },
     )
     return build_plan(desired, observed, endpoint="https://cvm.api.qcloud.com/v2/index.php")
@@ -122,13 +123,13 @@ def test_schema_is_2020_12_with_id_and_documented_members() -> None:
     assert schema["$id"]
     required = set(schema["required"])
     assert required >= {
-        "format_version", "region", "scope", "endpoint", "created_at", "changes", "batches",
+        "format_version", "region", "scope", "endpoint", "api", "created_at", "changes", "batches",
         "findings", "summary", "safety", "sources", "fingerprint", "observed_digest", "integrity",
     }
     change = schema["$defs"]["change"]
     assert set(change["required"]) >= {
         "action", "key_id", "instance_id", "status", "reason", "warnings", "key_name",
-        "instance_name", "instance_status",
+        "instance_name", "instance_state",
     }
     assert change["properties"]["status"]["enum"] == ["ready", "blocked", "protected", "unchangeable"]
     # Every member written is described by the schema (no silent extras of our own).
@@ -149,7 +150,7 @@ def test_plan_to_data_is_json_ready_with_enum_values() -> None:
 
 def test_plan_from_data_accepts_a_written_document() -> None:
     data = json.loads(dump_plan(full_plan()))
-    assert plan_from_data(data) == full_plan()
+    assert plan_from_data(data, schema=validator("plan")) == full_plan()
 
 
 # --------------------------------------------------------------------------- refusals
@@ -224,10 +225,24 @@ def test_duplicate_members_are_refused() -> None:
 
 def test_newer_major_format_says_upgrade() -> None:
     data = json.loads(dump_plan(full_plan()))
-    data["format_version"] = "2.0"
+    data["format_version"] = "3.0"
     message = _refusal(_resealed(data))
-    assert message.startswith("plan.json: plan format 2.0 is newer")
+    assert message.startswith("plan.json: plan format 3.0 is newer")
     assert message.endswith("upgrade cvmkeys")
+
+
+def test_a_format_1_plan_is_refused_with_a_clear_message() -> None:
+    data = json.loads(dump_plan(full_plan()))
+    data["format_version"] = "1.0"
+    message = _refusal(_resealed(data))
+    assert message.startswith("plan.json: plan format 1.0 was written by an older cvmkeys")
+    assert "2.x plans only" in message
+
+
+def test_a_2_0_batch_with_two_keys_is_refused() -> None:
+    data = json.loads(dump_plan(full_plan()))
+    data["batches"][0]["key_ids"].append("skey-legacy01")
+    assert "an API 2.0 call takes exactly one" in _refusal(_resealed(data))
 
 
 @pytest.mark.parametrize("version", ["0.9", "1", "v1.0", "1.0.0", None, 1.0])
@@ -245,12 +260,12 @@ def test_not_an_object_is_refused() -> None:
 
 def test_newer_minor_version_with_unknown_members_is_read() -> None:
     data = json.loads(dump_plan(full_plan()))
-    data["format_version"] = "1.7"
+    data["format_version"] = "2.7"
     data["future_member"] = {"anything": [1, 2]}
     data["changes"][0]["future_detail"] = "ignored"
     plan = load_plan(_resealed(data), "plan.json")
-    assert plan.format_version == "1.7"
-    assert dataclasses.replace(plan, format_version="1.0") == full_plan()
+    assert plan.format_version == "2.7"
+    assert dataclasses.replace(plan, format_version="2.0") == full_plan()
 
 
 def test_schema_violations_name_their_json_path() -> None:
@@ -289,7 +304,7 @@ def test_batch_for_a_protected_binding_is_refused_even_when_resealed() -> None:
 
 def test_a_binding_batched_twice_is_refused() -> None:
     data = json.loads(dump_plan(full_plan()))
-    data["batches"].append({"wave": 2, "key_id": "skey-deploy01", "instance_ids": ["ins-web00001"]})
+    data["batches"].append({"wave": 2, "key_ids": ["skey-deploy01"], "instance_ids": ["ins-web00001"]})
     assert "a second time" in _refusal(_resealed(data))
 
 

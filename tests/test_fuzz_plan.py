@@ -32,10 +32,11 @@ from test_render_samples import full_plan
 from typer.testing import CliRunner
 
 from reconciler.cli import app
-from reconciler.core.document import MAX_PLAN_DEPTH, canonical_digest, dump_plan, load_plan
+from reconciler.core.document import MAX_PLAN_DEPTH, canonical_digest, dump_plan
 from reconciler.errors import PlanIntegrityError
 from reconciler.execute.executor import check_sendable
 from reconciler.model import ChangeStatus, Plan
+from reconciler.planfile import load_plan
 from reconciler.render.markdown import render_plan_markdown
 from reconciler.render.text import render_plan_text
 
@@ -152,7 +153,7 @@ def _load(text: str) -> Plan | PlanIntegrityError:
 
 def _check_loaded(plan: Plan) -> None:
     ready = {(c.key_id, c.instance_id) for c in plan.changes if c.status is ChangeStatus.READY}
-    batched = [(b.key_id, iid) for b in plan.batches for iid in b.instance_ids]
+    batched = [(b.key_ids[0], iid) for b in plan.batches for iid in b.instance_ids]
     assert set(batched) <= ready and len(batched) == len(set(batched))
     for value in [*(c.key_id for c in plan.changes), *(c.instance_id for c in plan.changes)]:
         assert ID_RE.fullmatch(value), value
@@ -181,7 +182,7 @@ def test_mutated_real_plans_are_refused_or_safe(case: tuple[dict[str, Any], bool
 @given(value=json_values)
 def test_arbitrary_json_sealed_or_not(value: Any) -> None:
     if isinstance(value, dict) and value:
-        value.setdefault("format_version", "1.0")
+        value.setdefault("format_version", "2.0")
         value["integrity"] = {"algorithm": "sha256", "digest": canonical_digest(value)}
     result = _load(_text(value))
     assert isinstance(result, PlanIntegrityError)  # none of these is a complete plan
@@ -224,7 +225,7 @@ def test_the_untouched_sample_loads() -> None:
     [
         "[" * 10_000 + "]" * 10_000,
         '{"a":' * 10_000 + "1" + "}" * 10_000,
-        '{"format_version": "1.0", "x": ' + "[" * (MAX_PLAN_DEPTH + 5) + "]" * (MAX_PLAN_DEPTH + 5) + "}",
+        '{"format_version": "2.0", "x": ' + "[" * (MAX_PLAN_DEPTH + 5) + "]" * (MAX_PLAN_DEPTH + 5) + "}",
         "[" * 100_000,
     ],
     ids=["lists-10000", "objects-10000", "just-too-deep", "unclosed-100000"],
@@ -242,7 +243,7 @@ def test_a_resealed_plan_with_a_newline_in_an_id_is_refused() -> None:
     batch = data["batches"][0]
     target = batch["instance_ids"][0]
     for change in data["changes"]:
-        if change["instance_id"] == target and change["key_id"] == batch["key_id"]:
+        if change["instance_id"] == target and change["key_id"] == batch["key_ids"][0]:
             change["instance_id"] = target + "\n"
     batch["instance_ids"][0] = target + "\n"
     data["integrity"]["digest"] = canonical_digest(data)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
 from reconciler import importer
 from reconciler.cli import app
-from reconciler.cloud.client import CvmClient
+from reconciler.cloud.client import CvmClient, instance_state
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
@@ -343,7 +343,9 @@ def test_a_name_with_a_lone_surrogate_is_left_out_not_mangled(tmp_path: Path) ->
     }
 
     observed = Observed(
-        "ap-guangzhou", observed_keys, {"ins-aaaaaaaa": Instance("ins-aaaaaaaa", "x\udfffy", 4, "centos")}
+        "ap-guangzhou",
+        observed_keys,
+        {"ins-aaaaaaaa": Instance("ins-aaaaaaaa", "x\udfffy", *instance_state(4), "centos")},
     )
     text = importer.render_desired(importer.ImportSelection("ap-guangzhou", Scope.ACCOUNT), observed)
     assert "name:" not in text and "# name not written" in text
@@ -370,7 +372,7 @@ def test_any_key_name_round_trips_exactly(name: str) -> None:
     observed = Observed(
         "ap-guangzhou",
         {"skey-aaaaaaaa": KeyPair("skey-aaaaaaaa", name, ("ins-aaaaaaaa",))},
-        {"ins-aaaaaaaa": Instance("ins-aaaaaaaa", name, 4, "centos")},
+        {"ins-aaaaaaaa": Instance("ins-aaaaaaaa", name, *instance_state(4), "centos")},
     )
     text = importer.render_desired(importer.ImportSelection("ap-guangzhou", Scope.KEYS), observed)
     with tempfile.TemporaryDirectory() as folder:

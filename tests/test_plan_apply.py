@@ -15,6 +15,7 @@ from support import emulator_client, run_cli
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.client import AttemptRecord
 from reconciler.cloud.observe import observe_for_plan
+from reconciler.core.document import canonical_digest
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
 from reconciler.emulator.app import EmulatorApp
@@ -122,6 +123,41 @@ def test_served_emulator_plan_apply_plan(tmp_path: Path, scope: str) -> None:
     assert {"DescribeKeyPairs", "DescribeInstances", "UnBindInstanceKey"} <= {r["action"] for r in audit}
     for text in [out, err, (tmp_path / "p.json").read_text(), (tmp_path / "audit.jsonl").read_text()]:
         assert SECRET_KEY not in text
+
+
+def test_fault_free_apply_sends_exactly_the_saved_batches(tmp_path: Path) -> None:
+    # The plan is the contract: every call the served emulator carried out is one saved batch,
+    # as saved (same key, same instances), each once, and no wave starts before the one before
+    # it was sent in full.
+    gen = generate(150, 10, seed=5, remove_fraction=0.5, scope="account")
+    fleet, desired = write(gen, tmp_path)
+    state = FleetState.from_file(fleet, persist=True)
+    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
+    plan_file = tmp_path / "p.json"
+    with serve_in_thread(EmulatorApp(state)) as server:
+        code, out, _ = cli("plan", str(desired), "--endpoint", server.url, "--out", str(plan_file), env=env)
+        assert code == 0, out
+        data = json.loads(plan_file.read_text())
+        # Split one batch in two, as another batcher might have: apply must send the two calls
+        # it finds, not regroup them into one. (Resealed: the digest is not a signature.)
+        index = next(n for n, b in enumerate(data["batches"]) if len(b["instance_ids"]) >= 2)
+        first = data["batches"][index]
+        second = {**first, "instance_ids": first["instance_ids"][1:]}
+        first["instance_ids"] = first["instance_ids"][:1]
+        data["batches"].insert(index + 1, second)
+        data["integrity"]["digest"] = canonical_digest(data)
+        plan_file.write_text(json.dumps(data))
+        saved = data["batches"]
+        assert len({b["wave"] for b in saved}) >= 2, "the fleet should need several waves"
+        assert state.mutations == []
+        code, out, err = cli("apply", str(plan_file), "--endpoint", server.url, env=env)
+        assert code in (0, 3), out + err
+    sent = [((m.key_id,), m.instance_ids) for m in state.mutations]
+    assert all(m.action == "UnBindInstanceKey" for m in state.mutations)
+    assert sorted(sent) == sorted((tuple(b["key_ids"]), tuple(b["instance_ids"])) for b in saved)
+    wave_of = {(tuple(b["key_ids"]), tuple(b["instance_ids"])): b["wave"] for b in saved}
+    waves = [wave_of[call] for call in sent]
+    assert waves == sorted(waves)
 
 
 def test_edited_plan_is_refused_before_any_mutation(tmp_path: Path) -> None:
@@ -236,3 +272,18 @@ def test_a_saved_emulator_plan_applies_from_another_directory(tmp_path: Path) ->
     )
     assert applied.returncode == 3, applied.stderr  # done; the example's blocked changes remain
     assert "Apply complete: 3 done" in applied.stdout
+
+
+def test_a_plan_is_applied_only_with_the_api_it_was_made_for(tmp_path: Path) -> None:
+    fleet, desired = _example_world(tmp_path)
+    plan_file = tmp_path / "p.json"
+    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    data = json.loads(plan_file.read_text())
+    assert data["api"] == "2.0"
+    data["api"] = "3.0"  # as if made against the 3.0 API
+    data["integrity"]["digest"] = canonical_digest(data)
+    plan_file.write_text(json.dumps(data))
+    before = fleet.read_bytes()
+    code, _, err = cli("apply", str(plan_file))
+    assert code == 1 and "CVM API 3.0" in err
+    assert fleet.read_bytes() == before

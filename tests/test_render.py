@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_render_samples import EVIL_NAME, big_plan, check_golden, empty_plan, full_plan, full_result
 
-from reconciler.model import ApplyResult, BindingResult, Outcome, SafetyVerdict
+from reconciler.model import ApiVersion, ApplyResult, BindingResult, Outcome, SafetyVerdict
 from reconciler.render import (
     render_plan_markdown,
     render_plan_text,
     render_result_json,
+    render_result_markdown,
     render_result_text,
 )
 from reconciler.render._sanitize import clean, display_width
@@ -253,3 +254,23 @@ def test_markdown_never_exceeds_max_chars(max_chars: int, size: int) -> None:
     assert len(md) <= max_chars
     if len(render_plan_markdown(plan, max_chars=10**9)) <= max_chars:
         assert "not shown" not in md and "truncated" not in md
+
+
+def test_calls_are_named_for_the_plans_api() -> None:
+    v2 = full_plan()
+    v3 = dataclasses.replace(v2, api=ApiVersion.V3)
+    assert "calls to UnBindInstanceKey" in render_plan_text(v2, color=False)
+    for text in (render_plan_text(v3, color=False), render_plan_markdown(v3)):
+        assert "calls to DisassociateInstancesKeyPairs" in text and "UnBindInstanceKey" not in text
+
+
+def test_result_markdown_leads_with_the_outcome_and_failures_first() -> None:
+    result = full_result()
+    text = render_result_markdown(result, full_plan())
+    assert text.startswith("### cvmkeys apply: `ap-guangzhou`\n\n**Apply")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(result.results)
+    outcomes = [row.split(" | ")[2] for row in rows]
+    assert outcomes.index("failed") < outcomes.index("done")
+    small = render_result_markdown(result, max_chars=600)
+    assert len(small) <= 600 and "more bindings not shown" in small and "| failed |" in small

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from reconciler.model import (
+    ApiVersion,
     ApplyResult,
     Batch,
     BindingResult,
@@ -52,7 +53,9 @@ def check_golden(name: str, actual: str) -> None:
 
 
 def _ready(key_id: str, key_name: str, iid: str, name: str, *warnings: str) -> Change:
-    return Change(key_id, iid, ChangeStatus.READY, "not allowed by the file", warnings, key_name, name, 4)
+    return Change(
+        key_id, iid, ChangeStatus.READY, "not allowed by the file", warnings, key_name, name, "4 (shut down)"
+    )
 
 
 def full_plan() -> Plan:
@@ -69,7 +72,7 @@ def full_plan() -> Plan:
             (),
             "ci-deploy",
             "web-3",
-            2,
+            "2 (running)",
         ),
         Change(
             "skey-deploy01",
@@ -96,10 +99,10 @@ def full_plan() -> Plan:
         _ready("skey-evil0001", EVIL_NAME, "ins-evil0001", EVIL_NAME),
     )
     batches = (
-        Batch(0, "skey-deploy01", ("ins-web00001", "ins-web00002")),
-        Batch(0, "skey-evil0001", ("ins-evil0001",)),
-        Batch(0, "skey-legacy01", ("ins-cn000001",)),
-        Batch(1, "skey-legacy01", ("ins-web00001",)),
+        Batch(0, ("skey-deploy01",), ("ins-web00001", "ins-web00002")),
+        Batch(0, ("skey-evil0001",), ("ins-evil0001",)),
+        Batch(0, ("skey-legacy01",), ("ins-cn000001",)),
+        Batch(1, ("skey-legacy01",), ("ins-web00001",)),
     )
     findings = (
         Finding(
@@ -128,6 +131,7 @@ def full_plan() -> Plan:
         region="ap-guangzhou",
         scope=Scope.KEYS,
         endpoint=ENDPOINT,
+        api=ApiVersion.V2,
         changes=changes,
         batches=batches,
         findings=findings,
@@ -171,6 +175,7 @@ def empty_plan() -> Plan:
         region="ap-shanghai",
         scope=Scope.ACCOUNT,
         endpoint=ENDPOINT,
+        api=ApiVersion.V2,
         changes=(),
         batches=(),
         findings=(),
@@ -193,7 +198,7 @@ def big_plan(count: int) -> Plan:
     for change in changes:
         ready_pairs.setdefault(change.key_id, []).append(change.instance_id)
     batches = tuple(
-        Batch(0, key_id, tuple(iids[i : i + 100]))
+        Batch(0, (key_id,), tuple(iids[i : i + 100]))
         for key_id, iids in ready_pairs.items()
         for i in range(0, len(iids), 100)
     )
@@ -202,6 +207,7 @@ def big_plan(count: int) -> Plan:
         region="ap-guangzhou",
         scope=Scope.KEYS,
         endpoint=ENDPOINT,
+        api=ApiVersion.V2,
         changes=changes,
         batches=batches,
         findings=(),

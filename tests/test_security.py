@@ -43,13 +43,14 @@ from bench.fleetgen import generate
 from reconciler.cli import app
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
-from reconciler.core.document import canonical_digest, load_plan
+from reconciler.core.document import canonical_digest
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.server import RunningServer, serve_in_thread
 from reconciler.emulator.state import FleetState
 from reconciler.errors import CvmkeysError, PlanIntegrityError
-from reconciler.execute.executor import Executor, check_fresh
+from reconciler.execute.executor import Executor
+from reconciler.planfile import load_plan
 
 HOSTILE = Path(__file__).resolve().parent / "data" / "hostile"
 SECRET_ID = "AKIDSECURITYTEST00000000000000000000"
@@ -417,14 +418,14 @@ def _tamper(plan_text: str, crafted: str, where: str) -> str:
         target = batch["instance_ids"][0]
         batch["instance_ids"][0] = crafted
         for change in data["changes"]:
-            if change["instance_id"] == target and change["key_id"] == batch["key_id"]:
+            if change["instance_id"] == target and change["key_id"] == batch["key_ids"][0]:
                 change["instance_id"] = crafted
     elif where == "fingerprint":
         data["fingerprint"]["instance_ids"][0] = crafted
     else:
         crafted_key = "skey" + crafted[3:]
-        old = batch["key_id"]
-        batch["key_id"] = crafted_key
+        old = batch["key_ids"][0]
+        batch["key_ids"][0] = crafted_key
         for change in data["changes"]:
             if change["key_id"] == old:
                 change["key_id"] = crafted_key
@@ -463,7 +464,7 @@ def test_crafted_ids_through_the_python_api_never_reach_a_request(world: World, 
         target = last.instance_ids[0]
         changes = tuple(
             dataclasses.replace(c, instance_id=crafted)
-            if (c.key_id, c.instance_id) == (last.key_id, target)
+            if (c.key_id, c.instance_id) == (last.key_ids[0], target)
             else c
             for c in plan.changes
         )
@@ -473,11 +474,14 @@ def test_crafted_ids_through_the_python_api_never_reach_a_request(world: World, 
         )
         forged = dataclasses.replace(plan, changes=changes, batches=batches)
         world.app.request_counts.clear()
-        for attempt in (lambda: check_fresh(client, forged), lambda: Executor(client, forged).run()):
+        for attempt in (
+            lambda: Executor(client, forged).check_fresh(),
+            lambda: Executor(client, forged).run(),
+        ):
             with pytest.raises(PlanIntegrityError, match="nothing was sent"):
                 attempt()
         for call in (
-            lambda: client.unbind_instance_key(last.key_id, [crafted]),
+            lambda: client.unbind_instance_key(last.key_ids[0], [crafted]),
             lambda: client.describe_instances([crafted]),
             lambda: client.describe_key_pairs(["skey" + crafted[3:]]),
         ):

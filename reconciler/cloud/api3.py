@@ -27,15 +27,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from reconciler.cloud.base import CallResult, Instance
+from reconciler.cloud.base import AttemptRecord, CallResult
 from reconciler.cloud.client import (
-    AttemptRecord,
     _batch_ids,
     _check_instance_id,
     _check_key_id,
     _chunks,
     _id_list,
-    _show,
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
 from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, check_endpoint
@@ -49,9 +47,10 @@ from reconciler.cloud.tc3call import (
     field_str,
     shape_error,
 )
+from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError, TransportError
 from reconciler.ids import canonical_region, is_instance_id, is_key_id
-from reconciler.model import ApiVersion, InstanceState, KeyPair
+from reconciler.model import ApiVersion, Instance, InstanceState, KeyPair
 
 T = TypeVar("T")
 U = TypeVar("U")

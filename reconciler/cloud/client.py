@@ -24,7 +24,6 @@ small thread pool owned by the client (``max_workers``); ``close()`` (or ``with`
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 import threading
@@ -42,13 +41,28 @@ import httpx
 from reconciler import __version__
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
+from reconciler.cloud.base import AttemptRecord, CallResult
 from reconciler.cloud.credentials import Credentials, mask_secret_id
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, is_loopback_host
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import RetryPolicy, is_mutating, may_retry
-from reconciler.errors import ApiError, CloudError, ConfigError, TransportError
+from reconciler.common import short_repr as _show
+from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
 from reconciler.ids import canonical_region, is_instance_id, is_key_id
-from reconciler.model import Instance, KeyPair
+from reconciler.model import (
+    INSTANCE_STATUS_NAMES,
+    MAX_IDS_PER_CALL,
+    PAGE_SIZE,
+    STATUS_KEY_ISSUING,
+    STATUS_RUNNING,
+    STATUS_SHUT_DOWN,
+    STATUS_SHUTTING_DOWN,
+    STATUS_STARTING,
+    ApiVersion,
+    Instance,
+    InstanceState,
+    KeyPair,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -82,55 +96,61 @@ for _name in ("httpx", "httpcore"):
     if not any(isinstance(f, _RedactQuery) for f in _logger.filters):
         _logger.addFilter(_RedactQuery())
 
-PAGE_SIZE = 100  # the documented maximum ``limit`` of both describe actions
-MAX_IDS_PER_CALL = 100  # keep (un)bind batches and describe filters at 100 IDs
-
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """One HTTP attempt of one API call, for the audit log. Never holds a secret or signature.
-
-    ``code`` is the API's ``code`` (``None`` when no API answer was read); ``http_status`` is
-    ``None`` when no HTTP answer came; ``retry_in_s`` is the backoff before the next attempt, or
-    ``None`` when this attempt was the last one of its call.
-    """
-
-    time: float
-    action: str
-    region: str
-    key_id: str | None
-    instance_ids: tuple[str, ...]
-    attempt: int
-    code: int | str | None
-    message: str
-    duration_s: float
-    http_status: int | None
-    retry_in_s: float | None = None
-    request_id: str | None = None  # API 3.0's RequestId of the answer, when one was read
-    key_ids: tuple[str, ...] = ()  # API 3.0: every key of a multi-key call (key_id is None then)
-
-
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    """A mutating call that succeeded, and how many attempts it took."""
-
-    action: str
-    attempts: int
 
 
 class _Shape(Exception):
     """The answer is JSON but not shaped like the API's; becomes a ``TransportError``."""
 
 
+# --------------------------------------------------------------------------- states and codes
+
+_STATES: dict[int, InstanceState] = {
+    STATUS_RUNNING: InstanceState.RUNNING,
+    STATUS_SHUT_DOWN: InstanceState.STOPPED,
+    STATUS_STARTING: InstanceState.STARTING,
+    STATUS_SHUTTING_DOWN: InstanceState.STOPPING,
+    STATUS_KEY_ISSUING: InstanceState.BUSY,
+}
+
+
+def instance_state(status: int) -> tuple[InstanceState, str]:
+    """A 2.0 ``status`` as the neutral state and the API's own word ("4 (shut down)")."""
+    # Numbers the table does not list are maintenance states, per the docs.
+    return _STATES.get(
+        status, InstanceState.OTHER
+    ), f"{status} ({INSTANCE_STATUS_NAMES.get(status, 'maintenance')})"
+
+
+_AUTH_CODES = frozenset({4100, 4101, 4102, 4104, 4200, 4300, 4500})
+_TRANSIENT_CODES = frozenset({6000, 6200})  # internal error, temporarily unavailable
+THROTTLED_CODE = 4400
+NOT_FOUND_CODE = 5000
+OPERATION_FAILED_CODE = 5100
+PARTIAL_SUCCESS_CODE = 5400
+
+
+def classify(code: int, message: str, *, mutating: bool) -> ApiErrorKind:
+    """What a 2.0 error code means for the caller. 6000 and 6200 are transient, but on a
+    mutating call they may have been carried out (ambiguous); 5100 is a refusal for the
+    instance's state, busy when the instance is in status 20."""
+    if code == THROTTLED_CODE:
+        return ApiErrorKind.RETRYABLE
+    if code in _TRANSIENT_CODES:
+        return ApiErrorKind.AMBIGUOUS if mutating else ApiErrorKind.RETRYABLE
+    if code == PARTIAL_SUCCESS_CODE:
+        return ApiErrorKind.AMBIGUOUS
+    if code in _AUTH_CODES:
+        return ApiErrorKind.AUTH
+    if code == NOT_FOUND_CODE:
+        return ApiErrorKind.NOT_FOUND
+    if code == OPERATION_FAILED_CODE:
+        return ApiErrorKind.BUSY if f"status {STATUS_KEY_ISSUING}" in message else ApiErrorKind.BLOCKED
+    return ApiErrorKind.INVALID
+
+
 # --------------------------------------------------------------------------- validation
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_key_id(value: object) -> str:
@@ -142,9 +162,7 @@ def _check_key_id(value: object) -> str:
 
 def _check_instance_id(value: object) -> str:
     if not is_instance_id(value):
-        raise ValueError(
-            f"invalid instance ID {_show(value)}: expected ins- and 8 lower-case letters/digits"
-        )
+        raise ValueError(f"invalid instance ID {_show(value)}: expected ins- and 8 lower-case letters/digits")
     assert isinstance(value, str)
     return value
 
@@ -254,15 +272,18 @@ def _parse_instance(entry: object) -> Instance:
             and (name is None or type(name) is str)
             and is_instance_id(instance_id)
         ):
-            return Instance(instance_id=instance_id, name=name or "", status=status, os=os_name)
+            state, word = instance_state(status)
+            return Instance(instance_id=instance_id, name=name or "", state=state, api_state=word, os=os_name)
     item = _dict(entry, "an instanceSet entry")
     instance_id = _str(item, "unInstanceId")
     if not is_instance_id(instance_id):
         raise _Shape(f"unInstanceId {_show(instance_id)} is not an instance ID")
+    state, word = instance_state(_int(item, "status"))
     return Instance(
         instance_id=instance_id,
         name=_str(item, "instanceName", default=""),
-        status=_int(item, "status"),
+        state=state,
+        api_state=word,
         os=_str(item, "os"),
     )
 
@@ -306,7 +327,7 @@ def _unique_keys(keys: list[KeyPair]) -> list[KeyPair]:
 class _Answer:
     http_status: int | None
     message: str
-    code: int | None
+    code: int | str | None
 
 
 class CvmClient:
@@ -316,8 +337,10 @@ class CvmClient:
     gives the signed Timestamp, the attempt times and the rate limiter's time; ``sleep`` is used
     for backoff and rate limiting; ``rng`` draws backoff jitter. ``rate_limit`` is requests per
     second per action (0 or None: unlimited). ``on_attempt`` receives every attempt's record; it
-    is called from worker threads but never concurrently.
+    is called from worker threads but never concurrently. Implements ``cloud.base.CloudClient``.
     """
+
+    api = ApiVersion.V2
 
     def __init__(
         self,
@@ -384,9 +407,7 @@ class CvmClient:
 
         host = urlsplit(self.endpoint).hostname or ""
         self._http = httpx.Client(
-            auth=Api2Auth(
-                credentials, self.region, signature_method=signature_method, clock=clock
-            ),
+            auth=Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock),
             transport=transport,
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
@@ -514,9 +535,7 @@ class CvmClient:
             asked = set(chunk)
             for instance in instances:
                 if instance.instance_id not in asked:
-                    raise _Shape(
-                        f"answer holds instance {instance.instance_id}, which was not asked for"
-                    )
+                    raise _Shape(f"answer holds instance {instance.instance_id}, which was not asked for")
             if total != len(instances):
                 raise _Shape(f"totalCount {total} but {len(instances)} instances returned")
             return instances
@@ -524,6 +543,12 @@ class CvmClient:
         return self._call("DescribeInstances", params, parse, instance_ids=tuple(chunk))
 
     # ----------------------------------------------------------------- mutations
+
+    def unbind(self, key_ids: Sequence[str], instance_ids: Sequence[str]) -> CallResult:
+        """The ``CloudClient`` unbind: 2.0 takes exactly one key a call (UnBindInstanceKey)."""
+        if isinstance(key_ids, str) or len(key_ids) != 1:
+            raise ValueError(f"API 2.0 unbinds exactly one key a call, got {_show(key_ids)}")
+        return self.unbind_instance_key(key_ids[0], instance_ids)
 
     def unbind_instance_key(self, key_id: str, instance_ids: Sequence[str]) -> CallResult:
         """UnBindInstanceKey: unbind ``key_id`` from 1..100 instances (all shut down)."""
@@ -533,10 +558,10 @@ class CvmClient:
         """BindInstanceKey: bind ``key_id`` to 1..100 instances (all shut down, Linux)."""
         return self._key_call("BindInstanceKey", key_id, instance_ids)
 
-    def stop_instances(self, instance_ids: Sequence[str], force: bool = False) -> CallResult:
-        """StopInstances on 1..100 running instances; ``force`` sends ``forceStop=1``."""
+    def stop_instances(self, instance_ids: Sequence[str], *, hard: bool = False) -> CallResult:
+        """StopInstances on 1..100 running instances; ``hard`` sends ``forceStop=1``."""
         ids = _batch_ids(instance_ids)
-        params = {**_list_params("instanceIds", ids), "forceStop": "1" if force else "0"}
+        params = {**_list_params("instanceIds", ids), "forceStop": "1" if hard else "0"}
         return self._mutate("StopInstances", params, None, ids)
 
     def start_instances(self, instance_ids: Sequence[str]) -> CallResult:
@@ -550,12 +575,8 @@ class CvmClient:
         params = {"keyId": key, **_list_params("instanceIds", ids)}
         return self._mutate(action, params, key, ids)
 
-    def _mutate(
-        self, action: str, params: dict[str, str], key_id: str | None, ids: list[str]
-    ) -> CallResult:
-        _, attempts = self._call_counted(
-            action, params, _parse_empty, key_id=key_id, instance_ids=tuple(ids)
-        )
+    def _mutate(self, action: str, params: dict[str, str], key_id: str | None, ids: list[str]) -> CallResult:
+        _, attempts = self._call_counted(action, params, _parse_empty, key_id=key_id, instance_ids=tuple(ids))
         return CallResult(action, attempts)
 
     # ----------------------------------------------------------------- one call, with retries
@@ -569,9 +590,7 @@ class CvmClient:
         key_id: str | None = None,
         instance_ids: tuple[str, ...] = (),
     ) -> T:
-        return self._call_counted(
-            action, params, parse, key_id=key_id, instance_ids=instance_ids
-        )[0]
+        return self._call_counted(action, params, parse, key_id=key_id, instance_ids=instance_ids)[0]
 
     def _call_counted(
         self,
@@ -661,21 +680,15 @@ class CvmClient:
         try:
             response = self._http.send(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise self._transport_error(
-                action, exc, retryable=True, ambiguous=False, answer=answer
-            ) from None
+            raise self._transport_error(action, exc, retryable=True, ambiguous=False, answer=answer) from None
         except httpx.TimeoutException as exc:
-            raise self._transport_error(
-                action, exc, retryable=True, ambiguous=True, answer=answer
-            ) from None
+            raise self._transport_error(action, exc, retryable=True, ambiguous=True, answer=answer) from None
         except httpx.UnsupportedProtocol as exc:
             raise self._transport_error(
                 action, exc, retryable=False, ambiguous=False, answer=answer
             ) from None
         except httpx.TransportError as exc:
-            raise self._transport_error(
-                action, exc, retryable=True, ambiguous=True, answer=answer
-            ) from None
+            raise self._transport_error(action, exc, retryable=True, ambiguous=True, answer=answer) from None
 
         answer.http_status = response.status_code
         if response.status_code != 200:
@@ -690,25 +703,20 @@ class CvmClient:
             body = response.json()
         except ValueError:
             answer.message = "answer is not JSON"
-            raise TransportError(
-                action, "answer is not JSON", retryable=False, ambiguous=True
-            ) from None
+            raise TransportError(action, "answer is not JSON", retryable=False, ambiguous=True) from None
         if not isinstance(body, dict):
             answer.message = "answer is not a JSON object"
-            raise TransportError(
-                action, "answer is not a JSON object", retryable=False, ambiguous=True
-            )
+            raise TransportError(action, "answer is not a JSON object", retryable=False, ambiguous=True)
         code = body.get("code")
         if isinstance(code, bool) or not isinstance(code, int):
             answer.message = "answer has no integer 'code'"
-            raise TransportError(
-                action, "answer has no integer 'code'", retryable=False, ambiguous=True
-            )
+            raise TransportError(action, "answer has no integer 'code'", retryable=False, ambiguous=True)
         message = body.get("message")
         answer.code = code
         answer.message = self._scrub(message if isinstance(message, str) else "")
         if code != 0:
-            raise ApiError(action, code, answer.message)
+            kind = classify(code, answer.message, mutating=is_mutating(action))
+            raise ApiError(action, code, answer.message, kind=kind)
         return body
 
     def _transport_error(
@@ -757,8 +765,3 @@ class CvmClient:
                     max_workers=self._max_workers, thread_name_prefix="cvmkeys-api"
                 )
             return self._pool
-
-
-def pages_needed(total: int) -> int:
-    """How many describe calls ``total`` items take at 100 a page (at least one)."""
-    return max(1, math.ceil(total / PAGE_SIZE))

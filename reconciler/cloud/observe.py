@@ -1,4 +1,6 @@
-"""Reading live state with the fewest API calls. Called by the CLI (plan) and by ``execute``.
+"""Reading live state with the fewest API calls, through any ``cloud.base.CloudClient``.
+
+Called by ``operations`` (plan) and by ``execute``.
 
 Plan: every key pair of the region (DescribeKeyPairs, 100 a page, pages in parallel), then
 DescribeInstances only for the instances the diff needs (``core.diff.instances_needed``), 100
@@ -9,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reconciler.cloud.client import CvmClient
+from reconciler.cloud.base import CloudClient
 from reconciler.core.diff import instances_needed
 from reconciler.model import Desired, Observed
 
 
-def observe_for_plan(client: CvmClient, desired: Desired) -> Observed:
+def observe_for_plan(client: CloudClient, desired: Desired) -> Observed:
     """Live state for planning ``desired``: ceil(keys/100) + ceil(needed instances/100) calls."""
     keys = {pair.key_id: pair for pair in client.describe_key_pairs()}
     needed = sorted(instances_needed(desired, keys))
@@ -23,7 +25,7 @@ def observe_for_plan(client: CvmClient, desired: Desired) -> Observed:
 
 
 def observe_subset(
-    client: CvmClient, region: str, key_ids: Iterable[str], instance_ids: Iterable[str]
+    client: CloudClient, region: str, key_ids: Iterable[str], instance_ids: Iterable[str]
 ) -> Observed:
     """Live state of just these keys and instances (absent ones do not exist)."""
     wanted_keys = sorted(set(key_ids))

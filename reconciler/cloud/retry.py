@@ -3,11 +3,13 @@
 Used by :class:`reconciler.cloud.client.CvmClient`; the executor relies on the rule for mutating
 calls below, so it is spelled out here once:
 
-- Reads (``Describe*``) are retried on every retryable error: API codes 4400, 6000, 6200,
-  HTTP 5xx, timeouts, connection errors.
+- Reads (``Describe*``) are retried on every retryable error: API errors of kind ``RETRYABLE``
+  (2.0 codes 4400, 6000, 6200), HTTP 5xx, timeouts, connection errors.
 - Mutating calls (``UnBindInstanceKey``, ``BindInstanceKey``, ``StopInstances``,
-  ``StartInstances``) are retried only when the call certainly had no effect: API code 4400
-  (throttled: rejected before it was carried out) and transport errors where the request was
+  ``StartInstances``, ``DisassociateInstancesKeyPairs``, ...) are retried only when the call
+  certainly had no effect: API errors of kind ``RETRYABLE`` (the client classifies a mutating
+  call's 6000/6200 as ``AMBIGUOUS``, so this is 2.0's 4400: throttled, rejected before it was
+  carried out) and transport errors where the request was
   certainly not sent (``TransportError.ambiguous`` false: connect error, connect/pool timeout).
   Any other failure (6000, 6200, HTTP 5xx, read timeout, lost answer) may have taken effect, so
   it goes straight back to the caller, which re-reads the live state and decides.
@@ -22,11 +24,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from reconciler.errors import ApiError, CloudError, TransportError
+from reconciler.errors import ApiError, ApiErrorKind, CloudError, TransportError
 
-THROTTLED_CODE = 4400
+# The one list of actions that change the cloud, of both APIs.
 MUTATING_ACTIONS = frozenset(
-    {"UnBindInstanceKey", "BindInstanceKey", "StopInstances", "StartInstances"}
+    {
+        "UnBindInstanceKey",
+        "BindInstanceKey",
+        "StopInstances",
+        "StartInstances",
+        "DisassociateInstancesKeyPairs",
+        "AssociateInstancesKeyPairs",
+    }
 )
 
 
@@ -62,7 +71,7 @@ def may_retry(error: CloudError, *, mutating: bool) -> bool:
     if not mutating:
         return True
     if isinstance(error, ApiError):
-        return error.code == THROTTLED_CODE
+        return error.kind is ApiErrorKind.RETRYABLE
     if isinstance(error, TransportError):
         return not error.ambiguous
     return False

@@ -31,7 +31,7 @@ import httpx
 
 from reconciler import __version__
 from reconciler.cloud import tc3
-from reconciler.cloud.client import AttemptRecord
+from reconciler.cloud.base import AttemptRecord
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import is_loopback_host
 from reconciler.cloud.ratelimit import TokenBucket

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from reconciler.model import Batch, Change, ChangeStatus
+from reconciler.model import MAX_IDS_PER_CALL, Batch, Change, ChangeStatus
 
-MAX_INSTANCES_PER_CALL = 100
+MAX_INSTANCES_PER_CALL = MAX_IDS_PER_CALL
 
 
 def make_batches(changes: Iterable[Change], *, per_call: int = MAX_INSTANCES_PER_CALL) -> tuple[Batch, ...]:
@@ -37,7 +37,7 @@ def make_batches(changes: Iterable[Change], *, per_call: int = MAX_INSTANCES_PER
         for key_id in sorted(waves[wave], key=rank.__getitem__):
             instance_ids = sorted(waves[wave][key_id])
             for start in range(0, len(instance_ids), per_call):
-                batches.append(Batch(wave, key_id, tuple(instance_ids[start : start + per_call])))
+                batches.append(Batch(wave, (key_id,), tuple(instance_ids[start : start + per_call])))
     return tuple(batches)
 
 

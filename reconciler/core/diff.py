@@ -21,23 +21,19 @@ from dataclasses import dataclass
 
 from reconciler import ids
 from reconciler.model import (
-    STATUS_KEY_ISSUING,
-    STATUS_RUNNING,
-    STATUS_SHUT_DOWN,
+    Binding,
     Change,
     ChangeStatus,
     Desired,
     DesiredKey,
     Finding,
     Instance,
+    InstanceState,
     KeyPair,
     Observed,
     Scope,
     Severity,
-    status_name,
 )
-
-Binding = tuple[str, str]  # (key_id, instance_id)
 
 LAST_KEY_WARNING = (
     "removes the last key of {instance}: login falls back to the password; if none was ever set, "
@@ -102,16 +98,13 @@ def blocked_reason(instance: Instance | None, region: str) -> str | None:
     never = unchangeable_reason(instance)
     if never is not None:
         return never
-    if instance.status == STATUS_SHUT_DOWN:
+    if instance.state is InstanceState.STOPPED:
         return None
-    if instance.status == STATUS_RUNNING:
+    if instance.state is InstanceState.RUNNING:
         return "instance is running: stop it first (StopInstances), then plan and apply again"
-    if instance.status == STATUS_KEY_ISSUING:
-        return "instance is busy (status 20, key issuing): another bind/unbind is in progress"
-    return (
-        f"instance is {status_name(instance.status)} (status {instance.status}); "
-        "unbinding needs status 4 (shut down)"
-    )
+    if instance.state is InstanceState.BUSY:
+        return f"instance is busy ({instance.api_state}): another bind/unbind is in progress"
+    return f"instance is {instance.api_state}; unbinding needs a stopped instance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +299,7 @@ def _changes(
                 warnings=warnings,
                 key_name=pair.name if pair else None,
                 instance_name=instance.name if instance else None,
-                instance_status=instance.status if instance else None,
+                instance_state=instance.api_state if instance else None,
             )
         )
     return changes

@@ -1,8 +1,9 @@
 """The plan document: a ``Plan`` as JSON, with an integrity digest, and back. Pure (no I/O).
 
-Called by the CLI (``plan --out`` writes ``dump_plan``; ``apply PLANFILE`` and ``show`` read with
-``load_plan``), by ``render.json`` and by ``apply --format json`` (``result_to_data``). The form
-is specified by ``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
+Called by ``operations`` (``plan --out`` writes ``dump_plan``), by ``render.json`` (plans and
+``result_to_data``) and by ``reconciler.planfile`` (``load_plan``, which passes in the plan
+schema's validator: the core never loads a schema file). The form is specified by
+``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
 
 Reading refuses, with a ``PlanIntegrityError`` that names the file, anything that is not exactly
 a plan this version can carry out: text that is not JSON (``FILE:LINE:COL``), a newer major
@@ -15,16 +16,17 @@ can recompute it. The reviewed plan (and the review itself) is the trust anchor.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
+from reconciler.common import canonical_sha256, plural, short_repr
 from reconciler.errors import PlanIntegrityError
 from reconciler.model import (
     PLAN_FORMAT_VERSION,
+    ApiVersion,
     ApplyResult,
     Batch,
     Change,
@@ -40,7 +42,12 @@ from reconciler.model import (
     SourceFile,
     Summary,
 )
-from reconciler.schemas import validator
+
+
+class SchemaValidator(Protocol):
+    """What ``load_plan`` needs of a JSON Schema validator (jsonschema's ``iter_errors``)."""
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]: ...
 
 INTEGRITY_ALGORITHM = "sha256"
 RESULT_FORMAT_VERSION = "1.0"
@@ -72,7 +79,7 @@ def _change_to_data(change: Change) -> dict[str, Any]:
         "key_name": change.key_name,
         "instance_id": change.instance_id,
         "instance_name": change.instance_name,
-        "instance_status": change.instance_status,
+        "instance_state": change.instance_state,
         "status": change.status.value,
         "reason": change.reason,
         "warnings": list(change.warnings),
@@ -103,10 +110,11 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
         "region": plan.region,
         "scope": plan.scope.value,
         "endpoint": plan.endpoint,
+        "api": plan.api.value,
         "created_at": plan.created_at,
         "changes": [_change_to_data(c) for c in plan.changes],
         "batches": [
-            {"wave": b.wave, "key_id": b.key_id, "instance_ids": list(b.instance_ids)}
+            {"wave": b.wave, "key_ids": list(b.key_ids), "instance_ids": list(b.instance_ids)}
             for b in plan.batches
         ],
         "findings": [_finding_to_data(f) for f in plan.findings],
@@ -158,14 +166,7 @@ def canonical_digest(data: Mapping[str, Any]) -> str:
     surrogates, which cloud JSON can carry, are encoded as-is), integral floats as integers.
     """
     body = {k: v for k, v in data.items() if k != "integrity"}
-    text = json.dumps(
-        _canonical_numbers(body),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return canonical_sha256(_canonical_numbers(body))
 
 
 def dump_plan(plan: Plan) -> str:
@@ -199,9 +200,9 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
 
 
-def _schema_problems(data: Mapping[str, Any]) -> list[str]:
+def _schema_problems(data: Mapping[str, Any], schema: SchemaValidator) -> list[str]:
     errors = sorted(
-        validator("plan").iter_errors(data),
+        schema.iter_errors(data),
         key=lambda e: (tuple(str(p) for p in e.absolute_path), e.message),
     )
     return [f"{_json_path(e.absolute_path)}: {_short(e.message)}" for e in errors]
@@ -213,26 +214,32 @@ def _location_from_data(data: Mapping[str, Any] | None) -> Location | None:
     return Location(file=data["file"], line=data["line"], column=data["column"])
 
 
-def _check_batches(changes: tuple[Change, ...], batches: tuple[Batch, ...], source: str) -> None:
+def _check_batches(
+    api: ApiVersion, changes: tuple[Change, ...], batches: tuple[Batch, ...], source: str
+) -> None:
     """Every binding a batch would unbind must be a ready change, and only once: apply calls
-    the API from the batches, so this is what keeps blocked and protected bindings safe."""
+    the API from the batches, so this is what keeps blocked and protected bindings safe. A 2.0
+    batch names exactly one key (UnBindInstanceKey takes one)."""
     ready = {(c.key_id, c.instance_id) for c in changes if c.status is ChangeStatus.READY}
     seen: set[tuple[str, str]] = set()
     for index, batch in enumerate(batches):
-        for iid in batch.instance_ids:
-            binding = (batch.key_id, iid)
-            where = f"{source}: $.batches[{index}]"
-            if binding not in ready:
+        where = f"{source}: $.batches[{index}]"
+        if api is ApiVersion.V2 and len(batch.key_ids) != 1:
+            raise PlanIntegrityError(
+                f"{where}: names {plural(len(batch.key_ids), 'key')}; an API 2.0 call takes exactly one",
+                hint=_RERUN_HINT,
+            )
+        for key_id, iid in batch.bindings:
+            if (key_id, iid) not in ready:
                 raise PlanIntegrityError(
-                    f"{where}: unbinds {iid} from {batch.key_id}, which is not a ready change "
-                    "in this plan",
+                    f"{where}: unbinds {iid} from {key_id}, which is not a ready change in this plan",
                     hint=_RERUN_HINT,
                 )
-            if binding in seen:
+            if (key_id, iid) in seen:
                 raise PlanIntegrityError(
-                    f"{where}: unbinds {iid} from {batch.key_id} a second time", hint=_RERUN_HINT
+                    f"{where}: unbinds {iid} from {key_id} a second time", hint=_RERUN_HINT
                 )
-            seen.add(binding)
+            seen.add((key_id, iid))
 
 
 # The schema's ID patterns, whole-string: jsonschema's ``pattern`` uses re.search, where ``$``
@@ -248,7 +255,8 @@ def _check_ids(data: Mapping[str, Any], source: str) -> None:
         found.append((f"$.changes[{index}].key_id", change["key_id"], _PLAN_KEY_ID))
         found.append((f"$.changes[{index}].instance_id", change["instance_id"], _PLAN_INSTANCE_ID))
     for index, batch in enumerate(data["batches"]):
-        found.append((f"$.batches[{index}].key_id", batch["key_id"], _PLAN_KEY_ID))
+        for n, kid in enumerate(batch["key_ids"]):
+            found.append((f"$.batches[{index}].key_ids[{n}]", kid, _PLAN_KEY_ID))
         for n, iid in enumerate(batch["instance_ids"]):
             found.append((f"$.batches[{index}].instance_ids[{n}]", iid, _PLAN_INSTANCE_ID))
     for n, kid in enumerate(data["fingerprint"]["key_ids"]):
@@ -258,17 +266,17 @@ def _check_ids(data: Mapping[str, Any], source: str) -> None:
     for where, value, pattern in found:
         if pattern.fullmatch(value) is None:
             raise PlanIntegrityError(
-                f"{source}: {where}: {_short(repr(value))} is not an ID", hint=_RERUN_HINT
+                f"{source}: {where}: {short_repr(value, _MAX_PROBLEM_CHARS)} is not an ID", hint=_RERUN_HINT
             )
 
 
-def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
+def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: str = "<plan>") -> Plan:
     """Build a ``Plan`` from its JSON data, after validating it against the plan schema.
 
     ``source`` names the data in messages. Unknown members are ignored (newer minor versions
     may add them). Does not check the integrity digest: ``load_plan`` does that first.
     """
-    problems = _schema_problems(data)
+    problems = _schema_problems(data, schema)
     if problems:
         listed = problems[:_MAX_LISTED_PROBLEMS]
         if len(problems) > len(listed):
@@ -289,16 +297,17 @@ def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
             warnings=tuple(c["warnings"]),
             key_name=c["key_name"],
             instance_name=c["instance_name"],
-            instance_status=c["instance_status"],
+            instance_state=c["instance_state"],
             action=c["action"],
         )
         for c in data["changes"]
     )
     batches = tuple(
-        Batch(wave=b["wave"], key_id=b["key_id"], instance_ids=tuple(b["instance_ids"]))
+        Batch(wave=b["wave"], key_ids=tuple(b["key_ids"]), instance_ids=tuple(b["instance_ids"]))
         for b in data["batches"]
     )
-    _check_batches(changes, batches, source)
+    api = ApiVersion(data["api"])
+    _check_batches(api, changes, batches, source)
     findings = tuple(
         Finding(
             severity=Severity(f["severity"]),
@@ -318,6 +327,7 @@ def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
         region=data["region"],
         scope=Scope(data["scope"]),
         endpoint=data["endpoint"],
+        api=api,
         changes=changes,
         batches=batches,
         findings=findings,
@@ -434,7 +444,10 @@ def _check_version(data: Mapping[str, Any], source: str) -> None:
         )
     if major < SUPPORTED_MAJOR:
         raise PlanIntegrityError(
-            f"{source}: plan format {version} is no longer supported", hint=_RERUN_HINT
+            f"{source}: plan format {version} was written by an older cvmkeys; this one reads "
+            f"{SUPPORTED_MAJOR}.x plans only (they record the API they were made for, and "
+            "instance states by name)",
+            hint=_RERUN_HINT,
         )
 
 
@@ -466,7 +479,7 @@ def _check_integrity(data: Mapping[str, Any], source: str) -> None:
         )
 
 
-def load_plan(text: str, source: str) -> Plan:
+def load_plan(text: str, source: str, *, schema: SchemaValidator) -> Plan:
     """Read a plan file's text (``source`` names it in messages) and return the ``Plan``.
 
     Order of checks: JSON syntax, an object, a readable ``format_version``, the integrity
@@ -480,7 +493,7 @@ def load_plan(text: str, source: str) -> Plan:
         )
     _check_version(data, source)
     _check_integrity(data, source)
-    return plan_from_data(data, source=source)
+    return plan_from_data(data, schema=schema, source=source)
 
 
 # --------------------------------------------------------------------------- apply results

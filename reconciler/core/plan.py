@@ -6,14 +6,14 @@ observed state, to refuse a stale plan).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 
+from reconciler.common import canonical_sha256
 from reconciler.core.batching import make_batches, wave_count
 from reconciler.core.diff import diff
 from reconciler.core.safety import check_safety, merge_limits
 from reconciler.model import (
+    ApiVersion,
     ChangeStatus,
     Desired,
     Fingerprint,
@@ -25,13 +25,8 @@ from reconciler.model import (
 )
 
 
-def _sha256_json(data: object) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def fingerprint_of(observed: Observed, key_ids: Iterable[str], instance_ids: Iterable[str]) -> Fingerprint:
-    """Digest of the bindings of ``key_ids`` and the existence, status and OS class of
+    """Digest of the bindings of ``key_ids`` and the existence, state and OS class of
     ``instance_ids`` as ``observed`` reports them. Absent keys/instances count as ``None``."""
     keys = tuple(sorted(set(key_ids)))
     instances = tuple(sorted(set(instance_ids)))
@@ -41,13 +36,17 @@ def fingerprint_of(observed: Observed, key_ids: Iterable[str], instance_ids: Ite
             k: sorted(observed.keys[k].bound_instance_ids) if k in observed.keys else None for k in keys
         },
         "instances": {
-            i: [observed.instances[i].status, observed.instances[i].is_windows]
+            i: [
+                observed.instances[i].state.value,
+                observed.instances[i].api_state,
+                observed.instances[i].is_windows,
+            ]
             if i in observed.instances
             else None
             for i in instances
         },
     }
-    return Fingerprint(digest=_sha256_json(data), key_ids=keys, instance_ids=instances)
+    return Fingerprint(digest=canonical_sha256(data), key_ids=keys, instance_ids=instances)
 
 
 def observed_digest(observed: Observed) -> str:
@@ -60,6 +59,7 @@ def build_plan(
     observed: Observed,
     *,
     endpoint: str,
+    api: ApiVersion = ApiVersion.V2,
     limits_override: SafetyLimits | None = None,
     created_at: str = "",
 ) -> Plan:
@@ -86,6 +86,7 @@ def build_plan(
         region=desired.region,
         scope=desired.scope,
         endpoint=endpoint,
+        api=api,
         changes=result.changes,
         batches=batches,
         findings=result.findings,

@@ -1,4 +1,5 @@
-"""Safety limits on how much one apply may unbind. Pure; called by ``core.plan``.
+"""Safety limits on how much one apply may unbind. Pure; called by ``core.plan`` and, for a saved plan
+with limits on the command line, by ``operations``.
 
 Like octoDNS's MAX_SAFE_*_PCENT: the verdict is computed after the plan is built, so an unsafe
 plan is still shown in full with the numbers that tripped it; apply refuses it without --force.
@@ -58,3 +59,12 @@ def check_safety(unbinds: int, owned_bindings: int, limits: SafetyLimits) -> Saf
         percent_checked=percent_checked,
         violations=tuple(violations),
     )
+
+
+def recheck_safety(verdict: SafetyVerdict, override: SafetyLimits) -> SafetyVerdict:
+    """A saved plan's verdict under limits given on the command line (they win over the
+    recorded ones); the recorded verdict itself when none are given."""
+    if override.max_unbinds is None and override.max_unbind_percent is None:
+        return verdict
+    recorded = SafetyLimits(verdict.max_unbinds, verdict.max_unbind_percent)
+    return check_safety(verdict.unbinds, verdict.owned_bindings, merge_limits(recorded, override))

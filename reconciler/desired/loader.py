@@ -13,6 +13,7 @@ union, and a key may be declared in only one file; protected keys/instances and 
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ from reconciler.desired.validation import validate_document
 from reconciler.desired.yaml_nodes import (
     NULL_TAG,
     NodeLocator,
+    Source,
     compose,
     construct,
     has_top_level_keys,
@@ -292,6 +294,25 @@ def _load_file(
     if isinstance(source, Problem):
         problems.append(source)
         return None
+    return _load_source(source, display, explicit, problems)
+
+
+def load_text(text: str, display: str) -> LoadedDesired:
+    """Load one desired-state document given as text, named ``display`` in messages, as if it
+    were a file named on the command line (``import`` checks what it writes this way)."""
+    problems: list[Problem] = []
+    source = Source(text, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+    result = _load_source(source, display, True, problems)
+    loaded = [result] if isinstance(result, _FileDesired) else []
+    by_region = _merge(loaded, problems)
+    if problems:
+        raise InputError(_ordered(problems))
+    return LoadedDesired((display,), by_region)
+
+
+def _load_source(
+    source: Source, display: str, explicit: bool, problems: list[Problem]
+) -> _FileDesired | _Skipped | None:
     if not explicit:
         kind = _other_yaml_kind(source.text)
         if kind is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from reconciler.cloud.client import AttemptRecord
+from reconciler.cloud.base import AttemptRecord
 
 
 class AuditLog:

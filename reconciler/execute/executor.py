@@ -1,14 +1,17 @@
 """Carrying out a plan's batches against the cloud, wave by wave, and verifying every binding.
 
-Called by the CLI's ``apply`` after the plan was checked (``check_fresh``). The rules:
+Called by ``operations.apply`` (a saved plan is checked first: ``Executor.check_fresh``). The
+rules:
 
 * only ``ready`` changes are attempted; blocked and protected ones are reported as such;
-* one UnBindInstanceKey per key per wave (at most 100 instances); batches of one wave run in
-  parallel across keys (``parallelism``) under the client's rate limit;
-* a call puts its instances in status 20 until the operation finishes, and the next wave may
-  touch an instance only once it is idle again. So a wave sends first the calls whose
-  instances come back in the next wave; after the wave those instances (and those of failed
-  calls) are polled (DescribeInstances, 100 a call, timeout) until none is in status 20; by
+* the plan is the contract: the first attempt of every wave sends the saved plan's batches as
+  saved, one unbind call each (``CloudClient.unbind``); only retries regroup, and only what is
+  left. Batches of one wave run in parallel (``parallelism``) under the client's rate limit;
+* a call makes its instances busy (``InstanceState.BUSY``: 2.0 status 20) until the operation
+  finishes, and the next wave may touch an instance only once it is idle again. So a wave
+  sends first the calls whose instances come back in the next wave; after the wave those
+  instances (and those of failed calls) are polled (DescribeInstances, 100 a call, timeout)
+  until none is busy; by
   then they have usually long finished, and the next wave starts at once. Every other
   instance is polled once, before the verification (an instance in status 20 still reports
   its old keys): those with the oldest calls fill the free places of the polls between waves,
@@ -32,36 +35,49 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import Enum
 
-from reconciler.cloud.client import CallResult, CvmClient
+from reconciler.cloud.base import CallResult, CloudClient
 from reconciler.cloud.observe import observe_subset
-from reconciler.core.batching import MAX_INSTANCES_PER_CALL
+from reconciler.common import plural, short_repr
 from reconciler.core.diff import blocked_reason
 from reconciler.core.plan import fingerprint_of
 from reconciler.errors import ApiError, CloudError, PlanIntegrityError, StalePlanError
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
-    STATUS_KEY_ISSUING,
+    MAX_IDS_PER_CALL,
+    ApiVersion,
     ApplyResult,
+    Batch,
+    Binding,
     BindingResult,
     ChangeStatus,
+    InstanceState,
     Outcome,
     Plan,
 )
 
-Binding = tuple[str, str]
+
+class EventKind(str, Enum):
+    """What an ``ExecEvent`` reports."""
+
+    WAVE_START = "wave-start"
+    CALL_DONE = "call-done"
+    CALL_FAILED = "call-failed"
+    WAITING = "waiting"
+    RETRY = "retry"
+    VERIFY = "verify"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
 class ExecEvent:
-    """Progress, for the CLI to show: ``kind`` is one of wave-start, call-done, call-failed,
-    waiting, retry, verify, stopped."""
+    """Progress, for the view to show."""
 
-    kind: str
+    kind: EventKind
     wave: int
     message: str
     bindings_done: int = 0
-    bindings_total: int = 0
     calls: int = 0
 
 
@@ -114,7 +130,7 @@ class _Track:
     attempts: int = 0
     outcome: Outcome | None = None
     reason: str = ""
-    code: int | None = None
+    code: int | str | None = None
 
 
 @dataclass
@@ -127,9 +143,6 @@ class _State:
 
     done: int = 0  # bindings whose outcome is DONE (kept by ``Executor._set_outcome``)
 
-    def done_count(self) -> int:
-        return self.done
-
 
 def check_sendable(plan: Plan) -> None:
     """Refuse (PlanIntegrityError), before any request, a plan that names an ID the client
@@ -141,43 +154,17 @@ def check_sendable(plan: Plan) -> None:
     carried out up to that batch and then stop with an internal error.
     """
     fp = plan.fingerprint
-    keys = [b.key_id for b in plan.batches] + [c.key_id for c in plan.ready_changes] + list(fp.key_ids)
+    keys = [k for b in plan.batches for k in b.key_ids] + [c.key_id for c in plan.ready_changes]
+    keys += list(fp.key_ids)
     instances = [iid for b in plan.batches for iid in b.instance_ids]
     instances += [c.instance_id for c in plan.ready_changes] + list(fp.instance_ids)
     bad = [k for k in keys if not is_key_id(k)] + [i for i in instances if not is_instance_id(i)]
     if bad:
-        shown = ", ".join(repr(value)[:60] for value in dict.fromkeys(bad))
+        shown = ", ".join(short_repr(value) for value in dict.fromkeys(bad))
         raise PlanIntegrityError(
             f"the plan names IDs the CVM API does not take: {shown}; nothing was sent",
             hint="run `cvmkeys plan --out FILE` again and review the new plan",
         )
-
-
-def check_fresh(client: CvmClient, plan: Plan) -> None:
-    """Refuse (StalePlanError) when what the plan touches changed since it was made
-    (and, first, a plan naming IDs the client cannot send: ``check_sendable``)."""
-    check_sendable(plan)
-    fp = plan.fingerprint
-    observed = observe_subset(client, plan.region, fp.key_ids, fp.instance_ids)
-    fresh = fingerprint_of(observed, fp.key_ids, fp.instance_ids)
-    if fresh.digest == fp.digest:
-        return
-    details: list[str] = []
-    for change in plan.ready_changes:
-        pair = observed.keys.get(change.key_id)
-        inst = observed.instances.get(change.instance_id)
-        if pair is None or change.instance_id not in pair.bound_instance_ids:
-            details.append(f"{change.key_id} is no longer bound to {change.instance_id}")
-        elif inst is None or inst.status != change.instance_status:
-            now = "gone" if inst is None else f"status {inst.status}"
-            details.append(f"{change.instance_id} was status {change.instance_status}, now {now}")
-    if not details:
-        details.append("the bindings of the touched keys changed")
-    shown = "; ".join(details[:5]) + (f"; and {len(details) - 5} more" if len(details) > 5 else "")
-    raise StalePlanError(
-        f"plan is stale: {shown} since the plan was made; run plan again",
-        hint="cvmkeys plan ... --out PLANFILE, review it, then apply the new plan",
-    )
 
 
 class Executor:
@@ -185,7 +172,7 @@ class Executor:
 
     def __init__(
         self,
-        client: CvmClient,
+        client: CloudClient,
         plan: Plan,
         *,
         options: ExecOptions | None = None,
@@ -201,8 +188,43 @@ class Executor:
         self._answered: dict[str, float] = {}  # instance -> when its latest call was answered
         self._unconfirmed: set[str] = set()  # instances not yet seen idle after their latest call
         self._op_timer = _OpTimer()
+        self._sendable = False
 
     # ------------------------------------------------------------------ public
+
+    def check_fresh(self) -> None:
+        """Refuse (StalePlanError) when what the plan touches changed since it was made (and,
+        first, a plan naming IDs the client cannot send: ``check_sendable``). For a saved plan,
+        before ``run``."""
+        self._check_sendable()
+        plan = self.plan
+        fp = plan.fingerprint
+        observed = observe_subset(self.client, plan.region, fp.key_ids, fp.instance_ids)
+        fresh = fingerprint_of(observed, fp.key_ids, fp.instance_ids)
+        if fresh.digest == fp.digest:
+            return
+        details: list[str] = []
+        for change in plan.ready_changes:
+            pair = observed.keys.get(change.key_id)
+            inst = observed.instances.get(change.instance_id)
+            if pair is None or change.instance_id not in pair.bound_instance_ids:
+                details.append(f"{change.key_id} is no longer bound to {change.instance_id}")
+            elif inst is None or inst.api_state != change.instance_state:
+                now = "gone" if inst is None else inst.api_state
+                details.append(f"{change.instance_id} was {change.instance_state}, now {now}")
+        if not details:
+            details.append("the bindings of the touched keys changed")
+        shown = "; ".join(details[:5]) + (f"; and {len(details) - 5} more" if len(details) > 5 else "")
+        raise StalePlanError(
+            f"plan is stale: {shown} since the plan was made; run plan again",
+            hint="cvmkeys plan ... --out PLANFILE, review it, then apply the new plan",
+        )
+
+    def _check_sendable(self) -> None:
+        # Once per apply, whichever of check_fresh and run comes first.
+        if not self._sendable:
+            check_sendable(self.plan)
+            self._sendable = True
 
     def run(self) -> ApplyResult:
         """Execute every wave, verify, and return what happened to each binding.
@@ -211,17 +233,20 @@ class Executor:
         stops the apply: no further wave is started, and every binding is reported as what is
         known of it, never as a guess.
         """
-        check_sendable(self.plan)
-        calls_before = sum(self.client.calls.values())
+        self._check_sendable()
         waves = sorted({b.wave for b in self.plan.batches})
-        by_wave: dict[int, list[Binding]] = {wave: [] for wave in waves}
+        by_wave: dict[int, list[Batch]] = {wave: [] for wave in waves}
         for batch in self.plan.batches:
-            by_wave[batch.wave].extend((batch.key_id, iid) for iid in batch.instance_ids)
+            by_wave[batch.wave].append(batch)
         try:
             for n, wave in enumerate(waves):
                 if self.stop.is_set():
                     break
-                following = {iid for _, iid in by_wave[waves[n + 1]]} if n + 1 < len(waves) else set()
+                following = (
+                    {iid for b in by_wave[waves[n + 1]] for iid in b.instance_ids}
+                    if n + 1 < len(waves)
+                    else set()
+                )
                 self._run_wave(wave, by_wave[wave], following)
             if not self.stop.is_set():
                 self._wait_idle(-1, sorted(self._unconfirmed))
@@ -230,14 +255,14 @@ class Executor:
         if self.stop.is_set():
             self._state.interrupted = True
             self._mark_unverified("interrupted")
-            self._emit("stopped", -1, "stopped: no new calls started; calls in flight finished")
+            self._emit(EventKind.STOPPED, -1, "stopped: no new calls started; calls in flight finished")
         elif self._state.aborted is None:
             try:
                 self._verify()
             except CloudError as error:
                 self._state.aborted = error.message
                 self._mark_unverified(error.message)
-        return self._result(calls_before)
+        return self._result()
 
     def _mark_unverified(self, why: str) -> None:
         """Say of every binding the API accepted that no observation has confirmed it."""
@@ -247,7 +272,7 @@ class Executor:
 
     def _abort(self, error: CloudError, what: str) -> None:
         self._state.aborted = error.message
-        self._emit("stopped", -1, f"{what}: {error.message}")
+        self._emit(EventKind.STOPPED, -1, f"{what}: {error.message}")
         self._mark_unverified(error.message)
         for track in self._state.tracks.values():
             if track.outcome is None and track.attempts > 0:
@@ -258,23 +283,25 @@ class Executor:
 
     # ------------------------------------------------------------------ waves
 
-    def _run_wave(self, wave: int, bindings: list[Binding], following: set[str]) -> None:
-        """Send the wave (calls touching ``following``, the next wave's instances, first); then
-        wait until those instances and the failed calls' are idle; settle and retry failures."""
-        pending = bindings
+    def _run_wave(self, wave: int, batches: list[Batch], following: set[str]) -> None:
+        """Send the wave's batches as saved (calls touching ``following``, the next wave's
+        instances, first); then wait until those instances and the failed calls' are idle;
+        settle, and retry what is left, regrouped."""
+        pending = [binding for batch in batches for binding in batch.bindings]
+        calls: list[Batch] = list(batches)
         retrying = False
-        self._emit("wave-start", wave, f"wave {wave + 1}: {len(pending)} unbinds")
+        self._emit(EventKind.WAVE_START, wave, f"wave {wave + 1}: {len(pending)} unbinds")
         while pending and not self.stop.is_set():
             pending = [b for b in pending if self._track(b).outcome is None]
             if not pending:
                 break
             if retrying:  # someone else (another apply, the console) may have made them busy
                 self._wait_idle(wave, sorted({iid for _, iid in pending}))
+                calls = _regroup(self.plan.api, wave, pending)
             retrying = True
             for binding in pending:
                 self._track(binding).attempts += 1
-            calls = _group(pending)
-            calls.sort(key=lambda call: not following.intersection(call[1]))  # stable: chains first
+            calls.sort(key=lambda call: not following.intersection(call.instance_ids))  # stable: chains first
             uncertain = self._send(wave, calls)
             touched = {iid for _, iid in pending}
             self._unconfirmed |= touched
@@ -286,45 +313,47 @@ class Executor:
         """Instances to confirm in the free places of the polls for ``needed``: those with the
         oldest calls whose instance no later wave touches. Each must be seen idle once anyway;
         seen now, in a call that is made anyway, it need not be polled at the end."""
-        free = -len(needed) % MAX_INSTANCES_PER_CALL
+        free = -len(needed) % MAX_IDS_PER_CALL
         if not needed or not free:
             return []
         candidates = self._unconfirmed - needed - following
         return heapq.nsmallest(free, candidates, key=lambda iid: (self._answered.get(iid, 0.0), iid))
 
-    def _send(self, wave: int, calls: list[tuple[str, tuple[str, ...]]]) -> list[tuple[Binding, CloudError]]:
+    def _send(self, wave: int, calls: list[Batch]) -> list[tuple[Binding, CloudError]]:
         """Send the calls in parallel; return the bindings whose call failed, with the error."""
         uncertain: list[tuple[Binding, CloudError]] = []
         queue = list(calls)
         with ThreadPoolExecutor(max_workers=max(1, self.options.parallelism)) as pool:
-            running: dict[Future[CallResult], tuple[str, tuple[str, ...]]] = {}
+            running: dict[Future[CallResult], Batch] = {}
             while queue or running:
                 while queue and len(running) < self.options.parallelism and not self.stop.is_set():
-                    key_id, ids = queue.pop(0)
-                    running[pool.submit(self.client.unbind_instance_key, key_id, ids)] = (key_id, ids)
+                    call = queue.pop(0)
+                    running[pool.submit(self.client.unbind, call.key_ids, call.instance_ids)] = call
                 if not running:
                     break  # stopped with calls still queued: they stay unattempted
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    key_id, ids = running.pop(future)
+                    call = running.pop(future)
                     answered = self.options.clock()
-                    for iid in ids:
+                    for iid in call.instance_ids:
                         self._answered[iid] = answered
                     with self._state.lock:
                         self._state.calls += 1
                     error = future.exception()
                     if error is None:
-                        for iid in ids:
-                            self._set_outcome(self._track((key_id, iid)), Outcome.DONE)
-                        self._emit("call-done", wave, f"unbound {key_id} from {_instances(len(ids))}")
+                        for binding in call.bindings:
+                            self._set_outcome(self._track(binding), Outcome.DONE)
+                        keys = ", ".join(call.key_ids)
+                        instances = plural(len(call.instance_ids), "instance")
+                        self._emit(EventKind.CALL_DONE, wave, f"unbound {keys} from {instances}")
                     elif isinstance(error, CloudError):
-                        uncertain.extend(((key_id, iid), error) for iid in ids)
-                        self._emit("call-failed", wave, f"{error.message}; checking what happened")
+                        uncertain.extend((binding, error) for binding in call.bindings)
+                        self._emit(EventKind.CALL_FAILED, wave, f"{error.message}; checking what happened")
                     else:
                         raise error
-        for key_id, ids in queue:  # never sent (stopped): not an attempt
-            for iid in ids:
-                self._track((key_id, iid)).attempts -= 1
+        for call in queue:  # never sent (stopped): not an attempt
+            for binding in call.bindings:
+                self._track(binding).attempts -= 1
         return uncertain
 
     def _wait_idle(self, wave: int, instance_ids: Sequence[str], fillers: Sequence[str] = ()) -> None:
@@ -355,7 +384,9 @@ class Executor:
                 self._time_out(waiting)
                 return
             if due > now:
-                self._emit("waiting", wave, f"waiting for {len(waiting)} instances to finish key issuing")
+                self._emit(
+                    EventKind.WAITING, wave, f"waiting for {len(waiting)} instances to finish key issuing"
+                )
                 options.sleep(due - now)
             first = False
             polled = [*waiting, *fillers]
@@ -363,7 +394,7 @@ class Executor:
             sent = options.clock()
             found = self.client.describe_instances(polled)
             answered = options.clock()
-            busy = {i.instance_id for i in found if i.status == STATUS_KEY_ISSUING}
+            busy = {i.instance_id for i in found if i.state is InstanceState.BUSY}
             for iid in polled:
                 if iid in self._answered:
                     timer.learn(iid in busy, sent - self._answered[iid], answered - self._answered[iid])
@@ -395,7 +426,7 @@ class Executor:
             instance = observed.instances.get(binding[1])
             # Busy (status 20) passes: the instance still reports its old keys until the other
             # operation ends, and may be idle again by the retry; only the attempt budget ends it.
-            busy = instance is not None and instance.status == STATUS_KEY_ISSUING
+            busy = instance is not None and instance.state is InstanceState.BUSY
             reason = None if busy else blocked_reason(instance, self.plan.region)
             if reason is not None:
                 self._set_outcome(track, Outcome.FAILED)
@@ -406,14 +437,14 @@ class Executor:
             else:
                 retry.append(binding)
         if retry:
-            self._emit("retry", wave, f"retrying {len(retry)} unbinds that are still bound")
+            self._emit(EventKind.RETRY, wave, f"retrying {len(retry)} unbinds that are still bound")
         return retry
 
     def _verify(self) -> None:
         attempted = [b for b, t in self._state.tracks.items() if t.outcome is Outcome.DONE]
         if not attempted:
             return
-        self._emit("verify", -1, f"verifying {len(attempted)} unbinds")
+        self._emit(EventKind.VERIFY, -1, f"verifying {len(attempted)} unbinds")
         observed = observe_subset(self.client, self.plan.region, {k for k, _ in attempted}, ())
         for key_id, iid in attempted:
             pair = observed.keys.get(key_id)
@@ -434,19 +465,10 @@ class Executor:
             self._state.done += (outcome is Outcome.DONE) - (track.outcome is Outcome.DONE)
             track.outcome = outcome
 
-    def _emit(self, kind: str, wave: int, message: str) -> None:
-        self.on_event(
-            ExecEvent(
-                kind,
-                wave,
-                message,
-                bindings_done=self._state.done_count(),
-                bindings_total=len(self._state.tracks),
-                calls=self._state.calls,
-            )
-        )
+    def _emit(self, kind: EventKind, wave: int, message: str) -> None:
+        self.on_event(ExecEvent(kind, wave, message, bindings_done=self._state.done, calls=self._state.calls))
 
-    def _result(self, calls_before: int) -> ApplyResult:
+    def _result(self) -> ApplyResult:
         results: list[BindingResult] = []
         for change in self.plan.changes:
             binding = (change.key_id, change.instance_id)
@@ -481,18 +503,25 @@ class Executor:
         )
 
 
-def _group(bindings: Iterable[Binding]) -> list[tuple[str, tuple[str, ...]]]:
-    """One call per key, at most 100 instances a call (bindings of one wave never share an instance)."""
-    by_key: dict[str, list[str]] = {}
-    for key_id, iid in bindings:
-        by_key.setdefault(key_id, []).append(iid)
-    calls: list[tuple[str, tuple[str, ...]]] = []
-    for key_id in sorted(by_key):
-        ids = sorted(by_key[key_id])
-        for start in range(0, len(ids), MAX_INSTANCES_PER_CALL):
-            calls.append((key_id, tuple(ids[start : start + MAX_INSTANCES_PER_CALL])))
+def _regroup(api: ApiVersion, wave: int, bindings: Iterable[Binding]) -> list[Batch]:
+    """The retry calls for what is left of a wave, at most 100 instances a call. 2.0: one key a
+    call (bindings of one wave never share an instance). Other APIs: instances left with the
+    same keys share a call, so no instance is in two calls of the wave and every pair a call
+    names is a planned unbind."""
+    if api is ApiVersion.V2:
+        by_keys: dict[tuple[str, ...], list[str]] = {}
+        for key_id, iid in bindings:
+            by_keys.setdefault((key_id,), []).append(iid)
+    else:
+        keys_of: dict[str, list[str]] = {}
+        for key_id, iid in bindings:
+            keys_of.setdefault(iid, []).append(key_id)
+        by_keys = {}
+        for iid, keys in keys_of.items():
+            by_keys.setdefault(tuple(sorted(keys)), []).append(iid)
+    calls: list[Batch] = []
+    for key_ids in sorted(by_keys):
+        ids = sorted(by_keys[key_ids])
+        for start in range(0, len(ids), MAX_IDS_PER_CALL):
+            calls.append(Batch(wave, key_ids, tuple(ids[start : start + MAX_IDS_PER_CALL])))
     return calls
-
-
-def _instances(count: int) -> str:
-    return f"{count} instance{'' if count == 1 else 's'}"

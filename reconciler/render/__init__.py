@@ -5,7 +5,7 @@ environment or the clock. Colour and size limits are parameters.
 """
 
 from reconciler.render.json import render_plan_json, render_result_json
-from reconciler.render.markdown import render_plan_markdown
+from reconciler.render.markdown import render_plan_markdown, render_result_markdown
 from reconciler.render.text import render_plan_text, render_result_text
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "render_plan_markdown",
     "render_plan_text",
     "render_result_json",
+    "render_result_markdown",
     "render_result_text",
 ]

@@ -66,8 +66,3 @@ def pad(text: str, width: int) -> str:
     """``text`` padded with spaces to ``width`` display columns."""
     return text + " " * max(width - display_width(text), 0)
 
-
-def plural(count: int, singular: str, plural_form: str | None = None) -> str:
-    """``"1 call"``, ``"3 calls"``."""
-    word = singular if count == 1 else (plural_form or singular + "s")
-    return f"{count} {word}"

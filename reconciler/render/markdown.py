@@ -1,6 +1,7 @@
 """A plan as GitHub-flavoured Markdown for a pull-request comment. Pure: returns a string.
 
-Called by the CLI (``plan --format markdown``), whose output a CI job posts as a PR comment.
+Called by the CLI's views (``plan``/``show``/``apply --format markdown``), whose output a CI
+job posts as a PR comment.
 Two promises:
 
 - The text never exceeds ``max_chars`` (GitHub refuses comments over 65,536 characters). When
@@ -17,9 +18,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reconciler.model import Change, ChangeStatus, Finding, Plan, Severity
+from reconciler.common import plural
+from reconciler.model import (
+    ApplyResult,
+    BindingResult,
+    Change,
+    ChangeStatus,
+    Finding,
+    Outcome,
+    Plan,
+    Severity,
+)
 from reconciler.render._sanitize import clean
-from reconciler.render.text import plan_line, waves_summary
+from reconciler.render.text import plan_line, result_line, waves_summary
 
 DEFAULT_MAX_CHARS = 65_000
 DETAILS_THRESHOLD = 20  # more changes than this and the table is folded in <details>
@@ -45,10 +56,6 @@ def code(text: str) -> str:
     if text and _SAFE_CODE.fullmatch(text) and "@" not in text:
         return f"`{text}`"
     return escape(text)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
 @dataclass
@@ -155,7 +162,7 @@ def _banner(plan: Plan) -> str:
     errors = sum(1 for f in plan.findings if f.severity is Severity.ERROR)
     if errors:
         text += (
-            f"> [!WARNING]\n> **This plan has {_count(errors, 'error')}** "
+            f"> [!WARNING]\n> **This plan has {plural(errors, 'error', thousands=True)}** "
             "(see Findings); `cvmkeys apply` refuses it.\n\n"
         )
     return text
@@ -179,7 +186,7 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
     if plan.changes:
         summary = f"**{line}**"
         if plan.batches:
-            summary += f" {waves_summary(plan.batches)}."
+            summary += f" {waves_summary(plan.batches, plan.api)}."
         summary += "\n\n"
     else:
         summary = "**No changes.** The live bindings match the file.\n\n"
@@ -232,3 +239,41 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
         keep = max(max_chars - len(_TRUNCATED), 0)
         text = (text[:keep] + _TRUNCATED)[:max_chars]
     return text
+
+
+_OUTCOME_ORDER = (Outcome.FAILED, Outcome.NOT_ATTEMPTED, Outcome.BLOCKED, Outcome.DONE, Outcome.PROTECTED)
+
+
+def render_result_markdown(
+    result: ApplyResult, plan: Plan | None = None, *, max_chars: int = DEFAULT_MAX_CHARS
+) -> str:
+    """An apply result as a PR comment: the ``Apply ...:`` line, then every binding that did
+    not simply go (failed first), then the done ones, in a table cut to ``max_chars``."""
+    title = f"### cvmkeys apply: {code(result.region)}\n\n**{result_line(result)}**\n\n"
+    if result.stopped_reason:
+        title += f"> [!WARNING]\n> Apply stopped early: {escape(result.stopped_reason)}\n\n"
+    rank = {outcome: n for n, outcome in enumerate(_OUTCOME_ORDER)}
+    items = sorted(result.results, key=lambda r: rank[r.outcome])  # stable: plan order
+    footer = ""
+    if result.calls:
+        calls = ", ".join(f"{code(action)} {n:,}" for action, n in sorted(result.calls.items()))
+        footer = f"API calls: {calls}\n"
+    sections: list[_Section] = []
+    if items:
+        head = (
+            f"#### Bindings ({len(items):,})\n\n"
+            "| Key | Instance | Outcome | Reason |\n|---|---|---|---|\n"
+        )
+        rows = [
+            f"| {code(r.key_id)} | {code(r.instance_id)} | {r.outcome.value} | {escape(_detail(r))} |\n"
+            for r in items
+        ]
+        sections.append(_Section(head, rows, "\n", "binding"))
+    _fit(len(title) + len(footer), sections, max_chars)
+    return title + "".join(s.render() for s in sections) + footer
+
+
+def _detail(item: BindingResult) -> str:
+    if item.api_code is None:
+        return item.reason
+    return f"API code {item.api_code}: {item.reason}" if item.reason else f"API code {item.api_code}"

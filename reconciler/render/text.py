@@ -1,8 +1,9 @@
 """Terminal text for plans and apply results, Terraform-like. Pure: returns a string.
 
-Called by the CLI (``plan``, ``show``, ``apply``), which decides ``color`` (``--no-color``,
-``NO_COLOR``, whether stdout is a terminal) and prints. Colour is plain ANSI SGR codes, added
-only when ``color`` is true, so the output is the same bytes on every machine.
+Called by the CLI's views (``plan``, ``show``, ``apply``), which decide ``color`` once
+(``cli.views.Terminal``: ``--no-color``, ``NO_COLOR``, ``TERM=dumb``, whether the stream is a
+terminal) and print. Colour is rich's rendering of a style in the 8 standard colours, added only
+when ``color`` is true, so the output is the same bytes on every machine.
 
 Every string that can carry cloud-supplied text (names, reasons, warnings, findings) goes
 through ``clean``: a name cannot inject escapes or control characters into the terminal.
@@ -11,8 +12,12 @@ through ``clean``: a name cannot inject escapes or control characters into the t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
+from typing import Any
 
+from reconciler.common import plural
 from reconciler.model import (
+    ApiVersion,
     ApplyResult,
     Batch,
     BindingResult,
@@ -23,10 +28,9 @@ from reconciler.model import (
     Plan,
     Severity,
 )
-from reconciler.render._sanitize import clean, display_width, pad, plural
+from reconciler.render._sanitize import clean, display_width, pad
 
-_RESET = "\x1b[0m"
-_BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "1", "2", "31", "32", "33", "36"
+_BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "bold", "dim", "red", "green", "yellow", "cyan"
 NAME_LIMIT = 64  # longest name shown; the cloud allows 60, more is a hostile or odd name
 _NAME_COLUMN_MAX = 32  # names longer than this do not widen their group's column
 _WAVES_LISTED = 10
@@ -63,10 +67,24 @@ _OUTCOME_LABEL = {
 }
 
 
-def _paint(text: str, color: bool, *styles: str) -> str:
+def _styled(text: str, color: bool, *styles: str) -> str:
     if not color or not text:
         return text
-    return f"\x1b[{';'.join(styles)}m{text}{_RESET}"
+    return str(_style(" ".join(styles)).render(text, color_system=_standard_colors()))
+
+
+@cache
+def _style(definition: str) -> Any:
+    from rich.style import Style  # only when colouring: plain output needs no rich
+
+    return Style.parse(definition)
+
+
+@cache
+def _standard_colors() -> Any:
+    from rich.color import ColorSystem
+
+    return ColorSystem.STANDARD
 
 
 def _key_title(key_id: str, key_name: str | None) -> str:
@@ -83,7 +101,7 @@ def _grouped(items: Iterable[Change]) -> dict[str, list[Change]]:
 
 
 def _header(plan: Plan, color: bool) -> list[str]:
-    lines = [_paint(f"cvmkeys plan for {clean(plan.region)} (scope: {plan.scope.value})", color, _BOLD)]
+    lines = [_styled(f"cvmkeys plan for {clean(plan.region)} (scope: {plan.scope.value})", color, _BOLD)]
     lines.append(f"  endpoint  {clean(plan.endpoint)}")
     for source in plan.sources:
         lines.append(f"  source    {clean(source.path)}  sha256:{clean(source.sha256)[:12]}")
@@ -96,14 +114,14 @@ def _change_lines(plan: Plan, color: bool) -> list[str]:
     lines = [
         "",
         "Changes ("
-        + _paint("-", color, _RED)
+        + _styled("-", color, _RED)
         + " unbind, "
-        + _paint("!", color, _YELLOW)
+        + _styled("!", color, _YELLOW)
         + " blocked: not attempted, "
-        + _paint("=", color, _DIM)
+        + _styled("=", color, _DIM)
         + " protected: never touched"
         + (
-            ", " + _paint("~", color, _DIM) + " unchangeable: no API can"
+            ", " + _styled("~", color, _DIM) + " unchangeable: no API can"
             if any(c.status is ChangeStatus.UNCHANGEABLE for c in plan.changes)
             else ""
         )
@@ -112,24 +130,24 @@ def _change_lines(plan: Plan, color: bool) -> list[str]:
     for key_id, changes in _grouped(plan.changes).items():
         key_name = next((c.key_name for c in changes if c.key_name), None)
         lines.append("")
-        lines.append("  " + _paint(_key_title(key_id, key_name), color, _BOLD))
+        lines.append("  " + _styled(_key_title(key_id, key_name), color, _BOLD))
         names = [clean(c.instance_name or "", NAME_LIMIT) for c in changes]
         width = min(max((display_width(n) for n in names), default=0), _NAME_COLUMN_MAX)
         id_width = max(len(clean(c.instance_id)) for c in changes)
         for change, name in zip(changes, names, strict=True):
-            sign = _paint(_SIGN[change.status], color, _SIGN_STYLE[change.status])
+            sign = _styled(_SIGN[change.status], color, _SIGN_STYLE[change.status])
             line = f"    {sign} {pad(clean(change.instance_id), id_width)}  {pad(name, width)}"
             if change.status is not ChangeStatus.READY:
-                label = _paint(f"{change.status.value}:", color, _SIGN_STYLE[change.status])
+                label = _styled(f"{change.status.value}:", color, _SIGN_STYLE[change.status])
                 line += f"  {label} {clean(change.reason)}"
             lines.append(line.rstrip())
             for warning in change.warnings:
-                lines.append("        " + _paint("warning:", color, _YELLOW) + " " + clean(warning))
+                lines.append("        " + _styled("warning:", color, _YELLOW) + " " + clean(warning))
     return lines
 
 
 def _finding_line(finding: Finding, color: bool) -> str:
-    label = _paint(f"{finding.severity.value}:", color, _SEVERITY_STYLE[finding.severity])
+    label = _styled(f"{finding.severity.value}:", color, _SEVERITY_STYLE[finding.severity])
     where = f"{clean(str(finding.location))}: " if finding.location else ""
     return f"  {label} {where}{clean(finding.message)} [{clean(finding.code)}]"
 
@@ -138,11 +156,15 @@ def _findings_lines(findings: Iterable[Finding], color: bool) -> list[str]:
     ordered = sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity])  # stable: plan order
     if not ordered:
         return []
-    return ["", _paint("Findings:", color, _BOLD)] + [_finding_line(f, color) for f in ordered]
+    return ["", _styled("Findings:", color, _BOLD)] + [_finding_line(f, color) for f in ordered]
 
 
-def waves_summary(batches: Iterable[Batch]) -> str:
-    """``"3 UnBindInstanceKey calls in 2 waves (wave 1: 2 calls, 150 instances; ...)"``.
+# The unbind action of each API, as the plan's calls are named for people.
+UNBIND_ACTION = {ApiVersion.V2: "UnBindInstanceKey", ApiVersion.V3: "DisassociateInstancesKeyPairs"}
+
+
+def waves_summary(batches: Iterable[Batch], api: ApiVersion = ApiVersion.V2) -> str:
+    """``"2 waves, 3 calls to UnBindInstanceKey (wave 1: 2 calls, 150 instances; ...)"``.
 
     Waves are numbered from 1 for people; the plan document keeps the core's numbers.
     """
@@ -160,7 +182,7 @@ def waves_summary(batches: Iterable[Batch]) -> str:
     if len(per_wave) > _WAVES_LISTED:
         parts.append(f"{len(per_wave) - _WAVES_LISTED} more waves")
     return (
-        f"{plural(len(per_wave), 'wave')}, {plural(calls_total, 'call')} to UnBindInstanceKey "
+        f"{plural(len(per_wave), 'wave')}, {plural(calls_total, 'call')} to {UNBIND_ACTION[api]} "
         f"({'; '.join(parts)})"
     )
 
@@ -192,7 +214,7 @@ def _verdict_lines(plan: Plan, color: bool) -> list[str]:
     if not plan.safety.safe:
         lines += [
             "",
-            _paint(
+            _styled(
                 "UNSAFE: this plan exceeds its safety limits; apply refuses it without --force.",
                 color,
                 _BOLD,
@@ -204,7 +226,7 @@ def _verdict_lines(plan: Plan, color: bool) -> list[str]:
     if errors:
         lines += [
             "",
-            _paint(
+            _styled(
                 f"This plan has {plural(errors, 'error')} (see Findings); apply refuses it.",
                 color,
                 _BOLD,
@@ -221,11 +243,11 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
         lines += _change_lines(plan, color)
     lines += _findings_lines(plan.findings, color)
     if plan.batches:
-        lines += ["", "Calls: " + waves_summary(plan.batches) + "."]
+        lines += ["", "Calls: " + waves_summary(plan.batches, plan.api) + "."]
     elif plan.changes:
         lines += ["", "Calls: none; nothing is ready to unbind."]
     lines += _verdict_lines(plan, color)
-    lines += ["", _paint(plan_line(plan), color, _BOLD)]
+    lines += ["", _styled(plan_line(plan), color, _BOLD)]
     return "\n".join(lines) + "\n"
 
 
@@ -274,19 +296,19 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
             if change.instance_name:
                 instance_names.setdefault(change.instance_id, change.instance_name)
 
-    lines = [_paint(f"cvmkeys apply in {clean(result.region)}", color, _BOLD)]
+    lines = [_styled(f"cvmkeys apply in {clean(result.region)}", color, _BOLD)]
     groups: dict[str, list[BindingResult]] = {}
     for item in result.results:
         groups.setdefault(item.key_id, []).append(item)
     label_width = max(len(label) for label in _OUTCOME_LABEL.values())
     for key_id, items in groups.items():
-        lines += ["", "  " + _paint(_key_title(key_id, key_names.get(key_id)), color, _BOLD)]
+        lines += ["", "  " + _styled(_key_title(key_id, key_names.get(key_id)), color, _BOLD)]
         names = [clean(instance_names.get(i.instance_id, ""), NAME_LIMIT) for i in items]
         width = min(max((display_width(n) for n in names), default=0), _NAME_COLUMN_MAX)
         id_width = max(len(clean(i.instance_id)) for i in items)
         for item, name in zip(items, names, strict=True):
             style = _OUTCOME_STYLE[item.outcome]
-            label = _paint(pad(_OUTCOME_LABEL[item.outcome], label_width), color, style)
+            label = _styled(pad(_OUTCOME_LABEL[item.outcome], label_width), color, style)
             line = f"    {label}  {pad(clean(item.instance_id), id_width)}  {pad(name, width)}"
             detail = _result_detail(item)
             if detail:
@@ -296,7 +318,7 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
         calls = ", ".join(f"{clean(action)} {n}" for action, n in sorted(result.calls.items()))
         lines += ["", f"API calls: {calls}"]
     if result.stopped_reason:
-        lines += ["", _paint(f"Apply stopped early: {clean(result.stopped_reason)}", color, _BOLD, _RED)]
+        lines += ["", _styled(f"Apply stopped early: {clean(result.stopped_reason)}", color, _BOLD, _RED)]
     failed = result.count(Outcome.FAILED) or result.interrupted or result.stopped_reason
-    lines += ["", _paint(result_line(result), color, _BOLD, _RED if failed else _GREEN)]
+    lines += ["", _styled(result_line(result), color, _BOLD, _RED if failed else _GREEN)]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,531 @@
+"""The ``cvmkeys`` command line (Typer). The only package that prints, prompts or exits.
+
+Every command is parsing, one operation (``reconciler.operations``) and one view
+(``reconciler.cli.views``), inside ``_reporting_errors``: a ``CvmkeysError`` becomes one red
+line (plus the problems it carries, one per line, and a hint) and its exit code; any other
+exception is a bug and is shown as a traceback only with ``--debug``.
+
+Start-up stays light: ``cvmkeys --version`` imports neither httpx, rich, jsonschema nor yaml;
+each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from reconciler import __version__
+from reconciler.cli.views import ApplyView, Format, PlanView, Terminal, show_import
+from reconciler.errors import ConfigError, CvmkeysError, InputError
+
+if TYPE_CHECKING:
+    import threading
+
+    from reconciler import operations
+
+# The operations (and the model behind them) are imported by the commands that run them, not
+# at start-up: `cvmkeys --version` and `--help` need neither.
+
+# click's UsageError, whichever click Typer uses (BadParameter is its subclass).
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+# Global options, also accepted after the command (``cvmkeys plan x.yaml --debug``): moved in
+# front of it before click parses. Options that take a value take the next word.
+_GLOBAL_FLAGS = frozenset({"--debug", "--verbose"})
+_GLOBAL_WITH_VALUE = frozenset({"--log-level"})
+
+
+def _hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with the global options that follow the command moved in front of it."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    words = iter(args)
+    seen_command = False
+    for word in words:
+        if word == "--":
+            rest.append(word)
+            rest.extend(words)
+            break
+        takes_value = word in _GLOBAL_WITH_VALUE
+        is_global = takes_value or word in _GLOBAL_FLAGS or word.split("=", 1)[0] in _GLOBAL_WITH_VALUE
+        is_global = is_global or (word.startswith("-v") and set(word[1:]) == {"v"})
+        target = hoisted if seen_command and is_global else rest
+        target.append(word)
+        if takes_value:
+            value = next(words, None)
+            if value is not None:
+                target.append(value)
+        elif not is_global and not word.startswith("-"):
+            seen_command = True
+    return hoisted + rest
+
+
+class _Group(TyperGroup):
+    """The command group, with usage errors exiting 1 instead of click's 2: under
+    ``plan --detailed-exitcode``, 2 means "changes present", and a mistyped flag in CI must not
+    read as that (Terraform also exits 1 on usage errors)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return list(super().parse_args(ctx, _hoist_global_options(list(args))))
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as error:
+            _usage_exit_code(error)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _UsageError as error:
+            _usage_exit_code(error)
+            raise
+
+
+def _usage_exit_code(error: Exception) -> None:
+    if type(error).__name__ != "NoArgsIsHelpError":  # bare `cvmkeys` shows the help
+        error.exit_code = 1  # type: ignore[attr-defined]
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="cvmkeys",
+    help="Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git."
+    "\n\nExample: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class _Options:
+    debug: bool = False
+
+
+_options = _Options()
+
+
+def _stderr_print(markup: str) -> None:
+    Terminal().console(stderr=True).print(markup)
+
+
+@contextmanager
+def _reporting_errors() -> Iterator[None]:
+    """Turn the tool's errors into a clean message and exit code; never a traceback."""
+    from rich.markup import escape
+
+    try:
+        yield
+    except CvmkeysError as error:
+        console = Terminal().console(stderr=True)
+        if isinstance(error, InputError):
+            for problem in error.problems:
+                console.print(str(problem), markup=False)
+        # Messages may quote the cloud (names, API messages): never read them as markup.
+        console.print(f"[bold red]Error:[/] {escape(error.message)}")
+        if error.hint:
+            console.print(f"[dim]hint:[/] {escape(error.hint)}")
+        if _options.debug:
+            console.print_exception()
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        _stderr_print("[bold red]Interrupted.[/]")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except OSError as error:
+        # A file that cannot be read or written: the user's to fix, not a bug.
+        console = Terminal().console(stderr=True)
+        where = f" ({error.filename})" if error.filename else ""
+        console.print(f"[bold red]Error:[/] {escape(str(error.strerror or error))}{escape(where)}")
+        console.print("[dim]hint:[/] check the path and its permissions")
+        if _options.debug:
+            console.print_exception()
+        raise typer.Exit(1) from None
+    except Exception as error:
+        if _is_usage_error(error):
+            raise  # click reports usage errors itself
+        console = Terminal().console(stderr=True)
+        console.print(
+            f"[bold red]Error:[/] internal error ({type(error).__name__}): this is a bug in cvmkeys"
+        )
+        if _options.debug:
+            console.print_exception()
+        else:
+            console.print("[dim]hint:[/] run again with --debug to see the traceback, and report it")
+        raise typer.Exit(1) from None
+
+
+def _is_usage_error(error: Exception) -> bool:
+    # click.ClickException, wherever this Typer version keeps click.
+    return any(cls.__name__ == "ClickException" for cls in type(error).__mro__)
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cvmkeys {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "-v",
+            "--verbose",
+            count=True,
+            metavar="",
+            show_default=False,
+            help="More log output (-vv for debug).",
+        ),
+    ] = 0,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", metavar="LEVEL", help="Log level: DEBUG, INFO, WARNING, ERROR."),
+    ] = None,
+) -> None:
+    """Keep the SSH-key bindings of Tencent Cloud CVM instances under review in Git.
+
+    Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml
+    """
+    _options.debug = debug
+    level = (
+        log_level.upper() if log_level else ("DEBUG" if verbose >= 2 else "INFO" if verbose else "WARNING")
+    )
+    if level not in _LOG_LEVELS:
+        raise typer.BadParameter(
+            f"{log_level!r} is not one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level"
+        )
+    import logging
+
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# --------------------------------------------------------------------------- shared options
+
+PathsArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="PATH...", help="Desired-state files, or directories searched for *.yaml / *.yml."
+    ),
+]
+EmulatorOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--emulator", metavar="FLEET", help="Talk to the bundled emulator, loaded from this fleet file."
+    ),
+]
+EndpointOption = Annotated[
+    str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
+]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        metavar="NAME",
+        help="tccli profile for credentials (~/.tccli/NAME.credential). Default: TENCENTCLOUD_SECRET_ID/KEY, "
+        "then the profile in $TENCENTCLOUD_PROFILE, then 'default'.",
+    ),
+]
+RateLimitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--rate-limit",
+        min=0,
+        metavar="PER_SECOND",
+        help="Client-side limit, requests per second per action (default 10; none with --emulator; 0: none).",
+    ),
+]
+AuditLogOption = Annotated[
+    Path | None, typer.Option("--audit-log", metavar="FILE", help="Append every API call as JSON lines.")
+]
+NoColorOption = Annotated[bool, typer.Option("--no-color", help="No colour in the output.")]
+MaxUnbindsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-unbinds", min=0, metavar="N", help="Safety: at most this many unbinds (wins over the file)."
+    ),
+]
+MaxPercentOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-unbind-percent",
+        min=0,
+        max=100,
+        metavar="PERCENT",
+        help="Safety: at most this % of owned bindings.",
+    ),
+]
+FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
+
+
+def _cloud(
+    emulator: Path | None,
+    endpoint: str | None,
+    profile: str | None,
+    rate_limit: float | None,
+    audit_log: Path | None = None,
+) -> operations.CloudRequest:
+    from reconciler import operations
+    from reconciler.connect import ConnectOptions
+
+    options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile)
+    return operations.CloudRequest(options, audit_log)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def validate(paths: PathsArgument) -> None:
+    """Check desired-state files; report every problem as FILE:LINE:COL: message.
+
+    Example: cvmkeys validate examples/
+    """
+    from reconciler import operations
+
+    with _reporting_errors():
+        typer.echo(operations.validate(paths).summary())
+
+
+@app.command()
+def plan(
+    paths: PathsArgument,
+    emulator: EmulatorOption = None,
+    endpoint: EndpointOption = None,
+    profile: ProfileOption = None,
+    output_format: FormatOption = Format.text,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="PLANFILE", help="Save the plan (JSON) for apply.")
+    ] = None,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when nothing differs, 2 when there are unbinds (ready or blocked), 1 on error.",
+        ),
+    ] = False,
+    no_color: NoColorOption = False,
+    max_unbinds: MaxUnbindsOption = None,
+    max_unbind_percent: MaxPercentOption = None,
+    rate_limit: RateLimitOption = None,
+    audit_log: AuditLogOption = None,
+) -> None:
+    """Read the live bindings, diff them against the files, show the unbinds that would follow.
+
+    Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml --out plan.json
+    """
+    from reconciler import operations
+    from reconciler.model import SafetyLimits
+
+    with _reporting_errors():
+        request = operations.PlanRequest(
+            tuple(paths),
+            _cloud(emulator, endpoint, profile, rate_limit, audit_log),
+            SafetyLimits(max_unbinds, max_unbind_percent),
+            out,
+            detailed_exitcode,
+        )
+        result = operations.plan(request)
+        view = PlanView(output_format, Terminal(no_color))
+        view.show(result.plan)
+        if result.refusal is not None:
+            raise result.refusal
+        if result.saved_to is not None:
+            view.saved(result.saved_to)
+        raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def show(
+    planfile: Annotated[Path, typer.Argument(metavar="PLANFILE", help="A plan saved by plan --out.")],
+    output_format: FormatOption = Format.text,
+    no_color: NoColorOption = False,
+) -> None:
+    """Render a saved plan without any API call.
+
+    Example: cvmkeys show plan.json --format markdown
+    """
+    from reconciler import operations
+
+    with _reporting_errors():
+        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile))
+
+
+@contextmanager
+def _graceful_stop(view: ApplyView) -> Iterator[threading.Event]:
+    """Ctrl-C sets the event (no new calls; calls in flight finish); a second one aborts."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        view.stopping()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@app.command()
+def apply(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="PLANFILE|PATH...", help="A saved plan file, or desired-state files/directories."
+        ),
+    ],
+    emulator: EmulatorOption = None,
+    endpoint: EndpointOption = None,
+    profile: ProfileOption = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply even when the plan trips a safety limit.")
+    ] = False,
+    parallelism: Annotated[
+        int, typer.Option("--parallelism", min=1, max=32, metavar="N", help="Calls in flight at once.")
+    ] = 4,
+    audit_log: AuditLogOption = None,
+    output_format: Annotated[Format, typer.Option("--format", help="Result format.")] = Format.text,
+    no_color: NoColorOption = False,
+    max_unbinds: MaxUnbindsOption = None,
+    max_unbind_percent: MaxPercentOption = None,
+    rate_limit: RateLimitOption = None,
+) -> None:
+    """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
+
+    Examples: cvmkeys apply plan.json
+              cvmkeys apply examples/bindings.yaml --emulator examples/fleet.yaml
+    """
+    from reconciler import operations
+    from reconciler.model import SafetyLimits
+
+    with _reporting_errors():
+        request = operations.ApplyRequest(
+            tuple(paths),
+            _cloud(emulator, endpoint, profile, rate_limit, audit_log),
+            SafetyLimits(max_unbinds, max_unbind_percent),
+            auto_approve=auto_approve,
+            force=force,
+            parallelism=parallelism,
+        )
+        view = ApplyView(output_format, Terminal(no_color))
+        with _graceful_stop(view) as stop:
+            outcome = operations.apply(request, view, stop)
+        view.result(outcome.result, outcome.plan)
+        raise typer.Exit(outcome.exit_code)
+
+
+class ImportScope(str, Enum):
+    keys = "keys"
+    instances = "instances"
+    account = "account"
+
+
+@app.command("import")
+def import_command(
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            metavar="REGION",
+            help="Region to import (default: $TENCENTCLOUD_REGION, then the tccli profile's region).",
+        ),
+    ] = None,
+    keys: Annotated[
+        list[str] | None,
+        typer.Option("--keys", metavar="SKEY,...", help="Keys to import (repeatable or comma-separated)."),
+    ] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Import every key of the region.")] = False,
+    scope: Annotated[
+        ImportScope, typer.Option("--scope", help="What the file will own: keys, instances or account.")
+    ] = ImportScope.keys,
+    emulator: EmulatorOption = None,
+    endpoint: EndpointOption = None,
+    profile: ProfileOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="Write the file (atomically) instead of printing it."),
+    ] = None,
+    schema_ref: Annotated[
+        str, typer.Option("--schema-ref", metavar="PATH|URL", help="Schema named in the editor header line.")
+    ] = "../schemas/bindings.schema.json",
+    rate_limit: RateLimitOption = None,
+) -> None:
+    """Write a desired-state file that allows exactly the bindings that are live now.
+
+    The result validates, and `cvmkeys plan` on it shows no changes: a starting point to
+    commit and then edit down. Instance names go into comments next to the IDs, key names
+    into `name:` (which plan checks).
+
+    Example: cvmkeys import --region ap-guangzhou --all --emulator examples/fleet.yaml --out bindings.yaml
+    """
+    from reconciler import operations
+    from reconciler.importer import parse_key_ids
+    from reconciler.model import Scope
+
+    with _reporting_errors():
+        if all_keys == bool(keys) and not (scope is ImportScope.account and not keys):
+            raise ConfigError(
+                "say which keys to import: --keys skey-...,skey-... or --all",
+                hint="scope account always imports every key (--all may be left out)",
+            )
+        request = operations.ImportRequest(
+            region,
+            Scope(scope.value),
+            parse_key_ids(keys) if keys else None,
+            _cloud(emulator, endpoint, profile, rate_limit),
+            out,
+            schema_ref,
+        )
+        show_import(operations.import_desired(request), Terminal())
+
+
+def _mount_emulator() -> None:
+    from reconciler.emulator.cli import emulator_app
+
+    app.add_typer(
+        emulator_app,
+        name="emulator",
+        help="Run the bundled emulator of the CVM API 2.0."
+        "\n\nExample: cvmkeys emulator serve --fleet fleet.yaml",
+    )
+
+
+_mount_emulator()
+
+__all__ = ["app", "main"]

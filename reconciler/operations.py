@@ -1,0 +1,420 @@
+"""What each command does, as functions of typed requests that return data (octoDNS's
+``Manager.sync`` behind thin commands).
+
+The CLI parses its options into a request, calls one operation and hands the result to one view.
+An operation owns the connection's lifetime (opened and closed here, on every path), decides
+safety once (``core.safety``), checks a plan's IDs once (``Executor``), and returns a result that
+knows its exit class. It never prints: what the user must see while it runs (a fresh plan before
+the confirmation, progress) goes through the hooks the view passes in.
+
+Errors are raised as ``reconciler.errors`` exceptions; the CLI reports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from reconciler.common import plural
+from reconciler.core.safety import recheck_safety
+from reconciler.errors import (
+    ConfigError,
+    CvmkeysError,
+    InputError,
+    PlanIntegrityError,
+    PlanRefusedError,
+    UnsafePlanError,
+)
+from reconciler.model import (
+    ApplyResult,
+    ChangeStatus,
+    Desired,
+    Outcome,
+    Plan,
+    SafetyLimits,
+    SafetyVerdict,
+    Scope,
+)
+
+if TYPE_CHECKING:  # the cloud side is imported only by the operations that talk to it
+    from reconciler.connect import Connection, ConnectOptions
+    from reconciler.desired.loader import LoadedDesired
+    from reconciler.execute.executor import ExecEvent, Executor
+    from reconciler.importer import ImportSummary
+
+
+class ExitCode(IntEnum):
+    """The exit classes every command shares (documented in the README)."""
+
+    OK = 0
+    ERROR = 1
+    CHANGES = 2  # plan --detailed-exitcode: there are unbinds (ready or blocked)
+    BLOCKED = 3  # apply: everything attempted is done, but some unbinds were blocked
+    INTERRUPTED = 130
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half of
+    one; an existing file keeps its permissions (a new one gets the umask's)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        with suppress(FileNotFoundError):
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except OSError as error:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def read_plan(planfile: Path) -> Plan:
+    """A saved plan, checked (integrity, schema, batches)."""
+    from reconciler.planfile import load_plan
+
+    try:
+        text = planfile.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PlanIntegrityError(f"{planfile}: cannot read the plan file: {error}") from None
+    return load_plan(text, str(planfile))
+
+
+def is_plan_file(paths: Sequence[Path]) -> bool:
+    """One ``*.json`` file, or one file holding a JSON object with ``format_version`` (a YAML
+    desired-state file in flow style also starts with ``{``, but is not JSON)."""
+    if len(paths) != 1 or not paths[0].is_file():
+        return False
+    if paths[0].suffix.lower() == ".json":
+        return True
+    with paths[0].open("rb") as handle:
+        if not handle.read(64).lstrip().startswith(b"{"):
+            return False
+    try:
+        data = json.loads(paths[0].read_bytes())
+    except (ValueError, OSError):
+        return False
+    return isinstance(data, dict) and "format_version" in data
+
+
+def _plan_errors(plan: Plan) -> PlanRefusedError:
+    return PlanRefusedError(
+        f"the plan has {plural(plan.summary.errors, 'error')}: "
+        "fix the desired-state file or the cloud, then plan again"
+    )
+
+
+def _single_region(paths: Sequence[Path]) -> Desired:
+    from reconciler.desired.loader import load_paths
+
+    loaded = load_paths(paths)
+    if len(loaded.by_region) != 1:
+        regions = ", ".join(sorted(loaded.by_region)) or "none"
+        raise ConfigError(
+            f"the files cover {len(loaded.by_region)} regions ({regions}); plan one region at a time",
+            hint="pass only the files of one region",
+        )
+    (desired,) = loaded.by_region.values()
+    return desired
+
+
+@dataclass(frozen=True)
+class CloudRequest:
+    """Where to connect, and where to log the calls: what every cloud-facing command shares."""
+
+    connect: ConnectOptions
+    audit_log: Path | None = None
+
+
+@contextmanager
+def _connected(region: str, request: CloudRequest) -> Iterator[Connection]:
+    """The one way every operation connects: the audit log and the connection are closed on
+    every path out."""
+    from reconciler.connect import connect
+    from reconciler.execute.audit import AuditLog
+
+    audit = AuditLog(request.audit_log) if request.audit_log else None
+    try:
+        with connect(region, request.connect, on_attempt=audit) as connection:
+            yield connection
+    finally:
+        if audit is not None:
+            audit.close()
+
+
+def _build_plan(desired: Desired, connection: Connection, limits: SafetyLimits) -> Plan:
+    from reconciler.cloud.observe import observe_for_plan
+    from reconciler.core.plan import build_plan
+
+    observed = observe_for_plan(connection.client, desired)
+    return build_plan(
+        desired,
+        observed,
+        endpoint=connection.endpoint_label,
+        api=connection.client.api,
+        limits_override=limits,
+        created_at=_now(),
+    )
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def validate(paths: Sequence[Path]) -> LoadedDesired:
+    """Load and check desired-state files (no API call); raises ``InputError`` with every problem."""
+    from reconciler.desired.loader import load_paths
+
+    return load_paths(paths)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    paths: tuple[Path, ...]
+    cloud: CloudRequest
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    out: Path | None = None
+    detailed_exitcode: bool = False
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: Plan
+    saved_to: Path | None
+    detailed_exitcode: bool
+
+    @property
+    def refusal(self) -> CvmkeysError | None:
+        """The error to report after the plan is shown (a plan with errors is not saved)."""
+        return _plan_errors(self.plan) if self.plan.has_errors else None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.plan.has_errors:
+            return ExitCode.ERROR
+        # Protected bindings are the file's own decision to leave them, not drift: not a diff.
+        drift = any(c.status is not ChangeStatus.PROTECTED for c in self.plan.changes)
+        return ExitCode.CHANGES if self.detailed_exitcode and drift else ExitCode.OK
+
+
+def plan(request: PlanRequest) -> PlanResult:
+    """Observe, diff and plan one region; save the plan when asked and it has no errors."""
+    from reconciler.core.document import dump_plan
+
+    desired = _single_region(request.paths)
+    with _connected(desired.region, request.cloud) as connection:
+        the_plan = _build_plan(desired, connection, request.limits)
+    saved = request.out if request.out is not None and not the_plan.has_errors else None
+    if saved is not None:
+        write_atomically(saved, dump_plan(the_plan))
+    return PlanResult(the_plan, saved, request.detailed_exitcode)
+
+
+# --------------------------------------------------------------------------- apply
+
+
+class ApplyHooks(Protocol):
+    """What the view shows while apply runs."""
+
+    def planned(self, plan: Plan) -> None:
+        """A fresh plan was made (shown before the confirmation)."""
+
+    def confirm(self, plan: Plan) -> None:
+        """Ask to go on; raise ``ApprovalError`` unless the user approves."""
+
+    def started(self, plan: Plan) -> None:
+        """The executor starts on ``plan``'s ready changes."""
+
+    def event(self, event: ExecEvent) -> None:
+        """Progress from the executor."""
+
+    def finished(self) -> None:
+        """The executor stopped (always called after ``started``)."""
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    """``paths``: one saved plan file, or desired-state files (a fresh plan)."""
+
+    paths: tuple[Path, ...]
+    cloud: CloudRequest
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    auto_approve: bool = False
+    force: bool = False
+    parallelism: int = 4
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    plan: Plan
+    result: ApplyResult
+
+    @property
+    def exit_code(self) -> ExitCode:
+        result = self.result
+        if result.interrupted:
+            return ExitCode.INTERRUPTED
+        if result.count(Outcome.FAILED) or result.count(Outcome.NOT_ATTEMPTED) or result.stopped_reason:
+            return ExitCode.ERROR
+        if result.count(Outcome.BLOCKED):
+            return ExitCode.BLOCKED
+        return ExitCode.OK
+
+
+def apply(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
+    """Carry out a saved plan as reviewed, or a fresh plan after confirmation. ``stop`` set
+    (Ctrl-C) starts no new call."""
+    if is_plan_file(request.paths):
+        return apply_saved(request, hooks, stop)
+    return apply_fresh(request, hooks, stop)
+
+
+def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
+    """A saved plan: where it was made, if it is still fresh, without a question."""
+    from reconciler.connect import options_for_plan
+
+    the_plan = read_plan(request.paths[0])
+    if the_plan.has_errors:
+        raise _plan_errors(the_plan)
+    cloud = dataclasses.replace(request.cloud, connect=options_for_plan(the_plan, request.cloud.connect))
+    with _connected(the_plan.region, cloud) as connection:
+        if connection.client.api is not the_plan.api:
+            # The batches are shaped for the plan's API (2.0: one key a call).
+            raise ConfigError(
+                f"the plan was made for CVM API {the_plan.api.value}, "
+                f"this connection speaks {connection.client.api.value}",
+                hint="apply it with the API it was planned for, or plan again",
+            )
+        executor = _executor(connection, the_plan, request, hooks, stop)
+        executor.check_fresh()
+        _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
+        return ApplyOutcome(the_plan, _run(executor, the_plan, hooks))
+
+
+def apply_fresh(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
+    """Plan now (limits from the command line already in its verdict), show it, confirm, apply."""
+    desired = _single_region(request.paths)
+    with _connected(desired.region, request.cloud) as connection:
+        the_plan = _build_plan(desired, connection, request.limits)
+        hooks.planned(the_plan)
+        if the_plan.has_errors:
+            raise _plan_errors(the_plan)
+        _check_safe(the_plan.safety, request.force)
+        if the_plan.ready_changes and not request.auto_approve:
+            hooks.confirm(the_plan)
+        executor = _executor(connection, the_plan, request, hooks, stop)
+        return ApplyOutcome(the_plan, _run(executor, the_plan, hooks))
+
+
+def _check_safe(verdict: SafetyVerdict, force: bool) -> None:
+    if not verdict.safe and not force:
+        raise UnsafePlanError(
+            "the plan is UNSAFE: " + "; ".join(verdict.violations),
+            hint="check the plan; if it is right, apply it with --force",
+        )
+
+
+def _executor(
+    connection: Connection, the_plan: Plan, request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event
+) -> Executor:
+    from reconciler.execute.executor import ExecOptions, Executor
+
+    return Executor(
+        connection.client,
+        the_plan,
+        options=ExecOptions(parallelism=request.parallelism),
+        on_event=hooks.event,
+        stop=stop,
+    )
+
+
+def _run(executor: Executor, the_plan: Plan, hooks: ApplyHooks) -> ApplyResult:
+    hooks.started(the_plan)
+    try:
+        return executor.run()
+    finally:
+        hooks.finished()
+
+
+# --------------------------------------------------------------------------- import
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    region: str | None
+    scope: Scope
+    key_ids: tuple[str, ...] | None  # None: every key (--all, or scope account)
+    cloud: CloudRequest
+    out: Path | None = None
+    schema_ref: str = "../schemas/bindings.schema.json"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    text: str
+    region: str
+    scope: Scope
+    summary: ImportSummary
+    calls: dict[str, int]
+    written_to: Path | None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK
+
+
+def import_desired(request: ImportRequest) -> ImportResult:
+    """A desired-state file that allows exactly the live bindings, checked by the loader
+    before anyone sees it; written atomically to ``out`` when given."""
+    from reconciler import importer
+    from reconciler.cloud.credentials import default_region
+
+    region_name = request.region or default_region(profile=request.cloud.connect.profile)
+    if not region_name:
+        raise ConfigError(
+            "no region given", hint="pass --region, set TENCENTCLOUD_REGION, or set one in the tccli profile"
+        )
+    selection = importer.ImportSelection(
+        region=importer.canonical_region(region_name), scope=request.scope, key_ids=request.key_ids
+    )
+    with _connected(selection.region, request.cloud) as connection:
+        observed = importer.observe_for_import(connection.client, selection)
+        calls = dict(connection.client.calls)
+    text = importer.render_desired(selection, observed, schema_ref=request.schema_ref)
+    _check_imported(text, request.out)
+    if request.out is not None:
+        write_atomically(request.out, text)
+    summary = importer.summarize(selection, observed)
+    return ImportResult(text, selection.region, selection.scope, summary, calls, request.out)
+
+
+def _check_imported(text: str, out: Path | None) -> None:
+    """Load the rendered file back through the loader: import must never hand out a file that
+    does not validate."""
+    from reconciler.desired.loader import load_text
+
+    try:
+        load_text(text, out.name if out is not None else "imported.yaml")
+    except InputError as error:
+        raise CvmkeysError(
+            "internal error: the imported file does not validate: "
+            + "; ".join(str(p) for p in error.problems[:3]),
+            hint="this is a bug in cvmkeys; please report it with the command you ran",
+        ) from None
