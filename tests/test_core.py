@@ -98,7 +98,6 @@ def test_scope_account_owns_everything() -> None:
         (linux(ins(1), status=20), "busy (20 (key issuing))"),
         (linux(ins(1), status=9), "shutting down"),
         (linux(ins(1), status=33), "maintenance"),
-        (Instance(ins(1), "w", *instance_state(4), "Windows Server 2019"), "Windows"),
     ],
 )
 def test_blocked_reasons(instance: Instance | None, fragment: str) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from support import run_cli
 
 from reconciler import ids
+from reconciler.cloud.client import instance_state
 from reconciler.core.diff import (
     allowed_bindings,
     diff,
@@ -45,7 +46,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def instance(iid: str, *, os_name: str = "centos7.6x86_64", stopped: bool = True) -> Instance:
     # Built in one place: the Instance fields are changing (status -> state), this keeps the
     # tests to one line to adjust.
-    return Instance(iid, f"name-{iid}", 4 if stopped else 2, os_name)
+    return Instance(iid, f"name-{iid}", *instance_state(4 if stopped else 2), os_name)
 
 
 def observed(bindings: dict[str, list[str]], instances: list[Instance]) -> Observed:

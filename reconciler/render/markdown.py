@@ -241,7 +241,8 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
     return text
 
 
-_OUTCOME_ORDER = (Outcome.FAILED, Outcome.NOT_ATTEMPTED, Outcome.BLOCKED, Outcome.DONE, Outcome.PROTECTED)
+_OUTCOME_ORDER = (Outcome.FAILED, Outcome.NOT_ATTEMPTED, Outcome.BLOCKED, Outcome.DONE, Outcome.PROTECTED,
+                  Outcome.UNCHANGEABLE)
 
 
 def render_result_markdown(
