@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,6 +21,9 @@ from reconciler.cloud.endpoint import API3_PATH, STS_ENDPOINT, check_endpoint
 from reconciler.cloud.retry import RetryPolicy
 from reconciler.cloud.tc3call import Tc3Auth, Tc3Caller, field_dict, field_int, field_str
 from reconciler.errors import ApiError
+from reconciler.model import CallerIdentity
+
+__all__ = ["CallerIdentity", "StsClient", "caller_identity"]
 
 SERVICE = "sts"
 VERSION = "2018-08-13"
@@ -33,17 +35,6 @@ WEB_IDENTITY_HINT = (
     "check that the role {role} trusts the CAM OIDC identity provider {provider}, that the token's "
     "audience is the provider's client ID and that its subject matches the role's conditions"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class CallerIdentity:
-    """What GetCallerIdentity says about the credentials in use."""
-
-    account_id: str
-    arn: str
-    user_id: str = ""
-    principal_id: str = ""
-    type: str = ""
 
 
 def _temporary(response: dict[str, Any], source: str) -> Credentials:
