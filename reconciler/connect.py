@@ -225,7 +225,8 @@ def connect(
 
             if options.rate_limit is not None:
                 # --rate-limit caps every action (0: none); otherwise the documented figures.
-                limits = None if not options.rate_limit else dict.fromkeys(DEFAULT_RATE_LIMITS, options.rate_limit)
+                rate = options.rate_limit
+                limits = None if not rate else dict.fromkeys(DEFAULT_RATE_LIMITS, rate)
             else:
                 limits = None if in_process else dict(DEFAULT_RATE_LIMITS)
             return Api3Client(
