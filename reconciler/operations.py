@@ -300,6 +300,7 @@ def apply(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> Ap
 def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
     """A saved plan: where it was made, if it is still fresh, without a question."""
     from reconciler.connect import check_account, options_for_plan
+    from reconciler.execute.executor import check_sendable
 
     the_plan = read_plan(request.paths[0])
     if the_plan.has_errors:
@@ -313,9 +314,10 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
                 f"this connection speaks {connection.client.api.value}",
                 hint="apply it with the API it was planned for, or plan again",
             )
-        if the_plan.caller is not None:  # made for one account: applied only there
-            check_account(connection, the_plan.caller.account_id, f"the plan {request.paths[0]}")
         executor = _executor(connection, the_plan, request, hooks, stop)
+        if the_plan.caller is not None:  # made for one account: applied only there
+            check_sendable(the_plan)  # no request at all, not even STS, for a plan naming bad IDs
+            check_account(connection, the_plan.caller.account_id, f"the plan {request.paths[0]}")
         executor.check_fresh()
         _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
         return ApplyOutcome(the_plan, _run(executor, the_plan, hooks))

@@ -8,10 +8,18 @@ from typing import Any
 from typer.testing import CliRunner
 
 from reconciler.cli import app
+from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client
+from reconciler.cloud.base import CloudClient
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
-from reconciler.connect import EMULATOR_URL
+from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.state import Mutation
+
+APIS = ("2.0", "3.0")
+# The unbind action of each API, and its throttling answer's code.
+UNBIND = {"2.0": "UnBindInstanceKey", "3.0": "DisassociateInstancesKeyPairs"}
+THROTTLED = {"2.0": 4400, "3.0": "RequestLimitExceeded"}
 
 _runner = CliRunner()
 
@@ -23,10 +31,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     return result.exit_code, result.stdout, result.stderr
 
 
-def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmClient:
-    """A real client talking to ``emulator`` in-process with the fleet's first credentials and,
-    unless ``options`` say otherwise, no client-side rate limit."""
+def mutated_pairs(mutation: Mutation) -> list[tuple[str, str]]:
+    """Every (key, instance) a mutating call named: 2.0 one key, 3.0 every key x instance."""
+    keys = mutation.key_ids or ((mutation.key_id,) if mutation.key_id else ())
+    return [(key, iid) for key in keys for iid in mutation.instance_ids]
+
+
+def emulator_client(emulator: EmulatorApp, region: str, api: str = "2.0", **options: Any) -> CloudClient:
+    """A real client of ``api`` talking to ``emulator`` in-process with the fleet's first
+    credentials and, unless ``options`` say otherwise, no client-side rate limit."""
     first = emulator.state.credentials[0]
+    if api == "3.0":
+        rate = options.pop("rate_limit", None)
+        options.pop("http_method", None)
+        return Api3Client(
+            Credentials(first.secret_id, first.secret_key),
+            region,
+            endpoint=EMULATOR_URL3,
+            transport=transport(emulator),
+            rate_limits=None if rate is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate),
+            **options,
+        )
     options.setdefault("rate_limit", None)
     return CvmClient(
         Credentials(first.secret_id, first.secret_key),
