@@ -31,6 +31,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     return result.exit_code, result.stdout, result.stderr
 
 
+def served_url(url: str, api: str) -> str:
+    """The endpoint of ``api`` on a served emulator (``RunningServer.url`` is 2.0's
+    ``.../v2/index.php``; 3.0 is the root, which cvmkeys speaks 3.0 to by default)."""
+    return url if api == "2.0" else url.removesuffix("v2/index.php")
+
+
 def mutated_pairs(mutation: Mutation) -> list[tuple[str, str]]:
     """Every (key, instance) a mutating call named: 2.0 one key, 3.0 every key x instance."""
     keys = mutation.key_ids or ((mutation.key_id,) if mutation.key_id else ())
