@@ -87,19 +87,19 @@ class Source:
     sha256: str
 
 
-def read_source(path: Path, display: str) -> Source | Problem:
-    """Read ``path`` as UTF-8 YAML text, or say precisely why it cannot be read."""
+def read_source(path: Path, display: str, *, limit: int = MAX_FILE_BYTES) -> Source | Problem:
+    """Read ``path`` as UTF-8 YAML text (at most ``limit`` bytes), or say precisely why not."""
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         return Problem(display, "no such file or directory")
     except IsADirectoryError:
         return Problem(display, "is a directory")
     except OSError as error:
         return Problem(display, f"cannot read: {error.strerror or error}")
-    if len(data) > MAX_FILE_BYTES:
-        return Problem(display, f"file is larger than the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit")
+    if len(data) > limit:
+        return Problem(display, f"file is larger than the {limit // (1024 * 1024)} MiB limit")
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
@@ -146,8 +146,13 @@ def compose(text: str, display: str) -> Node | Problem | None:
         node: Node | None = yaml.compose(text, Loader=LOADER)  # compose only: never constructs objects
     except yaml.MarkedYAMLError as error:
         line, column = mark_position(error.problem_mark or error.context_mark)
-        message = f"invalid YAML: {error.problem or error.context or 'syntax error'}"
-        if error.context and error.problem and error.context_mark is not None:
+        problem = error.problem or error.context or "syntax error"
+        tab = _is_tab_at(text, error.problem_mark)
+        if tab:
+            # libyaml says "found character that cannot start any token", which hides the cause.
+            problem = "tab characters are not allowed for indentation in YAML: indent with spaces"
+        message = f"invalid YAML: {problem}"
+        if error.context and error.problem and error.context_mark is not None and not tab:
             context_line, context_column = mark_position(error.context_mark)
             message += f" ({error.context} at line {context_line}, column {context_column})"
         return Problem(display, message, line, column)
@@ -156,6 +161,17 @@ def compose(text: str, display: str) -> Node | Problem | None:
     except RecursionError:  # the pure-Python composer on absurdly deep nesting
         return Problem(display, f"invalid YAML: nested deeper than {MAX_DEPTH} levels")
     return node
+
+
+def _is_tab_at(text: str, mark: yaml.Mark | None) -> bool:
+    """True if the character at ``mark`` (or the line's indentation before it) is a tab."""
+    if mark is None:
+        return False
+    lines = text.split("\n", mark.line + 1)
+    if mark.line >= len(lines):
+        return False
+    line = lines[mark.line]
+    return line[mark.column : mark.column + 1] == "\t" or "\t" in line[: len(line) - len(line.lstrip())]
 
 
 def has_top_level_keys(text: str, wanted: frozenset[str]) -> bool:
