@@ -331,8 +331,8 @@ class FleetState:
         """
         path = Path(path)
         state_path = default_state_path(path, state)
-        signature = _signature(path)
         sha = fixture_sha256(path)
+        signature = _signature(path)
         if persist:
             store = _open_store(state_path)
             snapshot = _sync_with_fixture(store, path, sha, force=False)
