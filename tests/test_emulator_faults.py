@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from reconciler.emulator.cli import emulator_app
 from reconciler.emulator.faults import FaultProfile
+from reconciler.emulator.state import FleetState
 
 GZ = "ap-guangzhou"
 CI, OLD, OPS = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n"
@@ -220,5 +221,5 @@ def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: P
             process.kill()
     assert process.returncode == 0, err
     assert "stopped" in out and "Traceback" not in err
-    assert '"ins-0c0d0e0f"' in fleet.read_text()  # saved in the writer's shape
-    assert "skey-3glfot13" in fleet.read_text()
+    assert fleet.read_bytes() == EXAMPLE_FLEET.read_bytes()  # a fixture: never written
+    assert ("skey-3glfot13", BATCH1) not in FleetState.from_file(fleet).bindings(GZ)  # the live state

@@ -446,7 +446,8 @@ def _serve(fleet: Path) -> tuple[subprocess.Popen[str], Emulator]:
         process.kill()
         pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
     em = Emulator.__new__(Emulator)
-    em.secret_id, em.secret_key, em.region, em.url = lines[1].split()[-1], lines[2].split()[-1], GZ, url.group(1)
+    em.secret_id, em.secret_key = lines[1].split()[-1], lines[2].split()[-1]
+    em.region, em.url = GZ, url.group(1)
     return process, em
 
 

@@ -81,8 +81,8 @@ def _load_text(source: Source, display: str) -> dict[str, Any]:
         raise InputError([Problem(display, "the fleet file is empty")], hint=_HINT)
     problems: list[Problem] = []
     data = construct(root, display, problems)
-    if problems or data is None:
-        raise InputError(problems[:MAX_PROBLEMS], hint=_HINT)
+    if problems:
+        raise InputError(_capped(problems, display), hint=_HINT)
     locator = NodeLocator(root)
     found = [
         Problem(display, message, *locator.position(path, key=at_key))
@@ -141,7 +141,8 @@ def _schema_problems(error: ValidationError) -> Iterator[tuple[PathT, str, bool]
         return
     if error.validator == "enum" and "propertyNames" in error.relative_schema_path:
         name = error.instance
-        yield (*path, str(name)), f"unknown region {name!r} (known: {', '.join(KNOWN_REGIONS)})", True
+        message = f"unknown region {_short(repr(name))} (known: {', '.join(KNOWN_REGIONS)})"
+        yield (*path, str(name)), message, True
         return
     yield path, _short(f"{where}: {error.message}" if where else error.message), False
 
