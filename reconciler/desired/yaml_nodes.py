@@ -1,6 +1,7 @@
-"""Safe YAML reading for desired-state files: bytes -> checked text -> node graph -> plain data.
+"""Safe YAML reading, the one pipeline: bytes -> checked text -> node graph -> plain data.
 
-Called by ``reconciler.desired.loader`` (and nothing else). The steps, each reporting a
+Called by ``reconciler.desired.loader`` for desired-state files and by
+``reconciler.emulator.fleetfile`` for the emulator's fleet fixture. The steps, each reporting a
 ``Problem`` with a 1-based line and column instead of raising a traceback:
 
 1. ``read_source``: size limit, UTF-8 (position of the first bad byte), no NUL/control characters.
