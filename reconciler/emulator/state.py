@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.emulator.fleetfile import MAX_FLEET_BYTES, check_data, fixture_sha256, load_fleet
+from reconciler.emulator.fleetfile import check_data, fixture_sha256, load_fleet
 from reconciler.emulator.store import Snapshot, Store, default_state_path
 from reconciler.errors import ConfigError, InputError, Problem
 from reconciler.ids import KNOWN_REGIONS, canonical_region
@@ -84,7 +84,6 @@ CODE_OPERATION_FAILED = 5100
 CODE_PARTIAL_SUCCESS = 5400
 
 DEFAULT_CREATED = "2020-01-01 00:00:00"
-__all__ = ["MAX_FLEET_BYTES", "FleetState"]
 _BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 
