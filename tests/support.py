@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL
 from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.state import FleetState
 
 _runner = CliRunner()
 
@@ -35,6 +37,12 @@ def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmCl
         transport=transport(emulator),
         **options,
     )
+
+
+def live_state(fleet: Path) -> dict[str, Any]:
+    """What the emulator holds now for the fleet fixture ``fleet`` (its live state, read afresh
+    as another process would). The fixture itself is never written: compare this instead."""
+    return FleetState.from_file(fleet, persist=False).to_data()
 
 
 class FakeTime:

@@ -479,7 +479,13 @@ class FleetState:
     @contextmanager
     def _changing(self) -> Iterator[list[bool]]:
         """One write transaction around a change: other processes' changes applied first,
-        this call's written after. ``changed[0]`` is kept for the callers' bookkeeping."""
+        this call's written after. ``changed[0]`` is kept for the callers' bookkeeping.
+
+        Every mutating method runs inside it and changes the fleet only through
+        ``_Region.set_status``/``bind``/``unbind`` and ``_start_transient`` (which note what
+        changed in ``_Region.journal``): anything changed another way is not written to the
+        store, so other processes and restarts would not see it.
+        """
         changed = [False]
         with self._lock:
             store = self.store
