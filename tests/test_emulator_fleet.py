@@ -159,6 +159,7 @@ def load_error(tmp_path: Path, text: str | bytes) -> list[str]:
         path.write_text(text)
     with pytest.raises(InputError) as caught:
         FleetState.from_file(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["fleet.yaml"]  # no state left for it
     return [str(problem).replace(str(path), "F") for problem in caught.value.problems]
 
 

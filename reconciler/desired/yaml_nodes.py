@@ -88,19 +88,19 @@ class Source:
     sha256: str
 
 
-def read_source(path: Path, display: str, *, limit: int = MAX_FILE_BYTES) -> Source | Problem:
-    """Read ``path`` as UTF-8 YAML text (at most ``limit`` bytes), or say precisely why not."""
+def read_source(path: Path, display: str) -> Source | Problem:
+    """Read ``path`` as UTF-8 YAML text, or say precisely why it cannot be read."""
     try:
         with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         return Problem(display, "no such file or directory")
     except IsADirectoryError:
         return Problem(display, "is a directory")
     except OSError as error:
         return Problem(display, f"cannot read: {error.strerror or error}")
-    if len(data) > limit:
-        return Problem(display, f"file is larger than the {limit // (1024 * 1024)} MiB limit")
+    if len(data) > MAX_FILE_BYTES:
+        return Problem(display, f"file is larger than the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit")
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")

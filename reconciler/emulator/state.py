@@ -333,8 +333,16 @@ class FleetState:
         sha = fixture_sha256(path)
         signature = _signature(path)
         if persist:
+            existed = state_path.exists()
             store = _open_store(state_path)
-            snapshot = _sync_with_fixture(store, path, sha, force=False)
+            try:
+                snapshot = _sync_with_fixture(store, path, sha, force=False)
+            except InputError:
+                store.close()
+                if not existed:  # leave no state behind for a fixture that does not load
+                    for leftover in (state_path, *(Path(f"{state_path}-{end}") for end in ("wal", "shm"))):
+                        leftover.unlink(missing_ok=True)
+                raise
             fleet = cls(snapshot.data, clock=clock, op_seconds=op_seconds, path=path, store=store)
         else:
             snapshot = _read_only_snapshot(state_path, path, sha)
