@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import EXAMPLE_FLEET, Emulator, EmulatorFactory
+from support import serve_fleet
 from typer.testing import CliRunner
 
 from reconciler.emulator.cli import emulator_app
@@ -198,21 +196,9 @@ def test_serve_command_reports_bad_fleet_files_without_traceback(tmp_path: Path)
 def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_bytes(EXAMPLE_FLEET.read_bytes())
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "reconciler", "emulator", "serve", "--fleet", str(fleet), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process, em = serve_fleet(fleet, GZ)
     try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(3)]
-        url = re.search(r"at (http://127\.0\.0\.1:\d+/v2/index\.php)", lines[0])
-        if url is None:
-            process.kill()
-            pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
-        secret_id = lines[1].split()[-1]
-        secret_key = lines[2].split()[-1]
-        em = Emulator.__new__(Emulator)
-        em.secret_id, em.secret_key, em.region, em.url = secret_id, secret_key, GZ, url.group(1)
-        response = em.call("UnBindInstanceKey", {"keyId": CI, "instanceIds.0": BATCH1}, url=url.group(1))
+        response = em.call("UnBindInstanceKey", {"keyId": CI, "instanceIds.0": BATCH1}, url=em.url)
         assert code_of(response) == 0
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import EXAMPLE_FLEET, Emulator
-from support import run_cli
+from support import run_cli, serve_fleet
 
 from reconciler.emulator.state import FleetState
 from reconciler.emulator.store import STATE_ENV
@@ -436,22 +435,6 @@ def test_editing_the_fixture_rebuilds_the_state(fleet_file: Path) -> None:
 # --------------------------------------------------------------------------- served and in-process
 
 
-def _serve(fleet: Path) -> tuple[subprocess.Popen[str], Emulator]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "reconciler", "emulator", "serve", "--fleet", str(fleet), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    lines = [process.stdout.readline() for _ in range(3)]
-    url = re.search(r"at (http://127\.0\.0\.1:\d+/v2/index\.php)", lines[0])
-    if url is None:
-        process.kill()
-        pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
-    em = Emulator.__new__(Emulator)
-    em.secret_id, em.secret_key = lines[1].split()[-1], lines[2].split()[-1]
-    em.region, em.url = GZ, url.group(1)
-    return process, em
-
-
 def _stop(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=20)
@@ -466,7 +449,7 @@ def _bound(em: Emulator, key_id: str) -> list[str]:
 
 def test_served_and_in_process_share_the_state_across_restarts(fleet_file: Path) -> None:
     before = fleet_file.read_bytes()
-    process, em = _serve(fleet_file)
+    process, em = serve_fleet(fleet_file)
     try:
         answer = em.call("UnBindInstanceKey", {"keyId": CI, "instanceIds.0": BATCH1}, url=em.url)
         assert json.loads(answer.text)["code"] == 0
@@ -478,7 +461,7 @@ def test_served_and_in_process_share_the_state_across_restarts(fleet_file: Path)
     finally:
         if process.poll() is None:
             _stop(process)
-    process, em = _serve(fleet_file)  # a restart keeps the state
+    process, em = serve_fleet(fleet_file)  # a restart keeps the state
     try:
         assert BATCH1 not in _bound(em, CI) and BATCH1 not in _bound(em, OPS)
     finally:

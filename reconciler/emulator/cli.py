@@ -21,6 +21,15 @@ emulator_app = typer.Typer(
 )
 
 
+# --state of serve and reset: where the live state lives (docs/emulator.md).
+_StateOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state", help="Live state file (default: $CVMKEYS_EMULATOR_STATE, else FLEET.state.sqlite)."
+    ),
+]
+
+
 @emulator_app.callback()
 def _emulator_group() -> None:
     """Run the bundled emulator of the CVM API 2.0 (no cloud account needed)."""
@@ -41,13 +50,7 @@ def serve_command(
     fleet: Annotated[
         Path, typer.Option("--fleet", help="Fleet fixture (see examples/fleet.yaml); read, never written.")
     ],
-    state_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--state",
-            help="Live state file (default: $CVMKEYS_EMULATOR_STATE, else FLEET.state.sqlite).",
-        ),
-    ] = None,
+    state_file: _StateOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8080,
     op_seconds: Annotated[
@@ -158,13 +161,7 @@ def serve_command(
 @emulator_app.command("reset")
 def reset_command(
     fleet: Annotated[Path, typer.Option("--fleet", help="Fleet fixture whose live state to rebuild.")],
-    state_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--state",
-            help="Live state file (default: $CVMKEYS_EMULATOR_STATE, else FLEET.state.sqlite).",
-        ),
-    ] = None,
+    state_file: _StateOption = None,
 ) -> None:
     """Throw away every change made through the emulator: the live state becomes the fixture's.
 
