@@ -170,8 +170,7 @@ def reset_command(
     from reconciler.emulator.state import FleetState
 
     try:
-        state = FleetState.from_file(fleet, state=state_file)
-        state.reset()
+        state = FleetState.from_file(fleet, state=state_file, rebuild=True)
         where = state.state_path
         state.close()
     except CvmkeysError as error:

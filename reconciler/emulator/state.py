@@ -319,11 +319,13 @@ class FleetState:
         op_seconds: float = 0.0,
         persist: bool = True,
         state: Path | None = None,
+        rebuild: bool = False,
     ) -> FleetState:
         """The live fleet of the fixture ``path``: its state database (``state``, else
         $CVMKEYS_EMULATOR_STATE, else ``<path>.state.sqlite``), built from the fixture when
         missing or when the fixture's bytes changed.
 
+        ``rebuild`` builds it from the fixture in any case (``emulator reset``).
         With ``persist=False`` the current live state is read once and changes stay in memory
         (``--no-save``). Raises ``InputError`` (every problem, as FILE:LINE:COL) for a missing or
         invalid fixture, ``ConfigError``-like ``InputError`` for an unusable state file.
@@ -336,7 +338,7 @@ class FleetState:
             existed = state_path.exists()
             store = _open_store(state_path)
             try:
-                snapshot = _sync_with_fixture(store, path, sha, force=False)
+                snapshot = _sync_with_fixture(store, path, sha, force=rebuild)
             except InputError:
                 store.close()
                 if not existed:  # leave no state behind for a fixture that does not load
