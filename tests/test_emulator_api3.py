@@ -712,10 +712,15 @@ def test_both_apis_on_one_served_port(emulator: Emulator) -> None:
         assert httpx.get(url3 + "latest/meta-data/cam/security-credentials/").text == "cvmkeys-instance\n"
 
 
-def test_identity_block_survives_saves(emulator: Emulator) -> None:
+def test_identity_block_is_read_from_the_fixture_and_kept_in_the_live_state(emulator: Emulator) -> None:
+    fixture = emulator.fleet_path.read_bytes()
     emulator.call("UnBindInstanceKey", {"keyId": OLD, "instanceIds.0": WEB1})
-    text = emulator.fleet_path.read_text()
-    assert text.count("identity: ") == 1
-    reread = FleetState.from_file(emulator.fleet_path, persist=False)
-    assert reread.account_id == "100000000001" and reread.roles == ("cvmkeys-instance",)
-    assert reread.web_identity_tokens == (("OIDC", "emulator-oidc-token"),)
+    assert emulator.fleet_path.read_bytes() == fixture  # a fixture: never written
+    for reread in (
+        FleetState.from_file(emulator.fleet_path, persist=False),
+        FleetState.from_file(emulator.fleet_path),  # the live state, as another process sees it
+    ):
+        assert reread.account_id == "100000000001" and reread.roles == ("cvmkeys-instance",)
+        assert reread.web_identity_tokens == (("OIDC", "emulator-oidc-token"),)
+        assert (OLD, WEB1) not in reread.bindings(GZ)
+        reread.close()
