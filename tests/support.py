@@ -51,11 +51,15 @@ def live_state(fleet: Path) -> dict[str, Any]:
     return FleetState.from_file(fleet, persist=False).to_data()
 
 
-def serve_fleet(fleet: Path, region: str = "ap-guangzhou") -> tuple[subprocess.Popen[str], Emulator]:
-    """``cvmkeys emulator serve --fleet FLEET --port 0`` in a subprocess, and an ``Emulator`` that
-    signs requests to it with the credentials it printed (``.call(..., url=em.url)``)."""
+def serve_fleet(
+    fleet: Path, region: str = "ap-guangzhou", *options: str
+) -> tuple[subprocess.Popen[str], Emulator]:
+    """``cvmkeys emulator serve --fleet FLEET --port 0 [OPTIONS]`` in a subprocess, and an
+    ``Emulator`` that signs requests to it with the credentials it printed
+    (``.call(..., url=em.url)``)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "reconciler", "emulator", "serve", "--fleet", str(fleet), "--port", "0"]
+    command.extend(options)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     lines = [process.stdout.readline() for _ in range(3)]
