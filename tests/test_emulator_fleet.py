@@ -186,6 +186,33 @@ def test_schema_errors_point_at_line_and_column(tmp_path: Path) -> None:
     assert any(p.startswith(_at(text, 8, "running")) and "not of type 'integer'" in p for p in problems)
 
 
+def test_identity_block_is_checked_by_the_schema_with_positions(tmp_path: Path) -> None:
+    text = GOOD_HEAD + (
+        "      - {id: ins-1a2b3c4d, name: a, os: centos, status: 4}\n"
+        "identity:\n"
+        "  account_id: 12345x\n"
+        "  roles: [ok-role, 'bad role']\n"
+        "  web_identity_tokens:\n"
+        "    - {provider_id: OIDC, token: ' '}\n"
+        "  issuer: nobody\n"
+    )
+    problems = load_error(tmp_path, text)
+    assert any(p.startswith(_at(text, 8, "12345x")) and "does not match" in p for p in problems)
+    assert any(p.startswith(_at(text, 9, "'bad role'")) and "does not match" in p for p in problems)
+    assert any(p.startswith(_at(text, 11, "' '")) and "does not match" in p for p in problems)
+    assert any(p.startswith(_at(text, 12, "issuer") + "unknown field 'issuer'") for p in problems)
+    good = GOOD_HEAD + (
+        "      - {id: ins-1a2b3c4d, name: a, os: centos, status: 4}\n"
+        "identity: {account_id: '42', roles: [r1], web_identity_tokens: [{token: t}]}\n"
+    )
+    path = tmp_path / "good.yaml"
+    path.write_text(good)
+    state = FleetState.from_file(path)
+    assert (state.account_id, state.roles, state.web_identity_tokens) == ("42", ("r1",), (("OIDC", "t"),))
+    state.close()
+    assert path.read_text() == good
+
+
 def test_cross_check_errors_point_at_line_and_column(tmp_path: Path) -> None:
     text = GOOD_HEAD + (
         "      - {id: ins-1a2b3c4d, name: a, os: centos, status: 4}\n"
