@@ -449,12 +449,16 @@ def test_reset_of_a_bad_fixture_is_an_error(tmp_path: Path) -> None:
 def test_editing_the_fixture_rebuilds_the_state(fleet_file: Path) -> None:
     state = FleetState.from_file(fleet_file)
     state.unbind_instance_key(GZ, CI, [BATCH1])
+    issued = state.assume_role("qcs::cam::uin/100000000001:roleName/r", "session")
+    assert FleetState.from_file(fleet_file).secret(issued.secret_id) == issued  # shared ...
     edited = fleet_file.read_text().replace("name: batch-1", "name: batch-one")
     assert edited != fleet_file.read_text()
     fleet_file.write_text(edited)
     fresh = FleetState.from_file(fleet_file)
     assert fresh.instance(GZ, BATCH1).name == "batch-one"
     assert (CI, BATCH1) in fresh.bindings(GZ)  # the changes made before the edit are gone
+    assert fresh.instance(GZ, BATCH1).latest_operation is None  # their operations too
+    assert fresh.secret(issued.secret_id) is None  # ... and STS credentials too
     state.refresh()  # what a running emulator does on every request
     assert state.instance(GZ, BATCH1).name == "batch-one"
 
