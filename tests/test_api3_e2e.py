@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import live_state, run_cli
 
 from reconciler.cloud.credentials import Credentials, StaticProvider
 from reconciler.cloud.sts import StsClient
@@ -207,13 +207,13 @@ def _desired_for(account: str, tmp_path: Path) -> Path:
 def test_an_account_in_the_desired_file_refuses_other_accounts(tmp_path: Path, api: str) -> None:
     fleet = tmp_path / "fleet.yaml"
     shutil.copy(EXAMPLES / "fleet.yaml", fleet)
-    before = fleet.read_bytes()
+    before = live_state(fleet)
     other = _desired_for("100000000002", tmp_path)
     for command, *more in (("plan",), ("apply", "--auto-approve")):
         code, out, err = run_cli(command, str(other), "--emulator", str(fleet), "--api", api, *more)
         assert code == 1, out + err
         assert "is for account 100000000002, but the credentials are of account 100000000001" in err
-        assert fleet.read_bytes() == before
+        assert live_state(fleet) == before
     right = _desired_for(ACCOUNT, tmp_path)
     code, out, err = run_cli("plan", str(right), "--emulator", str(fleet), "--api", api)
     assert code == 0, out + err
@@ -230,7 +230,7 @@ def test_a_saved_plan_is_applied_only_to_the_account_it_was_made_for(tmp_path: P
     data["caller"]["account_id"] = "100000000002"  # as if made with another account's credentials
     data["integrity"]["digest"] = canonical_digest(data)
     plan_file.write_text(json.dumps(data))
-    before = fleet.read_bytes()
+    before = live_state(fleet)
     code, _, err = run_cli("apply", str(plan_file))
     assert code == 1 and "is for account 100000000002" in err and "nothing was changed" in err
-    assert fleet.read_bytes() == before
+    assert live_state(fleet) == before

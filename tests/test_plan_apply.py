@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import THROTTLED, UNBIND, emulator_client, mutated_pairs, run_cli
+from support import THROTTLED, UNBIND, emulator_client, live_state, mutated_pairs, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.base import AttemptRecord, CloudClient
@@ -176,11 +176,11 @@ def test_edited_plan_is_refused_before_any_mutation(tmp_path: Path, api: str) ->
     data = json.loads(plan_file.read_text())
     data["batches"][0]["instance_ids"].append("ins-99999999")  # sneak one more unbind in
     plan_file.write_text(json.dumps(data))
-    before = fleet.read_text()
+    before = live_state(fleet)
     code, _, err = cli("apply", str(plan_file))
     assert code == 1
     assert "edited" in err
-    assert fleet.read_text() == before
+    assert live_state(fleet) == before
 
 
 def test_stale_plan_is_refused_before_any_mutation(tmp_path: Path, api: str) -> None:
@@ -335,11 +335,11 @@ def test_a_plan_is_applied_only_with_the_api_it_was_made_for(tmp_path: Path, api
     plan_file = tmp_path / "p.json"
     assert cli("plan", str(desired), "--emulator", str(fleet), "--api", api, "--out", str(plan_file))[0] == 0
     assert json.loads(plan_file.read_text())["api"] == api
-    before = fleet.read_bytes()
+    before = live_state(fleet)
     other = "2.0" if api == "3.0" else "3.0"
     code, _, err = cli("apply", str(plan_file), "--api", other)
     assert code == 1 and f"made for CVM API {api}, not {other}" in err
-    assert fleet.read_bytes() == before
+    assert live_state(fleet) == before
     code, out, err = cli("apply", str(plan_file))
     assert code in (0, 3), out + err
     assert f"{UNBIND[api]} " in out and UNBIND["2.0" if api == "3.0" else "3.0"] not in out
