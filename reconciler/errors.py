@@ -20,6 +20,7 @@ No exception text ever contains a secret key: the client never puts one in a mes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import ClassVar
 
 
@@ -76,17 +77,48 @@ class CloudError(CvmkeysError):
         self.retryable = retryable
 
 
-class ApiError(CloudError):
-    """The API answered with a non-zero ``code``."""
+class ApiErrorKind(str, Enum):
+    """What an API error means for the caller (CONTRACT.md): the executor decides on this, not on
+    codes. 2.0 errors get it from their int code, 3.0 errors from their string code."""
 
-    def __init__(self, action: str, code: int, api_message: str) -> None:
+    RETRYABLE = "retryable"  # rate limit / transient: the client retries it
+    BUSY = "busy"  # the instance is busy with another operation: wait, then try again
+    BLOCKED = "blocked"  # instance state / Windows / stop-charging: not attempted again
+    NOT_FOUND = "not_found"  # an instance or key does not exist (any more): observe again
+    AMBIGUOUS = "ambiguous"  # internal error on a mutating call: observe again, never blind retry
+    AUTH = "auth"  # authentication or authorisation failed: a clear error with a hint
+    INVALID = "invalid"  # permanent
+
+
+class ApiError(CloudError):
+    """The API answered with an error ``code`` (2.0: a non-zero int; 3.0: a string such as
+    ``UnsupportedOperation.InstanceStateRunning``)."""
+
+    def __init__(
+        self,
+        action: str,
+        code: int | str,
+        api_message: str,
+        *,
+        kind: ApiErrorKind | None = None,
+        request_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        if kind is None:
+            kind = ApiErrorKind.RETRYABLE if code in RETRYABLE_API_CODES else ApiErrorKind.INVALID
         super().__init__(
-            f"{action} failed: code {code}: {api_message}",
+            f"{action} failed: code {code}: {api_message}"
+            + (f" (RequestId {request_id})" if request_id else ""),
             action=action,
-            retryable=code in RETRYABLE_API_CODES,
+            retryable=(
+                code in RETRYABLE_API_CODES if isinstance(code, int) else kind is ApiErrorKind.RETRYABLE
+            ),
+            hint=hint,
         )
         self.code = code
         self.api_message = api_message
+        self.kind = kind
+        self.request_id = request_id
 
 
 class TransportError(CloudError):

@@ -42,6 +42,24 @@ STATUS_STARTING = 8
 STATUS_KEY_ISSUING = 20
 
 
+class ApiVersion(str, Enum):
+    """Which CVM API a client speaks and a plan was made for."""
+
+    V2 = "2.0"  # the seed's API: cvm.api.qcloud.com/v2/index.php, UnBindInstanceKey
+    V3 = "3.0"  # cvm.tencentcloudapi.com, Version 2017-03-12, DisassociateInstancesKeyPairs
+
+
+class InstanceState(str, Enum):
+    """An instance's state, API-neutral; both APIs map into it (the API's own word is kept)."""
+
+    RUNNING = "running"  # 2.0 status 2,  3.0 RUNNING
+    STOPPED = "stopped"  # 2.0 status 4,  3.0 STOPPED        (the only state an unbind accepts)
+    STARTING = "starting"  # 2.0 status 8,  3.0 STARTING
+    STOPPING = "stopping"  # 2.0 status 9,  3.0 STOPPING
+    BUSY = "busy"  # 2.0 status 20 (key issuing), 3.0 LatestOperationState OPERATING
+    OTHER = "other"  # anything else (PENDING, REBOOTING, SHUTDOWN, 2.0 maintenance, ...)
+
+
 def status_name(status: int) -> str:
     """Human name of an instance status; unknown numbers are maintenance states per the docs."""
     return INSTANCE_STATUS_NAMES.get(status, f"maintenance ({status})")

@@ -119,13 +119,13 @@ def test_nothing_found_names_every_place_looked_at(tmp_path: Path) -> None:
         ({"secretId": "AKIDx0000000000"}, "has no secretKey"),
         ({"secretKey": PROFILE_KEY}, "has no secretId"),
         ({"secretId": "AKIDx0000000000", "secretKey": PROFILE_KEY + " \n"}, "secretKey contains whitespace"),
-        ({"secretId": 12, "secretKey": PROFILE_KEY}, "must be strings"),
+        ({"secretId": 12, "secretKey": PROFILE_KEY}, "secretId must be a string"),
         (
             {"type": "sso", "secretId": "AKIDx0000000000", "secretKey": PROFILE_KEY, "token": "tok"},
             "temporary credentials (type sso)",
         ),
         ({"secretId": "AKIDx0000000000", "secretKey": PROFILE_KEY, "token": "tok"}, "temporary credentials"),
-        ({"type": "cvm-role"}, "temporary credentials (type cvm-role)"),
+        ({"type": "cvm-role"}, "type cvm-role"),
     ],
 )
 def test_bad_credential_files_are_clear_errors_without_the_secret(
@@ -145,6 +145,15 @@ def test_a_session_token_in_the_environment_is_refused(tmp_path: Path) -> None:
         tmp_path, TENCENTCLOUD_SECRET_ID=ENV_ID, TENCENTCLOUD_SECRET_KEY=ENV_KEY, TENCENTCLOUD_TOKEN="t"
     )
     with pytest.raises(ConfigError, match="TENCENTCLOUD_TOKEN is set"):
+        load_credentials(env)
+    # Terraform's name is honoured by the 3.0 client; the 2.0 client refuses it clearly.
+    env = _env(
+        tmp_path,
+        TENCENTCLOUD_SECRET_ID=ENV_ID,
+        TENCENTCLOUD_SECRET_KEY=ENV_KEY,
+        TENCENTCLOUD_SECURITY_TOKEN="t",
+    )
+    with pytest.raises(ConfigError, match="TENCENTCLOUD_SECURITY_TOKEN gives temporary credentials"):
         load_credentials(env)
 
 

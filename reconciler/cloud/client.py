@@ -104,11 +104,13 @@ class AttemptRecord:
     key_id: str | None
     instance_ids: tuple[str, ...]
     attempt: int
-    code: int | None
+    code: int | str | None
     message: str
     duration_s: float
     http_status: int | None
     retry_in_s: float | None = None
+    request_id: str | None = None  # API 3.0's RequestId of the answer, when one was read
+    key_ids: tuple[str, ...] = ()  # API 3.0: every key of a multi-key call (key_id is None then)
 
 
 @dataclass(frozen=True, slots=True)

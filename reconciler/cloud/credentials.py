@@ -1,44 +1,89 @@
-"""API credentials (SecretId / SecretKey), where they come from, and the default region.
+"""API credentials: what they are, every place they come from, and the default region.
 
-The CLI (through ``reconciler.connect``) calls :func:`load_credentials` and hands the result to
-:class:`reconciler.cloud.client.CvmClient`; ``cvmkeys import`` calls :func:`default_region`. A
-:class:`Credentials` never shows its secret key: not in ``repr``, not in ``str``, not in any
-error message of this module. Only the signing step (``reconciler.cloud.auth``) reads
-``secret_key``.
+A :class:`Credentials` is a SecretId / SecretKey pair, plus a session token and an expiry time
+when it is temporary. It never shows its secrets: not in ``repr``, not in ``str``, not in any
+error message of this module. Only the signing steps (``reconciler.cloud.auth`` for 2.0,
+``reconciler.cloud.tc3auth`` for 3.0) read ``secret_key`` and ``token``.
 
-Sources, in this order (docs/gitops.md, "Credentials"):
+A :class:`CredentialsProvider` hands out the credentials to use *now*: the 3.0 auth flow asks it
+on every attempt, so temporary credentials (assumed role, OIDC, instance role) are renewed before
+they expire during a long apply (:class:`RefreshingProvider`).
 
-1. ``--profile NAME`` on the command line: that tccli profile, and nothing else.
-2. ``TENCENTCLOUD_SECRET_ID`` / ``TENCENTCLOUD_SECRET_KEY``, the names Tencent's own tools use.
-3. The tccli profile named by ``TENCENTCLOUD_PROFILE`` (or tccli's own ``TCCLI_PROFILE``),
-   otherwise ``default``: ``~/.tccli/<profile>.credential``, the JSON file ``tccli configure``
-   writes (``{"secretId": ..., "secretKey": ...}``).
+Sources, in the order and with the names of Terraform's tencentcloud provider
+(``resolve_credentials``; docs/credentials.md has an example of each):
 
-The region default follows the same idea: ``TENCENTCLOUD_REGION``, then ``_sys_param.region``
-of ``~/.tccli/<profile>.configure``.
+1. ``--profile NAME``: that tccli profile, and nothing else from the environment's keys.
+2. ``TENCENTCLOUD_SECRET_ID`` / ``TENCENTCLOUD_SECRET_KEY`` (+ ``TENCENTCLOUD_SECURITY_TOKEN``).
+3. ``TENCENTCLOUD_CAM_ROLE_NAME``: the CVM instance role, from the metadata service
+   (``TENCENTCLOUD_METADATA_ENDPOINT`` overrides its URL, for tests). As in Terraform it wins
+   over a ``default`` profile; with a profile named by the environment it is an error.
+4. The tccli profile named by ``TENCENTCLOUD_PROFILE`` (or tccli's ``TCCLI_PROFILE``), else
+   ``default``, in ``TENCENTCLOUD_SHARED_CREDENTIALS_DIR`` (else ``~/.tccli``):
+   ``<profile>.credential`` with ``secretId``, ``secretKey``, optional ``token``, optional
+   ``role-arn`` + ``role-session-name`` (assumed with the profile's keys), or ``type: cvm-role``.
+5. ``TENCENTCLOUD_ASSUME_ROLE_ARN`` (+ ``_SESSION_NAME``, ``_SESSION_DURATION``,
+   ``_EXTERNAL_ID``): STS AssumeRole, signed with the credentials of 1-4.
+6. ``TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN`` or ``..._TOKEN_FILE`` (+ the role ARN and
+   session variables of 5, ``TENCENTCLOUD_ASSUME_ROLE_PROVIDER_ID``, default ``OIDC``): STS
+   AssumeRoleWithWebIdentity, unsigned; needs no keys at all (GitHub Actions' OIDC).
+
+A variable that is set but cannot be honoured is a ``ConfigError``, never ignored: two sources
+that would each pick an identity (keys and an instance role, say) are refused rather than one
+silently winning, so the tool never acts as another identity than the one the user meant.
+
+The region default: ``TENCENTCLOUD_REGION``, then ``_sys_param.region`` of the profile's
+``<profile>.configure``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
 
 from reconciler.errors import ConfigError
 
+if TYPE_CHECKING:
+    from reconciler.cloud.sts import StsClient
+
 ENV_SECRET_ID = "TENCENTCLOUD_SECRET_ID"
 ENV_SECRET_KEY = "TENCENTCLOUD_SECRET_KEY"
-ENV_TOKEN = "TENCENTCLOUD_TOKEN"
+ENV_SECURITY_TOKEN = "TENCENTCLOUD_SECURITY_TOKEN"  # Terraform's name for the session token
 ENV_REGION = "TENCENTCLOUD_REGION"
 ENV_PROFILE = "TENCENTCLOUD_PROFILE"
 ENV_TCCLI_PROFILE = "TCCLI_PROFILE"  # what tccli itself reads
+ENV_SHARED_CREDENTIALS_DIR = "TENCENTCLOUD_SHARED_CREDENTIALS_DIR"
+ENV_CAM_ROLE_NAME = "TENCENTCLOUD_CAM_ROLE_NAME"
+ENV_METADATA_ENDPOINT = "TENCENTCLOUD_METADATA_ENDPOINT"
+ENV_ROLE_ARN = "TENCENTCLOUD_ASSUME_ROLE_ARN"
+ENV_SESSION_NAME = "TENCENTCLOUD_ASSUME_ROLE_SESSION_NAME"
+ENV_SESSION_DURATION = "TENCENTCLOUD_ASSUME_ROLE_SESSION_DURATION"
+ENV_EXTERNAL_ID = "TENCENTCLOUD_ASSUME_ROLE_EXTERNAL_ID"
+ENV_WEB_IDENTITY_TOKEN = "TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN"
+ENV_WEB_IDENTITY_TOKEN_FILE = "TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN_FILE"
+ENV_PROVIDER_ID = "TENCENTCLOUD_ASSUME_ROLE_PROVIDER_ID"
+# Names no Tencent tool reads but that users set believing they work: refused with the right name.
+MISTAKEN_NAMES: Mapping[str, str] = {
+    "TENCENTCLOUD_TOKEN": ENV_SECURITY_TOKEN,
+    "TENCENTCLOUD_SESSION_TOKEN": ENV_SECURITY_TOKEN,
+}
 DEFAULT_PROFILE = "default"
+DEFAULT_PROVIDER_ID = "OIDC"
+DEFAULT_SESSION_DURATION = 7200  # seconds, as Terraform and STS
+MAX_SESSION_DURATION = 43200
 TCCLI_DIR = ".tccli"
 # A credential file is a few hundred bytes; anything much larger is not one.
 _MAX_PROFILE_BYTES = 1 << 20
+# Temporary credentials are renewed when less than this is left (or half their lifetime, if
+# shorter): a call signed now must still be valid when the server checks it.
+REFRESH_MARGIN_S = 300.0
 
 
 def mask_secret_id(secret_id: str) -> str:
@@ -61,32 +106,152 @@ def _check_value(name: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class Credentials:
-    """A SecretId / SecretKey pair. Its repr shows a masked SecretId and never the key."""
+    """A SecretId / SecretKey pair, with a session ``token`` and ``expires_at`` (Unix seconds)
+    when temporary. Its repr shows a masked SecretId and never the key or the token."""
 
     secret_id: str
     secret_key: str = field(repr=False)
     # Where they came from, for messages and logs ("environment", "tccli profile 'prod' (...)").
     source: str = field(default="", compare=False)
+    token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None
 
     def __post_init__(self) -> None:
         _check_value("SecretId", self.secret_id)
         _check_value("SecretKey", self.secret_key)
+        if self.token is not None:
+            _check_value("session token", self.token)
+
+    @property
+    def temporary(self) -> bool:
+        """True for STS / instance-role credentials: they need their token and they expire."""
+        return self.token is not None
 
     def __repr__(self) -> str:
-        return f"Credentials(secret_id={mask_secret_id(self.secret_id)!r}, secret_key=<hidden>)"
+        token = ", token=<hidden>" if self.token is not None else ""
+        return f"Credentials(secret_id={mask_secret_id(self.secret_id)!r}, secret_key=<hidden>{token})"
 
     __str__ = __repr__
 
 
-def credentials_from_env(environ: Mapping[str, str] = os.environ) -> Credentials | None:
-    """Credentials from ``TENCENTCLOUD_SECRET_ID`` / ``TENCENTCLOUD_SECRET_KEY``.
+# --------------------------------------------------------------------------- providers
 
-    ``None`` when neither is set (or both are empty); ``ConfigError`` when only one is, or a
-    value is malformed.
+
+class CredentialsProvider(Protocol):
+    """The credentials to sign with now; asked once per request attempt."""
+
+    @property
+    def source(self) -> str: ...  # where they come from, for messages ("assumed role ...")
+
+    @property
+    def temporary(self) -> bool: ...  # known before any network call
+
+    def get(self) -> Credentials: ...
+
+
+class StaticProvider:
+    """Credentials that never change (long-lived keys, or a token handed over as it is)."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    @property
+    def source(self) -> str:
+        return self._credentials.source
+
+    @property
+    def temporary(self) -> bool:
+        return self._credentials.temporary
+
+    def get(self) -> Credentials:
+        return self._credentials
+
+    def __repr__(self) -> str:
+        return f"StaticProvider({self._credentials!r})"
+
+
+class RefreshingProvider:
+    """Temporary credentials from ``fetch`` (an STS call, the metadata service), fetched on first
+    use and again whenever less than :data:`REFRESH_MARGIN_S` (or half their lifetime) is left.
+    Thread-safe: concurrent attempts wait for one fetch."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Credentials],
+        source: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        margin_s: float = REFRESH_MARGIN_S,
+    ) -> None:
+        self._fetch = fetch
+        self._source = source
+        self._clock = clock
+        self._margin = margin_s
+        self._lock = threading.Lock()
+        self._current: Credentials | None = None
+        self._renew_at = 0.0
+        self.fetches = 0  # how many times credentials were fetched (for tests and logs)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def temporary(self) -> bool:
+        return True
+
+    def get(self) -> Credentials:
+        with self._lock:
+            now = self._clock()
+            if self._current is None or now >= self._renew_at:
+                fresh = self._fetch()
+                self.fetches += 1
+                expires = fresh.expires_at if fresh.expires_at is not None else now + 3600.0
+                if expires <= now:
+                    raise ConfigError(f"{self._source}: the credentials handed out have already expired")
+                self._renew_at = expires - min(self._margin, (expires - now) / 2)
+                self._current = fresh
+            return self._current
+
+    def __repr__(self) -> str:
+        return f"RefreshingProvider(source={self._source!r})"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, or ``None`` when unset or empty (Terraform treats both alike)."""
+    value = environ.get(name)
+    return value if value else None
+
+
+def _check_mistaken_names(environ: Mapping[str, str]) -> None:
+    for wrong, right in MISTAKEN_NAMES.items():
+        if environ.get(wrong):
+            raise ConfigError(
+                f"{wrong} is set, but no Tencent Cloud tool reads that name; the session token "
+                f"goes in {right}",
+                hint=f"rename {wrong} to {right}",
+            )
+
+
+def credentials_from_env(environ: Mapping[str, str] = os.environ) -> Credentials | None:
+    """Credentials from ``TENCENTCLOUD_SECRET_ID`` / ``_SECRET_KEY`` / ``_SECURITY_TOKEN``.
+
+    ``None`` when neither key is set (or both are empty); ``ConfigError`` when only one is, when
+    a token is set without keys, or a value is malformed.
     """
+    _check_mistaken_names(environ)
     secret_id = environ.get(ENV_SECRET_ID, "")
     secret_key = environ.get(ENV_SECRET_KEY, "")
+    token = _env(environ, ENV_SECURITY_TOKEN)
     if not secret_id and not secret_key:
+        if token is not None:
+            raise ConfigError(
+                f"{ENV_SECURITY_TOKEN} is set but {ENV_SECRET_ID} and {ENV_SECRET_KEY} are not",
+                hint="a session token is used with the temporary SecretId/SecretKey it was issued with",
+            )
         return None
     if not secret_id:
         raise ConfigError(f"{ENV_SECRET_KEY} is set but {ENV_SECRET_ID} is not")
@@ -94,7 +259,15 @@ def credentials_from_env(environ: Mapping[str, str] = os.environ) -> Credentials
         raise ConfigError(f"{ENV_SECRET_ID} is set but {ENV_SECRET_KEY} is not")
     _check_value(ENV_SECRET_ID, secret_id)
     _check_value(ENV_SECRET_KEY, secret_key)
-    return Credentials(secret_id, secret_key, source=f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}")
+    if token is not None:
+        _check_value(ENV_SECURITY_TOKEN, token)
+        source = f"{ENV_SECRET_ID} / {ENV_SECRET_KEY} / {ENV_SECURITY_TOKEN}"
+    else:
+        source = f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}"
+    return Credentials(secret_id, secret_key, source=source, token=token)
+
+
+# --------------------------------------------------------------------------- tccli profiles
 
 
 @dataclass(frozen=True)
@@ -139,7 +312,17 @@ def _check_profile_name(choice: ProfileChoice) -> None:
 
 
 def tccli_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """``~/.tccli``, where tccli keeps its profiles (the home folder as ``environ`` says)."""
+    """Where the profiles are: ``TENCENTCLOUD_SHARED_CREDENTIALS_DIR`` (Terraform's name), else
+    ``~/.tccli`` (the home folder as ``environ`` says)."""
+    shared = _env(environ, ENV_SHARED_CREDENTIALS_DIR)
+    if shared is not None:
+        folder = Path(os.path.expanduser(shared))
+        if not folder.is_dir():
+            raise ConfigError(
+                f"{ENV_SHARED_CREDENTIALS_DIR} is set to {shared!r}, which is not a folder",
+                hint="point it at the folder holding <profile>.credential, or unset it",
+            )
+        return folder
     home = environ.get("HOME") or environ.get("USERPROFILE") or os.path.expanduser("~")
     return Path(home) / TCCLI_DIR
 
@@ -182,72 +365,385 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any] | None:
     return data
 
 
-def credentials_from_profile(
-    choice: ProfileChoice, environ: Mapping[str, str] = os.environ
-) -> Credentials | None:
-    """Credentials from ``~/.tccli/<profile>.credential``; ``None`` when that file does not exist.
+@dataclass(frozen=True)
+class ProfileCredentials:
+    """What a tccli credential file holds: keys (perhaps with a token), and perhaps a role to
+    assume with them, or the instance role (``type: cvm-role``)."""
 
-    Temporary credentials (a ``token``, or tccli's ``sso``/``oauth``/``cvm-role`` types) are
-    refused: the CVM API 2.0 client sends no session token, so they could only fail.
-    """
+    path: Path
+    credentials: Credentials | None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    cvm_role: bool = False
+
+
+def _profile_string(data: dict[str, Any], name: str, path: Path) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: {name} must be a string")
+    _check_value(f"{path}: {name}", value)
+    return value
+
+
+def read_profile(choice: ProfileChoice, environ: Mapping[str, str] = os.environ) -> ProfileCredentials | None:
+    """The profile's ``<name>.credential``; ``None`` when that file does not exist."""
     path, _ = profile_paths(choice.name, environ)
     data = _read_json_object(path, "credential")
     if data is None:
         return None
     kind = data.get("type")
-    if data.get("token") or kind in ("sso", "oauth", "cvm-role") or data.get("role-arn"):
-        described = f"type {kind}" if isinstance(kind, str) and kind else "a session token or role"
-        raise ConfigError(
-            f"{path}: profile {choice.name!r} holds temporary credentials ({described}); "
-            "cvmkeys speaks the CVM API 2.0 and sends no session token",
-            hint="use a profile with a permanent SecretId/SecretKey "
-            f"(tccli configure set secretId ... secretKey ...), or set {ENV_SECRET_ID} and {ENV_SECRET_KEY}",
-        )
-    secret_id = data.get("secretId")
-    secret_key = data.get("secretKey")
+    if kind == "cvm-role":
+        return ProfileCredentials(path, None, cvm_role=True)
+    secret_id = _profile_string(data, "secretId", path)
+    secret_key = _profile_string(data, "secretKey", path)
+    token = _profile_string(data, "token", path)
     missing = [name for name, value in (("secretId", secret_id), ("secretKey", secret_key)) if not value]
     if missing:
         raise ConfigError(
             f"{path}: profile {choice.name!r} has no {' and no '.join(missing)}",
             hint=f"tccli configure set secretId ... secretKey ... --profile {choice.name}",
         )
-    if not isinstance(secret_id, str) or not isinstance(secret_key, str):
-        raise ConfigError(f"{path}: secretId and secretKey must be strings")
-    _check_value(f"{path}: secretId", secret_id)
-    _check_value(f"{path}: secretKey", secret_key)
-    return Credentials(secret_id, secret_key, source=f"tccli profile {choice.name!r} ({path})")
+    assert secret_id is not None and secret_key is not None
+    expires_at: float | None = None
+    if kind in ("sso", "oauth"):
+        # tccli renews these itself; cvmkeys can use them while they last.
+        raw = data.get("expiresAt")
+        if token is None or isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ConfigError(
+                f"{path}: profile {choice.name!r} holds temporary credentials (type {kind}) "
+                "without a token and expiresAt",
+                hint=f"log in again with tccli (profile {choice.name})",
+            )
+        expires_at = float(raw)
+    role_arn = _profile_string(data, "role-arn", path)
+    session = _profile_string(data, "role-session-name", path)
+    source = f"tccli profile {choice.name!r} ({path})"
+    credentials = Credentials(secret_id, secret_key, source=source, token=token, expires_at=expires_at)
+    return ProfileCredentials(path, credentials, role_arn=role_arn, role_session_name=session)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class StsOptions:
+    """Where STS and the metadata service are (tests point both at the emulator)."""
+
+    endpoint: str | None = None  # None: https://sts.tencentcloudapi.com/
+    transport: httpx.BaseTransport | None = None
+    region: str = "ap-guangzhou"  # STS is global; the region header is required all the same
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class RoleRequest:
+    """An STS role to assume, from the environment or a profile."""
+
+    role_arn: str
+    session_name: str
+    duration_s: int
+    external_id: str | None
+    chosen_by: str
+
+
+def _duration(environ: Mapping[str, str]) -> int:
+    raw = _env(environ, ENV_SESSION_DURATION)
+    if raw is None:
+        return DEFAULT_SESSION_DURATION
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{ENV_SESSION_DURATION} must be a whole number of seconds, not {raw!r}") from None
+    if value == 0:  # Terraform: 0 means the default
+        return DEFAULT_SESSION_DURATION
+    if not 0 < value <= MAX_SESSION_DURATION:
+        raise ConfigError(
+            f"{ENV_SESSION_DURATION} must be between 1 and {MAX_SESSION_DURATION} seconds, not {value}"
+        )
+    return value
+
+
+def _check_role_arn(arn: str, chosen_by: str) -> None:
+    # qcs::cam::uin/<account>:roleName/<name> (or role/<id>): a typo here would only show up
+    # as an STS refusal, so say it now and name the variable.
+    if not arn.startswith("qcs::cam::uin/") or (":roleName/" not in arn and ":role/" not in arn):
+        raise ConfigError(
+            f"{chosen_by} is {arn!r}, which is not a CAM role ARN",
+            hint="a role ARN looks like qcs::cam::uin/100000000001:roleName/cvmkeys-plan",
+        )
+
+
+def _role_from_env(environ: Mapping[str, str], clock: Callable[[], float]) -> RoleRequest | None:
+    arn = _env(environ, ENV_ROLE_ARN)
+    duration = _duration(environ)
+    session = _env(environ, ENV_SESSION_NAME)
+    external = _env(environ, ENV_EXTERNAL_ID)
+    if arn is None:
+        for name in (ENV_SESSION_NAME, ENV_SESSION_DURATION, ENV_EXTERNAL_ID):
+            if _env(environ, name) is not None:
+                raise ConfigError(
+                    f"{name} is set but {ENV_ROLE_ARN} is not", hint=f"set {ENV_ROLE_ARN} or unset {name}"
+                )
+        return None
+    _check_role_arn(arn, ENV_ROLE_ARN)
+    if session is None:
+        # Terraform needs both; a session name only labels the session, so default it rather
+        # than ignore the role the user asked for.
+        session = f"cvmkeys-{int(clock())}"
+    _check_value(ENV_SESSION_NAME, session)
+    return RoleRequest(arn, session, duration, external, ENV_ROLE_ARN)
+
+
+def _web_identity_token(environ: Mapping[str, str]) -> tuple[Callable[[], str], str] | None:
+    """A function reading the OIDC token (a file is read again at each renewal: CI runners and
+    TKE rotate it), and where it comes from."""
+    inline = _env(environ, ENV_WEB_IDENTITY_TOKEN)
+    path = _env(environ, ENV_WEB_IDENTITY_TOKEN_FILE)
+    if inline is not None and path is not None:
+        raise ConfigError(
+            f"both {ENV_WEB_IDENTITY_TOKEN} and {ENV_WEB_IDENTITY_TOKEN_FILE} are set",
+            hint="set one of them",
+        )
+    if inline is not None:
+        _check_value(ENV_WEB_IDENTITY_TOKEN, inline)
+        return (lambda: inline), ENV_WEB_IDENTITY_TOKEN
+    if path is None:
+        return None
+    token_path = Path(os.path.expanduser(path))
+
+    def read() -> str:
+        try:
+            text = token_path.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(
+                f"{ENV_WEB_IDENTITY_TOKEN_FILE}: cannot read {token_path}: {error.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{ENV_WEB_IDENTITY_TOKEN_FILE}: {token_path} is not text") from None
+        _check_value(f"{ENV_WEB_IDENTITY_TOKEN_FILE} ({token_path})", text)
+        return text
+
+    read()  # fail now, before any call, if the file is not there
+    return read, f"{ENV_WEB_IDENTITY_TOKEN_FILE} ({token_path})"
+
+
+def resolve_credentials(
+    environ: Mapping[str, str] = os.environ,
+    *,
+    profile: str | None = None,
+    sts: StsOptions | None = None,
+    clock: Callable[[], float] = time.time,
+) -> CredentialsProvider:
+    """The credentials provider the environment and options describe (module docstring).
+
+    No network call is made here: the STS and metadata sources fetch on first use. Every
+    ``ConfigError`` names the variable or file, never a secret.
+    """
+    sts = sts or StsOptions()
+    _check_mistaken_names(environ)
+    choice = choose_profile(profile, environ)
+    web = _web_identity_token(environ)
+    role = _role_from_env(environ, clock)
+    cam_role = _env(environ, ENV_CAM_ROLE_NAME)
+    from_env = None if choice.explicit else credentials_from_env(environ)
+
+    if web is not None:
+        read_token, token_source = web
+        if role is None:
+            raise ConfigError(
+                f"{token_source} is set but {ENV_ROLE_ARN} is not",
+                hint=f"set {ENV_ROLE_ARN} to the CAM role the OIDC provider may assume",
+            )
+        others = [
+            name
+            for name, on in (
+                (f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}", from_env is not None),
+                (ENV_CAM_ROLE_NAME, cam_role is not None),
+                ("--profile", choice.explicit),
+            )
+            if on
+        ]
+        if others:
+            raise ConfigError(
+                f"{token_source} and {' and '.join(others)} are both set: "
+                "it is not clear which identity to use",
+                hint="OIDC web identity needs no keys; unset the other source",
+            )
+        provider_id = _env(environ, ENV_PROVIDER_ID) or DEFAULT_PROVIDER_ID
+        _check_value(ENV_PROVIDER_ID, provider_id)
+        if role.external_id is not None:
+            raise ConfigError(f"{ENV_EXTERNAL_ID} is set, but AssumeRoleWithWebIdentity takes no external ID")
+        return _web_identity_provider(role, provider_id, read_token, token_source, sts, clock)
+    if _env(environ, ENV_PROVIDER_ID) is not None:
+        raise ConfigError(
+            f"{ENV_PROVIDER_ID} is set but neither {ENV_WEB_IDENTITY_TOKEN} "
+            f"nor {ENV_WEB_IDENTITY_TOKEN_FILE} is"
+        )
+
+    base = _base_provider(environ, choice, from_env, cam_role, sts, clock)
+    if role is not None:
+        return _assume_role_provider(base, role, sts, clock)
+    return base
+
+
+def _base_provider(
+    environ: Mapping[str, str],
+    choice: ProfileChoice,
+    from_env: Credentials | None,
+    cam_role: str | None,
+    sts: StsOptions,
+    clock: Callable[[], float],
+) -> CredentialsProvider:
+    """Sources 1-4: the credentials that sign (or are) the calls."""
+    if from_env is not None:
+        if cam_role is not None:
+            raise ConfigError(
+                f"{ENV_CAM_ROLE_NAME} and {ENV_SECRET_ID} / {ENV_SECRET_KEY} are both set: "
+                "it is not clear which identity to use",
+                hint="unset one of them",
+            )
+        return StaticProvider(from_env)
+    if cam_role is not None and not choice.explicit:
+        if choice.chosen_by != "default":
+            raise ConfigError(
+                f"{ENV_CAM_ROLE_NAME} and {choice.chosen_by} are both set: "
+                "it is not clear which identity to use",
+                hint="unset one of them",
+            )
+        # The variable is an explicit choice; a default profile lying around is not.
+        return _instance_role_provider(environ, cam_role, ENV_CAM_ROLE_NAME, sts, clock)
+    found = read_profile(choice, environ)
+    if found is None:
+        credential_path, _ = profile_paths(choice.name, environ)
+        looked = (
+            []
+            if choice.explicit
+            else [f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}: not set", f"{ENV_CAM_ROLE_NAME}: not set"]
+        )
+        looked.append(f"{credential_path}: no such file (tccli profile {choice.name!r}, {_why(choice)})")
+        raise ConfigError(
+            "no API credentials found; looked at: " + "; ".join(looked),
+            hint=f"set {ENV_SECRET_ID} and {ENV_SECRET_KEY}, use OIDC ({ENV_WEB_IDENTITY_TOKEN_FILE} and "
+            f"{ENV_ROLE_ARN}), create the profile with `tccli configure --profile {choice.name}`, "
+            "or pass --profile NAME (docs/credentials.md)",
+        )
+    if found.cvm_role:
+        name = cam_role or _env(environ, ENV_CAM_ROLE_NAME)
+        return _instance_role_provider(
+            environ, name, f"tccli profile {choice.name!r} ({found.path}, type cvm-role)", sts, clock
+        )
+    assert found.credentials is not None
+    expires = found.credentials.expires_at
+    if expires is not None and expires <= clock():
+        raise ConfigError(
+            f"{found.path}: the temporary credentials of profile {choice.name!r} expired",
+            hint=f"log in again with tccli (profile {choice.name})",
+        )
+    base: CredentialsProvider = StaticProvider(found.credentials)
+    if found.role_arn is not None:
+        _check_role_arn(found.role_arn, f"{found.path}: role-arn")
+        request = RoleRequest(
+            found.role_arn,
+            found.role_session_name or f"cvmkeys-{int(clock())}",
+            DEFAULT_SESSION_DURATION,
+            None,
+            f"{found.path}: role-arn",
+        )
+        return _assume_role_provider(base, request, sts, clock)
+    return base
+
+
+def _sts_client(sts: StsOptions, clock: Callable[[], float]) -> StsClient:
+    from reconciler.cloud.sts import StsClient
+
+    return StsClient(
+        endpoint=sts.endpoint, transport=sts.transport, region=sts.region, timeout=sts.timeout, clock=clock
+    )
+
+
+def _assume_role_provider(
+    base: CredentialsProvider, role: RoleRequest, sts: StsOptions, clock: Callable[[], float]
+) -> CredentialsProvider:
+    client = _sts_client(sts, clock)
+    source = f"role {role.role_arn} ({role.chosen_by}), assumed with {base.source}"
+
+    def fetch() -> Credentials:
+        return client.assume_role(
+            base,
+            role_arn=role.role_arn,
+            session_name=role.session_name,
+            duration_s=role.duration_s,
+            external_id=role.external_id,
+            source=source,
+        )
+
+    return RefreshingProvider(fetch, source, clock=clock)
+
+
+def _web_identity_provider(
+    role: RoleRequest,
+    provider_id: str,
+    read_token: Callable[[], str],
+    token_source: str,
+    sts: StsOptions,
+    clock: Callable[[], float],
+) -> CredentialsProvider:
+    client = _sts_client(sts, clock)
+    source = f"role {role.role_arn} by OIDC web identity ({token_source}, provider {provider_id})"
+
+    def fetch() -> Credentials:
+        return client.assume_role_with_web_identity(
+            provider_id=provider_id,
+            web_identity_token=read_token(),
+            role_arn=role.role_arn,
+            session_name=role.session_name,
+            duration_s=role.duration_s,
+            source=source,
+        )
+
+    return RefreshingProvider(fetch, source, clock=clock)
+
+
+def _instance_role_provider(
+    environ: Mapping[str, str],
+    role_name: str | None,
+    chosen_by: str,
+    sts: StsOptions,
+    clock: Callable[[], float],
+) -> CredentialsProvider:
+    from reconciler.cloud.metadata import MetadataClient
+
+    if role_name is not None:
+        _check_value(ENV_CAM_ROLE_NAME, role_name)
+    client = MetadataClient(
+        _env(environ, ENV_METADATA_ENDPOINT), transport=sts.transport, timeout=sts.timeout
+    )
+    source = f"CVM instance role {role_name or '(from the metadata service)'} ({chosen_by})"
+
+    def fetch() -> Credentials:
+        return client.role_credentials(role_name, source=source)
+
+    return RefreshingProvider(fetch, source, clock=clock)
 
 
 def load_credentials(environ: Mapping[str, str] = os.environ, *, profile: str | None = None) -> Credentials:
-    """The credentials to use, or ``ConfigError`` naming every place looked at.
+    """Long-lived credentials for the CVM API 2.0 client, or ``ConfigError``.
 
-    ``profile`` is ``--profile``: when given, only that profile is read (explicit beats the
-    environment, as with tccli). Otherwise the environment variables, then the profile named
-    by the environment or ``default``.
+    The same sources as :func:`resolve_credentials`; the 2.0 client sends no session token, so
+    any source that gives temporary credentials (a token, a role, OIDC, the instance role) is
+    refused with a message that says so, instead of failing at the first call.
     """
-    choice = choose_profile(profile, environ)
-    looked: list[str] = []
-    if not choice.explicit:
-        found = credentials_from_env(environ)
-        if found is not None:
-            if environ.get(ENV_TOKEN):
-                raise ConfigError(
-                    f"{ENV_TOKEN} is set: these are temporary credentials, and the CVM API 2.0 "
-                    "client sends no session token",
-                    hint=f"use a permanent SecretId/SecretKey, or unset {ENV_TOKEN}",
-                )
-            return found
-        looked.append(f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}: not set")
-    found = credentials_from_profile(choice, environ)
-    if found is not None:
-        return found
-    credential_path, _ = profile_paths(choice.name, environ)
-    looked.append(f"{credential_path}: no such file (tccli profile {choice.name!r}, {_why(choice)})")
-    raise ConfigError(
-        "no API credentials found; looked at: " + "; ".join(looked),
-        hint=f"set {ENV_SECRET_ID} and {ENV_SECRET_KEY}, or create the profile with "
-        f"`tccli configure --profile {choice.name}`, or pass --profile NAME",
-    )
+    provider = resolve_credentials(environ, profile=profile)
+    if provider.temporary or not isinstance(provider, StaticProvider):
+        raise ConfigError(
+            f"{provider.source} gives temporary credentials, and the CVM API 2.0 client "
+            "sends no session token",
+            hint="use the CVM API 3.0 (the default), or a permanent SecretId/SecretKey "
+            f"({ENV_SECRET_ID} / {ENV_SECRET_KEY}, or a tccli profile without token or role)",
+        )
+    return provider.get()
 
 
 def _why(choice: ProfileChoice) -> str:

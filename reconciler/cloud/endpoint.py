@@ -1,8 +1,11 @@
-"""The API endpoint: the default, and the check every configured endpoint passes.
+"""The API endpoints: the defaults of both APIs, and the check every configured endpoint passes.
 
-Called by :class:`reconciler.cloud.client.CvmClient` (and by the CLI to fail early on a bad
-``--endpoint``). Requests carry a SecretId and a signature, so they go over HTTPS; plain HTTP is
-allowed only to a loopback address, which is where the bundled emulator listens.
+Called by :class:`reconciler.cloud.client.CvmClient`, the 3.0 client and STS (and by the CLI to
+fail early on a bad ``--endpoint``). API 2.0 lives at ``/v2/index.php``; API 3.0 at ``/`` of
+``cvm.tencentcloudapi.com``, of a regional ``cvm.<region>.tencentcloudapi.com`` or of the
+international ``cvm.intl.tencentcloudapi.com`` (:func:`api3_endpoint`).
+Requests carry a SecretId and a signature, so they go over HTTPS; plain HTTP is allowed only to
+a loopback address, which is where the bundled emulator listens.
 """
 
 from __future__ import annotations
@@ -14,6 +17,20 @@ from reconciler.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://cvm.api.qcloud.com/v2/index.php"
 DEFAULT_PATH = "/v2/index.php"
+API3_ENDPOINT = "https://cvm.tencentcloudapi.com/"
+API3_PATH = "/"
+STS_ENDPOINT = "https://sts.tencentcloudapi.com/"
+
+
+def api3_endpoint(service: str = "cvm", *, region: str | None = None, intl: bool = False) -> str:
+    """``https://<service>[.<region>|.intl].tencentcloudapi.com/``: the nearest region by default,
+    a regional endpoint with ``region``, the international site with ``intl``."""
+    if region is not None and intl:
+        raise ConfigError("choose a regional or the international endpoint, not both")
+    if region is not None and not region.replace("-", "").isalnum():
+        raise ConfigError(f"region {region!r} cannot be part of a host name")
+    middle = f".{region}" if region else ".intl" if intl else ""
+    return f"https://{service}{middle}.tencentcloudapi.com/"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -26,11 +43,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def check_endpoint(url: str) -> str:
+def check_endpoint(url: str, *, default_path: str = DEFAULT_PATH) -> str:
     """The endpoint URL, normalised, or ``ConfigError`` saying what is wrong with it.
 
     Refused: schemes other than https (http only to a loopback host), user info, a query, a
-    fragment, a missing host. An empty path (or ``/``) becomes ``/v2/index.php``.
+    fragment, a missing host. An empty path (or ``/``) becomes ``default_path`` (``/v2/index.php``
+    for 2.0; the 3.0 client passes ``/``).
     """
     if "@" in url:
         # Before parsing, and without echoing the URL: the user info may be a secret, and a
@@ -59,7 +77,7 @@ def check_endpoint(url: str) -> str:
         raise ConfigError(f"endpoint {url!r} must not have a query string")
     if parts.fragment or "#" in url:
         raise ConfigError(f"endpoint {url!r} must not have a fragment")
-    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    path = parts.path if parts.path not in ("", "/") else default_path
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"

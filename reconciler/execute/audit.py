@@ -28,8 +28,16 @@ class AuditLog:
         self._file: IO[str] = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def __call__(self, record: AttemptRecord) -> None:
+        # API 3.0 only (absent from 2.0 lines, which stay as they were): the answer's RequestId
+        # and the keys of a multi-key DisassociateInstancesKeyPairs.
+        extra: dict[str, object] = {}
+        if record.request_id is not None:
+            extra["requestId"] = record.request_id
+        if record.key_ids:
+            extra["keyIds"] = list(record.key_ids)
         line = json.dumps(
             {
+                **extra,
                 "time": dt.datetime.fromtimestamp(record.time, tz=dt.timezone.utc).isoformat(),
                 "action": record.action,
                 "region": record.region,

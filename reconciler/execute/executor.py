@@ -391,7 +391,7 @@ class Executor:
             if pair is None or binding[1] not in pair.bound_instance_ids:
                 self._set_outcome(track, Outcome.DONE)
                 continue
-            track.code = error.code if isinstance(error, ApiError) else None
+            track.code = error.code if isinstance(error, ApiError) and isinstance(error.code, int) else None
             instance = observed.instances.get(binding[1])
             # Busy (status 20) passes: the instance still reports its old keys until the other
             # operation ends, and may be idle again by the retry; only the attempt budget ends it.

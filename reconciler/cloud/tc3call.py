@@ -1,0 +1,463 @@
+"""One API 3.0 call over HTTP: TC3 signing as an ``httpx.Auth`` flow, the ``Response`` envelope,
+error classification, rate limit, retries and attempt records. Shared by every 3.0 service
+cvmkeys calls: CVM (``reconciler.cloud.api3``) and STS (``reconciler.cloud.sts``).
+
+- :class:`Tc3Auth` asks its :class:`~reconciler.cloud.credentials.CredentialsProvider` for the
+  credentials on every attempt (so temporary credentials are renewed during a long apply), stamps
+  a fresh ``X-TC-Timestamp``, adds ``X-TC-Token`` when the credentials carry one, and signs with
+  ``reconciler.cloud.tc3`` (the one implementation). Without a provider it sends the unsigned
+  form STS's ``AssumeRoleWithWebIdentity`` takes (``Authorization: SKIP``).
+- Answers: HTTP 200 with ``{"Response": {...,"RequestId"}}``; an API error is
+  ``Response.Error.Code`` (a string), classified by :func:`classify` into an
+  ``ApiErrorKind``. Anything else is a ``TransportError``.
+- Retries follow ``reconciler.cloud.retry``'s policy and its rule for transport errors
+  (a mutating call only when the request was certainly not sent); for API errors, reads are
+  retried on every RETRYABLE code, mutating calls only on ``RequestLimitExceeded*`` (refused
+  before it was carried out). ``InternalError`` on a mutating call is AMBIGUOUS: never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, TypeVar
+
+import httpx
+
+from reconciler import __version__
+from reconciler.cloud import tc3
+from reconciler.cloud.client import AttemptRecord
+from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.endpoint import is_loopback_host
+from reconciler.cloud.ratelimit import TokenBucket
+from reconciler.cloud.retry import RetryPolicy, may_retry
+from reconciler.errors import ApiError, ApiErrorKind, CloudError, TransportError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+JSON_CONTENT_TYPE = "application/json"
+UNSIGNED = "SKIP"  # what Tencent's SDK sends for an unsigned call (AssumeRoleWithWebIdentity)
+
+# --------------------------------------------------------------------------- error codes
+
+BUSY_CODES = frozenset({"OperationDenied.InstanceOperationInProgress", "MutexOperation.TaskRunning"})
+NOT_FOUND_CODES = frozenset({"InvalidInstanceId.NotFound", "InvalidKeyPairId.NotFound"})
+BLOCKED_CODES = frozenset(
+    {"UnsupportedOperation.InstanceOsWindows", "UnsupportedOperation.StoppedModeStopCharging"}
+)
+BLOCKED_PREFIX = "UnsupportedOperation.InstanceState"
+INTERNAL_CODES = frozenset({"InternalError", "InternalServerError", "ResourceUnavailable"})
+THROTTLE_PREFIX = "RequestLimitExceeded"
+
+# What to do about each authentication failure; the message never holds a secret.
+AUTH_HINTS: Mapping[str, str] = {
+    "AuthFailure.SignatureExpire": "this machine's clock is more than 5 minutes off; sync it (NTP) and retry",
+    "AuthFailure.SecretIdNotFound": "the SecretId does not exist, or was disabled or deleted: check which "
+    "credentials were used (the log says where they came from)",
+    "AuthFailure.InvalidSecretId": "the SecretId is not an API key ID (a SecretId starts with AKID)",
+    "AuthFailure.SignatureFailure": "the SecretKey does not belong to the SecretId; copy both again",
+    "AuthFailure.TokenFailure": "the session token is invalid or expired: temporary credentials need "
+    "TENCENTCLOUD_SECURITY_TOKEN with the SecretId/SecretKey they were issued with",
+    "AuthFailure.InvalidAuthorization": "the Authorization header was refused; check the endpoint and region",
+    "AuthFailure.MFAFailure": "the account requires MFA for this call; use a role or key without MFA",
+    "AuthFailure.UnauthorizedOperation": "this identity lacks a CAM permission for the action; grant it "
+    "(docs/credentials.md lists the policies for plan and apply)",
+}
+_UNAUTHORIZED_HINT = "this identity is not allowed to do this; grant the CAM permission (docs/credentials.md)"
+
+
+def classify(code: str, *, mutating: bool) -> ApiErrorKind:
+    """The kind of a 3.0 error code (CONTRACT.md), for a read or a mutating call."""
+    if code.startswith(THROTTLE_PREFIX):
+        return ApiErrorKind.RETRYABLE
+    if code in INTERNAL_CODES or code.startswith("InternalError."):
+        return ApiErrorKind.AMBIGUOUS if mutating else ApiErrorKind.RETRYABLE
+    if code in BUSY_CODES:
+        return ApiErrorKind.BUSY
+    if code in BLOCKED_CODES or code.startswith(BLOCKED_PREFIX):
+        return ApiErrorKind.BLOCKED
+    if code in NOT_FOUND_CODES:
+        return ApiErrorKind.NOT_FOUND
+    if code.startswith(("AuthFailure", "UnauthorizedOperation")):
+        return ApiErrorKind.AUTH
+    return ApiErrorKind.INVALID
+
+
+def hint_for(code: str) -> str | None:
+    """What the user can do about an authentication/authorisation error, if anything."""
+    if code in AUTH_HINTS:
+        return AUTH_HINTS[code]
+    if code.startswith("AuthFailure"):
+        return "authentication failed; check the credentials (docs/credentials.md)"
+    if code.startswith("UnauthorizedOperation"):
+        return _UNAUTHORIZED_HINT
+    return None
+
+
+def may_retry3(error: CloudError, *, mutating: bool) -> bool:
+    """Whether a failed 3.0 attempt may be sent again (module docstring)."""
+    if isinstance(error, ApiError):
+        if error.kind is not ApiErrorKind.RETRYABLE:
+            return False
+        return not mutating or str(error.code).startswith(THROTTLE_PREFIX)
+    return may_retry(error, mutating=mutating)
+
+
+# --------------------------------------------------------------------------- signing
+
+
+class Tc3Auth(httpx.Auth):
+    """Signs a 3.0 JSON POST per attempt (module docstring); ``provider`` None: unsigned."""
+
+    requires_request_body = True
+
+    def __init__(
+        self, provider: CredentialsProvider | None, *, service: str, clock: Callable[[], float]
+    ) -> None:
+        self._provider = provider
+        self._service = service
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: list[Credentials] = []  # what was signed with, only to scrub messages
+        self._extra: list[str] = []
+
+    def __repr__(self) -> str:
+        source = self._provider.source if self._provider is not None else "unsigned"
+        return f"Tc3Auth(service={self._service!r}, credentials={source!r})"
+
+    def secrets(self) -> list[str]:
+        """Secret keys and tokens signed with so far: never to appear in a message."""
+        with self._lock:
+            return [*self._extra, *(s for c in self._seen for s in (c.secret_key, c.token) if s)]
+
+    def remember_secret(self, secret: str) -> None:
+        """One more value to scrub from messages (an OIDC token sent in the body)."""
+        with self._lock:
+            self._extra.append(secret)
+
+    def sign(self, request: httpx.Request) -> None:
+        timestamp = int(self._clock())
+        request.headers["X-TC-Timestamp"] = str(timestamp)
+        if self._provider is None:
+            request.headers.pop("X-TC-Token", None)
+            request.headers["Authorization"] = UNSIGNED
+            return
+        credentials = self._provider.get()
+        with self._lock:
+            if not any(c is credentials for c in self._seen):
+                self._seen = [*self._seen[-3:], credentials]
+        if credentials.token:
+            request.headers["X-TC-Token"] = credentials.token
+        else:
+            request.headers.pop("X-TC-Token", None)
+        request.headers["Authorization"] = tc3.authorization(
+            credentials.secret_id,
+            credentials.secret_key,
+            service=self._service,
+            timestamp=timestamp,
+            method=request.method,
+            headers={"content-type": request.headers["Content-Type"], "host": request.headers["Host"]},
+            payload=request.content,
+        )
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.sign(request)
+        yield request
+
+
+# --------------------------------------------------------------------------- one call
+
+
+class _Shape(Exception):
+    """The answer is JSON but not shaped like the API's; becomes a ``TransportError``."""
+
+
+class Tc3Caller:
+    """Sends 3.0 calls of one service to one endpoint; thread-safe.
+
+    ``rate_limits`` maps actions to requests a second (client-side token buckets, burst half the
+    rate, as ``ratelimit.ActionRateLimiter`` explains); actions not in it get ``default_rate``;
+    ``rate_limits=None`` disables limiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        version: str,
+        endpoint: str,
+        region: str | None,
+        auth: Tc3Auth,
+        mutating_actions: frozenset[str] = frozenset(),
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        rate_limits: Mapping[str, float] | None = None,
+        default_rate: float | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.version = version
+        self.endpoint = endpoint
+        self.region = region
+        self.auth = auth
+        self._mutating = mutating_actions
+        self._retry = retry or RetryPolicy()
+        self._rates = None if rate_limits is None else dict(rate_limits)
+        self._default_rate = default_rate
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._on_attempt = on_attempt
+        self._lock = threading.Lock()
+        self._callback_lock = threading.Lock()
+        self._buckets: dict[str, TokenBucket | None] = {}
+        self._calls: Counter[str] = Counter()
+        self._closed = False
+        host = httpx.URL(endpoint).host
+        self._http = httpx.Client(
+            auth=auth,
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            # Proxy variables are for the real cloud; never for an in-process app or loopback.
+            trust_env=transport is None and not is_loopback_host(host),
+            headers={"User-Agent": f"cvmkeys/{__version__}"},
+        )
+
+    @property
+    def calls(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self._calls)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._http.close()
+
+    def _bucket(self, action: str) -> TokenBucket | None:
+        with self._lock:
+            if action not in self._buckets:
+                rate = None if self._rates is None else self._rates.get(action, self._default_rate)
+                self._buckets[action] = (
+                    TokenBucket(rate, max(1.0, rate / 2), clock=self._clock, sleep=self._sleep)
+                    if rate
+                    else None
+                )
+            return self._buckets[action]
+
+    def call(
+        self,
+        action: str,
+        params: Mapping[str, Any],
+        parse: Callable[[dict[str, Any]], T],
+        *,
+        key_ids: tuple[str, ...] = (),
+        instance_ids: tuple[str, ...] = (),
+    ) -> tuple[T, int, str | None]:
+        """Send ``action`` until it succeeds, fails permanently, or may not be retried.
+
+        Returns the parsed ``Response``, the number of attempts and the answer's RequestId.
+        """
+        mutating = action in self._mutating
+        body = json.dumps(dict(params), separators=(",", ":")).encode("ascii")
+        for attempt in range(1, self._retry.max_attempts + 1):
+            bucket = self._bucket(action)
+            if bucket is not None:
+                bucket.acquire()
+            started = self._clock()
+            t0 = time.perf_counter()
+            code: str | None = None
+            request_id: str | None = None
+            message = ""
+            error: CloudError | None = None
+            answered: list[int] = []  # the HTTP status, once an answer came
+            try:
+                response = self._send(action, body, answered)
+                request_id = _request_id(response)
+                failure = response.get("Error")
+                if failure is not None:
+                    code, api_message = _error_fields(failure)
+                    message = self._scrub(api_message)
+                    raise ApiError(
+                        action,
+                        code,
+                        message,
+                        kind=classify(code, mutating=mutating),
+                        request_id=request_id,
+                        hint=hint_for(code),
+                    )
+                result = parse(response)
+            except _Shape as shape:
+                message = self._scrub(f"unexpected answer: {shape}")
+                error = TransportError(action, message, retryable=False, ambiguous=True)
+            except TransportError as failure:
+                message = failure.detail
+                error = failure
+            except CloudError as failure:
+                error = failure
+            status = answered[0] if answered else None
+            duration = time.perf_counter() - t0
+            retry_in: float | None = None
+            if (
+                error is not None
+                and attempt < self._retry.max_attempts
+                and may_retry3(error, mutating=mutating)
+            ):
+                retry_in = self._retry.delay(attempt, self._rng)
+            self._report(
+                AttemptRecord(
+                    time=started,
+                    action=action,
+                    region=self.region or "",
+                    key_id=key_ids[0] if len(key_ids) == 1 else None,
+                    key_ids=key_ids,
+                    instance_ids=instance_ids,
+                    attempt=attempt,
+                    code=code if error is not None or code else None,
+                    message=message,
+                    duration_s=duration,
+                    http_status=status,
+                    retry_in_s=retry_in,
+                    request_id=request_id,
+                )
+            )
+            if error is None:
+                return result, attempt, request_id
+            if retry_in is None:
+                raise error
+            self._sleep(retry_in)
+        raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    def _report(self, record: AttemptRecord) -> None:
+        logger.debug(
+            "%s attempt %d/%d -> code=%s http=%s request_id=%s in %.3fs%s",
+            record.action,
+            record.attempt,
+            self._retry.max_attempts,
+            record.code,
+            record.http_status,
+            record.request_id,
+            record.duration_s,
+            "" if record.retry_in_s is None else f", retrying in {record.retry_in_s:.2f}s",
+        )
+        if self._on_attempt is not None:
+            with self._callback_lock:
+                self._on_attempt(record)
+
+    def _send(self, action: str, body: bytes, answered: list[int]) -> dict[str, Any]:
+        """One HTTP exchange; the ``Response`` object of an HTTP 200 JSON answer."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("client is closed")
+            self._calls[action] += 1
+        headers = {
+            "Content-Type": JSON_CONTENT_TYPE,
+            "X-TC-Action": action,
+            "X-TC-Version": self.version,
+        }
+        if self.region:
+            headers["X-TC-Region"] = self.region
+        request = self._http.build_request("POST", self.endpoint, content=body, headers=headers)
+        try:
+            response = self._http.send(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Certainly not sent: safe to send again, even a mutating call.
+            raise self._transport_error(action, exc, ambiguous=False) from None
+        except httpx.UnsupportedProtocol as exc:
+            raise TransportError(action, type(exc).__name__, retryable=False, ambiguous=False) from None
+        except httpx.RequestError as exc:  # every other httpx request error: maybe sent
+            raise self._transport_error(action, exc, ambiguous=True) from None
+        answered.append(response.status_code)
+        if response.status_code != 200:
+            raise TransportError(
+                action,
+                f"HTTP {response.status_code} {response.reason_phrase}".strip(),
+                retryable=response.status_code >= 500,
+                ambiguous=True,
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise TransportError(action, "answer is not JSON", retryable=False, ambiguous=True) from None
+        envelope = data.get("Response") if isinstance(data, dict) else None
+        if not isinstance(envelope, dict):
+            raise TransportError(action, "answer has no 'Response' object", retryable=False, ambiguous=True)
+        return envelope
+
+    def _transport_error(self, action: str, exc: Exception, *, ambiguous: bool) -> TransportError:
+        text = self._scrub(str(exc))
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        if not ambiguous:
+            detail += " (request not sent)"
+        return TransportError(action, detail, retryable=True, ambiguous=ambiguous)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.auth.secrets():
+            if secret in text:
+                text = text.replace(secret, "<hidden>")
+        return text
+
+
+def _request_id(response: dict[str, Any]) -> str | None:
+    value = response.get("RequestId")
+    return value if isinstance(value, str) and value else None
+
+
+def _error_fields(failure: object) -> tuple[str, str]:
+    if not isinstance(failure, dict):
+        raise _Shape("Response.Error is not an object")
+    code, message = failure.get("Code"), failure.get("Message", "")
+    if not isinstance(code, str) or not code:
+        raise _Shape("Response.Error has no string Code")
+    return code, message if isinstance(message, str) else ""
+
+
+# --------------------------------------------------------------------------- answer parsing
+
+
+def field_str(body: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
+    """A string field; ``None`` if absent/null and ``optional``."""
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _Shape(f"{name!r} is not a string")
+    return value
+
+
+def field_int(body: Mapping[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Shape(f"{name!r} is not an integer")
+    return value
+
+
+def field_list(body: Mapping[str, Any], name: str, *, optional: bool = False) -> list[Any]:
+    value = body.get(name)
+    if value is None and optional:
+        return []
+    if not isinstance(value, list):
+        raise _Shape(f"{name!r} is not a list")
+    return value
+
+
+def field_dict(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Shape(f"{what} is not an object")
+    return value
+
+
+def shape_error(message: str) -> Exception:
+    """An answer-shape error for parsers outside this module."""
+    return _Shape(message)
