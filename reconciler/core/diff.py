@@ -11,6 +11,12 @@ A change is ``ready``, ``blocked`` (not now: the instance's state, or a near-mis
 file), ``protected`` (the file says never), or ``unchangeable`` (no API can do it: Windows).
 Declared instances that do not exist are errors (docs/desired-state.md, "Missing instances"):
 a typo in an allowed ID must never turn into an unbind from the instance that was meant.
+
+What the plan reads (``instances_needed``, issue 16): every key pair, then only the instances
+whose answer decides something: those with an unprotected candidate unbind, and the declared
+instances no key pair reports bound. A declared instance bound to any key exists (the key pair
+saw it), so it is not read; the existence checks (missing instances, typos, missing bindings)
+work from the key pairs for it.
 """
 
 from __future__ import annotations
@@ -75,16 +81,54 @@ def candidate_unbinds(desired: Desired, keys: Mapping[str, KeyPair]) -> set[Bind
     return owned_bindings(desired, live_bindings(keys)) - allowed_bindings(desired)
 
 
-def instances_needed(desired: Desired, keys: Mapping[str, KeyPair]) -> set[str]:
-    """The instances whose status the plan needs: those with a candidate unbind that is not
-    protected, plus every declared instance (to check that it exists)."""
-    needed = {
-        iid
-        for binding in candidate_unbinds(desired, keys)
-        if not is_protected(desired, binding)
-        for iid in (binding[1],)
+def _deciding_candidates(desired: Desired, candidates: Iterable[Binding]) -> set[str]:
+    """The instances of candidate unbinds that are not protected: their state decides the change."""
+    protected_keys, protected_instances = desired.protected_keys, desired.protected_instances
+    return {
+        iid for key_id, iid in candidates if key_id not in protected_keys and iid not in protected_instances
     }
-    return needed | desired.declared_instances
+
+
+@dataclass(frozen=True, slots=True)
+class _Bindings:
+    """The binding sets of one (desired, key pairs), built once: the diff and
+    ``instances_needed`` both work from them, so they cannot disagree on what was read."""
+
+    live: set[Binding]
+    owned: set[Binding]
+    allowed: set[Binding]
+    candidates: set[Binding]  # owned and not allowed (protected ones included)
+    seen_bound: set[str]  # instances some key pair reports bound: they exist
+    read: set[str]  # the instances whose DescribeInstances answer decides the plan
+
+
+def _bindings(desired: Desired, keys: Mapping[str, KeyPair]) -> _Bindings:
+    live = live_bindings(keys)
+    owned = owned_bindings(desired, live)
+    allowed = allowed_bindings(desired)
+    candidates = owned - allowed
+    seen_bound = {iid for _, iid in live}
+    read = _deciding_candidates(desired, candidates) | (desired.declared_instances - seen_bound)
+    return _Bindings(live, owned, allowed, candidates, seen_bound, read)
+
+
+def instances_needed(desired: Desired, keys: Mapping[str, KeyPair]) -> set[str]:
+    """The instances whose DescribeInstances answer decides the plan (issue 16): those with a
+    candidate unbind that is not protected (their state and OS decide the change), and the
+    declared instances that no key pair reports bound (only a read can say they exist). A
+    declared instance seen bound to any key exists, so reading it would decide nothing.
+    """
+    return _bindings(desired, keys).read
+
+
+def _absent_declared(desired: Desired, observed: Observed, read: set[str]) -> set[str]:
+    """Declared instances that do not exist: read (``instances_needed``) and not found. Every
+    declared instance no key pair reports bound is read; one that is reported bound and was not
+    read (no unprotected candidate on it) exists, because DescribeKeyPairs saw it. Trade-off: a
+    key pair that still listed a deleted instance would make it look alive, but no unbind is
+    ever planned on an instance without reading it, so the worst case is a missing finding."""
+    present = observed.instances.keys()
+    return {iid for iid in desired.declared_instances & read if iid not in present}
 
 
 def unchangeable_reason(instance: Instance | None) -> str | None:
@@ -125,10 +169,14 @@ class Diff:
 
 
 def diff(desired: Desired, observed: Observed) -> Diff:
-    """Compare the desired state with the observed one (the heart of ``plan``)."""
-    live = live_bindings(observed.keys)
-    owned = owned_bindings(desired, live)
-    allowed = allowed_bindings(desired)
+    """Compare the desired state with the observed one (the heart of ``plan``).
+
+    ``observed.instances`` need hold only what ``instances_needed`` asks for: a declared
+    instance that some key pair reports bound exists without being read.
+    """
+    sets = _bindings(desired, observed.keys)
+    live, allowed = sets.live, sets.allowed
+    absent = _absent_declared(desired, observed, sets.read)
     findings: list[Finding] = []
 
     findings.extend(key_findings(desired.keys, observed.keys, observed.region))
@@ -140,12 +188,12 @@ def diff(desired: Desired, observed: Observed) -> Diff:
                 f"region {desired.region} is not one this version of cvmkeys knows: used as written",
             )
         )
-    typos = near_miss_typos(desired, observed)
-    findings.extend(_missing_instance_findings(desired, observed, typos))
+    typos = _near_miss_typos(desired, observed, absent, sets.seen_bound)
+    findings.extend(_missing_instance_findings(desired, observed, absent, typos))
     # A live instance one edit away from a declared-but-absent ID: the instance the file meant.
-    suspect = {live_id: absent for absent, live_ids in sorted(typos.items()) for live_id in live_ids}
+    suspect = {live_id: meant for meant, live_ids in sorted(typos.items()) for live_id in live_ids}
 
-    missing = sorted(b for b in allowed - live if b[0] in observed.keys and b[1] in observed.instances)
+    missing = sorted(b for b in allowed - live if b[0] in observed.keys and b[1] not in absent)
     for key_id, iid in missing:
         findings.append(
             Finding(
@@ -157,8 +205,8 @@ def diff(desired: Desired, observed: Observed) -> Diff:
             )
         )
 
-    changes = _changes(desired, observed, sorted(owned - allowed), live, suspect)
-    return Diff(tuple(changes), tuple(findings), len(owned), len(missing))
+    changes = _changes(desired, observed, sorted(sets.candidates), live, suspect)
+    return Diff(tuple(changes), tuple(findings), len(sets.owned), len(missing))
 
 
 def key_findings(
@@ -195,25 +243,24 @@ def key_findings(
     return findings
 
 
-def near_miss_typos(desired: Desired, observed: Observed) -> dict[str, list[str]]:
+def _near_miss_typos(
+    desired: Desired, observed: Observed, absent: set[str], seen_bound: set[str]
+) -> dict[str, list[str]]:
     """For each declared instance that does not exist: the live instances (bound to some key,
     or observed) that the file does not name and whose ID is one edit away from it. Each is
     almost certainly the instance the file meant, so nothing is unbound from it until the file
     is fixed. Declared IDs that exist are never suspects: the file names them correctly."""
-    declared = desired.declared_instances
-    absent = declared - observed.instances.keys()
     if not absent:
         return {}
-    live_ids = {iid for pair in observed.keys.values() for iid in pair.bound_instance_ids}
-    live_ids.update(observed.instances)
-    return ids.near_miss_map(absent, live_ids - declared)
+    live_ids = seen_bound | observed.instances.keys()
+    return ids.near_miss_map(absent, live_ids - desired.declared_instances)
 
 
 def _missing_instance_findings(
-    desired: Desired, observed: Observed, typos: Mapping[str, list[str]]
+    desired: Desired, observed: Observed, absent: set[str], typos: Mapping[str, list[str]]
 ) -> list[Finding]:
     findings: list[Finding] = []
-    for iid in sorted(desired.declared_instances - observed.instances.keys()):
+    for iid in sorted(absent):
         location = desired.instance_locations.get(iid)
         if iid in typos:
             labels = []
