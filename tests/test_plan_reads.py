@@ -26,12 +26,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import run_cli
+from support import emulator_client, run_cli
 
 from reconciler.core.diff import instances_needed
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
-from reconciler.model import Instance, KeyPair, Observed
+from reconciler.emulator.app import EmulatorApp
+from reconciler.emulator.state import FleetState
+from reconciler.model import Observed
 
 REGION = "ap-guangzhou"
 SECRET_ID = "AKIDPLANREADS00000000000000000000000"
@@ -245,15 +247,16 @@ def test_the_random_worlds_cover_what_the_rule_is_about() -> None:
 # --------------------------------------------------------------------------- same decisions
 
 
-def _observed(world: World, instance_ids: set[str]) -> Observed:
-    region = world.fleet["regions"][REGION]  # type: ignore[index]
-    keys = {k["id"]: KeyPair(k["id"], k["name"], tuple(k["bound"])) for k in region["keys"]}
-    instances = {
-        i["id"]: Instance(i["id"], i["name"], i["status"], i["os"])
-        for i in region["instances"]
-        if i["id"] in instance_ids
-    }
-    return Observed(REGION, keys, instances)
+def _observe(world: World, instance_ids: set[str]) -> Observed:
+    """Every key pair and these instances, read by the real client from the emulator over
+    in-process HTTP (absent instances are absent from the answer, as on the cloud)."""
+    client = emulator_client(EmulatorApp(FleetState.from_data(world.fleet)), REGION)
+    try:
+        keys = {pair.key_id: pair for pair in client.describe_key_pairs()}
+        found = client.describe_instances(sorted(instance_ids))
+    finally:
+        client.close()
+    return Observed(REGION, keys, {instance.instance_id: instance for instance in found})
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -264,11 +267,11 @@ def test_a_plan_from_the_fewer_reads_decides_what_reading_every_declared_instanc
     path = tmp_path / "bindings.yaml"
     path.write_text(world.desired_text, encoding="utf-8")
     desired = load_paths([path]).by_region[REGION]
-    few = _observed(world, set())
-    needed = instances_needed(desired, few.keys)
+    keys_only = _observe(world, set())
+    needed = instances_needed(desired, keys_only.keys)
     assert needed == expected_reads(world.fleet, world.desired_text).deciding
-    now = build_plan(desired, _observed(world, needed), endpoint="test")
-    before = build_plan(desired, _observed(world, needed | desired.declared_instances), endpoint="test")
+    now = build_plan(desired, _observe(world, needed), endpoint="test")
+    before = build_plan(desired, _observe(world, needed | desired.declared_instances), endpoint="test")
 
     def decisions(plan: object) -> object:
         return (
