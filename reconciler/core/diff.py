@@ -51,6 +51,10 @@ LAST_KEY_WARNING = (
 )
 
 
+# The scope rules as set algebra: the definitions. The diff itself computes the same from one
+# pass over the key pairs (``_bindings``), which tests/test_core.py checks against these.
+
+
 def live_bindings(keys: Mapping[str, KeyPair]) -> set[Binding]:
     """Every (key, instance) binding the observed key pairs report."""
     return {(key_id, iid) for key_id, pair in keys.items() for iid in pair.bound_instance_ids}
@@ -78,10 +82,7 @@ def is_protected(desired: Desired, binding: Binding) -> bool:
 
 def _deciding_candidates(desired: Desired, candidates: Iterable[Binding]) -> set[str]:
     """The instances of candidate unbinds that are not protected: their state decides the change."""
-    protected_keys, protected_instances = desired.protected_keys, desired.protected_instances
-    return {
-        iid for key_id, iid in candidates if key_id not in protected_keys and iid not in protected_instances
-    }
+    return {binding[1] for binding in candidates if not is_protected(desired, binding)}
 
 
 @dataclass(frozen=True, slots=True)
