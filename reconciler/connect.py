@@ -3,7 +3,8 @@
 Called by ``operations`` only; the one place a client is chosen (``CLIENTS``).
 
 The API (``choose_api``): ``--api`` (or a saved plan's own, ``options_for_plan``) wins; otherwise
-an endpoint whose path is ``/v2/index.php`` means the seed's API 2.0, and everything else (the
+an endpoint whose path is ``/v2/index.php`` (or 2.0's host ``cvm.api.qcloud.com`` with no path)
+means the seed's API 2.0, and everything else (the
 real cloud's default endpoint, any other endpoint, the in-process emulator) is API 3.0: Tencent has
 retired 2.0 for new accounts and is switching it off for old ones (docs/client-api3.md).
 
@@ -70,6 +71,7 @@ DEFAULT_RATE_LIMIT = 10.0  # requests a second per action: API 3.0's documented 
 EMULATOR_URL = "http://localhost/v2/index.php"
 EMULATOR_URL3 = "http://localhost/"
 EMULATOR_URLS: Mapping[ApiVersion, str] = {ApiVersion.V2: EMULATOR_URL, ApiVersion.V3: EMULATOR_URL3}
+V2_HOST = "cvm.api.qcloud.com"
 DEFAULT_ENDPOINTS: Mapping[ApiVersion, str] = {ApiVersion.V2: DEFAULT_ENDPOINT, ApiVersion.V3: API3_ENDPOINT}
 
 
@@ -148,7 +150,11 @@ def check_account(connection: Connection, expected: str | None, what: str) -> No
 
 def choose_api(options: ConnectOptions) -> ApiVersion:
     """The API to speak (module docstring)."""
-    v2_path = options.endpoint is not None and urlsplit(options.endpoint.strip()).path == DEFAULT_PATH
+    parts = urlsplit(options.endpoint.strip()) if options.endpoint is not None else None
+    # API 2.0's path, or its host (which serves nothing else; its path may be left out).
+    v2_path = parts is not None and (
+        parts.path == DEFAULT_PATH or (parts.hostname == V2_HOST and parts.path in ("", "/"))
+    )
     if options.api is None:
         return ApiVersion.V2 if v2_path else ApiVersion.V3
     if options.api is ApiVersion.V3 and v2_path:
