@@ -190,10 +190,10 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One UnBindInstanceKey call: one key, up to 100 instances, in one wave."""
-
+    """One unbind call: 2.0 exactly one key; 3.0 up to 100 keys x up to 100 instances, every
+    pair a planned unbind."""
     wave: int
-    key_id: str
+    key_ids: tuple[str, ...]
     instance_ids: tuple[str, ...]
 
 

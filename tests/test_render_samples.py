@@ -96,10 +96,10 @@ def full_plan() -> Plan:
         _ready("skey-evil0001", EVIL_NAME, "ins-evil0001", EVIL_NAME),
     )
     batches = (
-        Batch(0, "skey-deploy01", ("ins-web00001", "ins-web00002")),
-        Batch(0, "skey-evil0001", ("ins-evil0001",)),
-        Batch(0, "skey-legacy01", ("ins-cn000001",)),
-        Batch(1, "skey-legacy01", ("ins-web00001",)),
+        Batch(0, ("skey-deploy01",), ("ins-web00001", "ins-web00002")),
+        Batch(0, ("skey-evil0001",), ("ins-evil0001",)),
+        Batch(0, ("skey-legacy01",), ("ins-cn000001",)),
+        Batch(1, ("skey-legacy01",), ("ins-web00001",)),
     )
     findings = (
         Finding(
@@ -193,7 +193,7 @@ def big_plan(count: int) -> Plan:
     for change in changes:
         ready_pairs.setdefault(change.key_id, []).append(change.instance_id)
     batches = tuple(
-        Batch(0, key_id, tuple(iids[i : i + 100]))
+        Batch(0, (key_id,), tuple(iids[i : i + 100]))
         for key_id, iids in ready_pairs.items()
         for i in range(0, len(iids), 100)
     )

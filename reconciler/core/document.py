@@ -106,7 +106,8 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
         "created_at": plan.created_at,
         "changes": [_change_to_data(c) for c in plan.changes],
         "batches": [
-            {"wave": b.wave, "key_id": b.key_id, "instance_ids": list(b.instance_ids)}
+            # Plan format 1.x holds one key a batch (API 2.0); H1's format 2.0 holds key_ids.
+            {"wave": b.wave, "key_id": _only_key(b), "instance_ids": list(b.instance_ids)}
             for b in plan.batches
         ],
         "findings": [_finding_to_data(f) for f in plan.findings],
@@ -219,20 +220,26 @@ def _check_batches(changes: tuple[Change, ...], batches: tuple[Batch, ...], sour
     ready = {(c.key_id, c.instance_id) for c in changes if c.status is ChangeStatus.READY}
     seen: set[tuple[str, str]] = set()
     for index, batch in enumerate(batches):
-        for iid in batch.instance_ids:
-            binding = (batch.key_id, iid)
+        for binding in ((k, i) for k in batch.key_ids for i in batch.instance_ids):
+            key_id, iid = binding
             where = f"{source}: $.batches[{index}]"
             if binding not in ready:
                 raise PlanIntegrityError(
-                    f"{where}: unbinds {iid} from {batch.key_id}, which is not a ready change "
+                    f"{where}: unbinds {iid} from {key_id}, which is not a ready change "
                     "in this plan",
                     hint=_RERUN_HINT,
                 )
             if binding in seen:
                 raise PlanIntegrityError(
-                    f"{where}: unbinds {iid} from {batch.key_id} a second time", hint=_RERUN_HINT
+                    f"{where}: unbinds {iid} from {key_id} a second time", hint=_RERUN_HINT
                 )
             seen.add(binding)
+
+
+def _only_key(batch: Batch) -> str:
+    if len(batch.key_ids) != 1:
+        raise ValueError("this plan format holds one key a batch (API 2.0)")
+    return batch.key_ids[0]
 
 
 # The schema's ID patterns, whole-string: jsonschema's ``pattern`` uses re.search, where ``$``
@@ -295,7 +302,7 @@ def plan_from_data(data: Mapping[str, Any], *, source: str = "<plan>") -> Plan:
         for c in data["changes"]
     )
     batches = tuple(
-        Batch(wave=b["wave"], key_id=b["key_id"], instance_ids=tuple(b["instance_ids"]))
+        Batch(wave=b["wave"], key_ids=(b["key_id"],), instance_ids=tuple(b["instance_ids"]))
         for b in data["batches"]
     )
     _check_batches(changes, batches, source)

@@ -141,7 +141,8 @@ def check_sendable(plan: Plan) -> None:
     carried out up to that batch and then stop with an internal error.
     """
     fp = plan.fingerprint
-    keys = [b.key_id for b in plan.batches] + [c.key_id for c in plan.ready_changes] + list(fp.key_ids)
+    keys = [k for b in plan.batches for k in b.key_ids]
+    keys += [c.key_id for c in plan.ready_changes] + list(fp.key_ids)
     instances = [iid for b in plan.batches for iid in b.instance_ids]
     instances += [c.instance_id for c in plan.ready_changes] + list(fp.instance_ids)
     bad = [k for k in keys if not is_key_id(k)] + [i for i in instances if not is_instance_id(i)]
@@ -216,7 +217,7 @@ class Executor:
         waves = sorted({b.wave for b in self.plan.batches})
         by_wave: dict[int, list[Binding]] = {wave: [] for wave in waves}
         for batch in self.plan.batches:
-            by_wave[batch.wave].extend((batch.key_id, iid) for iid in batch.instance_ids)
+            by_wave[batch.wave].extend((k, iid) for k in batch.key_ids for iid in batch.instance_ids)
         try:
             for n, wave in enumerate(waves):
                 if self.stop.is_set():
