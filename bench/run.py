@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,28 +80,32 @@ def _pages(count: int) -> int:
     return math.ceil(count / PAGE)
 
 
-def poll_minimum(wave_sizes: Sequence[int]) -> int:
+def poll_minimum(waves: Sequence[Collection[str]]) -> int:
     """The fewest DescribeInstances that see each instance idle once after each of its calls,
-    for given waves.
+    for the given waves (the instances of each), packed as the executor packs them.
 
-    ``wave_sizes``: instances per wave; an instance in a wave is in every wave before it. After
-    wave *w* the next wave's instances must be seen idle before it starts (they are mandatory
-    in that round), and after the last wave its own instances before the verification. An
-    instance that no later wave touches needs one look too, at any round from its own on: it
-    fills a free place of a round's calls, or, when there is none left, a call of its own at
-    the end. 100 instances a call.
+    Before wave *w + 1* starts, its instances with a call not yet seen finished must be seen
+    idle (mandatory in that round); after the last wave, every instance before the
+    verification (in status 20 an instance still reports its old keys). The free places of a
+    round's last call carry instances that the next wave does not touch, oldest calls first;
+    the rest are polled at the end. 100 instances a call.
     """
-    rounds = len(wave_sizes)
-    calls = free_places = waiting = 0
-    for w in range(rounds):
-        mandatory = wave_sizes[w + 1] if w + 1 < rounds else wave_sizes[w]
-        if w + 1 < rounds:
-            waiting += wave_sizes[w] - wave_sizes[w + 1]  # their last call was in wave w
-        calls += _pages(mandatory)
-        free_places = -mandatory % PAGE
-        used = min(free_places, waiting)
-        waiting -= used
-    return calls + _pages(waiting)
+    latest: dict[str, int] = {}  # instance not yet seen idle -> wave of its latest call
+    calls = 0
+    for w, instances in enumerate(waves):
+        latest.update(dict.fromkeys(instances, w))
+        if w + 1 == len(waves):
+            break
+        following = set(waves[w + 1])
+        mandatory = [i for i in latest if i in following]
+        if not mandatory:
+            continue
+        calls += _pages(len(mandatory))
+        free = -len(mandatory) % PAGE
+        fillers = sorted((latest[i], i) for i in latest if i not in following)[:free]
+        for iid in [*mandatory, *(i for _, i in fillers)]:
+            del latest[iid]
+    return calls + _pages(len(latest))
 
 
 def lower_bound_s(minimum: Mapping[str, int], rate: float, waves: int = 0, op_seconds: float = 0.0) -> float:
@@ -396,7 +400,7 @@ def _plan_and_apply(
         "plan_calls": len(plan.batches),
         # The fewest polls for the waves this plan chose (beside the minimum, which does not
         # depend on the tool's choices).
-        "polls_for_plan_waves": poll_minimum([len(waves[w]) for w in sorted(waves)]),
+        "polls_for_plan_waves": poll_minimum([waves[w] for w in sorted(waves)]),
         "apply_polls": apply_run.calls.get("DescribeInstances", 0)
         - _pages(len(plan.fingerprint.instance_ids)),
         "ready_unbinds": plan.summary.to_unbind,
