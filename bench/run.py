@@ -1,6 +1,6 @@
-"""Benchmark of ``cvmkeys`` at fleet scale: API calls, wall time, CPU and memory (issue 6).
+"""Benchmark of ``cvmkeys`` at fleet scale: API calls, wall time, CPU and memory (issues 6, 16).
 
-    python bench/run.py --size M [--mode inprocess|served|both] [--remove 0.1] [--out bench/results]
+    python bench/run.py --size M [--mode inprocess|served|both] [--api 2.0|3.0] [--remove 0.1]
 
 For each size it generates a fleet and a desired-state file (``bench/fleetgen.py``, seeded), then
 runs the real command line (``python -m reconciler``, i.e. ``cvmkeys``) as a subprocess and
@@ -9,16 +9,18 @@ measures each run's wall time, CPU time (user + system) and peak RSS (``bench/la
 * in-process: ``cvmkeys plan --emulator FLEET --out plan.json`` then ``cvmkeys apply plan.json``;
   the emulator runs inside the tool's process with no latency (``--rate-limit 0``: nothing to
   protect). The same two commands are also run against an unthrottled emulator in another
-  process ("tool alone"), which gives the tool's own CPU without the emulator's share;
+  process ("tool alone", ``--endpoint URL``), which gives the tool's own CPU without the
+  emulator's share;
 * served: the emulator in its own process (``bench/served.py``) with ``--latency-ms 50
   --rate-limit 10 --op-seconds 2``, the tool with its defaults (client rate limit 10/s); then
-  the peer's way (``bench/peer.py``: one call per binding, waiting for each) on a fresh copy of
-  the same fleet, on a sample of the bindings, extrapolated linearly.
+  the peers (``bench/peer.py``: Terraform-like, and one call per binding) on fresh copies of the
+  same fleet, on samples, extrapolated linearly.
 
 Calls are counted from the tool's ``--audit-log`` (every attempt) and, when served, by the
-emulator too; they are compared with the minimum for the input (``plan_minimum``,
-``apply_minimum``). Results go to ``OUT/<size>-<mode>.json``; the Markdown tables of every
-result in OUT are printed, and written into ``bench/README.md`` with ``--update-readme``.
+emulator too; they are compared with minimums computed from the fleet and the desired file
+alone (``bench/minimum.py``, never the tool's plan). Results go to ``OUT/<size>-<mode>.json``;
+the Markdown tables of every result in OUT are printed, and written into ``bench/README.md``
+with ``--update-readme``.
 """
 
 from __future__ import annotations

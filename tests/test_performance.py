@@ -246,4 +246,3 @@ def test_validators_with_inlined_refs_judge_like_the_schema(name: str, tmp_path:
     assert not list(fast.iter_errors(docs[0]))
     if name == "plan":
         assert all(list(fast.iter_errors(doc)) for doc in docs[1:])
-
