@@ -463,7 +463,7 @@ def test_crafted_ids_through_the_python_api_never_reach_a_request(world: World, 
         target = last.instance_ids[0]
         changes = tuple(
             dataclasses.replace(c, instance_id=crafted)
-            if (c.key_id, c.instance_id) == (last.key_id, target)
+            if (c.key_id, c.instance_id) == (last.key_ids[0], target)
             else c
             for c in plan.changes
         )
@@ -477,7 +477,7 @@ def test_crafted_ids_through_the_python_api_never_reach_a_request(world: World, 
             with pytest.raises(PlanIntegrityError, match="nothing was sent"):
                 attempt()
         for call in (
-            lambda: client.unbind_instance_key(last.key_id, [crafted]),
+            lambda: client.unbind_instance_key(last.key_ids[0], [crafted]),
             lambda: client.describe_instances([crafted]),
             lambda: client.describe_key_pairs(["skey" + crafted[3:]]),
         ):
