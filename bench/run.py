@@ -699,7 +699,7 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
             ]
         )
     header = ["size", "mode", "unbinds", "plan", "plan = min", "unbind calls", "unbind = min", "apply reads"]
-    out += _table([*header, "apply polls / fewest for the plan's waves"], rows)
+    out += _table([*header, "apply polls / packing model for the plan's waves"], rows)
     agree = [
         f"{r['size']} {r['api']}" for r in results if r["mode"] == "served" and _server_agrees(r["result"])
     ]

@@ -11,9 +11,9 @@ when each key sits whole in one wave. Two keys that share an instance cannot sha
 the waves are a colouring of the *conflict graph* (keys are vertices; an edge joins two keys
 that both leave one instance). The colouring is DSatur (Brélaz 1979): repeatedly colour the key
 whose neighbours already use the most distinct waves (ties: most neighbours, then most
-unbinds, then ID), with the lowest wave none of its neighbours uses. It is exact on the graphs
-plans produce most (bipartite ones, cliques, and forests) and, on any graph, never uses more
-waves than the largest number of neighbours plus one. The fewest waves there can be is at least
+unbinds, then ID), with the lowest wave none of its neighbours uses. It is exact on bipartite
+graphs (forests included) and on cliques and, on any graph, never uses more waves than the
+largest number of neighbours plus one. The fewest waves there can be is at least
 the most keys any one instance loses (those keys are pairwise neighbours).
 
 **API 3.0** (``DisassociateInstancesKeyPairs``: up to 100 keys x up to 100 instances, every
