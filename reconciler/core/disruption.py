@@ -178,9 +178,8 @@ def stop_budget(disruption: Disruption, running: int) -> tuple[int, str]:
         by_percent = max(1, share)
         if by_percent < budget:
             budget = by_percent
-            reason = (
-                f"max_stopped_percent {percent:g} of {running} running instances in scope"
-                + (f" (rounded down to {share})" if share >= 1 else " (rounded down to 0; at least 1)")
+            reason = f"max_stopped_percent {percent:g} of {running} running instances in scope" + (
+                f" (rounded down to {share})" if share >= 1 else " (rounded down to 0; at least 1)"
             )
     return max(1, budget), reason
 
