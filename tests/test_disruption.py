@@ -512,3 +512,13 @@ def test_a_loaded_file_schedules_end_to_end(tmp_path: Path) -> None:
     assert result.stop_type is StopType.SOFT and result.budget == 2
     assert result.instance_ids == (names[1], names[4])  # not allowed there, running, not protected
     assert [r.instance_ids for r in result.rounds] == [(names[1], names[4])]
+
+
+def test_the_documented_block_loads_as_documented(tmp_path: Path) -> None:
+    """docs/disruption.md's first example is a valid block with the values it says."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "disruption.md").read_text(encoding="utf-8")
+    sample = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = write(tmp_path, "doc.yaml", HEAD + sample)
+    gz = load_paths([path]).by_region["ap-guangzhou"]
+    assert gz.disruption == Disruption(True, 5, 10.0, StopType.SOFT_FIRST, 300)
+    assert gz.safety.max_stops == 20
