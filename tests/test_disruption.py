@@ -522,3 +522,15 @@ def test_the_documented_block_loads_as_documented(tmp_path: Path) -> None:
     gz = load_paths([path]).by_region["ap-guangzhou"]
     assert gz.disruption == Disruption(True, 5, 10.0, StopType.SOFT_FIRST, 300)
     assert gz.safety.max_stops == 20
+
+
+def test_the_budget_says_which_limit_set_it() -> None:
+    def reason(percent: float, running: int) -> str:
+        return stop_budget(Disruption(True, max_stopped=100, max_stopped_percent=percent), running)[1]
+
+    assert reason(10, 30) == "max_stopped_percent 10 of 30 running instances in scope = 3"
+    assert reason(10, 15) == "max_stopped_percent 10 of 15 running instances in scope (rounded down to 1)"
+    assert reason(1, 50) == (
+        "max_stopped_percent 1 of 50 running instances in scope (rounded down to 0; at least 1)"
+    )
+    assert stop_budget(Disruption(True, max_stopped=2, max_stopped_percent=50), 10) == (2, "max_stopped 2")

@@ -174,13 +174,16 @@ def stop_budget(disruption: Disruption, running: int) -> tuple[int, str]:
     budget, reason = disruption.max_stopped, f"max_stopped {disruption.max_stopped}"
     percent = disruption.max_stopped_percent
     if percent is not None:
-        share = math.floor(Fraction(repr(percent)) * running / 100)
+        exact = Fraction(repr(percent)) * running / 100
+        share = math.floor(exact)
         by_percent = max(1, share)
         if by_percent < budget:
             budget = by_percent
-            reason = f"max_stopped_percent {percent:g} of {running} running instances in scope" + (
-                f" (rounded down to {share})" if share >= 1 else " (rounded down to 0; at least 1)"
-            )
+            if share < 1:
+                how = f" (rounded down to {share}; at least 1)"
+            else:
+                how = f" = {share}" if share == exact else f" (rounded down to {share})"
+            reason = f"max_stopped_percent {percent:g} of {running} running instances in scope{how}"
     return max(1, budget), reason
 
 
@@ -222,8 +225,6 @@ def schedule_stops(
     """
     if disruption is None or not disruption.stop_running:
         return DISABLED
-    if unbind_keys_per_call < 1:
-        raise ValueError(f"unbind_keys_per_call must be at least 1, got {unbind_keys_per_call}")
     keys_of: dict[str, set[str]] = defaultdict(set)
     for change in changes:
         if change.instance_id in protected:

@@ -592,18 +592,21 @@ def _region_disruption(region: str, group: list[_FileDesired], problems: list[Pr
                 )
             )
         else:
-            problems.append(_disruption_conflict(region, first, other))
+            conflict = _disruption_conflict(region, (first, first.disruption), (other, other.disruption))
+            problems.append(conflict)
     return first.disruption
 
 
-def _disruption_conflict(region: str, first: _FileDesired, other: _FileDesired) -> Problem:
+def _disruption_conflict(
+    region: str, first: tuple[_FileDesired, Disruption], second: tuple[_FileDesired, Disruption]
+) -> Problem:
     """Two files of a region with different ``disruption`` blocks: the first field that differs,
     at the second file's field (or its block when it leaves the field at the default)."""
-    assert first.disruption is not None and other.disruption is not None
+    (first_file, theirs_block), (other, mine_block) = first, second
     name, mine, theirs = next(
-        (f.name, getattr(other.disruption, f.name), getattr(first.disruption, f.name))
+        (f.name, getattr(mine_block, f.name), getattr(theirs_block, f.name))
         for f in fields(Disruption)
-        if getattr(other.disruption, f.name) != getattr(first.disruption, f.name)
+        if getattr(mine_block, f.name) != getattr(theirs_block, f.name)
     )
 
     def place(loaded: _FileDesired) -> tuple[Location, str]:
@@ -612,7 +615,7 @@ def _disruption_conflict(region: str, first: _FileDesired, other: _FileDesired) 
         return loaded.location(("disruption",), key=True), " (the default)"
 
     here, here_default = place(other)
-    there, there_default = place(first)
+    there, there_default = place(first_file)
     return _problem_at(
         here,
         f"disruption {name} {_shown(mine)}{here_default} differs from {name} {_shown(theirs)}"
