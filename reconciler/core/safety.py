@@ -1,4 +1,4 @@
-"""Safety limits on how much one apply may unbind and stop. Pure; called by ``core.plan``.
+"""Safety limits on how much one apply may unbind. Pure; called by ``core.plan``.
 
 Like octoDNS's MAX_SAFE_*_PCENT: the verdict is computed after the plan is built, so an unsafe
 plan is still shown in full with the numbers that tripped it; apply refuses it without --force.
@@ -25,6 +25,15 @@ def merge_limits(file_limits: SafetyLimits, override: SafetyLimits) -> SafetyLim
         ),
         max_stops=override.max_stops if override.max_stops is not None else file_limits.max_stops,
     )
+
+
+def check_stops(stops: int, limits: SafetyLimits) -> tuple[str, ...]:
+    """Why stopping ``stops`` instances (``core.disruption.StopSchedule.stop_count``) is over
+    ``limits.max_stops``; empty when it is not, or when no limit is set (no default: the
+    ``disruption`` block is itself the opt-in, and its budget bounds how many are down at once)."""
+    if limits.max_stops is not None and stops > limits.max_stops:
+        return (f"{stops} stops is over max_stops {limits.max_stops}",)
+    return ()
 
 
 def _number(value: float) -> str:
@@ -60,11 +69,3 @@ def check_safety(unbinds: int, owned_bindings: int, limits: SafetyLimits) -> Saf
         violations=tuple(violations),
     )
 
-
-def check_stops(stops: int, limits: SafetyLimits) -> tuple[str, ...]:
-    """Why stopping ``stops`` instances (a ``core.disruption.StopSchedule``'s ``stops``) is over
-    ``limits.max_stops``; empty when it is not, or when no limit is set (no default: the
-    ``disruption`` block is itself the opt-in, and its budget bounds how many are down at once)."""
-    if limits.max_stops is not None and stops > limits.max_stops:
-        return (f"{stops} stops is over max_stops {limits.max_stops}",)
-    return ()
