@@ -68,4 +68,3 @@ def check_safety(unbinds: int, owned_bindings: int, limits: SafetyLimits) -> Saf
         percent_checked=percent_checked,
         violations=tuple(violations),
     )
-
