@@ -265,7 +265,9 @@ def connect(
 
         state = FleetState.from_file(options.emulator, persist=True)
         via = transport(EmulatorApp(state))
-        sts = StsOptions(endpoint=EMULATOR_URL3, transport=via, timeout=options.timeout)
+        sts = StsOptions(
+            endpoint=EMULATOR_URL3, transport=via, timeout=options.timeout, on_attempt=on_attempt
+        )
         provider: CredentialsProvider
         if options.profile is not None:
             provider = resolve_credentials(environ, profile=options.profile, sts=sts)
@@ -284,7 +286,7 @@ def connect(
         options.endpoint or DEFAULT_ENDPOINTS[api],
         default_path=DEFAULT_PATH if api is ApiVersion.V2 else API3_PATH,
     )
-    sts = StsOptions(endpoint=_sts_endpoint(endpoint), timeout=options.timeout)
+    sts = StsOptions(endpoint=_sts_endpoint(endpoint), timeout=options.timeout, on_attempt=on_attempt)
     provider = resolve_credentials(environ, profile=options.profile, sts=sts)
     _log_credentials(provider)
     client = make_client(provider, endpoint, None)

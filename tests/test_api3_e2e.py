@@ -143,7 +143,8 @@ def test_plan_apply_plan_converge_over_3_0_against_the_served_emulator(
     assert saved["api"] == "3.0" and saved["endpoint"] == served.api3
     assert saved["caller"] == {"account_id": ACCOUNT, "arn": f"qcs::cam::uin/{ACCOUNT}:uin/{ACCOUNT}"}
     unbind = "DisassociateInstancesKeyPairs"
-    assert saved["audit_actions"] == ["DescribeInstances", "DescribeKeyPairs", unbind]
+    # Every call in the audit log, STS's too (apply checks the plan's account first).
+    assert saved["audit_actions"] == ["DescribeInstances", "DescribeKeyPairs", unbind, "GetCallerIdentity"]
     # The emulator verifies every TC3 signature: the same request signed with a wrong key is
     # refused with the documented code (and the hint for it), before anything is read.
     wrong = served.env(TENCENTCLOUD_SECRET_ID=served.secret_id, TENCENTCLOUD_SECRET_KEY="not-the-key")
@@ -190,6 +191,7 @@ def test_an_assumed_role_signs_the_calls(served: Served, tmp_path: Path) -> None
     caller = saved["caller"]
     assert isinstance(caller, dict) and caller["account_id"] == ACCOUNT
     assert "assumed-role" in caller["arn"] and caller["arn"].endswith("/acceptance-apply")
+    assert "AssumeRole" in saved["audit_actions"]  # the role's credentials were fetched, and audited
 
 
 # --------------------------------------------------------------------------- the account guard

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from reconciler.cloud.base import AttemptRecord
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StsOptions
 from reconciler.cloud.endpoint import API3_PATH, STS_ENDPOINT, check_endpoint
 from reconciler.cloud.retry import RetryPolicy
@@ -79,8 +80,10 @@ class StsClient:
         max_attempts: int = 3,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         self.endpoint = check_endpoint(endpoint or STS_ENDPOINT, default_path=API3_PATH)
+        self._on_attempt = on_attempt
         self._transport = transport
         self._region = region
         self._timeout = timeout
@@ -104,6 +107,7 @@ class StsClient:
             rate_limits=None,
             clock=self._clock,
             sleep=self._sleep,
+            on_attempt=self._on_attempt,
         )
 
     def get_caller_identity(self, provider: CredentialsProvider) -> CallerIdentity:
@@ -178,7 +182,12 @@ def caller_identity(
     """Who ``provider``'s credentials are (account and ARN), for the plan to show."""
     sts = sts or StsOptions()
     client = StsClient(
-        endpoint=sts.endpoint, transport=sts.transport, region=sts.region, timeout=sts.timeout, clock=clock
+        endpoint=sts.endpoint,
+        transport=sts.transport,
+        region=sts.region,
+        timeout=sts.timeout,
+        clock=clock,
+        on_attempt=sts.on_attempt,
     )
     return client.get_caller_identity(provider)
 
