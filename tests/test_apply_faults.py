@@ -364,3 +364,38 @@ def test_3_0_lag_longer_than_the_allowance_is_settled_by_observing_the_binding(t
     assert not {(c.key_id, c.instance_id) for c in plan.ready_changes} & state.bindings(plan.region)
     mutated = [pair for m in state.mutations for pair in mutated_pairs(m)]
     assert len(mutated) == len(set(mutated)) == len(plan.ready_changes)
+
+
+def test_3_0_one_refused_instance_fails_alone_and_the_others_of_its_call_go_through(tmp_path: Path) -> None:
+    # DisassociateInstancesKeyPairs fails as a whole when one instance is refused (here: stopped
+    # with STOP_CHARGING, UnsupportedOperation.StoppedModeStopCharging, kind BLOCKED). The
+    # instance looks STOPPED, so nothing observable says which one: the executor retries the
+    # call's instances one a call, and only the refused one fails, with the API's message.
+    ids = ["ins-aaaaaaa1", "ins-aaaaaaa2", "ins-aaaaaaa3"]
+    fleet = {
+        "credentials": [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY}],
+        "regions": {
+            "ap-guangzhou": {
+                "instances": [{"id": iid, "name": iid[-1], "os": "centos", "status": 4} for iid in ids],
+                "keys": [{"id": "skey-kkkkkkk1", "name": "k1", "bound": ids}],
+            }
+        },
+    }
+    state = FleetState.from_data(fleet)
+    state.set_instance_status("ap-guangzhou", ids[1], 2)
+    state.stop_instances3("ap-guangzhou", [ids[1]], stopped_mode="STOP_CHARGING")
+    client = emulator_client(EmulatorApp(state), "gz", "3.0")
+    path = tmp_path / "bindings.yaml"
+    path.write_text("version: 1\nregion: gz\nkeys:\n  skey-kkkkkkk1: {instances: []}\n")
+    desired = load_paths([path]).by_region["ap-guangzhou"]
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test", api=client.api)
+    assert [(b.key_ids, b.instance_ids) for b in plan.batches] == [(("skey-kkkkkkk1",), tuple(ids))]
+    result = Executor(client, plan, options=ExecOptions(poll_initial=0)).run()
+    outcome = {r.instance_id: r for r in result.results}
+    assert outcome[ids[0]].outcome is outcome[ids[2]].outcome is Outcome.DONE
+    refused = outcome[ids[1]]
+    assert refused.outcome is Outcome.FAILED and "StoppedModeStopCharging" in refused.reason
+    assert state.bindings("ap-guangzhou") == {("skey-kkkkkkk1", ids[1])}
+    # Which instance was refused is only in the message (never parsed): each is retried alone.
+    sent = sorted(m.instance_ids for m in state.mutations if m.action == UNBIND["3.0"])
+    assert sent == [(ids[0],), (ids[2],)]
