@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from reconciler.execute.executor import ExecEvent
     from reconciler.importer import ImportSummary
     from reconciler.model import ApplyResult, Plan
-    from reconciler.operations import ImportResult
+    from reconciler.operations import ApplyOutcome, ImportResult
 
 
 class Format(str, Enum):
@@ -186,6 +186,13 @@ class ApplyView:
 
     def stopping(self) -> None:
         self.console.print("[yellow]Stopping: no new calls; waiting for calls in flight...[/]")
+
+    def notes(self, outcome: ApplyOutcome) -> None:
+        """What the result alone does not say: a plan found already applied, a failing audit log."""
+        if outcome.already_applied:
+            note(self.terminal, "The plan is already applied: every unbind in it is done; nothing was sent.")
+        for problem in outcome.problems:
+            self.console.print(f"Error: {problem}", markup=False, style="bold red")
 
     def result(self, result: ApplyResult, plan: Plan) -> None:
         if self.fmt is Format.json:
