@@ -72,6 +72,8 @@ def _now() -> str:
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half of
     one; an existing file keeps its permissions (a new one gets the umask's)."""
+    if not path.name or path.is_dir():  # `--out /`: Path("/").with_name raises ValueError
+        raise ConfigError(f"cannot write {path}: it is a directory", hint="name a file, e.g. --out plan.json")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")

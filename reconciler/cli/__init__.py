@@ -254,12 +254,13 @@ ProfileOption = Annotated[
     ),
 ]
 _MIN_RATE = 0.01  # one request a 100 s: anything slower would look like a hang
+_MAX_RATE = 10_000
 
 
 def _rate_limit(value: float | None) -> float | None:
     # 1e-300 passed min=0 and then waited for ever after the first unbinds.
-    if value is not None and 0 < value < _MIN_RATE:
-        raise typer.BadParameter(f"must be 0 (no limit) or at least {_MIN_RATE:g}")
+    if value is not None and not (value == 0 or _MIN_RATE <= value <= _MAX_RATE):  # NaN fails too
+        raise typer.BadParameter(f"must be 0 (no limit) or from {_MIN_RATE:g} to {_MAX_RATE:,}")
     return value
 
 
@@ -267,8 +268,6 @@ RateLimitOption = Annotated[
     float | None,
     typer.Option(
         "--rate-limit",
-        min=0,
-        max=10_000,
         callback=_rate_limit,
         metavar="PER_SECOND",
         help="Client-side limit, requests per second per action (default 10; none with --emulator; 0: none).",

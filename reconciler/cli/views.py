@@ -231,3 +231,10 @@ def show_import(result: ImportResult, terminal: Terminal) -> None:
     if result.written_to is None:
         _out(result.text)
     note(terminal, import_summary_line(result))
+    if not result.summary.keys:
+        # An empty file is valid, and in scope account it would unbind everything it owns.
+        note(
+            terminal,
+            f"Warning: no key pairs found in {result.region}: the file declares nothing. "
+            "Check --region (and the account).",
+        )

@@ -254,8 +254,8 @@ _LAST_KEY_PREFIX = LAST_KEY_WARNING.split("{", 1)[0]
 
 def _check_premises(changes: tuple[Change, ...], premises: tuple[Premise, ...], source: str) -> None:
     """Every instance with a ready change has exactly one premise that lists the keys the plan
-    removes from it; an instance the plan leaves keyless carries the last-key warning on its
-    changes. Apply's last-key guarantee rests on these (``execute.freshness``)."""
+    removes from it; an instance the plan leaves keyless carries the last-key warning (on its
+    changes, as the diff writes it). Apply's last-key guarantee rests on these (``execute.freshness``)."""
     by_instance: dict[str, Premise] = {}
     for index, premise in enumerate(premises):
         if premise.instance_id in by_instance:
@@ -274,19 +274,16 @@ def _check_premises(changes: tuple[Change, ...], premises: tuple[Premise, ...], 
                 f"{source}: $.premises: no premise for {iid} that lists the keys the plan removes from it",
                 hint=_RERUN_HINT,
             )
-        if set(found.key_ids) <= keys:
-            unwarned = [
-                c.key_id
-                for c in changes
-                if c.instance_id == iid
-                and c.status is ChangeStatus.READY
-                and not any(w.startswith(_LAST_KEY_PREFIX) for w in c.warnings)
-            ]
-            if unwarned:
-                raise PlanIntegrityError(
-                    f"{source}: the plan removes every key of {iid} without the last-key warning",
-                    hint=_RERUN_HINT,
-                )
+        if set(found.key_ids) <= keys and not any(
+            w.startswith(_LAST_KEY_PREFIX)
+            for c in changes
+            if c.instance_id == iid and c.status is ChangeStatus.READY
+            for w in c.warnings
+        ):
+            raise PlanIntegrityError(
+                f"{source}: the plan removes every key of {iid} without the last-key warning",
+                hint=_RERUN_HINT,
+            )
 
 
 # The schema's ID patterns, whole-string: jsonschema's ``pattern`` uses re.search, where ``$``

@@ -385,7 +385,9 @@ class Executor:
                 return
             if due > now:
                 self._emit(
-                    EventKind.WAITING, wave, f"waiting for {plural(len(waiting), 'instance')} to finish key issuing"
+                    EventKind.WAITING,
+                    wave,
+                    f"waiting for {plural(len(waiting), 'instance')} to finish key issuing",
                 )
                 options.sleep(due - now)
             first = False
@@ -438,7 +440,7 @@ class Executor:
             else:
                 retry.append(binding)
         if retry:
-            self._emit(EventKind.RETRY, wave, f"retrying {plural(len(retry), 'unbind')} that {'is' if len(retry) == 1 else 'are'} still bound")
+            self._emit(EventKind.RETRY, wave, f"retrying {plural(len(retry), 'unbind')} still bound")
         return retry
 
     def _verify(self) -> None:

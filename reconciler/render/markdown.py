@@ -188,6 +188,8 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
         if plan.batches:
             summary += f" {waves_summary(plan.batches, plan.api)}."
         summary += "\n\n"
+    elif plan.has_errors:
+        summary = f"**{line}**\n\n"
     else:
         summary = "**No changes.** The live bindings match the file.\n\n"
     banner = _banner(plan)
