@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
+from conftest import Emulator
 from typer.testing import CliRunner
 
 from reconciler.cli import app
@@ -12,6 +19,7 @@ from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL
 from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.state import FleetState
 
 _runner = CliRunner()
 
@@ -35,6 +43,34 @@ def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmCl
         transport=transport(emulator),
         **options,
     )
+
+
+def live_state(fleet: Path) -> dict[str, Any]:
+    """What the emulator holds now for the fleet fixture ``fleet`` (its live state, read afresh
+    as another process would). The fixture itself is never written: compare this instead."""
+    return FleetState.from_file(fleet, persist=False).to_data()
+
+
+def serve_fleet(
+    fleet: Path, region: str = "ap-guangzhou", *options: str
+) -> tuple[subprocess.Popen[str], Emulator]:
+    """``cvmkeys emulator serve --fleet FLEET --port 0 [OPTIONS]`` in a subprocess, and an
+    ``Emulator`` that signs requests to it with the credentials it printed
+    (``.call(..., url=em.url)``)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "reconciler", "emulator", "serve", "--fleet", str(fleet), "--port", "0"]
+    command.extend(options)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    lines = [process.stdout.readline() for _ in range(3)]
+    url = re.search(r"at (http://127\.0\.0\.1:\d+/v2/index\.php)", lines[0])
+    if url is None:
+        process.kill()
+        pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
+    em = Emulator.__new__(Emulator)
+    em.secret_id, em.secret_key = lines[1].split()[-1], lines[2].split()[-1]
+    em.region, em.url = region, url.group(1)
+    return process, em
 
 
 class FakeTime:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import emulator_client, run_cli
+from support import emulator_client, live_state, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.client import CvmClient
@@ -120,10 +120,10 @@ def test_apply_without_a_terminal_or_auto_approve_stops_and_changes_nothing(
     example: tuple[Path, Path],
 ) -> None:
     desired, fleet = example
-    before = fleet.read_text()
+    before = live_state(fleet)
     code, _, err = cli("apply", str(desired), "--emulator", str(fleet))
     assert code == 1 and "not a terminal" in err and "--auto-approve" in err
-    assert fleet.read_text() == before
+    assert live_state(fleet) == before
 
 
 def test_fresh_apply_with_auto_approve_and_json_result(example: tuple[Path, Path]) -> None:
@@ -142,12 +142,12 @@ def test_unsafe_plan_is_shown_and_needs_force(example: tuple[Path, Path], tmp_pa
         "plan", str(desired), "--emulator", str(fleet), "--max-unbinds", "1", "--out", str(plan_file)
     )
     assert code == 0 and "UNSAFE" in out and "3 unbinds is over max_unbinds 1" in out
-    before = fleet.read_text()
+    before = live_state(fleet)
     code, _, err = cli("apply", str(plan_file))
     assert code == 1 and "UNSAFE" in err and "--force" in err
-    assert fleet.read_text() == before
+    assert live_state(fleet) == before
     code, _, _ = cli("apply", str(plan_file), "--force")
-    assert code == 3 and fleet.read_text() != before
+    assert code == 3 and live_state(fleet) != before
 
 
 def test_detailed_exitcode_and_show_round_trip(example: tuple[Path, Path], tmp_path: Path) -> None:
@@ -272,10 +272,10 @@ def test_safety_flags_also_guard_a_saved_plan(example: tuple[Path, Path], tmp_pa
     desired, fleet = example
     plan_file = tmp_path / "p.json"
     assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
-    before = fleet.read_text()
+    before = live_state(fleet)
     code, _, err = cli("apply", str(plan_file), "--max-unbinds", "1")
     assert code == 1 and "3 unbinds is over max_unbinds 1" in err
-    assert fleet.read_text() == before
+    assert live_state(fleet) == before
 
 
 def test_names_from_the_cloud_are_never_read_as_markup(example: tuple[Path, Path]) -> None:

@@ -202,21 +202,28 @@ def _readme_block(after: str) -> list[str]:
 
 
 def test_readme_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every command of the 60-second tour, in order, with /tmp/ moved into a test folder."""
+    """Every command of the 60-second tour, in order, with /tmp/ moved into a test folder and
+    the emulator's live state too; the example fleet, a fixture, is byte-identical after it."""
     monkeypatch.chdir(EXAMPLES.parent)
     lines = _readme_block("## A 60-second tour")
-    assert lines[0] == "cp examples/fleet.yaml /tmp/fleet.yaml"
-    shutil.copy(EXAMPLES / "fleet.yaml", tmp_path / "fleet.yaml")
+    assert lines[0] == "cvmkeys emulator reset --fleet examples/fleet.yaml"
+    fixture = (EXAMPLES / "fleet.yaml").read_bytes()
+    env: dict[str, str | None] = {**CLEAN_ENV, "CVMKEYS_EMULATOR_STATE": str(tmp_path / "state.sqlite")}
     outputs = []
-    for line in lines[1:]:
+    for line in lines:
         words = shlex.split(line.replace("/tmp/", f"{tmp_path}/"))
         assert words[0] == "cvmkeys", line
-        result = runner.invoke(app, words[1:], env=CLEAN_ENV)
+        result = runner.invoke(app, words[1:], env=env)
         allowed = (0, 3) if words[1] == "apply" else (0,)  # 3: blocked unbinds remain, as the README says
         assert result.exit_code in allowed, f"{line}\n{result.stdout}{result.stderr}"
         assert "Traceback" not in result.stdout + result.stderr
         outputs.append(result.stdout)
-    assert "Plan: 3 to unbind, 1 blocked, 1 protected, 1 unchangeable (no API can unbind them)." in outputs[1]
-    assert "Apply complete: 3 done, 0 failed, 1 blocked, 1 protected, 1 unchangeable." in outputs[3]
-    assert "Plan: 0 to unbind, 1 blocked, 1 protected, 1 unchangeable (no API can unbind them)." in outputs[4]
-    assert "No changes. The live bindings match the file." in outputs[6]
+    assert "Plan: 3 to unbind, 1 blocked, 1 protected, 1 unchangeable (no API can unbind them)." in outputs[2]
+    assert "Apply complete: 3 done, 0 failed, 1 blocked, 1 protected, 1 unchangeable." in outputs[4]
+    assert "Plan: 0 to unbind, 1 blocked, 1 protected, 1 unchangeable (no API can unbind them)." in outputs[5]
+    assert "No changes. The live bindings match the file." in outputs[7]
+    assert (EXAMPLES / "fleet.yaml").read_bytes() == fixture
+    # From the reset, the same tour gives the same plan again.
+    assert runner.invoke(app, shlex.split(lines[0])[1:], env=env).exit_code == 0
+    replan = runner.invoke(app, shlex.split(lines[2].replace("/tmp/", f"{tmp_path}/"))[1:], env=env)
+    assert "Plan: 3 to unbind, 1 blocked, 1 protected, 1 unchangeable" in replan.stdout

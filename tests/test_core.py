@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from reconciler.cloud.client import instance_state
 from reconciler.core.batching import make_batches, wave_count
-from reconciler.core.diff import diff
+from reconciler.core.diff import allowed_bindings, diff, instances_needed, live_bindings, owned_bindings
 from reconciler.core.plan import build_plan, fingerprint_of
 from reconciler.core.safety import check_safety, merge_limits
 from reconciler.model import (
@@ -251,6 +251,69 @@ def test_unbinds_are_exactly_owned_minus_allowed_minus_protected(world: tuple[De
     for b in plan.batches:
         sizes[(b.wave, b.key_ids[0])] += len(b.instance_ids)
     assert all(by_wave_key[wk] == math.ceil(sizes[wk] / 100) for wk in by_wave_key)
+
+
+@st.composite
+def rough_worlds(draw: st.DrawFn) -> tuple[Desired, Observed]:
+    """Worlds with what the one-pass diff must get right: key pairs that list an instance twice,
+    declared keys that do not exist, extra instances, declared instances that do not exist,
+    instances bound to no key, and an Observed holding only some instances."""
+    n_ins = draw(st.integers(1, 10))
+    ids = [ins(i) for i in range(n_ins)]
+    pool = [*ids, ins(98), ins(99)]  # the last two exist nowhere
+    keys = [key(k) for k in range(draw(st.integers(1, 5)))]
+    live = {k: draw(st.lists(st.sampled_from(ids), max_size=6)) for k in keys}  # duplicates allowed
+    declared = draw(st.sets(st.sampled_from([*keys, key(50)]), min_size=1))
+    allowed = {k: draw(st.sets(st.sampled_from(pool), max_size=4)) for k in declared}
+    scope = draw(st.sampled_from(list(Scope)))
+    listed = set().union(*allowed.values())
+    unlisted = [i for i in pool if i not in listed]
+    extra: set[str] = set()
+    if scope is Scope.INSTANCES and unlisted:
+        extra = draw(st.sets(st.sampled_from(unlisted), max_size=3))
+    want = Desired(
+        REGION,
+        scope,
+        {k: DesiredKey(k, frozenset(v)) for k, v in allowed.items()},
+        protected_keys=frozenset(draw(st.sets(st.sampled_from(keys), max_size=1))),
+        protected_instances=frozenset(draw(st.sets(st.sampled_from(ids), max_size=2))),
+        extra_instances=frozenset(extra),
+        missing_instances_warn=frozenset(pool),  # absent instances: warnings, not the subject here
+    )
+    statuses = {i: draw(st.sampled_from([2, 4, 4, 20])) for i in ids}
+    everything = observed(live, [linux(i, statuses[i]) for i in ids])
+    needed = instances_needed(want, everything.keys)
+    return want, Observed(
+        REGION, everything.keys, {i: v for i, v in everything.instances.items() if i in needed}
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(rough_worlds())
+def test_the_one_pass_diff_agrees_with_the_set_definitions(world: tuple[Desired, Observed]) -> None:
+    want, obs = world
+    live = live_bindings(obs.keys)
+    owned = owned_bindings(want, live)
+    allowed = allowed_bindings(want)
+    seen = {i for _, i in live}
+    protected = {b for b in owned if b[0] in want.protected_keys or b[1] in want.protected_instances}
+    assert instances_needed(want, obs.keys) == {i for _, i in owned - allowed - protected} | (
+        want.declared_instances - seen
+    )
+    result = diff(want, obs)
+    assert [(c.key_id, c.instance_id) for c in result.changes] == sorted(owned - allowed)
+    assert result.owned_count == len(owned)
+    exists = seen | obs.instances.keys()
+    missing = {b for b in allowed - live if b[0] in obs.keys and b[1] in exists}
+    assert result.missing_count == len(missing)
+    assert {(f.key_id, f.instance_id) for f in result.findings if f.code == "binding-missing"} == missing
+    absent = {f.instance_id for f in result.findings if f.code in ("instance-not-found", "instance-id-typo")}
+    assert absent == want.declared_instances - exists
+    # The last-key warning: exactly when ready changes remove every key the instance has.
+    ready = {(c.key_id, c.instance_id) for c in result.changes if c.status is ChangeStatus.READY}
+    for c in result.changes:
+        keyless = c.status is ChangeStatus.READY and {b for b in live if b[1] == c.instance_id} <= ready
+        assert bool(c.warnings) is keyless
 
 
 def test_fingerprint_changes_when_touched_state_changes() -> None:

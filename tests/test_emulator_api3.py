@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory
+from conftest import EXAMPLE_FLEET, SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory, FakeClock
+from support import serve_fleet
+from typer.testing import CliRunner
 
 from reconciler.cloud import signing, tc3
 from reconciler.emulator.api3 import DOCUMENTED_LIMITS
 from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.cli import emulator_app
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.state import FleetState
 
@@ -712,10 +718,117 @@ def test_both_apis_on_one_served_port(emulator: Emulator) -> None:
         assert httpx.get(url3 + "latest/meta-data/cam/security-credentials/").text == "cvmkeys-instance\n"
 
 
-def test_identity_block_survives_saves(emulator: Emulator) -> None:
+def test_identity_block_is_read_from_the_fixture_and_kept_in_the_live_state(emulator: Emulator) -> None:
+    fixture = emulator.fleet_path.read_bytes()
     emulator.call("UnBindInstanceKey", {"keyId": OLD, "instanceIds.0": WEB1})
-    text = emulator.fleet_path.read_text()
-    assert text.count("identity: ") == 1
-    reread = FleetState.from_file(emulator.fleet_path, persist=False)
-    assert reread.account_id == "100000000001" and reread.roles == ("cvmkeys-instance",)
-    assert reread.web_identity_tokens == (("OIDC", "emulator-oidc-token"),)
+    assert emulator.fleet_path.read_bytes() == fixture  # a fixture: never written
+    for reread in (
+        FleetState.from_file(emulator.fleet_path, persist=False),
+        FleetState.from_file(emulator.fleet_path),  # the live state, as another process sees it
+    ):
+        assert reread.account_id == "100000000001" and reread.roles == ("cvmkeys-instance",)
+        assert reread.web_identity_tokens == (("OIDC", "emulator-oidc-token"),)
+        assert (OLD, WEB1) not in reread.bindings(GZ)
+        reread.close()
+
+
+# --------------------------------------------------------------------------- the live state, shared
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_reset(tmp_path: Path) -> None:
+    """A served emulator (another process) and an in-process one on the same fixture: what 3.0
+    and STS calls leave behind (latest operations, ForceStop phases, STOP_CHARGING, temporary
+    credentials) is seen by the other, survives a restart, and ``emulator reset`` clears it."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_bytes(EXAMPLE_FLEET.read_bytes())
+    process, served = serve_fleet(fleet, GZ, "--op-seconds", "600")
+    clock = FakeClock()
+    state = FleetState.from_file(fleet, clock=clock, op_seconds=600)
+    local = Emulator(state=state, app=EmulatorApp(state, clock=clock), clock=clock, fleet_path=fleet)
+    try:
+        url3 = served.url[: -len("v2/index.php")]
+        # In the served process: a ForceStop disassociation on a RUNNING instance, a stop with
+        # STOP_CHARGING elsewhere, temporary credentials from STS.
+        removed = ok(
+            tc3_call(
+                local,
+                "DisassociateInstancesKeyPairs",
+                {"InstanceIds": [DB1], "KeyIds": [OLD], "ForceStop": True},
+                url=url3,
+            )
+        )
+        ok(
+            tc3_call(
+                local,
+                "StopInstances",
+                {"InstanceIds": [DB1], "StopType": "HARD", "StoppedMode": "STOP_CHARGING"},
+                url=url3,
+                region="ap-shanghai",
+            )
+        )
+        body = {"RoleArn": ROLE_ARN, "RoleSessionName": "shared", "DurationSeconds": 900}
+        creds = ok(
+            tc3_call(local, "AssumeRole", body, url=url3, service="sts", version="2018-08-13", region=None)
+        )["Credentials"]
+        tmp = {"secret_id": creds["TmpSecretId"], "secret_key": creds["TmpSecretKey"]}
+
+        # In this process, through the in-process 3.0 face.
+        db1 = instances(local, DB1)[DB1]
+        assert db1["LatestOperation"] == "DisassociateInstancesKeyPairs"
+        assert db1["LatestOperationState"] == "OPERATING"
+        assert db1["LatestOperationRequestId"] == removed["RequestId"]
+        assert db1["InstanceState"] == "STOPPING"  # the first of ForceStop's three phases
+        assert OLD in db1["LoginSettings"]["KeyIds"]  # reported until the operation is done
+        shanghai = ok(tc3_call(local, "DescribeInstances", {"InstanceIds": [DB1]}, region="ap-shanghai"))
+        assert shanghai["InstanceSet"][0]["StopChargingMode"] == "STOP_CHARGING"
+        assert shanghai["InstanceSet"][0]["LatestOperation"] == "StopInstances"
+        assert ok(tc3_call(local, "DescribeKeyPairs", token=creds["Token"], **tmp))["TotalCount"] == 4
+        assert error_code(tc3_call(local, "DescribeKeyPairs", **tmp)) == "AuthFailure.TokenFailure"
+
+        # The phases and the operation end on this process's clock, as recorded.
+        clock.advance(2 * 600 + 1)
+        assert instances(local, DB1)[DB1]["InstanceState"] == "STARTING"
+        clock.advance(600)
+        db1 = instances(local, DB1)[DB1]
+        assert (db1["InstanceState"], db1["LatestOperationState"]) == ("RUNNING", "SUCCESS")
+        assert OLD not in db1["LoginSettings"]["KeyIds"]
+        # ... and the credentials expire on it (900 s), as issued.
+        assert error_code(tc3_call(local, "DescribeKeyPairs", token=creds["Token"], **tmp)) == (
+            "AuthFailure.TokenFailure"
+        )
+        clock.advance(-clock.offset)
+
+        # A restart of the served emulator keeps all of it.
+        _stop(process)
+        process, served = serve_fleet(fleet, GZ)
+        url3 = served.url[: -len("v2/index.php")]
+        assert ok(tc3_call(local, "DescribeKeyPairs", token=creds["Token"], url=url3, **tmp))
+        db1 = ok(tc3_call(local, "DescribeInstances", {"InstanceIds": [DB1]}, url=url3))["InstanceSet"][0]
+        assert db1["LatestOperationRequestId"] == removed["RequestId"]
+
+        # Reset: the fixture's world again, for both processes.
+        assert CliRunner().invoke(emulator_app, ["reset", "--fleet", str(fleet)]).exit_code == 0
+        for url in (URL3, url3):
+            db1 = ok(tc3_call(local, "DescribeInstances", {"InstanceIds": [DB1]}, url=url))["InstanceSet"][0]
+            assert (db1["InstanceState"], db1["LatestOperation"]) == ("RUNNING", None)
+            assert OLD in db1["LoginSettings"]["KeyIds"]
+            answer = tc3_call(
+                local, "DescribeInstances", {"InstanceIds": [DB1]}, url=url, region="ap-shanghai"
+            )
+            assert ok(answer)["InstanceSet"][0]["StopChargingMode"] == "KEEP_CHARGING"
+            refused = tc3_call(local, "DescribeKeyPairs", token=creds["Token"], url=url, **tmp)
+            assert error_code(refused) == "AuthFailure.SecretIdNotFound"
+    finally:
+        _stop(process)
+        state.close()
+    assert fleet.read_bytes() == EXAMPLE_FLEET.read_bytes()  # a fixture: never written

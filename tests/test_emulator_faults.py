@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,11 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import EXAMPLE_FLEET, Emulator, EmulatorFactory
+from support import serve_fleet
 from typer.testing import CliRunner
 
 from reconciler.cloud import tc3
 from reconciler.emulator.cli import emulator_app
 from reconciler.emulator.faults import FaultProfile
+from reconciler.emulator.state import FleetState
 
 GZ = "ap-guangzhou"
 CI, OLD, OPS = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n"
@@ -209,24 +208,12 @@ def test_serve_command_reports_bad_fleet_files_without_traceback(tmp_path: Path)
 def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_bytes(EXAMPLE_FLEET.read_bytes())
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "reconciler", "emulator", "serve", "--fleet", str(fleet), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process, em = serve_fleet(fleet, GZ)
     try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(3)]
-        url = re.search(r"at (http://127\.0\.0\.1:\d+/v2/index\.php)", lines[0])
-        if url is None:
-            process.kill()
-            pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
-        secret_id = lines[1].split()[-1]
-        secret_key = lines[2].split()[-1]
-        em = Emulator.__new__(Emulator)
-        em.secret_id, em.secret_key, em.region, em.url = secret_id, secret_key, GZ, url.group(1)
-        response = em.call("UnBindInstanceKey", {"keyId": CI, "instanceIds.0": BATCH1}, url=url.group(1))
+        response = em.call("UnBindInstanceKey", {"keyId": CI, "instanceIds.0": BATCH1}, url=em.url)
         assert code_of(response) == 0
         # The same port serves API 3.0 at "/" (TC3-signed), on the same fleet.
-        base = url.group(1)[: -len("/v2/index.php")]
+        base = em.url[: -len("/v2/index.php")]
         body = json.dumps({"InstanceIds": [BATCH1]}).encode()
         stamp = int(time.time())
         headers = {
@@ -238,8 +225,8 @@ def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: P
             "X-TC-Region": GZ,
         }
         headers["Authorization"] = tc3.authorization(
-            secret_id,
-            secret_key,
+            em.secret_id,
+            em.secret_key,
             service="cvm",
             timestamp=stamp,
             method="POST",
@@ -255,5 +242,5 @@ def test_serve_command_serves_prints_credentials_and_stops_on_ctrl_c(tmp_path: P
             process.kill()
     assert process.returncode == 0, err
     assert "stopped" in out and "Traceback" not in err
-    assert '"ins-0c0d0e0f"' in fleet.read_text()  # saved in the writer's shape
-    assert "skey-3glfot13" in fleet.read_text()
+    assert fleet.read_bytes() == EXAMPLE_FLEET.read_bytes()  # a fixture: never written
+    assert ("skey-3glfot13", BATCH1) not in FleetState.from_file(fleet).bindings(GZ)  # the live state

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import emulator_client, run_cli
+from support import emulator_client, live_state, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.client import AttemptRecord
@@ -167,11 +167,11 @@ def test_edited_plan_is_refused_before_any_mutation(tmp_path: Path) -> None:
     data = json.loads(plan_file.read_text())
     data["batches"][0]["instance_ids"].append("ins-99999999")  # sneak one more unbind in
     plan_file.write_text(json.dumps(data))
-    before = fleet.read_text()
+    before = live_state(fleet)
     code, _, err = cli("apply", str(plan_file))
     assert code == 1
     assert "edited" in err
-    assert fleet.read_text() == before
+    assert live_state(fleet) == before
 
 
 def test_stale_plan_is_refused_before_any_mutation(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Safe YAML reading for desired-state files: bytes -> checked text -> node graph -> plain data.
+"""Safe YAML reading, the one pipeline: bytes -> checked text -> node graph -> plain data.
 
-Called by ``reconciler.desired.loader`` (and nothing else). The steps, each reporting a
+Called by ``reconciler.desired.loader`` for desired-state files and by
+``reconciler.emulator.fleetfile`` for the emulator's fleet fixture. The steps, each reporting a
 ``Problem`` with a 1-based line and column instead of raising a traceback:
 
 1. ``read_source``: size limit, UTF-8 (position of the first bad byte), no NUL/control characters.
@@ -141,8 +142,13 @@ def compose(text: str, display: str) -> Node | Problem | None:
         node: Node | None = yaml.compose(text, Loader=LOADER)  # compose only: never constructs objects
     except yaml.MarkedYAMLError as error:
         line, column = mark_position(error.problem_mark or error.context_mark)
-        message = f"invalid YAML: {error.problem or error.context or 'syntax error'}"
-        if error.context and error.problem and error.context_mark is not None:
+        problem = error.problem or error.context or "syntax error"
+        tab = _is_tab_at(text, error.problem_mark)
+        if tab:
+            # libyaml says "found character that cannot start any token", which hides the cause.
+            problem = "tab characters are not allowed for indentation in YAML: indent with spaces"
+        message = f"invalid YAML: {problem}"
+        if error.context and error.problem and error.context_mark is not None and not tab:
             context_line, context_column = mark_position(error.context_mark)
             message += f" ({error.context} at line {context_line}, column {context_column})"
         return Problem(display, message, line, column)
@@ -151,6 +157,17 @@ def compose(text: str, display: str) -> Node | Problem | None:
     except RecursionError:  # the pure-Python composer on absurdly deep nesting
         return Problem(display, f"invalid YAML: nested deeper than {MAX_DEPTH} levels")
     return node
+
+
+def _is_tab_at(text: str, mark: yaml.Mark | None) -> bool:
+    """True if the character at ``mark`` (or the line's indentation before it) is a tab."""
+    if mark is None:
+        return False
+    lines = text.split("\n", mark.line + 1)
+    if mark.line >= len(lines):
+        return False
+    line = lines[mark.line]
+    return line[mark.column : mark.column + 1] == "\t" or "\t" in line[: len(line) - len(line.lstrip())]
 
 
 def has_top_level_keys(text: str, wanted: frozenset[str]) -> bool:

@@ -113,8 +113,7 @@ class Api3Face:
     # ------------------------------------------------------------------ authentication
 
     def _count(self, action: str) -> None:
-        with self.app._lock:
-            self.app.request_counts[action] += 1
+        self.app.count_request(action)
 
     def _check_time(self, timestamp: int) -> None:
         now = self.app.clock()

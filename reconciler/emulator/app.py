@@ -1,29 +1,23 @@
-"""The emulator's HTTP face: a WSGI app speaking the CVM API 2.0 wire protocol.
+"""The emulator's HTTP front: a WSGI app that routes each request to its wire layer.
 
 Used in-process by tests through ``transport(app)`` (an httpx transport, no sockets) and over
-real sockets by ``emulator/server.py``. It parses the request, checks it in the order the real
-API does (see ``docs/emulator.md``), applies the rate limit and injected faults, and hands the
-action to ``emulator/actions.py``. Every API error is HTTP 200 with
-``{"code": N, "message": "...", "codeDesc": "..."}``.
+real sockets by ``emulator/server.py``. One app, one port, one backend (``FleetState``), a wire
+layer per API (as moto has one per service):
 
-Checks, in order (the first that fails answers):
+* ``/v2/index.php``: the CVM API 2.0 (``emulator/api2.py``);
+* ``/``: the CVM API 3.0 and STS (``emulator/api3.py``, ``emulator/sts.py``);
+* ``/latest/meta-data/``: the instance metadata service (``emulator/metadata.py``);
+* anything else: HTTP 404; a method other than GET and POST on an API path: 405.
 
-1. public parameters present and well-formed (Action, Region, Timestamp, Nonce, SecretId,
-   Signature; SignatureMethod if given) .............................................. 4000
-2. SecretId known ..................................................................... 4104
-3. signature, over the Host header the request came with, the method and the path ..... 4100
-4. Timestamp within 300 s of the emulator clock; (SecretId, Nonce) not seen in that window 4500
-5. Action known (first letter in either case) ......................................... 6100
-6. Region known ....................................................................... 4000
-7. rate limit of the action ........................................................... 4400
-8. injected faults, then the action's own checks: parameters 4000, existence 5000, rules 5100
+What the layers share lives here: the emulator clock, request counts, the (SecretId, Nonce)
+window, token buckets, the fault injector and its record, the token check of temporary
+credentials, and the artificial latency.
 """
 
 from __future__ import annotations
 
 import heapq
 import hmac
-import re
 import threading
 import time
 from collections import Counter
@@ -32,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from reconciler.cloud.signing import SIGNATURE_METHODS, string_to_sign, verify
-from reconciler.emulator import actions, errors, metadata
+from reconciler.emulator import errors, metadata
+from reconciler.emulator.api2 import API_PATH, Api2Face
 from reconciler.emulator.faults import (
     ConnectionDropped,
     FaultInjector,
@@ -41,22 +35,18 @@ from reconciler.emulator.faults import (
     InjectedFault,
     ResponseTimedOut,
 )
-from reconciler.emulator.state import ApiFault, FleetState, Secret
-from reconciler.emulator.wire import Answer, TokenBucket, host_of, parse_form, read_body, read_timeout
-from reconciler.ids import KNOWN_REGIONS, canonical_region
+from reconciler.emulator.state import FleetState, Secret
+from reconciler.emulator.wire import Answer, TokenBucket, read_timeout
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-API_PATH = "/v2/index.php"
+__all__ = ["API3_PATH", "API_PATH", "EmulatorApp", "EmulatorTransport", "transport"]
+
 API3_PATH = "/"  # API 3.0 and STS (emulator/api3.py)
 METADATA_PREFIX = metadata.PREFIX
 MAX_CLOCK_SKEW = 300.0  # seconds; "5 minutes in the newer docs"
-PUBLIC_PARAMS = ("Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature")
-MAX_BODY = 1 << 20
 
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
-_ACTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _Answer = Answer
 _read_timeout = read_timeout
 
@@ -96,6 +86,7 @@ class EmulatorApp:
         self.api3_limits = dict(api3_limits) if api3_limits is not None else None
         from reconciler.emulator.api3 import Api3Face  # the 3.0 face uses this app's shared parts
 
+        self._api2 = Api2Face(self)
         self._api3 = Api3Face(self)
 
     # ------------------------------------------------------------------ WSGI
@@ -122,66 +113,13 @@ class EmulatorApp:
             return _Answer.http("405 Method Not Allowed")
         if path == API3_PATH:
             return self._api3.handle(environ, method)
-        try:
-            params = _read_params(environ, method)
-            return self._answer(environ, method, path, params)
-        except ApiFault as fault:
-            return _Answer.error(fault.code, fault.message)
+        return self._api2.handle(environ, method)
 
-    # ------------------------------------------------------------------ checks
+    # ------------------------------------------------------------------ what the faces share
 
-    def _answer(self, environ: Mapping[str, Any], method: str, path: str, params: dict[str, str]) -> _Answer:
-        raw_action = params.get("Action", "")
-        action = raw_action[:1].upper() + raw_action[1:]
-        if action:
-            with self._lock:
-                self.request_counts[action] += 1
-        _check_public(params)
-        secret_id = params["SecretId"]
-        secret = self.state.secret(secret_id)
-        if secret is None:
-            return _Answer.error(4104, f"SecretId {secret_id} does not exist or is disabled")
-        host = _host_of(environ)
-        if not verify(secret.secret_key, method, host, path, params):
-            signed = string_to_sign(method, host, path, params)
-            return _Answer.error(
-                4100,
-                f"authentication failed: the signature does not match; the emulator signed {signed!r}",
-            )
-        replay = self._check_replay(secret_id, params["Timestamp"], params["Nonce"])
-        if replay is not None:
-            return _Answer.error(4500, replay)
-        # Temporary credentials need their token in the signed Token parameter, as Tencent's
-        # 2.0 SDK sends it.
-        self.check_token(secret, params.get("Token"))
-        handler = actions.ACTIONS.get(action)
-        if handler is None:
-            return _Answer.error(
-                6100,
-                f"action {raw_action} is not supported by this API (supported: {', '.join(actions.ACTIONS)})",
-            )
-        region = params["Region"]
-        try:
-            canonical_region(region)
-        except KeyError:
-            return _Answer.error(
-                errors.InvalidRegion.code, f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})"
-            )
-        if not self._take_token(action):
-            return _Answer.error(
-                4400, f"request quota exceeded: at most {self.rate_limit:g} {action} a second"
-            )
-        action_params = actions.Params({name.replace("_", "."): value for name, value in params.items()})
-        self.state.refresh()
-        fault = self._draw_fault(action, action_params)
-        if fault is not None:
-            early = self._inject_before(fault, action, region, action_params)
-            if early is not None:
-                return early
-        answer = _Answer.json(handler(self.state, region, action_params))
-        if fault is not None:
-            self._inject_after(fault, action)
-        return answer
+    def count_request(self, action: str) -> None:
+        with self._lock:
+            self.request_counts[action] += 1
 
     def _check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
         now = self.clock()
@@ -229,9 +167,6 @@ class EmulatorApp:
                 bucket = self._buckets[action] = TokenBucket(rate, max(1.0, rate), self.clock)
             return bucket.take()
 
-    def _take_token(self, action: str) -> bool:
-        return self.take_token(action, self.rate_limit)
-
     def record_fault(self, action: str, kind: str, detail: str) -> None:
         self._record(action, kind, detail)
 
@@ -243,62 +178,23 @@ class EmulatorApp:
         """Faults that strike after the call was carried out (lost and slow answers)."""
         self._inject_after(fault, action)
 
+    def draw_fault2(self, action: str, *, can_partial: bool) -> str | None:
+        """A fault for a 2.0 request, or None."""
+        return None if self._injector is None else self._injector.draw(action, can_partial=can_partial)
+
     def coin(self) -> bool:
         return self._injector.coin() if self._injector is not None else False
 
-    # ------------------------------------------------------------------ faults
+    def split(self, items: list[str]) -> tuple[list[str], list[str]]:
+        """A random non-empty proper subset of ``items`` and the rest (a partial success)."""
+        assert self._injector is not None
+        return self._injector.split(items)
 
-    def _draw_fault(self, action: str, params: actions.Params) -> str | None:
-        if self._injector is None:
-            return None
-        can_partial = (
-            action in ("UnBindInstanceKey", "BindInstanceKey")
-            and len(set(params.listed("instanceIds") or [])) >= 2
-        )
-        return self._injector.draw(action, can_partial=can_partial)
+    # ------------------------------------------------------------------ faults
 
     def _record(self, action: str, kind: str, detail: str) -> None:
         with self._lock:
             self.injected_faults.append(InjectedFault(self.clock(), action, kind, detail))
-
-    def _inject_before(self, fault: str, action: str, region: str, params: actions.Params) -> _Answer | None:
-        assert self._injector is not None
-        if fault == "throttle":
-            self._record(action, fault, "code 4400")
-            return _Answer.error(4400, "request quota exceeded (injected)")
-        if fault == "error":
-            code = 6000 if self._injector.coin() else 6200
-            self._record(action, fault, f"code {code}")
-            text = "internal server error" if code == 6000 else "API temporarily unavailable"
-            return _Answer.error(code, f"{text} (injected)")
-        if fault == "http":
-            status = "502 Bad Gateway" if self._injector.coin() else "503 Service Unavailable"
-            self._record(action, fault, f"HTTP {status[:3]}")
-            return _Answer.http(status)
-        if fault == "drop":
-            self._record(action, fault, "connection closed before the call was carried out")
-            raise ConnectionDropped("injected: connection dropped")
-        if fault == "partial":
-            return self._partial(action, region, params)
-        return None
-
-    def _partial(self, action: str, region: str, params: actions.Params) -> _Answer | None:
-        assert self._injector is not None
-        key_id, ids = actions.parse_key_call({"keyId": params.get("keyId") or "", **_listed(params)})
-        ids = list(dict.fromkeys(ids))
-        # A call the API would refuse anyway gets its normal answer.
-        self.state.check_key_operation(action, region, key_id, ids)
-        done, failed = self._injector.split(ids)
-        if action == "BindInstanceKey":
-            self.state.bind_instance_key(region, key_id, done)
-        else:
-            self.state.unbind_instance_key(region, key_id, done)
-        self._record(action, "partial", f"done {','.join(done)}; failed {','.join(failed)}")
-        return _Answer.error(
-            errors.PartialSuccess.code,
-            f"{action}: partial success in a batch: done: {', '.join(done)}; "
-            f"failed: {', '.join(failed)} (injected)",
-        )
 
     def _inject_after(self, fault: str, action: str) -> None:
         assert self._injector is not None
@@ -313,52 +209,6 @@ class EmulatorApp:
                 raise ResponseTimedOut(f"injected: answer would take {delay:g} s")
             self._record(action, fault, f"answer after {delay:g} s")
             time.sleep(delay)
-
-
-def _listed(params: actions.Params) -> dict[str, str]:
-    return {f"instanceIds.{n}": value for n, value in enumerate(params.listed("instanceIds") or [])}
-
-
-def _check_public(params: Mapping[str, str]) -> None:
-    missing = [name for name in PUBLIC_PARAMS if not params.get(name)]
-    if missing:
-        raise errors.InvalidParameter(f"missing public parameter(s): {', '.join(missing)}")
-    bad = []
-    if not _ACTION_RE.match(params["Action"]):
-        bad.append(f"Action {params['Action']!r} is not an action name")
-    for name in ("Timestamp", "Nonce"):
-        if not _DIGITS.match(params[name]) or int(params[name]) <= 0:
-            bad.append(f"{name} must be a positive integer, not {params[name]!r}")
-    method = params.get("SignatureMethod")
-    if method is not None and method not in SIGNATURE_METHODS:
-        bad.append(f"SignatureMethod must be one of {', '.join(SIGNATURE_METHODS)}, not {method!r}")
-    if bad:
-        raise errors.InvalidParameter("; ".join(bad))
-
-
-_host_of = host_of
-_parse_form = parse_form
-
-
-def _read_params(environ: Mapping[str, Any], method: str) -> dict[str, str]:
-    pairs = _parse_form(str(environ.get("QUERY_STRING", "")), "query string")
-    if method == "POST":
-        content_type = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
-        if content_type != "application/x-www-form-urlencoded":
-            raise errors.InvalidParameter(
-                f"a POST body must be application/x-www-form-urlencoded, not {content_type or 'missing'}",
-            )
-        body = read_body(environ, MAX_BODY)
-        pairs += _parse_form(body, "request body")
-    params: dict[str, str] = {}
-    seen: set[str] = set()
-    for name, value in pairs:
-        normal = name.replace("_", ".")
-        if normal in seen:
-            raise errors.InvalidParameter(f"parameter {name} is given more than once")
-        seen.add(normal)
-        params[name] = value
-    return params
 
 
 # --------------------------------------------------------------------------- in-process

@@ -1,8 +1,9 @@
-"""``cvmkeys emulator serve``: run the CVM API 2.0 emulator on a local port.
+"""``cvmkeys emulator serve`` and ``cvmkeys emulator reset``: the bundled CVM API 2.0 emulator.
 
-Mounted into the main Typer app by ``reconciler/cli.py``. It prints the endpoint and the
-fleet's credentials (emulator-only credentials from the fleet file: printing them is the
-point, so that the next command can use them) and serves until Ctrl-C.
+Mounted into the main Typer app by ``reconciler/cli.py``. ``serve`` prints the endpoint and
+the fleet's credentials (emulator-only credentials from the fleet file: printing them is the
+point, so that the next command can use them) and serves until Ctrl-C. ``reset`` rebuilds the
+live state (an SQLite file beside the fleet fixture) from the fixture.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ emulator_app = typer.Typer(
     help="Run the bundled emulator of the CVM API 2.0 and 3.0 (no cloud account needed).",
     no_args_is_help=True,
 )
+
+
+# --state of serve and reset: where the live state lives (docs/emulator.md).
+_StateOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state", help="Live state file (default: $CVMKEYS_EMULATOR_STATE, else FLEET.state.sqlite)."
+    ),
+]
 
 
 @emulator_app.callback()
@@ -38,8 +48,9 @@ def _fail(error: CvmkeysError) -> typer.Exit:
 @emulator_app.command("serve")
 def serve_command(
     fleet: Annotated[
-        Path, typer.Option("--fleet", help="Fleet file (see examples/fleet.yaml); changes are saved to it.")
+        Path, typer.Option("--fleet", help="Fleet fixture (see examples/fleet.yaml); read, never written.")
     ],
+    state_file: _StateOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")
@@ -53,7 +64,7 @@ def serve_command(
     ] = None,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Delay added to every request.")] = 0.0,
     no_save: Annotated[
-        bool, typer.Option("--no-save", help="Keep changes in memory; leave the fleet file alone.")
+        bool, typer.Option("--no-save", help="Keep changes in memory; leave the live state alone.")
     ] = False,
     fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of the fault injector.")] = 0,
     fault_throttle: Annotated[
@@ -149,7 +160,7 @@ def serve_command(
         except ValueError as error:
             raise ConfigError(f"fault options: {error}") from None
         faults = profile if any(profile.rates().values()) else None
-        state = FleetState.from_file(fleet, op_seconds=op_seconds, persist=not no_save)
+        state = FleetState.from_file(fleet, op_seconds=op_seconds, persist=not no_save, state=state_file)
         state.op_lag = op_lag
         app = EmulatorApp(
             state,
@@ -171,8 +182,10 @@ def serve_command(
         # After the credentials: scripts read the first three lines (endpoint, id, key).
         base = url[: -len("/v2/index.php")] if url.endswith("/v2/index.php") else url
         typer.echo(f"  API 3.0:   {base}/ (and STS; SDK endpoint {base.split('//', 1)[-1]})")
-        if not no_save:
-            typer.echo("  changes are saved to the fleet file")
+        if state.state_path is not None:
+            typer.echo(f"  live state:  {state.state_path} (reset: cvmkeys emulator reset --fleet {fleet})")
+        else:
+            typer.echo("  changes are kept in memory only")
         if faults is not None:
             typer.echo(f"  injecting faults: {faults}")
         typer.echo("Press Ctrl-C to stop.")
@@ -183,3 +196,23 @@ def serve_command(
         typer.echo("\nstopped.")
     except OSError as error:
         raise _fail(ConfigError(f"cannot listen on {host}:{port}: {error.strerror}")) from None
+
+
+@emulator_app.command("reset")
+def reset_command(
+    fleet: Annotated[Path, typer.Option("--fleet", help="Fleet fixture whose live state to rebuild.")],
+    state_file: _StateOption = None,
+) -> None:
+    """Throw away every change made through the emulator: the live state becomes the fixture's.
+
+    Example: cvmkeys emulator reset --fleet examples/fleet.yaml
+    """
+    from reconciler.emulator.state import FleetState
+
+    try:
+        state = FleetState.from_file(fleet, state=state_file, rebuild=True)
+        where = state.state_path
+        state.close()
+    except CvmkeysError as error:
+        raise _fail(error) from None
+    typer.echo(f"reset {where} from {fleet}")

@@ -7,28 +7,30 @@ Called by ``emulator/app.py`` (one method per API action) and by tests, which re
 Two views of the fleet:
 
 * the *settled* view, what the fleet will look like once every accepted operation has
-  finished. It is what the fleet file holds, and what ``bindings()`` returns;
+  finished. It is what ``bindings()`` returns;
 * the *observed* view, what the API reports now. An accepted bind/unbind puts each instance in
   status 20 (key issuing) for ``op_seconds``, during which the old bindings are still
-  reported; stop shows 9 and start 8 for ``op_seconds``. These transient states live in memory
-  only and are computed against the injectable ``clock``, so a test steps a fake clock instead
-  of sleeping. With ``op_seconds=0`` (the default) both views are the same.
+  reported; stop shows 9 and start 8 for ``op_seconds``. These transient states end at a
+  deadline on the injectable ``clock``, so a test steps a fake clock instead of sleeping.
+  With ``op_seconds=0`` (the default) both views are the same.
 
-Persistence: with a fleet file, every call that changed the settled view saves it (one save
-per API call), atomically (temporary file + ``os.replace``) under a ``filelock.FileLock`` on
-``<fleet>.lock``; before changing anything the file is read again if another process wrote it
-since, so two emulators on one file never lose each other's changes.
+Persistence (``from_file``): the fleet file is a fixture, never written. The live state is an
+SQLite database (``emulator/store.py``) shared by every process on the same fixture; this
+object keeps it in memory and, under one write transaction per mutating call, first applies
+what other processes changed since, then the call, then writes exactly what the call changed.
+The live state is everything a call changes: statuses, bindings, transient phases (ForceStop's
+three), 3.0 latest operations with their lag, STOP_CHARGING, and STS temporary credentials.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
 import re
 import secrets
-import tempfile
+import sqlite3
 import threading
 import time
 import uuid
@@ -38,19 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from reconciler.emulator import errors
 from reconciler.emulator.errors import ApiError
-from reconciler.emulator.fleetfile import (
-    AT_KEY,
-    check_fleet,
-    item_line,
-    parse_fleet_text,
-    problems_to_error,
-    render_fleet,
-)
-from reconciler.errors import InputError, Problem
+from reconciler.emulator.fleetfile import check_data, fixture_sha256, load_fleet
+from reconciler.emulator.store import CredentialRow, Phase, Snapshot, Store, default_state_path
+from reconciler.errors import ConfigError, InputError, Problem
 from reconciler.ids import KNOWN_REGIONS, canonical_region
 
 Clock = Callable[[], float]
@@ -62,8 +56,6 @@ CODE_OPERATION_FAILED = errors.OperationFailed.code
 CODE_PARTIAL_SUCCESS = errors.PartialSuccess.code
 
 DEFAULT_CREATED = "2020-01-01 00:00:00"
-# A fleet file bigger than this is refused unread (a 50,000-instance fleet is about 6 MB).
-MAX_FLEET_BYTES = 64 * 2**20
 _BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 
@@ -274,8 +266,16 @@ MAX_ROLE_SECONDS = 43200
 DEFAULT_ROLE_SECONDS = 7200
 
 
+# What a region records for the store, per change: (kind, a, b) as ``store.Change`` names them.
+_Journal = list[tuple[str, str, str | None]]
+
+
 class _Region:
-    """One region of the settled view, indexed for the API's questions."""
+    """One region of the settled view, indexed for the API's questions.
+
+    Changes made through ``set_status``/``bind``/``unbind``/``note`` are noted in ``journal`` so
+    that the store writes exactly those; ``link``/``unlink`` apply another process's changes.
+    """
 
     def __init__(self, written_name: str, long_name: str, raw: Mapping[str, Any] | None) -> None:
         self.written_name = written_name
@@ -285,26 +285,21 @@ class _Region:
             item["id"]: dict(item) for item in raw.get("instances") or []
         }
         self.keys: dict[str, dict[str, Any]] = {item["id"]: dict(item) for item in raw.get("keys") or []}
-        # Ordered sets (dicts) so that saving keeps the file's order.
+        # Ordered sets (dicts) so that the file's order is kept.
         self.key_instances: dict[str, dict[str, None]] = {}
         self.instance_keys: dict[str, set[str]] = {iid: set() for iid in self.instances}
         for kid, key in self.keys.items():
-            bound = dict.fromkeys(key.get("bound") or [])
+            bound = dict.fromkeys(key.pop("bound", None) or [])
             self.key_instances[kid] = bound
             for iid in bound:
                 self.instance_keys[iid].add(kid)
         self.sorted_instance_ids = sorted(self.instances)
         self.sorted_key_ids = sorted(self.keys)
-        self._instance_lines: dict[str, str] = {}
-        self._key_lines: dict[str, str] = {}
-        # The whole lists, until an item changes: an unbind changes one key line, and rebuilding
-        # the list of 50,000 instance lines for each save cost more than writing the file.
-        self._instance_list: list[str] | None = None
-        self._key_list: list[str] | None = None
+        self.journal: _Journal = []
 
     def key_item(self, kid: str) -> dict[str, Any]:
         item = dict(self.keys[kid])
-        if "bound" in item or self.key_instances[kid]:
+        if self.key_instances[kid]:
             item["bound"] = list(self.key_instances[kid])
         return item
 
@@ -314,50 +309,39 @@ class _Region:
             "keys": [self.key_item(kid) for kid in self.keys],
         }
 
-    def to_lines(self) -> tuple[list[str], list[str]]:
-        """The file lines of instances and keys; cached, since a save rewrites the whole file
-        and most items have not changed since the last one."""
-        instance_lines = self._instance_list
-        if instance_lines is None:
-            instance_lines = []
-            for iid, item in self.instances.items():
-                line = self._instance_lines.get(iid)
-                if line is None:
-                    line = self._instance_lines[iid] = item_line(item)
-                instance_lines.append(line)
-            self._instance_list = instance_lines
-        key_lines = self._key_list
-        if key_lines is None:
-            key_lines = []
-            for kid in self.keys:
-                line = self._key_lines.get(kid)
-                if line is None:
-                    line = self._key_lines[kid] = item_line(self.key_item(kid))
-                key_lines.append(line)
-            self._key_list = key_lines
-        return instance_lines, key_lines
-
     def set_status(self, iid: str, status: int) -> None:
         self.instances[iid]["status"] = status
-        self._instance_lines.pop(iid, None)
-        self._instance_list = None
+        self.journal.append(("status", iid, None))
+
+    def note(self, kind: str, iid: str) -> None:
+        """Something of instance ``iid`` that ``FleetState`` keeps changed: ``status`` (its time,
+        STOP_CHARGING), ``pending`` or ``operation``; the store writes its current value."""
+        self.journal.append((kind, iid, None))
 
     def bind(self, kid: str, iid: str) -> bool:
+        if not self.link(kid, iid):
+            return False
+        self.journal.append(("binding", kid, iid))
+        return True
+
+    def unbind(self, kid: str, iid: str) -> bool:
+        if not self.unlink(kid, iid):
+            return False
+        self.journal.append(("binding", kid, iid))
+        return True
+
+    def link(self, kid: str, iid: str) -> bool:
         if kid in self.instance_keys[iid]:
             return False
         self.instance_keys[iid].add(kid)
         self.key_instances[kid][iid] = None
-        self._key_lines.pop(kid, None)
-        self._key_list = None
         return True
 
-    def unbind(self, kid: str, iid: str) -> bool:
+    def unlink(self, kid: str, iid: str) -> bool:
         if kid not in self.instance_keys[iid]:
             return False
         self.instance_keys[iid].discard(kid)
         self.key_instances[kid].pop(iid, None)
-        self._key_lines.pop(kid, None)
-        self._key_list = None
         return True
 
 
@@ -389,7 +373,8 @@ def _refusal(iid: str, instance: Mapping[str, Any], status: int) -> str:
 class FleetState:
     """The emulated fleet, safe to share between threads (one lock around everything).
 
-    Build it with ``from_file`` (persisted to that file) or ``from_data`` (memory only).
+    Build it with ``from_file`` (live state shared through the SQLite store) or ``from_data``
+    (memory only).
     """
 
     def __init__(
@@ -399,25 +384,40 @@ class FleetState:
         clock: Clock = time.time,
         op_seconds: float = 0.0,
         path: Path | None = None,
-        persist: bool = False,
+        store: Store | None = None,
     ) -> None:
         self.clock = clock
         self.op_seconds = float(op_seconds)
-        self.path = path
-        self.persist = persist and path is not None
+        self.path = path  # the fixture, if any (never written)
+        self.store = store
         self.mutations: list[Mutation] = []
-        self.saves = 0  # how many times the fleet file was written (for tests and benchmarks)
+        self.saves = 0  # write transactions committed to the store (for tests and benchmarks)
         self._lock = threading.RLock()
         self._pending: dict[str, dict[str, _Pending]] = {}
         self._status_times: dict[tuple[str, str], str] = {}
-        # Memory only (like the cloud's: nothing a restart must keep): latest operations,
-        # temporary credentials STS issued, instances stopped with STOP_CHARGING.
+        # Live 3.0 and STS state, persisted like the rest (``_flush``): latest operations per
+        # instance, instances stopped with STOP_CHARGING, temporary credentials STS issued.
         self._operations: dict[tuple[str, str], list[Operation]] = {}
-        self._temporary: dict[str, Secret] = {}
         self._stop_charging: set[tuple[str, str]] = set()
+        self._temporary: dict[str, Secret] = {}
+        # Changes outside any region (STS credentials), as (kind, a): noted like a region's.
+        self._journal: list[tuple[str, str]] = []
         self.op_lag = 0.0  # seconds a new latest operation stays hidden behind the previous one
-        self._file_signature: tuple[int, int, int] | None = None
+        self._epoch = ""
+        self._seq = 0
+        self._fixture_signature: tuple[int, int, int] | None = None
+        self._fixture_sha = ""
         self._install(data)
+
+    @property
+    def persist(self) -> bool:
+        """True when changes are written to the shared store."""
+        return self.store is not None
+
+    @property
+    def state_path(self) -> Path | None:
+        """The SQLite file of the live state, or None (memory only)."""
+        return self.store.path if self.store is not None else None
 
     # ------------------------------------------------------------------ construction
 
@@ -426,9 +426,7 @@ class FleetState:
         cls, data: Mapping[str, Any], *, clock: Clock = time.time, op_seconds: float = 0.0
     ) -> FleetState:
         """A fleet held in memory only. Raises ``InputError`` if ``data`` is not a valid fleet."""
-        problems = check_fleet(data)
-        if problems:
-            raise InputError([Problem("<fleet data>", f"{_dotted(path)}: {msg}") for path, msg in problems])
+        check_data(data)
         return cls(data, clock=clock, op_seconds=op_seconds)
 
     @classmethod
@@ -439,16 +437,59 @@ class FleetState:
         clock: Clock = time.time,
         op_seconds: float = 0.0,
         persist: bool = True,
+        state: Path | None = None,
+        rebuild: bool = False,
     ) -> FleetState:
-        """The fleet in ``path``; with ``persist`` every change is saved back to it.
+        """The live fleet of the fixture ``path``: its state database (``state``, else
+        $CVMKEYS_EMULATOR_STATE, else ``<path>.state.sqlite``), built from the fixture when
+        missing or when the fixture's bytes changed.
 
-        Raises ``InputError`` (every problem, as FILE:LINE:COL) for a missing or invalid file.
+        ``rebuild`` builds it from the fixture in any case (``emulator reset``).
+        With ``persist=False`` the current live state is read once and changes stay in memory
+        (``--no-save``). Raises ``InputError`` (every problem, as FILE:LINE:COL) for a missing or
+        invalid fixture, ``ConfigError``-like ``InputError`` for an unusable state file.
         """
         path = Path(path)
-        data, signature = _read_fleet(path)
-        state = cls(data, clock=clock, op_seconds=op_seconds, path=path, persist=persist)
-        state._file_signature = signature
-        return state
+        state_path = default_state_path(path, state)
+        sha = fixture_sha256(path)
+        signature = _signature(path)
+        if persist:
+            existed = state_path.exists()
+            store = _open_store(state_path)
+            try:
+                snapshot = _sync_with_fixture(store, path, sha, force=rebuild)
+            except InputError:
+                store.close()
+                if not existed:  # leave no state behind for a fixture that does not load
+                    for leftover in (state_path, *(Path(f"{state_path}-{end}") for end in ("wal", "shm"))):
+                        leftover.unlink(missing_ok=True)
+                raise
+            fleet = cls(snapshot.data, clock=clock, op_seconds=op_seconds, path=path, store=store)
+        else:
+            snapshot = _read_only_snapshot(state_path, path, sha)
+            fleet = cls(snapshot.data, clock=clock, op_seconds=op_seconds, path=path)
+        fleet._take(snapshot, install=False)  # __init__ installed its data
+        fleet._fixture_signature, fleet._fixture_sha = signature, sha
+        return fleet
+
+    def reset(self) -> None:
+        """Rebuild the live state from the fixture (``cvmkeys emulator reset``)."""
+        with self._lock:
+            if self.path is None:
+                raise ConfigError("a fleet made from data has no fixture to reset from")
+            sha = fixture_sha256(self.path)
+            if self.store is None:
+                data, _ = load_fleet(self.path)
+                self._take(Snapshot(data))
+            else:
+                self._take(_sync_with_fixture(self.store, self.path, sha, force=True))
+            self._fixture_signature, self._fixture_sha = _signature(self.path), sha
+
+    def close(self) -> None:
+        """Close the store's connection (the state stays on disk)."""
+        with self._lock:
+            if self.store is not None:
+                self.store.close()
 
     def _install(self, data: Mapping[str, Any]) -> None:
         self.credentials: list[Credential] = [
@@ -468,9 +509,25 @@ class FleetState:
             long_name = canonical_region(written)
             self._regions[long_name] = _Region(written, long_name, raw)
 
+    def _take(self, snapshot: Snapshot, *, install: bool = True) -> None:
+        """Install a whole snapshot of the store (or of the fixture)."""
+        if install:
+            self._install(snapshot.data)
+        self._status_times = dict(snapshot.status_times)
+        self._pending = {}
+        for region, iid, phases in snapshot.pending:
+            self._pending.setdefault(region, {})[iid] = _pending_of(phases)
+        self._operations = {
+            where: [Operation(*op) for op in ops] for where, ops in snapshot.operations.items()
+        }
+        self._stop_charging = set(snapshot.stop_charging)
+        self._temporary = {row[0]: _secret_of(row) for row in snapshot.credentials}
+        self._epoch, self._seq = snapshot.epoch, snapshot.seq
+
     def to_data(self) -> dict[str, Any]:
         """The settled view as fleet-file data."""
         with self._lock:
+            self._sync()
             return {
                 "credentials": [
                     {"secret_id": c.secret_id, "secret_key": c.secret_key} for c in self.credentials
@@ -485,62 +542,153 @@ class FleetState:
 
     # ------------------------------------------------------------------ persistence
 
-    def _refresh(self) -> None:
-        """Re-read the fleet file if another process wrote it since we read or wrote it."""
-        if self.path is None or not self.persist:
+    def _sync(self) -> None:
+        """Apply what other processes changed since this one last looked (cheap when nothing)."""
+        store = self.store
+        if store is None:
             return
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
+        epoch, floor, rows = store.changes_since(self._seq)
+        if epoch != self._epoch or self._seq < floor:
+            self._take(store.load())  # replaced (reset, fixture edited) or fell too far behind
             return
-        if (stat.st_mtime_ns, stat.st_size, stat.st_ino) == self._file_signature:
-            return
-        data, signature = _read_fleet(self.path)
-        self._install(data)
-        self._file_signature = signature
+        for seq, region, kind, a, b in rows:
+            self._apply_change(store, region, kind, a, b)
+            self._seq = seq
 
-    def _save(self) -> None:
-        assert self.path is not None
-        text = render_fleet(
-            [item_line({"secret_id": c.secret_id, "secret_key": c.secret_key}) for c in self.credentials],
-            [(r.written_name, *r.to_lines()) for r in self._regions.values()],
-            self._identity_data,
-        )
-        directory = self.path.parent
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+    def _apply_change(self, store: Store, region: str, kind: str, a: str, b: str | None) -> None:
+        if kind == "credential":
+            row_c = store.credential_of(a)
+            if row_c is None:
+                self._temporary.pop(a, None)
+            else:
+                self._temporary[a] = _secret_of(row_c)
+            return
+        r = self._regions.get(region)
+        if r is None:
+            return
+        if kind == "status" and a in r.instances:
+            row = store.status_of(region, a)
+            if row is not None:
+                r.instances[a]["status"] = row[0]
+                if row[1] is not None:
+                    self._status_times[(region, a)] = row[1]
+                if row[2]:
+                    self._stop_charging.add((region, a))
+                else:
+                    self._stop_charging.discard((region, a))
+        elif kind == "operation":
+            self._operations[(region, a)] = [Operation(*op) for op in store.operations_of(region, a)]
+        elif kind == "binding" and b is not None and a in r.keys and b in r.instances:
+            if store.is_bound(region, a, b):
+                r.link(a, b)
+            else:
+                r.unlink(a, b)
+        elif kind == "pending":
+            phases = store.pending_of(region, a)
+            if phases is None:
+                self._pending.get(region, {}).pop(a, None)
+            else:
+                self._pending.setdefault(region, {})[a] = _pending_of(phases)
+
+    def _flush(self, store: Store) -> bool:
+        """Write what the regions' journals say changed; True if anything was."""
+        changes: list[tuple[str, str, str, str | None]] = []
+        for r in self._regions.values():
+            # An item changed twice in one call is written once.
+            for kind, a, b in dict.fromkeys(r.journal):
+                region = r.long_name
+                if kind == "status":
+                    status_time = self._status_times.get((region, a))
+                    charging = (region, a) in self._stop_charging
+                    store.save_status(region, a, int(r.instances[a]["status"]), status_time, charging)
+                elif kind == "binding" and b is not None:
+                    store.save_binding(region, a, b, a in r.instance_keys[b])
+                elif kind == "pending":
+                    p = self._pending.get(region, {}).get(a)
+                    phases = None if p is None else [(ph.until, ph.status, ph.keys) for ph in p.phases]
+                    store.save_pending(region, a, phases)
+                elif kind == "operation":
+                    ops = self._operations.get((region, a), [])
+                    store.save_operations(
+                        region,
+                        a,
+                        [(o.action, o.request_id, o.due, o.visible, o.outcome, o.error) for o in ops],
+                    )
+                changes.append((region, kind, a, b))
+            r.journal.clear()
+        for kind, a in dict.fromkeys(self._journal):
+            if kind == "credential":
+                secret = self._temporary.get(a)
+                store.save_credential(a, None if secret is None else _credential_row(secret))
+                changes.append(("", kind, a, None))
+        self._journal.clear()
+        if not changes:
+            return False
+        self._seq = store.log_changes(changes)
+        return True
+
+    def _refresh_fixture(self) -> None:
+        """Rebuild from the fixture if its bytes changed since this process looked at it."""
+        if self.path is None or self.store is None:
+            return
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            with contextlib.suppress(FileNotFoundError):  # keep the file's permissions
-                os.chmod(temp, os.stat(self.path).st_mode & 0o777)
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        stat = os.stat(self.path)
-        self._file_signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        self.saves += 1
+            signature = _signature(self.path)
+        except InputError:
+            return  # the fixture went away: keep serving the state there is
+        if signature == self._fixture_signature:
+            return
+        self._fixture_signature = signature
+        try:
+            sha = fixture_sha256(self.path)
+            if sha != self._fixture_sha:
+                self._take(_sync_with_fixture(self.store, self.path, sha, force=False))
+                self._fixture_sha = sha
+        except InputError:
+            return  # an edit in progress or a broken fixture: keep the state there is
 
     @contextmanager
     def _changing(self) -> Iterator[list[bool]]:
-        """Hold both locks, read the file afresh, and save afterwards if ``changed[0]`` is set."""
+        """One write transaction around a change: other processes' changes applied first,
+        this call's written after. ``changed[0]`` is kept for the callers' bookkeeping.
+
+        Every mutating method runs inside it and changes the fleet only through
+        ``_Region.set_status``/``bind``/``unbind``/``note``, ``_start_transient``/``_set_phases``,
+        ``_record_operations`` and ``_issue`` (which note what changed in ``_Region.journal`` or
+        ``self._journal``): anything changed another way is not written to the store, so other
+        processes and restarts would not see it.
+        """
         changed = [False]
         with self._lock:
-            if not self.persist:
-                yield changed
+            store = self.store
+            if store is None:
+                try:
+                    yield changed
+                finally:
+                    for r in self._regions.values():
+                        r.journal.clear()
+                    self._journal.clear()
                 return
-            assert self.path is not None
-            with FileLock(f"{self.path}.lock"):
-                self._refresh()
-                yield changed
-                if changed[0]:
-                    self._save()
+            self._refresh_fixture()
+            try:
+                with store.write():
+                    self._sync()
+                    yield changed
+                    wrote = self._flush(store)
+            except BaseException:
+                # Rolled back. A refusal changed nothing; anything else may have left half a
+                # call in memory: reload what the store holds.
+                if self._journal or any(r.journal for r in self._regions.values()):
+                    self._journal.clear()
+                    self._take(store.load())
+                raise
+            if wrote:
+                self.saves += 1
 
     def refresh(self) -> None:
-        """Pick up changes another process saved to the fleet file (called on every request)."""
+        """Pick up what other processes changed, and a changed fixture (called per request)."""
         with self._lock:
-            self._refresh()
+            self._refresh_fixture()
+            self._sync()
 
     # ------------------------------------------------------------------ lookups
 
@@ -561,6 +709,7 @@ class FleetState:
             raise errors.InvalidRegion(
                 f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})",
             ) from None
+        self._sync()
         found = self._regions.get(long_name)
         if found is None:  # a real region where this account has nothing
             return _Region(long_name, long_name, None)
@@ -703,7 +852,8 @@ class FleetState:
         with self._changing() as changed:
             r = self._region(region)
             r.set_status(instance_id, int(status))
-            self._pending.get(r.long_name, {}).pop(instance_id, None)
+            if self._pending.get(r.long_name, {}).pop(instance_id, None) is not None:
+                r.note("pending", instance_id)
             self._status_times[(r.long_name, instance_id)] = _format_time(self.clock())
             changed[0] = True
 
@@ -840,16 +990,19 @@ class FleetState:
                     changed[0] |= r.unbind(key_id, iid)
                 self._start_transient(r, iid, STATUS_KEY_ISSUING, now, before)
             request_id = str(uuid.uuid4())
-            self._record_operations(r.long_name, ids, action, request_id, now + self.op_seconds)
+            self._record_operations(r, ids, action, request_id, now + self.op_seconds)
             self.mutations.append(Mutation(now, r.long_name, action, key_id, ids, (key_id,), request_id))
 
     def _start_transient(
         self, r: _Region, iid: str, status: int, now: float, keys: frozenset[str] | None
     ) -> None:
         if self.op_seconds > 0:
-            self._pending.setdefault(r.long_name, {})[iid] = _Pending(
-                [_Phase(now + self.op_seconds, status, keys)]
-            )
+            self._set_phases(r, iid, [_Phase(now + self.op_seconds, status, keys)])
+
+    def _set_phases(self, r: _Region, iid: str, phases: list[_Phase]) -> None:
+        """The instance's transient states from now on, one after the other."""
+        self._pending.setdefault(r.long_name, {})[iid] = _Pending(phases)
+        r.note("pending", iid)
 
     def stop_instances(self, region: str, instance_ids: Iterable[str], *, force: bool = False) -> None:
         """StopInstances: only running (2) instances; they show 9 for op_seconds, then 4."""
@@ -886,7 +1039,7 @@ class FleetState:
                 self._stop_charging.discard((r.long_name, iid))
             changed[0] = True
             request_id = str(uuid.uuid4())
-            self._record_operations(r.long_name, ids, action, request_id, now + self.op_seconds)
+            self._record_operations(r, ids, action, request_id, now + self.op_seconds)
             self.mutations.append(Mutation(now, r.long_name, action, None, ids, (), request_id))
 
     # ------------------------------------------------------------------ latest operations (3.0)
@@ -900,7 +1053,7 @@ class FleetState:
 
     def _record_operations(
         self,
-        region: str,
+        r: _Region,
         ids: Iterable[str],
         action: str,
         request_id: str,
@@ -913,9 +1066,10 @@ class FleetState:
         now = self.clock()
         op = Operation(action, request_id, due, now + self.op_lag + lag, outcome, error)
         for iid in ids:
-            history = self._operations.setdefault((region, iid), [])
+            history = self._operations.setdefault((r.long_name, iid), [])
             history.append(op)
             del history[:-3]  # the latest, and what a lagging view may still show
+            r.note("operation", iid)
 
     def _busy(self, r: _Region, iid: str, pending: Mapping[str, _Pending]) -> bool:
         """An operation runs on the instance: a key operation (status 20), a maintenance
@@ -1019,13 +1173,14 @@ class FleetState:
                         ]
                     else:
                         phases = [_Phase(now + op, STATUS_KEY_ISSUING, before)]
-                    self._pending.setdefault(r.long_name, {})[iid] = _Pending(phases)
+                    self._set_phases(r, iid, phases)
                     longest = max(longest, phases[-1].until - now)
-                    self._record_operations(r.long_name, [iid], action, request_id, phases[-1].until, lag=lag)
+                    self._record_operations(r, [iid], action, request_id, phases[-1].until, lag=lag)
                 else:
-                    self._record_operations(r.long_name, [iid], action, request_id, now, lag=lag)
+                    self._record_operations(r, [iid], action, request_id, now, lag=lag)
                 if running:
                     self._status_times[(r.long_name, iid)] = _format_time(now + longest)
+                    r.note("status", iid)
             key_id = keys[0] if len(keys) == 1 else None
             self.mutations.append(Mutation(now, r.long_name, action, key_id, ids, keys, request_id))
         return request_id
@@ -1073,11 +1228,9 @@ class FleetState:
                         self._stop_charging.add((r.long_name, iid))
                     changed[0] = True
                 if took > 0:
-                    self._pending.setdefault(r.long_name, {})[iid] = _Pending(
-                        [_Phase(now + took, STATUS_SHUTTING_DOWN, None)]
-                    )
+                    self._set_phases(r, iid, [_Phase(now + took, STATUS_SHUTTING_DOWN, None)])
             self._record_operations(
-                r.long_name,
+                r,
                 ids,
                 "StopInstances",
                 request_id,
@@ -1117,9 +1270,7 @@ class FleetState:
                 self._stop_charging.discard((r.long_name, iid))
                 self._start_transient(r, iid, STATUS_STARTING, now, None)
             changed[0] = True
-            self._record_operations(
-                r.long_name, ids, "StartInstances", request_id, now + self.op_seconds, lag=lag
-            )
+            self._record_operations(r, ids, "StartInstances", request_id, now + self.op_seconds, lag=lag)
             self.mutations.append(Mutation(now, r.long_name, "StartInstances", None, ids, (), request_id))
         return request_id
 
@@ -1136,6 +1287,7 @@ class FleetState:
         if key is not None:
             return Secret(secret_id, key, self._root_identity())
         with self._lock:
+            self._sync()  # issued by another process on the same state, maybe
             return self._temporary.get(secret_id)
 
     def _issue(self, role: str, session: str, seconds: int) -> Secret:
@@ -1158,11 +1310,13 @@ class FleetState:
             token=secrets.token_urlsafe(48),
             expires=float(int(self.clock()) + seconds),
         )
-        with self._lock:
+        with self._changing():
             now = self.clock()
             for old in [sid for sid, s in self._temporary.items() if (s.expires or 0) + 3600 < now]:
                 del self._temporary[old]  # long expired: forget
+                self._journal.append(("credential", old))
             self._temporary[secret.secret_id] = secret
+            self._journal.append(("credential", secret.secret_id))
         return secret
 
     def _role_name(self, role_arn: str) -> str:
@@ -1205,6 +1359,7 @@ class FleetState:
         if role not in self.roles:
             raise KeyError(role)
         with self._lock:
+            self._sync()
             now = self.clock()
             for secret in self._temporary.values():
                 if (
@@ -1222,30 +1377,80 @@ def _state_error(status: int) -> type[ApiError]:
     return errors.state_refusal(api3_state(status))
 
 
-def _dotted(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(step) for step in path if step != AT_KEY) or "<top>"
+def _pending_of(phases: Iterable[Phase]) -> _Pending:
+    return _Pending(
+        [_Phase(until, status, None if keys is None else frozenset(keys)) for until, status, keys in phases]
+    )
 
 
-def _read_fleet(path: Path) -> tuple[dict[str, Any], tuple[int, int, int]]:
-    """Parse and check a fleet file; its data and (mtime_ns, size, inode) as read."""
-    file = str(path)
+def _secret_of(row: CredentialRow) -> Secret:
+    sid, key, token, expires, arn, account, user, principal, kind = row
+    return Secret(sid, key, Identity(arn, account, user, principal, kind), token, expires)
+
+
+def _credential_row(secret: Secret) -> CredentialRow:
+    i = secret.identity
+    return (
+        secret.secret_id,
+        secret.secret_key,
+        secret.token or "",
+        float(secret.expires or 0.0),
+        i.arn,
+        i.account_id,
+        i.user_id,
+        i.principal_id,
+        i.type,
+    )
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    """(mtime_ns, size, inode) of the fixture: cheap to compare on every request."""
     try:
-        with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            if stat.st_size > MAX_FLEET_BYTES:
-                limit = MAX_FLEET_BYTES // 2**20
-                raise InputError([Problem(file, f"fleet file of {stat.st_size:,} bytes: over {limit} MiB")])
-            raw = handle.read()
-    except FileNotFoundError:
-        raise InputError([Problem(file, "fleet file not found")], hint="see examples/fleet.yaml") from None
+        stat = os.stat(path)
     except OSError as error:
-        raise InputError([Problem(file, f"cannot read fleet file: {error.strerror}")]) from None
+        raise InputError([Problem(str(path), f"cannot read fleet file: {error.strerror}")]) from None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+_STATE_HINT = "keep the state elsewhere with --state PATH or CVMKEYS_EMULATOR_STATE=PATH"
+
+
+def _open_store(state_path: Path) -> Store:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError([Problem(file, f"not UTF-8 text (byte {error.start})")]) from None
-    data = parse_fleet_text(text, file)
-    problems = check_fleet(data)
-    if problems:
-        raise problems_to_error(text, file, problems)
-    return data, (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        return Store(state_path)
+    except sqlite3.DatabaseError as error:  # unwritable folder, not a database, ...
+        raise InputError(
+            [Problem(str(state_path), f"cannot use the emulator state: {error}")], hint=_STATE_HINT
+        ) from None
+
+
+def _sync_with_fixture(store: Store, fixture: Path, sha: str, *, force: bool) -> Snapshot:
+    """The store's state, rebuilt from ``fixture`` first if it was built from other bytes
+    (or ``force``). One write transaction, so two processes starting at once build it once."""
+    try:
+        with store.write():
+            if force or store.built_from() != sha:
+                data, read_sha = load_fleet(fixture)
+                store.replace_all(data, fixture, read_sha)
+            return store.load()
+    except sqlite3.DatabaseError as error:
+        raise InputError(
+            [Problem(str(store.path), f"cannot use the emulator state: {error}")], hint=_STATE_HINT
+        ) from None
+
+
+def _read_only_snapshot(state_path: Path, fixture: Path, sha: str) -> Snapshot:
+    """The live state if there is one for these fixture bytes, else the fixture's."""
+    if state_path.exists():
+        try:
+            store = Store(state_path)
+            try:
+                if store.built_from() == sha:
+                    # Not followed afterwards: no epoch, no change sequence.
+                    return dataclasses.replace(store.load(), epoch="", seq=0)
+            finally:
+                store.close()
+        except sqlite3.DatabaseError:
+            pass  # an unusable state file: the fixture is the truth
+    data, _ = load_fleet(fixture)
+    return Snapshot(data)
