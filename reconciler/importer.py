@@ -90,7 +90,7 @@ def canonical_region(region: str) -> str:
     try:
         return ids.normalize_region(name)
     except KeyError:
-        raise ConfigError(f"{region!r} is not a region: expected {ids.REGION_HELP}") from None
+        raise ConfigError(f"unknown region {name!r}: expected {ids.REGION_HELP}") from None
 
 
 # --------------------------------------------------------------------------- observing

@@ -23,7 +23,7 @@ from reconciler.core.document import canonical_digest
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
-from reconciler.execute.executor import ExecEvent, EventKind
+from reconciler.execute.executor import EventKind, ExecEvent
 from reconciler.model import Outcome, Plan
 
 SECRET_ID = "AKIDEMULATOR0000000000000000000000"
@@ -231,7 +231,9 @@ def test_sources_are_looked_for_where_plan_ran(tmp_path: Path) -> None:
         [*cvmkeys, "apply", str(repo / "plan.json")], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert elsewhere.returncode == 1 and "a.yaml: no such file" in elsewhere.stderr
-    there = subprocess.run([*cvmkeys, "apply", "plan.json"], cwd=repo, env=env, capture_output=True, text=True)
+    there = subprocess.run(
+        [*cvmkeys, "apply", "plan.json"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert there.returncode == 0, there.stderr
 
 
@@ -309,7 +311,11 @@ def test_audit_log_escapes_lone_surrogates_and_a_failing_log_keeps_the_result(tm
 
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as log:
-        log(AttemptRecord(0.0, "UnBindInstanceKey", REGION, TEAM_A, (SHARED,), 1, 1, "bad \udc80 name", 200, 0.1))
+        record = AttemptRecord(
+            time=0.0, action="UnBindInstanceKey", region=REGION, key_id=TEAM_A, instance_ids=(SHARED,),
+            attempt=1, code=1, message="bad \udc80 name", duration_s=0.1, http_status=200,
+        )
+        log(record)
     line = json.loads(path.read_text())
     assert line["message"] == "bad \udc80 name" and log.failure is None
     if not Path("/dev/full").exists():
@@ -430,7 +436,9 @@ def test_import_region_did_you_mean_and_empty_region_warning(tmp_path: Path) -> 
     code, _, err = run_cli("import", "--region", "ap-guangzho", "--all", "--emulator", str(fleet))
     assert code == 1 and "did you mean ap-guangzhou?" in err
     out = tmp_path / "beijing.yaml"
-    code, _, err = run_cli("import", "--region", "ap-beijing", "--all", "--emulator", str(fleet), "--out", str(out))
+    code, _, err = run_cli(
+        "import", "--region", "ap-beijing", "--all", "--emulator", str(fleet), "--out", str(out)
+    )
     assert code == 0 and "no key pairs found in ap-beijing" in err
     code, _, err = run_cli("import", "--region", "ap-newplace", "--all", "--emulator", str(fleet))
     assert "did you mean" not in err  # a well-formed new region is not a typo
@@ -439,7 +447,7 @@ def test_import_region_did_you_mean_and_empty_region_warning(tmp_path: Path) -> 
 def test_plural_and_attempts_are_said_right(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
     desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    code, out, _ = run_cli("plan", str(desired), "--emulator", str(fleet), "--max-unbinds", "0")
+    _, out, _ = run_cli("plan", str(desired), "--emulator", str(fleet), "--max-unbinds", "0")
     assert "1 unbind is over max_unbinds 0" in out and "1 unbinds" not in out
 
 

@@ -35,7 +35,9 @@ KEYS = [f"skey-prop000{n}" for n in range(3)]
 
 bindings_st = st.sets(st.tuples(st.sampled_from(KEYS), st.sampled_from(INSTANCES)))
 # A desired file: for some keys, the instances they may stay on (scope keys).
-desired_st = st.dictionaries(st.sampled_from(KEYS), st.sets(st.sampled_from(INSTANCES), max_size=2), min_size=1)
+desired_st = st.dictionaries(
+    st.sampled_from(KEYS), st.sets(st.sampled_from(INSTANCES), max_size=2), min_size=1
+)
 outside_st = st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(INSTANCES), st.booleans()), max_size=3)
 
 
