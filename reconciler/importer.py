@@ -90,7 +90,10 @@ def canonical_region(region: str) -> str:
     try:
         return ids.normalize_region(name)
     except KeyError:
-        raise ConfigError(f"unknown region {name!r}: expected {ids.REGION_HELP}") from None
+        raise ConfigError(
+            f"unknown region {name!r}",
+            hint="use a long name such as ap-guangzhou or an API 2.0 short code such as gz",
+        ) from None
 
 
 # --------------------------------------------------------------------------- observing
