@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -457,3 +458,62 @@ def test_a_region_with_nothing_in_it_does_not_say_the_bindings_match(tmp_path: P
     desired.write_text("version: 1\nregion: ap-beijing\nkeys:\n  skey-teama001: {instances: []}\n")
     code, out, _ = run_cli("plan", str(desired), "--emulator", str(fleet))
     assert code == 1 and "match the file" not in out and "has errors" in out
+
+
+# --------------------------------------------------------------------------- mangled answers
+
+
+def _mangling_proxy(target: str, action: str) -> tuple[Any, str]:
+    """A real HTTP proxy in front of the served emulator that marks every answer to ``action``
+    as gzip-encoded although it is not (httpx raises DecodingError reading it)."""
+    import http.client
+    import http.server
+    from urllib.parse import urlsplit
+
+    upstream = urlsplit(target)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            connection = http.client.HTTPConnection(upstream.hostname or "", upstream.port)
+            connection.request(self.command, self.path, body=body, headers=dict(self.headers))
+            answer = connection.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.getheader("Content-Type") or "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if action.encode() in body or f"Action={action}".encode() in self.path.encode():
+                self.send_header("Content-Encoding", "gzip")
+            self.end_headers()
+            self.wfile.write(data)
+            connection.close()
+
+        do_GET = _forward
+        do_POST = _forward
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_broken_content_encoding_mid_apply_is_observed_not_an_internal_error(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
+    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    plan = tmp_path / "a.json"
+    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
+    state = FleetState.from_file(fleet, persist=True)
+    with serve_in_thread(EmulatorApp(state)) as server:
+        proxy, url = _mangling_proxy(server.url, "UnBindInstanceKey")
+        try:
+            assert run_cli("plan", str(desired), "--endpoint", url, "--out", str(plan), env=env)[0] == 0
+            code, out, err = run_cli("apply", str(plan), "--endpoint", url, "--format", "json", env=env)
+        finally:
+            proxy.shutdown()
+    assert "internal error" not in err
+    assert code == 0, err
+    (result,) = json.loads(out)["results"]
+    assert result["outcome"] == "done"  # the answer was unreadable; the re-read shows it gone
+    assert state.bindings(REGION) == {(TEAM_B, SHARED)}
