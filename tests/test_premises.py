@@ -331,7 +331,15 @@ def test_audit_log_escapes_lone_surrogates_and_a_failing_log_keeps_the_result(tm
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--rate-limit", "1e-300"), ("--rate-limit", "nan"), ("--parallelism", "0")]
+    ("option", "value"),
+    [
+        ("--rate-limit", "1e-300"),
+        ("--rate-limit", "nan"),
+        ("--rate-limit", "inf"),
+        ("--parallelism", "0"),
+        ("--max-unbind-percent", "nan"),
+        ("--max-unbind-percent", "101"),
+    ],
 )
 def test_numeric_options_are_bounded(tmp_path: Path, option: str, value: str) -> None:
     fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})

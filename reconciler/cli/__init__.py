@@ -283,12 +283,19 @@ MaxUnbindsOption = Annotated[
         "--max-unbinds", min=0, metavar="N", help="Safety: at most this many unbinds (wins over the file)."
     ),
 ]
+def _percent(value: float | None) -> float | None:
+    # click's range check lets NaN through (every comparison is false), and a NaN limit would
+    # pass every plan.
+    if value is not None and not 0 <= value <= 100:
+        raise typer.BadParameter("must be a number from 0 to 100")
+    return value
+
+
 MaxPercentOption = Annotated[
     float | None,
     typer.Option(
         "--max-unbind-percent",
-        min=0,
-        max=100,
+        callback=_percent,
         metavar="PERCENT",
         help="Safety: at most this % of owned bindings.",
     ),
