@@ -324,8 +324,17 @@ def plan(request: PlanRequest) -> PlanResult:
     from reconciler.core.document import dump_plan
 
     desired = _single_region(request.paths)
-    with _connected(desired.region, request.cloud) as connection:
-        the_plan = _build_plan(desired, connection, request.limits)
+    try:
+        with _connected(desired.region, request.cloud) as connection:
+            the_plan = _build_plan(desired, connection, request.limits)
+    except CvmkeysError as error:
+        # No plan now: an older plan must not stay in FILE looking like this run's result.
+        if request.out is not None and is_plan_file([request.out]):
+            with suppress(OSError):
+                request.out.unlink()
+                note = f"{request.out}, which held an older plan, was removed"
+                error.hint = f"{error.hint}; {note}" if error.hint else note
+        raise
     if request.out is not None:
         # Written even with errors: a plan with error findings is never applied, so FILE holds
         # nothing appliable (not the previous plan) and `show FILE` still shows what was found.

@@ -525,3 +525,16 @@ def test_a_broken_content_encoding_mid_apply_is_observed_not_an_internal_error(t
     (result,) = json.loads(out)["results"]
     assert result["outcome"] == "done"  # the answer was unreadable; the re-read shows it gone
     assert state.bindings(REGION) == {(TEAM_B, SHARED)}
+
+
+def test_a_plan_that_fails_removes_the_older_plan_from_out(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
+    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    plan = tmp_path / "a.json"
+    assert _plan(desired, fleet, plan)[0] == 0
+    env = {"NO_COLOR": "1", "HOME": str(tmp_path)}
+    code, _, err = run_cli(
+        "plan", str(desired), "--emulator", str(fleet), "--profile", "nosuch", "--out", str(plan), env=env
+    )
+    assert code == 1 and "which held an older plan, was removed" in err
+    assert not plan.exists()
