@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SIZES = {"S": (1_000, 50), "M": (10_000, 500), "L": (50_000, 2_000)}
+SIZES = {"S": (1_000, 50), "M": (10_000, 500), "L": (50_000, 2_000), "100k": (100_000, 4_000)}
+# Bindings per instance of the long tail (about this many / 2 on average): 100k has ~3 bindings an
+# instance in all (300,000), as issue 16 asks of the memory target; the others ~2.
+TAIL_FACTOR = {"100k": 2.6}
 SECRET_ID = "AKIDBENCH000000000000000000000000000"
 SECRET_KEY = "bench-secret-key"
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -55,6 +58,7 @@ def generate(
     linux_stopped_share: float = 0.85,
     protect_share: float = 0.005,
     declared_share: float = 0.8,
+    tail_factor: float = 2.0,
 ) -> Generated:
     """A fleet (emulator format) and a desired file that removes ``remove_fraction`` of the owned
     bindings (before blocked/protected ones are set aside)."""
@@ -80,7 +84,7 @@ def generate(
         if index < n_shared:
             count = min(n_instances, int(n_instances * rng.uniform(0.02, 0.15)))
         else:
-            count = min(n_instances, rng.randint(1, max(1, (2 * n_instances) // n_keys)))
+            count = min(n_instances, rng.randint(1, max(1, int(tail_factor * n_instances) // n_keys)))
         bound[key_id] = set(rng.sample(instances, count))
     live = frozenset((k, i) for k, ids in bound.items() for i in ids)
 
@@ -168,7 +172,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     n_instances, n_keys = SIZES[args.size]
-    generated = generate(n_instances, n_keys, seed=args.seed, remove_fraction=args.remove, scope=args.scope)
+    generated = generate(
+        n_instances,
+        n_keys,
+        seed=args.seed,
+        remove_fraction=args.remove,
+        scope=args.scope,
+        tail_factor=TAIL_FACTOR.get(args.size, 2.0),
+    )
     fleet, desired = write(generated, args.out)
     print(f"{fleet}: {n_instances} instances, {n_keys} keys, {len(generated.live)} bindings")
     print(f"{desired}: scope {args.scope}, {len(generated.allowed)} allowed bindings")

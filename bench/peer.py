@@ -1,38 +1,87 @@
-"""The peer's way of applying a plan, for comparison: one binding at a time, waiting after each.
+"""Two peers' ways of applying the same change, for comparison with cvmkeys. Used by ``bench/run.py``.
 
-Used by ``bench/run.py``. This is how terraform-provider-tencentcloud changes
-``tencentcloud_instance.key_ids``: one UnBindInstanceKey call per (key, instance) binding, then
-it waits for that instance to finish the operation before it touches the next one. Here the
-wait is a DescribeInstances poll of that one instance every ``poll_interval`` seconds until it
-leaves status 20 (key issuing). The provider itself first sleeps 10 s and then polls, so this
-peer is, if anything, faster than the real one.
+* **per binding** (``peer_apply``): one unbind call per (key, instance) binding, then a
+  DescribeInstances of that instance every ``poll_interval`` seconds until it leaves the
+  operation, then the next binding. The most naive way; sequential.
+* **Terraform-like** (``terraform_apply`` and ``terraform_refresh``): what
+  terraform-provider-tencentcloud does when ``key_ids`` of ``tencentcloud_instance`` resources
+  change. Plan time: a refresh, one DescribeInstances per managed instance (each resource reads
+  itself), ``parallelism`` at once (``terraform -parallelism``, default 10). Apply: one
+  resource per instance, ``parallelism`` at once; for each, the calls that remove its keys
+  (API 3.0: one DisassociateInstancesKeyPairs with all of them; API 2.0 takes one key a call:
+  one UnBindInstanceKey per key, the next one sent once a poll sees the instance idle again),
+  then a sleep of ``sleep_s`` (the provider sleeps 10 s because the operation state may lag the
+  call), then DescribeInstances of that instance every ``poll_interval`` until its operation is
+  over (2.0: status 20 left; 3.0: LatestOperationState no longer OPERATING).
 
-It uses our own client (same signing, same rate limit), so the comparison is about the strategy
-only.
+Both use our own client (same signing, same rate limit, so the comparison is about the
+strategy only); 2.0 through ``CvmClient``, 3.0 through any client with the shared interface's
+``unbind(key_ids, instance_ids)`` and ``describe_instances`` (``reconciler.cloud.base``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
-from reconciler.cloud.client import CvmClient
 from reconciler.model import InstanceState
 
 
 @dataclass
 class PeerResult:
     bindings: int = 0
+    instances: int = 0
     wall_s: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
 
 
+def _delta(client: Any, before: Any) -> dict[str, int]:
+    after = client.calls
+    return {a: after[a] - before[a] for a in after if after[a] - before[a]}
+
+
+def _busy(client: Any, instance_id: str) -> bool:
+    # Both clients map their API's busy word (2.0 status 20, 3.0 OPERATING) to BUSY.
+    found = client.describe_instances([instance_id])
+    return bool(found) and found[0].state is InstanceState.BUSY
+
+
+def _unbind(client: Any, api: str, key_ids: Sequence[str], instance_id: str) -> None:
+    if api == "2.0":
+        (key_id,) = key_ids
+        client.unbind_instance_key(key_id, [instance_id])
+    else:
+        client.unbind(list(key_ids), [instance_id])
+
+
+def _wait(
+    client: Any,
+    instance_id: str,
+    *,
+    poll_interval: float,
+    timeout: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> bool:
+    deadline = clock() + timeout
+    while clock() < deadline:
+        if not _busy(client, instance_id):
+            return True
+        sleep(poll_interval)
+    return False
+
+
 def peer_apply(
-    client: CvmClient,
+    client: Any,
     bindings: Sequence[tuple[str, str]],
     *,
+    api: str = "2.0",
     poll_interval: float = 0.5,
     timeout: float = 120.0,
     clock: Callable[[], float] = time.perf_counter,
@@ -44,22 +93,82 @@ def peer_apply(
     started = clock()
     for key_id, instance_id in bindings:
         try:
-            client.unbind_instance_key(key_id, [instance_id])
+            _unbind(client, api, [key_id], instance_id)
         except Exception as error:
             result.failed.append(f"{key_id} {instance_id}: {error}")
             continue
-        deadline = clock() + timeout
-        while clock() < deadline:
-            sleep(poll_interval)
-            found = client.describe_instances([instance_id])
-            if not found or found[0].state is not InstanceState.BUSY:
-                break
-        else:
-            result.failed.append(f"{key_id} {instance_id}: still in status 20 after {timeout:g}s")
+        sleep(poll_interval)
+        if not _wait(
+            client, instance_id, poll_interval=poll_interval, timeout=timeout, clock=clock, sleep=sleep
+        ):
+            result.failed.append(f"{key_id} {instance_id}: still busy after {timeout:g}s")
         result.bindings += 1
+    result.instances = len({i for _, i in bindings})
     result.wall_s = clock() - started
-    after = client.calls
-    result.calls = {
-        action: after[action] - before[action] for action in after if after[action] - before[action]
-    }
+    result.calls = _delta(client, before)
+    return result
+
+
+def terraform_refresh(client: Any, instance_ids: Sequence[str], *, parallelism: int = 10) -> PeerResult:
+    """Plan time: each instance resource reads itself (one DescribeInstances of one ID)."""
+    result = PeerResult(instances=len(instance_ids))
+    before = client.calls
+    started = time.perf_counter()
+    with ThreadPoolExecutor(parallelism) as pool:
+        list(pool.map(lambda iid: client.describe_instances([iid]), instance_ids))
+    result.wall_s = time.perf_counter() - started
+    result.calls = _delta(client, before)
+    return result
+
+
+def terraform_apply(
+    client: Any,
+    bindings: Sequence[tuple[str, str]],
+    *,
+    api: str = "2.0",
+    parallelism: int = 10,
+    sleep_s: float = 10.0,
+    poll_interval: float = 1.0,
+    timeout: float = 300.0,
+) -> PeerResult:
+    """One resource per instance, ``parallelism`` at once, as described in the module docstring."""
+    keys_of: dict[str, list[str]] = defaultdict(list)
+    for key_id, instance_id in bindings:
+        keys_of[instance_id].append(key_id)
+    result = PeerResult(bindings=len(bindings), instances=len(keys_of))
+    lock = threading.Lock()
+    clock, sleep = time.perf_counter, time.sleep
+
+    def one(instance_id: str) -> None:
+        keys = sorted(keys_of[instance_id])
+        calls = [keys] if api != "2.0" else [[k] for k in keys]
+        for n, key_ids in enumerate(calls):
+            if n:  # 2.0: the instance is busy until the previous key's operation is over
+                _wait(
+                    client,
+                    instance_id,
+                    poll_interval=poll_interval,
+                    timeout=timeout,
+                    clock=clock,
+                    sleep=sleep,
+                )
+            try:
+                _unbind(client, api, key_ids, instance_id)
+            except Exception as error:
+                with lock:
+                    result.failed.append(f"{instance_id} {key_ids}: {error}")
+                return
+        sleep(sleep_s)
+        if not _wait(
+            client, instance_id, poll_interval=poll_interval, timeout=timeout, clock=clock, sleep=sleep
+        ):
+            with lock:
+                result.failed.append(f"{instance_id}: still busy after {timeout:g}s")
+
+    before = client.calls
+    started = clock()
+    with ThreadPoolExecutor(parallelism) as pool:
+        list(pool.map(one, sorted(keys_of)))
+    result.wall_s = clock() - started
+    result.calls = _delta(client, before)
     return result

@@ -166,10 +166,36 @@ class SafetyLimits:
 
     max_unbinds: int | None = None
     max_unbind_percent: float | None = None
+    max_stops: int | None = None  # cap on instances one apply may stop (the disruption block)
 
 
 DEFAULT_MAX_UNBIND_PERCENT = 30.0
 PERCENT_CHECK_MIN_OWNED = 10
+
+
+class StopType(str, Enum):
+    """How cvmkeys stops a running instance to unbind its keys (docs/disruption.md)."""
+
+    SOFT = "soft"  # an orderly shutdown only
+    SOFT_FIRST = "soft_first"  # orderly, then forced if it has not stopped in time
+    HARD = "hard"  # forced at once (a power-off)
+
+
+DEFAULT_MAX_STOPPED = 1
+DEFAULT_STOP_TIMEOUT = 300  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Disruption:
+    """The ``disruption`` block: whether and how cvmkeys may stop running instances to unbind
+    keys from them, and start them again. Without the block (``Desired.disruption`` is None),
+    or with ``stop_running: false``, nothing is ever stopped."""
+
+    stop_running: bool
+    max_stopped: int = DEFAULT_MAX_STOPPED  # instances down because of cvmkeys at once
+    max_stopped_percent: float | None = None  # of the running instances in scope; the smaller wins
+    stop_type: StopType = StopType.SOFT_FIRST
+    stop_timeout: int = DEFAULT_STOP_TIMEOUT  # seconds to wait for a stop before giving up on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +225,7 @@ class Desired:
     # ``missing_instances: warn``); any other declared instance that does not exist is an error.
     missing_instances_warn: frozenset[str] = frozenset()
     account: str | None = None  # the account (UIN) the files say they are for; not checked yet
+    disruption: Disruption | None = None  # None: no block, running instances stay blocked
 
     @property
     def declared_instances(self) -> frozenset[str]:

@@ -94,7 +94,7 @@ def _replan_subset(plan: Plan, remaining: set[tuple[str, str]]) -> Plan:
     from reconciler.core.batching import make_batches
 
     changes = tuple(c for c in plan.changes if (c.key_id, c.instance_id) in remaining)
-    return dataclasses.replace(plan, changes=changes, batches=make_batches(changes))
+    return dataclasses.replace(plan, changes=changes, batches=make_batches(changes, api=plan.api))
 
 
 def test_partial_success_is_observed_not_guessed(tmp_path: Path) -> None:

@@ -1,54 +1,164 @@
-"""Smoke version of the benchmark (``bench/run.py``): size S, emulator in the tool's process.
+"""Smoke version of the benchmark (``bench/run.py``): every mode, at size S, with short waits.
 
-Runs the real command line as the benchmark does (``cvmkeys plan --out`` then ``cvmkeys apply``
-of that plan, each a subprocess with ``--audit-log``) and checks that the calls made, by
-action, are exactly the minimum for the input, so the claims in bench/README.md cannot
-silently regress. Timings are not asserted (machines differ); the benchmark reports them.
+Runs the benchmark's own entry point (``bench.run.main``) as bench/README.md does, so the
+command line keeps working: in-process (with "tool alone" against a served emulator), served
+(with the per-binding peer and the Terraform-like peer), ``--report-only`` and ``--api 3.0``.
+Each mode runs the real command line (``cvmkeys plan --out`` then ``cvmkeys apply``) as
+subprocesses with ``--audit-log``. The call counts are checked against minimums recomputed
+here from the generator's own record of the fleet (not from ``bench/minimum.py`` and never from
+the product's plan), so neither the tool nor the yardstick can drift silently. Timings are not
+asserted (machines differ); the benchmark reports them.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from bench.run import poll_minimum, prepare, run_inprocess
-from reconciler.model import ChangeStatus
-from reconciler.planfile import load_plan
+import pytest
+
+from bench.fleetgen import SIZES, Generated, generate
+from bench.run import main
+
+QUICK = ["--peer-sample", "2", "--tf-sample", "5", "--tf-refresh-sample", "20", "--tf-sleep", "0.2"]
+QUICK += ["--tf-poll", "0.2", "--op-seconds", "0.3"]
 
 
-def test_s_in_process_plan_and_apply_make_exactly_the_minimum_calls(tmp_path: Path) -> None:
-    prepared = prepare("S", remove=0.1, seed=1, work=tmp_path)
-    result = run_inprocess(prepared, tool_alone=False)
-    assert result["plan"]["exit_code"] == 0
-    assert result["apply_outcomes"]["done"] == result["ready_unbinds"] > 30
-    assert result["apply_outcomes"]["failed"] == 0
-    assert result["waves"] >= 2  # so that the polls between waves are exercised
-    assert result["plan"]["throttled"] == result["apply"]["throttled"] == 0
-    assert result["plan"]["calls"] == result["plan_minimum"]
-    assert result["apply"]["calls"] == result["apply_minimum"]
+def _pages(n: int) -> int:
+    return math.ceil(n / 100)
 
-    # The minimum, as bench/README.md defines it, recomputed from the saved plan.
-    plan_file = prepared.work / "plan-inprocess.json"
-    plan = load_plan(plan_file.read_text(encoding="utf-8"), str(plan_file))
-    waves = {b.wave for b in plan.batches}
-    per_wave = [{i for b in plan.batches if b.wave == w for i in b.instance_ids} for w in waves]
-    unprotected = {c.instance_id for c in plan.changes if c.status is not ChangeStatus.PROTECTED}
-    assert result["plan_minimum"] == {
-        "DescribeKeyPairs": _pages(prepared.facts["keys"]),
-        "DescribeInstances": _pages(len(prepared.gen.declared_instances | unprotected)),
-    }
-    fp = plan.fingerprint
-    # Polls: every instance seen idle once after each of its calls (one observation per
-    # unbind), 100 a call, at least one round per wave; for S the rounds have room for all.
-    polls = max(len(waves), _pages(sum(len(s) for s in per_wave)))
-    assert sum(len(s) for s in per_wave) == plan.summary.to_unbind
-    assert polls == poll_minimum([len(s) for s in per_wave])
-    assert result["apply_minimum"] == {
-        "DescribeKeyPairs": _pages(len(fp.key_ids)) + _pages(len({b.key_ids[0] for b in plan.batches})),
-        "DescribeInstances": _pages(len(fp.instance_ids)) + polls,
-        "UnBindInstanceKey": len(plan.batches),
+
+def _expected(gen: Generated) -> dict[str, Any]:
+    """What the plan must decide, from the generator's record (scope keys, as the bench makes)."""
+    owned = {b for b in gen.live if b[0] in gen.declared_keys}
+    unwanted = owned - gen.allowed
+    candidates = {b for b in unwanted if b[1] not in gen.protected_instances}
+    ready = {b for b in candidates if gen.statuses[b[1]] == (4, False)}
+    bound_anywhere = {i for _, i in gen.live}
+    deciding = {i for _, i in candidates} | (gen.declared_instances - bound_anywhere)
+    per_key = Counter(k for k, _ in ready)
+    return {
+        "ready": ready,
+        "blocked": candidates - ready,
+        "keys": SIZES["S"][1],
+        "deciding": deciding,
+        "declared_or_deciding": deciding | gen.declared_instances,
+        "unbind_minimum": sum(_pages(n) for n in per_key.values()),
+        "ready_instances": {i for _, i in ready},
+        "ready_keys": {k for k, _ in ready},
     }
 
 
-def _pages(count: int) -> int:
-    return math.ceil(count / 100)
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("results")
+    work = tmp_path_factory.mktemp("work")
+    main(["--size", "S", "--mode", "both", "--out", str(out), "--work", str(work), *QUICK])
+    loaded = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*.json")}
+    return out, loaded
+
+
+def _gen() -> Generated:
+    return generate(*SIZES["S"], seed=1, remove_fraction=0.1)
+
+
+def test_every_mode_runs_and_plans_and_applies_what_the_input_decides(
+    results: tuple[Path, dict[str, Any]],
+) -> None:
+    _, loaded = results
+    assert set(loaded) == {"S-inprocess", "S-served"}
+    want = _expected(_gen())
+    assert len(want["ready"]) > 30 and len(want["ready_instances"]) < len(want["ready"])  # several keys
+    for record in loaded.values():
+        x = record["result"]
+        assert x["plan"]["exit_code"] == 0
+        assert x["apply"]["exit_code"] == (3 if want["blocked"] else 0)  # 3: done, blocked ones remain
+        assert x["ready_unbinds"] == x["truth_ready_unbinds"] == len(want["ready"])
+        assert x["apply_outcomes"]["done"] == len(want["ready"]) and x["apply_outcomes"]["failed"] == 0
+        assert x["plan"]["throttled"] == x["apply"]["throttled"] == 0
+        # The benchmark's minimums agree with this test's own computation.
+        assert x["plan_minimum"] == {
+            "DescribeKeyPairs": _pages(want["keys"]),
+            "DescribeInstances": _pages(len(want["deciding"])),
+        }
+        assert x["apply_minimum"]["UnBindInstanceKey"] == want["unbind_minimum"]
+        # The plan: every key pair once; the instances it reads lie between what decides the plan
+        # and that plus every declared instance (the semantics before issue 16 item 2).
+        plan_calls = x["plan"]["calls"]
+        assert plan_calls["DescribeKeyPairs"] == _pages(want["keys"])
+        lo, hi = _pages(len(want["deciding"])), _pages(len(want["declared_or_deciding"]))
+        assert lo <= plan_calls["DescribeInstances"] <= hi
+        # The apply: exactly the 2.0 minimum of unbind calls; the stale check and the verification.
+        calls = x["apply"]["calls"]
+        assert calls["UnBindInstanceKey"] == want["unbind_minimum"]
+        assert calls["DescribeKeyPairs"] == 2 * _pages(len(want["ready_keys"]))
+        assert calls["DescribeInstances"] == _pages(len(want["ready_instances"])) + x["apply_polls"]
+        assert x["apply_polls"] >= max(x["waves"], _pages(len(want["ready"])))
+    tool_alone = loaded["S-inprocess"]["result"]
+    assert tool_alone["apply_tool_alone"]["calls"] == tool_alone["apply"]["calls"]
+    served = loaded["S-served"]["result"]
+    plan_and_apply = Counter(served["plan"]["calls"]) + Counter(served["apply"]["calls"])
+    assert served["server_requests"] == dict(plan_and_apply)  # the emulator saw what the audit logs say
+
+
+def test_the_peers_make_the_calls_their_strategy_implies(results: tuple[Path, dict[str, Any]]) -> None:
+    _, loaded = results
+    peers = loaded["S-served"]["result"]["peers"]
+    want = _expected(_gen())
+    per_binding = peers["per_binding"]
+    assert per_binding["sample"] == 2 and per_binding["sample_calls"]["UnBindInstanceKey"] == 2
+    assert per_binding["sample_calls"]["DescribeInstances"] >= 2 and not per_binding["failed"]
+    refresh = peers["terraform_refresh"]
+    assert refresh["sample_calls"] == {"DescribeInstances": 20}  # one read per resource
+    assert refresh["of"] >= len(want["ready_instances"])
+    applied = peers["terraform_apply"]
+    assert applied["sample"] == 5 and applied["of"] == len(want["ready_instances"]) and not applied["failed"]
+    chosen = sorted(want["ready_instances"])[:5]
+    keys_lost = sum(1 for _, i in want["ready"] if i in chosen)
+    assert applied["sample_calls"]["UnBindInstanceKey"] == keys_lost  # 2.0: one key a call
+    assert applied["sample_calls"]["DescribeInstances"] >= 5  # at least one poll per instance
+    assert peers["terraform"]["calls"] == refresh["calls"] + applied["calls"]
+
+
+def test_report_only_renders_every_table(
+    results: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = results
+    capsys.readouterr()
+    main(["--report-only", "--out", str(out)])
+    text = capsys.readouterr().out
+    for title in ("Batching", "API calls", "Served: wall time", "Terraform-like", "CPU time", "libyaml"):
+        assert title in text
+    assert "| S | inprocess 2.0 |" in text and "| S | served 2.0 |" in text
+
+
+def test_api_3_runs_once_cvmkeys_speaks_it(tmp_path: Path) -> None:
+    helped = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan", "--help"], capture_output=True, text=True
+    )
+    args = [
+        "--size",
+        "S",
+        "--mode",
+        "inprocess",
+        "--api",
+        "3.0",
+        "--out",
+        str(tmp_path),
+        "--work",
+        str(tmp_path),
+    ]
+    if "--api" not in helped.stdout:
+        with pytest.raises(SystemExit, match="no --api option yet"):
+            main(args)
+        return
+    main(args)
+    record = json.loads((tmp_path / "S-inprocess-api3.json").read_text(encoding="utf-8"))
+    x = record["result"]
+    assert x["apply_outcomes"]["done"] == len(_expected(_gen())["ready"])
+    assert x["apply"]["calls"]["DisassociateInstancesKeyPairs"] <= _expected(_gen())["unbind_minimum"]

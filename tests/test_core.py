@@ -177,9 +177,9 @@ def test_batching_waves_for_instances_with_several_keys() -> None:
     changes = [change(key(1), ins(1)), change(key(2), ins(1)), change(key(2), ins(2))]
     batches = make_batches(changes)
     assert wave_count(batches) == 2
-    assert [(b.wave, b.key_ids[0], b.instance_ids) for b in batches] == [
-        (0, key(2), (ins(1), ins(2))),
-        (1, key(1), (ins(1),)),
+    assert [(b.wave, b.key_ids, b.instance_ids) for b in batches] == [
+        (0, (key(2),), (ins(1), ins(2))),
+        (1, (key(1),), (ins(1),)),
     ]
 
 
@@ -243,13 +243,13 @@ def test_unbinds_are_exactly_owned_minus_allowed_minus_protected(world: tuple[De
             assert inst.state is InstanceState.STOPPED and not inst.is_windows
     # Batches carry each ready change exactly once, no instance twice in a wave, <= 100 per call.
     ready = sorted((c.key_id, c.instance_id) for c in plan.ready_changes)
-    assert sorted((b.key_ids[0], i) for b in plan.batches for i in b.instance_ids) == ready
+    assert sorted((k, i) for b in plan.batches for k in b.key_ids for i in b.instance_ids) == ready
     per_wave = Counter((b.wave, i) for b in plan.batches for i in b.instance_ids)
     assert all(n == 1 for n in per_wave.values())
-    by_wave_key = Counter((b.wave, b.key_ids[0]) for b in plan.batches)
+    by_wave_key = Counter((b.wave, b.key_ids) for b in plan.batches)
     sizes = Counter()
     for b in plan.batches:
-        sizes[(b.wave, b.key_ids[0])] += len(b.instance_ids)
+        sizes[(b.wave, b.key_ids)] += len(b.instance_ids)
     assert all(by_wave_key[wk] == math.ceil(sizes[wk] / 100) for wk in by_wave_key)
 
 

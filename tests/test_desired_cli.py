@@ -44,9 +44,9 @@ EXPECTED_BAD = [
     "tests/data/bad/unknown-fields.yaml:5:5: missing required field 'instances' (use "
     "'instances: []' for a key that must be bound nowhere)",
     "tests/data/bad/unknown-fields.yaml:7:3: unknown field 'max_unbind' (allowed: max_unbinds, "
-    "max_unbind_percent)",
+    "max_unbind_percent, max_stops)",
     "tests/data/bad/unknown-fields.yaml:8:1: unknown field 'regoin' (allowed: version, region, "
-    "scope, keys, instances, protected, safety, missing_instances, account)",
+    "scope, keys, instances, protected, safety, missing_instances, account, disruption)",
     "tests/data/bad/wrong-types.yaml:1:10: 'version' must be the number 1, got a string ('1')",
     "tests/data/bad/wrong-types.yaml:2:9: unknown region 'ap-guangzou'; did you mean 'ap-guangzhou'?",
     "tests/data/bad/wrong-types.yaml:3:8: 'scope' must be one of keys, instances, account; got a "

@@ -104,10 +104,10 @@ def test_a_desired_file_with_a_stray_jobs_field_is_an_error_not_skipped(tmp_path
     (folder / "b.yaml").write_text("region: gz\nstages: [plan]\n", encoding="utf-8")
     assert problems(folder) == [
         f"{folder / 'a.yaml'}:4:1: unknown field 'jobs' (allowed: version, region, scope, keys, "
-        "instances, protected, safety, missing_instances, account)",
+        "instances, protected, safety, missing_instances, account, disruption)",
         f"{folder / 'b.yaml'}:1:1: missing required field 'version' (add 'version: 1')",
         f"{folder / 'b.yaml'}:2:1: unknown field 'stages' (allowed: version, region, scope, keys, "
-        "instances, protected, safety, missing_instances, account)",
+        "instances, protected, safety, missing_instances, account, disruption)",
     ]
 
 

@@ -239,7 +239,7 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
             "f.yaml:5:5: missing required field 'instances' (use 'instances: []' for a key "
             "that must be bound nowhere)",
             "f.yaml:6:1: unknown field 'safty' (allowed: version, region, scope, keys, "
-            "instances, protected, safety, missing_instances, account)",
+            "instances, protected, safety, missing_instances, account, disruption)",
         ],
     ),
     "missing version and region": (
@@ -409,7 +409,7 @@ def test_python_tags_never_construct_objects(here: Path, loader: str) -> None:
         "use plain mappings, lists and scalars",
         "f.yaml:3:7: 'keys' must be a mapping, got a list",
         "f.yaml:4:1: unknown field 'x' (allowed: version, region, scope, keys, instances, protected, "
-        "safety, missing_instances, account)",
+        "safety, missing_instances, account, disruption)",
         "f.yaml:4:4: YAML tag '!!python/name:os.system' is not allowed: use plain mappings, "
         "lists and scalars",
     ]
@@ -496,7 +496,7 @@ def test_problems_are_sorted_by_file_then_position_and_capped(here: Path) -> Non
     found = problems("b.yaml", "a.yaml")
     assert found[:2] == [
         "a.yaml:3:1: unknown field 'bogus' (allowed: version, region, scope, keys, instances, "
-        "protected, safety, missing_instances, account)",
+        "protected, safety, missing_instances, account, disruption)",
         "a.yaml:4:1: duplicate key 'version': at lines 1 and 4 of this mapping (YAML would "
         "silently keep only the last)",
     ]

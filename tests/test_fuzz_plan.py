@@ -153,7 +153,7 @@ def _load(text: str) -> Plan | PlanIntegrityError:
 
 def _check_loaded(plan: Plan) -> None:
     ready = {(c.key_id, c.instance_id) for c in plan.changes if c.status is ChangeStatus.READY}
-    batched = [(b.key_ids[0], iid) for b in plan.batches for iid in b.instance_ids]
+    batched = [(k, iid) for b in plan.batches for k in b.key_ids for iid in b.instance_ids]
     assert set(batched) <= ready and len(batched) == len(set(batched))
     for value in [*(c.key_id for c in plan.changes), *(c.instance_id for c in plan.changes)]:
         assert ID_RE.fullmatch(value), value

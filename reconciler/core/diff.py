@@ -364,3 +364,23 @@ def _changes(
             )
         )
     return changes
+
+
+# --------------------------------------------------------------------------- hooks for core.disruption
+
+
+def instance_is_running(instance: Instance) -> bool:
+    """The one "is running" test: the only state a ``disruption`` block lets cvmkeys stop."""
+    return instance.state is InstanceState.RUNNING
+
+
+def blocked_only_by_running(change: Change, instance: Instance | None, region: str) -> bool:
+    """Whether the one thing between ``change`` and its unbind is that the instance runs, so a
+    ``disruption`` block may stop it: blocked, by the instance's state and nothing else (not a
+    near-miss ID in the file, not protected, not Windows), and the instance running."""
+    return (
+        change.status is ChangeStatus.BLOCKED
+        and instance is not None
+        and instance_is_running(instance)
+        and change.reason == blocked_reason(instance, region)
+    )

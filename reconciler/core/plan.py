@@ -82,7 +82,7 @@ def build_plan(
 ) -> Plan:
     """The full plan: changes, batches, findings, summary, safety verdict and fingerprint."""
     result = diff(desired, observed)
-    batches = make_batches(result.changes)
+    batches = make_batches(result.changes, api=api)
     ready = [c for c in result.changes if c.status is ChangeStatus.READY]
     limits = merge_limits(desired.safety, limits_override or SafetyLimits())
     verdict = check_safety(len(ready), result.owned_count, limits)

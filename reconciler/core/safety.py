@@ -25,7 +25,17 @@ def merge_limits(file_limits: SafetyLimits, override: SafetyLimits) -> SafetyLim
             if override.max_unbind_percent is not None
             else file_limits.max_unbind_percent
         ),
+        max_stops=override.max_stops if override.max_stops is not None else file_limits.max_stops,
     )
+
+
+def check_stops(stops: int, limits: SafetyLimits) -> tuple[str, ...]:
+    """Why stopping ``stops`` instances (``core.disruption.StopSchedule.stop_count``) is over
+    ``limits.max_stops``; empty when it is not, or when no limit is set (no default: the
+    ``disruption`` block is itself the opt-in, and its budget bounds how many are down at once)."""
+    if limits.max_stops is not None and stops > limits.max_stops:
+        return (f"{stops} stops is over max_stops {limits.max_stops}",)
+    return ()
 
 
 def _number(value: float) -> str:

@@ -7,7 +7,8 @@ state, merges the files of one region, and raises one ``InputError`` carrying ev
 
 Merge rules (docs/desired-state.md): files of one region must agree on ``scope``; keys are a
 union, and a key may be declared in only one file; protected keys/instances and the top-level
-``instances`` are unions; each safety limit is the strictest one given.
+``instances`` are unions; each safety limit is the strictest one given; files of one region must
+have the same ``disruption`` block, or none.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,16 @@ from reconciler.desired.yaml_nodes import (
     top_level_keys,
 )
 from reconciler.errors import InputError, Problem
-from reconciler.model import Desired, DesiredKey, Location, SafetyLimits, Scope, SourceFile
+from reconciler.model import (
+    Desired,
+    DesiredKey,
+    Disruption,
+    Location,
+    SafetyLimits,
+    Scope,
+    SourceFile,
+    StopType,
+)
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # A file whose top level has all of these is an emulator fleet file, not a desired-state file.
@@ -272,6 +282,7 @@ class _FileDesired:
     account: str | None = None
     account_given: Location | None = None
     warnings: tuple[Problem, ...] = ()
+    disruption: Disruption | None = None
 
     @property
     def declared_instances(self) -> frozenset[str]:
@@ -462,6 +473,7 @@ def _build(
         safety=SafetyLimits(
             max_unbinds=None if max_unbinds is None else int(max_unbinds),
             max_unbind_percent=None if max_percent is None else float(max_percent),
+            max_stops=None if safety.get("max_stops") is None else int(safety["max_stops"]),
         ),
         source=source,
         instance_locations=instance_locations,
@@ -472,7 +484,23 @@ def _build(
         account=data.get("account"),
         account_given=account_given,
         warnings=tuple(warnings),
+        disruption=_disruption(data.get("disruption")),
     )
+
+
+def _disruption(block: dict[str, Any] | None) -> Disruption | None:
+    """The ``disruption`` block of a valid document; the model's defaults fill what it leaves
+    out (the schema's ``default``s say the same). None without a block."""
+    if block is None:
+        return None
+    given: dict[str, Any] = {}
+    # ``3.0`` is a whole number to the schema; the model holds ints and floats.
+    for name, kind in (("max_stopped", int), ("max_stopped_percent", float), ("stop_timeout", int)):
+        if name in block:
+            given[name] = kind(block[name])
+    if "stop_type" in block:
+        given["stop_type"] = StopType(block["stop_type"])
+    return Disruption(stop_running=bool(block["stop_running"]), **given)
 
 
 # --------------------------------------------------------------------------- merging
@@ -509,6 +537,7 @@ def _merge(files: list[_FileDesired], problems: list[Problem]) -> dict[str, Desi
                 instance_locations.setdefault(instance_id, location)
         _extra_instance_conflicts(group, keys, key_files, problems)
         account = _account(region, group, problems)
+        disruption = _region_disruption(region, group, problems)
         # An instance's absence is only a warning when every file that names it says so.
         strict = _declared(group, lenient=False)
         lenient = _declared(group, lenient=True)
@@ -522,11 +551,13 @@ def _merge(files: list[_FileDesired], problems: list[Problem]) -> dict[str, Desi
             safety=SafetyLimits(
                 max_unbinds=_strictest(f.safety.max_unbinds for f in group),
                 max_unbind_percent=_strictest(f.safety.max_unbind_percent for f in group),
+                max_stops=_strictest(f.safety.max_stops for f in group),
             ),
             sources=tuple(f.source for f in group),
             instance_locations=instance_locations,
             missing_instances_warn=lenient - strict,
             account=account,
+            disruption=disruption,
         )
     return merged
 
@@ -553,6 +584,75 @@ def _account(region: str, group: list[_FileDesired], problems: list[Problem]) ->
                 )
             )
     return first.account
+
+
+def _region_disruption(region: str, group: list[_FileDesired], problems: list[Problem]) -> Disruption | None:
+    """The one ``disruption`` block of the region's files: every file must have the same one,
+    or none. A file without it disagrees with one that has it, so that one file's opt-in never
+    stops instances that another file (maybe another team's) governs without saying so.
+    Reported at the later file, naming the first, as the other conflicts are."""
+    first = group[0]
+    for other in group[1:]:
+        if other.disruption == first.disruption:
+            continue
+        if first.disruption is None:
+            problems.append(
+                _problem_at(
+                    other.location(("disruption",), key=True),
+                    f"disruption block here, but {first.display} has none: all files for region "
+                    f"{region} must have the same disruption block (add it there too, or remove it here)",
+                )
+            )
+        elif other.disruption is None:
+            problems.append(
+                _problem_at(
+                    other.top,
+                    f"no disruption block in this file, but {first.location(('disruption',), key=True)} "
+                    f"has one: all files for region {region} must have the same disruption block "
+                    "(add it here too, or remove it there)",
+                )
+            )
+        else:
+            conflict = _disruption_conflict(region, (first, first.disruption), (other, other.disruption))
+            problems.append(conflict)
+    return first.disruption
+
+
+def _disruption_conflict(
+    region: str, first: tuple[_FileDesired, Disruption], second: tuple[_FileDesired, Disruption]
+) -> Problem:
+    """Two files of a region with different ``disruption`` blocks: the first field that differs,
+    at the second file's field (or its block when it leaves the field at the default)."""
+    (first_file, theirs_block), (other, mine_block) = first, second
+    name, mine, theirs = next(
+        (f.name, getattr(mine_block, f.name), getattr(theirs_block, f.name))
+        for f in fields(Disruption)
+        if getattr(mine_block, f.name) != getattr(theirs_block, f.name)
+    )
+
+    def place(loaded: _FileDesired) -> tuple[Location, str]:
+        if name in loaded.data["disruption"]:
+            return loaded.location(("disruption", name)), ""
+        return loaded.location(("disruption",), key=True), " (the default)"
+
+    here, here_default = place(other)
+    there, there_default = place(first_file)
+    return _problem_at(
+        here,
+        f"disruption {name} {_shown(mine)}{here_default} differs from {name} {_shown(theirs)}"
+        f"{there_default} at {there}: all files for region {region} must have the same "
+        "disruption block",
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, StopType):
+        return value.value
+    if value is None:
+        return "not set"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _strictest(limits: Iterable[float | None]) -> Any:

@@ -240,10 +240,12 @@ def _describe_error(
         yield path, False, _enum_message(path, label, instance, value)
         return
     if keyword in ("minimum", "exclusiveMinimum"):
-        yield path, False, f"{label} must be at least {value}, got {instance}"
+        bound = "at least" if keyword == "minimum" else "above"
+        yield path, False, f"{label} must be {bound} {value}, got {instance}"
         return
     if keyword in ("maximum", "exclusiveMaximum"):
-        yield path, False, f"{label} must be at most {value}, got {instance}"
+        bound = "at most" if keyword == "maximum" else "below"
+        yield path, False, f"{label} must be {bound} {value}, got {instance}"
         return
     if keyword == "minLength":
         yield path, False, f"{label} must not be empty"
@@ -256,6 +258,8 @@ def _required_hint(path: Path_, name: str) -> str:
         return " (use 'instances: []' for a key that must be bound nowhere)"
     if path == () and name == "version":
         return " (add 'version: 1')"
+    if path == ("disruption",) and name == "stop_running":
+        return " (the opt-in itself: 'stop_running: true' lets cvmkeys stop running instances)"
     return ""
 
 
@@ -325,8 +329,8 @@ def _extra_checks(data: Any) -> Iterator[tuple[Path_, bool, str]]:
     # Well-formed but one or two letters from a known region: a typo, not a new region.
     if isinstance(region, str) and ids.is_well_formed_region(region) and ids.is_likely_region_typo(region):
         yield ("region",), False, region_message(region)
-    safety = data.get("safety")
-    if isinstance(safety, dict):
-        percent = safety.get("max_unbind_percent")
+    for block, name in (("safety", "max_unbind_percent"), ("disruption", "max_stopped_percent")):
+        fields = data.get(block)
+        percent = fields.get(name) if isinstance(fields, dict) else None
         if isinstance(percent, float) and math.isnan(percent):
-            yield ("safety", "max_unbind_percent"), False, "'max_unbind_percent' must be a number, got .nan"
+            yield (block, name), False, f"{name!r} must be a number, got .nan"

@@ -285,7 +285,8 @@ class Executor:
 
     def _run_wave(self, wave: int, batches: list[Batch], following: set[str]) -> None:
         """Send the wave's batches as saved (calls touching ``following``, the next wave's
-        instances, first); then wait until those instances and the failed calls' are idle;
+        instances, first); then wait until the next wave's instances with an unconfirmed call
+        (of this wave or an earlier one) and the failed calls' are idle;
         settle, and retry what is left, regrouped."""
         pending = [binding for batch in batches for binding in batch.bindings]
         calls: list[Batch] = list(batches)
@@ -305,7 +306,10 @@ class Executor:
             uncertain = self._send(wave, calls)
             touched = {iid for _, iid in pending}
             self._unconfirmed |= touched
-            needed = (touched & following) | {iid for (_, iid), _ in uncertain}
+            # Every next-wave instance with a call not yet seen finished, not only this wave's:
+            # coloured waves let an instance lose keys in waves 1 and 3 but not 2, and wave 1's
+            # operation may still run when wave 3 starts.
+            needed = (self._unconfirmed & following) | {iid for (_, iid), _ in uncertain}
             self._wait_idle(wave, sorted(needed), self._fillers(needed, following))
             pending = self._settle(wave, uncertain) if uncertain else []
 
