@@ -96,6 +96,23 @@ def test_two_plans_made_apart_never_leave_an_instance_keyless_unwarned(tmp_path:
     assert _bindings(fleet) == set()
 
 
+def test_two_plans_made_apart_over_a_socket(tmp_path: Path) -> None:
+    """The same, against a served emulator (a real socket), the way CI would run it."""
+    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
+    a = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    b = _desired(tmp_path / "b.yaml", {TEAM_B: []})
+    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
+    state = FleetState.from_file(fleet, persist=True)
+    with serve_in_thread(EmulatorApp(state)) as server:
+        for desired in (a, b):
+            out = str(desired.with_suffix(".json"))
+            assert run_cli("plan", str(desired), "--endpoint", server.url, "--out", out, env=env)[0] == 0
+        assert run_cli("apply", str(a.with_suffix(".json")), "--endpoint", server.url, env=env)[0] == 0
+        code, _, err = run_cli("apply", str(b.with_suffix(".json")), "--endpoint", server.url, env=env)
+        assert code == 1 and "would be left with no key" in err
+        assert state.bindings(REGION) == {(TEAM_B, SHARED)}
+
+
 def test_an_outside_unbind_between_plan_and_apply_makes_the_plan_stale(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path, {TEAM_A: [SHARED], ADMIN: [SHARED]})
     desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
