@@ -138,8 +138,11 @@ def _check_fleet_file(path: Path) -> None:
     )
     try:
         data = read_bounded(path, _MAX_FLEET_BYTES, "fleet file")
-    except FileReadError:
-        raise refused from None
+    except FileReadError as error:  # its messages never quote the file's content
+        raise ConfigError(
+            f"the plan names {path} as its emulator fleet file: {error.problems[0].message}",
+            hint=refused.hint,
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
