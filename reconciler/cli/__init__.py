@@ -23,7 +23,15 @@ import typer
 from typer.core import TyperGroup
 
 from reconciler import __version__
-from reconciler.cli.views import ApplyView, Format, PlanView, Terminal, show_import
+from reconciler.cli.views import (
+    ApplyView,
+    Format,
+    PlanView,
+    Terminal,
+    ValidateFormat,
+    ValidateView,
+    show_import,
+)
 from reconciler.errors import ConfigError, CvmkeysError, InputError
 
 if TYPE_CHECKING:
@@ -303,15 +311,65 @@ def _cloud(
 
 
 @app.command()
-def validate(paths: PathsArgument) -> None:
+def validate(
+    paths: PathsArgument,
+    output_format: Annotated[
+        ValidateFormat,
+        typer.Option(
+            "--format",
+            help="text: FILE:LINE:COL: message; github: ::error/::warning annotations for "
+            "GitHub Actions; json: one document (schemas/validation.schema.json).",
+        ),
+    ] = ValidateFormat.text,
+) -> None:
     """Check desired-state files; report every problem as FILE:LINE:COL: message.
 
-    Example: cvmkeys validate examples/
+    Example: cvmkeys validate examples/ --format github
+    """
+    from reconciler import operations
+
+    view = ValidateView(output_format)
+    with _reporting_errors():
+        try:
+            loaded = operations.validate(paths)
+        except InputError as error:
+            if output_format is ValidateFormat.text:
+                raise
+            # The problems go to standard output in the chosen format; the error line alone
+            # to standard error, so a log does not show each problem twice.
+            view.invalid(error.problems)
+            raise CvmkeysError(error.message, hint=error.hint) from None
+        view.valid(loaded)
+
+
+class SchemaName(str, Enum):
+    bindings = "bindings"
+    plan = "plan"
+    fleet = "fleet"
+    result = "result"
+    validation = "validation"
+
+
+@app.command("schema")
+def schema_command(
+    name: Annotated[
+        SchemaName,
+        typer.Argument(
+            metavar="NAME",
+            help="bindings (desired-state files), plan (plan --out), fleet (emulator), "
+            "result (apply --format json) or validation (validate --format json).",
+        ),
+    ],
+) -> None:
+    """Print a JSON Schema (2020-12) shipped with cvmkeys, for editors and CI checks.
+
+    Example: cvmkeys schema bindings > schemas/bindings.schema.json
     """
     from reconciler import operations
 
     with _reporting_errors():
-        typer.echo(operations.validate(paths).summary())
+        text = operations.schema(name.value)
+        typer.echo(text, nl=not text.endswith("\n"))
 
 
 @app.command()
@@ -482,8 +540,14 @@ def import_command(
         typer.Option("--out", metavar="FILE", help="Write the file (atomically) instead of printing it."),
     ] = None,
     schema_ref: Annotated[
-        str, typer.Option("--schema-ref", metavar="PATH|URL", help="Schema named in the editor header line.")
-    ] = "../schemas/bindings.schema.json",
+        str | None,
+        typer.Option(
+            "--schema-ref",
+            metavar="PATH|URL",
+            help="Schema named in the editor header line (default: the nearest schemas/bindings.schema.json "
+            "above --out, as a relative path, else the published URL).",
+        ),
+    ] = None,
     rate_limit: RateLimitOption = None,
 ) -> None:
     """Write a desired-state file that allows exactly the bindings that are live now.
