@@ -252,11 +252,27 @@ EmulatorOption = Annotated[
 EndpointOption = Annotated[
     str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
 ]
+def _complete_profiles(incomplete: str) -> list[str]:
+    """Shell completion of ``--profile``: the tccli profiles (``<name>.credential`` files in
+    ``$TENCENTCLOUD_SHARED_CREDENTIALS_DIR``, else ``~/.tccli``). Names only: nothing is read."""
+    import os
+
+    from reconciler.cloud.credentials import tccli_dir
+
+    try:
+        folder = tccli_dir(os.environ)
+        names = sorted(path.name.removesuffix(".credential") for path in folder.glob("*.credential"))
+    except (CvmkeysError, OSError):  # no folder, or a bad variable: nothing to offer
+        return []
+    return [name for name in names if name.startswith(incomplete) and not name.startswith(".")]
+
+
 ProfileOption = Annotated[
     str | None,
     typer.Option(
         "--profile",
         metavar="NAME",
+        autocompletion=_complete_profiles,
         help="tccli profile for credentials (~/.tccli/NAME.credential). Default: TENCENTCLOUD_SECRET_ID/KEY, "
         "then the profile in $TENCENTCLOUD_PROFILE, then 'default'.",
     ),
