@@ -14,7 +14,6 @@ from reconciler.render import (
     render_plan_markdown,
     render_plan_text,
     render_result_json,
-    render_result_markdown,
     render_result_text,
 )
 from reconciler.render._sanitize import clean, display_width
@@ -189,13 +188,4 @@ def test_calls_are_named_for_the_plans_api() -> None:
         assert "calls to DisassociateInstancesKeyPairs" in text and "UnBindInstanceKey" not in text
 
 
-def test_result_markdown_leads_with_the_outcome_and_failures_first() -> None:
-    result = full_result()
-    text = render_result_markdown(result, full_plan())
-    assert text.startswith("### cvmkeys apply: `ap-guangzhou`\n\n**Apply")
-    rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(rows) == len(result.results)
-    outcomes = [row.split(" | ")[2] for row in rows]
-    assert outcomes.index("failed") < outcomes.index("done")
-    small = render_result_markdown(result, max_chars=600)
-    assert len(small) <= 600 and "more bindings not shown" in small and "| failed |" in small
+# The Markdown result: tests/test_markdown_result.py.

@@ -29,7 +29,7 @@ Three promises:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.common import plural
@@ -57,7 +57,7 @@ NAME_LIMIT = 64  # characters of a name in the summary tables
 _DETAILS_SHARE = 0.4
 _SAFE_CODE = re.compile(r"[A-Za-z0-9._:/+=@-]*")
 _MD_PUNCTUATION = re.compile(r"([\\`*_\[\]#+!|~])")
-_TRUNCATED = "\n\n... (comment truncated to fit; see the plan artifact)\n"
+_TRUNCATED = "\n\n... (comment truncated to fit)\n"
 # The last-key warning's fixed opening (core.diff words it; the instance follows).
 _LAST_KEY_PREFIX = LAST_KEY_WARNING.split("{instance}", 1)[0]
 _LAST_KEY_CONSEQUENCE = LAST_KEY_WARNING.split("{instance}", 1)[1].lstrip(": ")
@@ -265,7 +265,7 @@ class _KeySummary:
     """The per-key table, and the keys it had no room for, still named (IDs only)."""
 
     head: str
-    entries: list[_KeyCounts]
+    key_ids: list[str]
     rows: list[str]
     where: str
     in_table: int = 0
@@ -273,7 +273,7 @@ class _KeySummary:
 
     @property
     def omitted(self) -> int:
-        return len(self.entries) - self.in_table - self.named
+        return len(self.key_ids) - self.in_table - self.named
 
     def _rest_note(self, omitted: int) -> str:
         if not omitted:
@@ -282,8 +282,8 @@ class _KeySummary:
 
     def size(self, in_table: int, named: int) -> int:
         """Characters of the summary with ``in_table`` rows and ``named`` more keys named."""
-        ids = [len(code(e.key_id)) + 2 for e in self.entries[in_table : in_table + named]]
-        omitted = len(self.entries) - in_table - named
+        ids = [len(code(k)) + 2 for k in self.key_ids[in_table : in_table + named]]
+        omitted = len(self.key_ids) - in_table - named
         return (
             (len(self.head) + sum(map(len, self.rows[:in_table])) if in_table else 0)
             + (len(_NAMES_INTRO) + sum(ids) if ids else 0)
@@ -295,14 +295,14 @@ class _KeySummary:
         """The most table rows that fit in ``budget`` with every other key named. Naming every
         key comes before the details: failing that, the IDs alone may take up to ``limit``,
         and when not even they fit, as many as do."""
-        total = len(self.entries)
+        total = len(self.key_ids)
         self.in_table, self.named = total, 0
         if self.size(total, 0) <= budget:
             return
         # A row costs more than a name, so fewer rows leave room for more names: take the
         # largest number of rows for which the IDs of all the others still fit.
-        cost = [len(code(e.key_id)) + 2 for e in self.entries]
-        names_after = [0] * (total + 1)  # characters naming entries[i:]
+        cost = [len(code(k)) + 2 for k in self.key_ids]
+        names_after = [0] * (total + 1)  # characters naming key_ids[i:]
         for i in range(total - 1, -1, -1):
             names_after[i] = names_after[i + 1] + cost[i]
         rows_before = 0
@@ -331,7 +331,7 @@ class _KeySummary:
     def render(self) -> str:
         table = self.head + "".join(self.rows[: self.in_table]) if self.in_table else ""
         stop = self.in_table + self.named
-        names = ", ".join(code(e.key_id) for e in self.entries[self.in_table : stop])
+        names = ", ".join(code(k) for k in self.key_ids[self.in_table : stop])
         named = f"{_NAMES_INTRO}{names}.\n" if names else ""
         return table + named + self._rest_note(self.omitted) + "\n"
 
@@ -470,7 +470,11 @@ def _footer(plan: Plan) -> str:
 
 
 def _shortened_note(
-    sections: Sequence[_Section], keys: _KeySummary | None, see: str, max_chars: int
+    sections: Sequence[_Section],
+    keys: _KeySummary | None,
+    see: str,
+    max_chars: int,
+    keys_noun: str = "keys that change",
 ) -> str:
     """Said first when anything was left out: what, and where to see it all."""
     cut = [
@@ -484,11 +488,11 @@ def _shortened_note(
     if cut:
         text += " Left out of the details: " + ", ".join(cut) + "."
     if keys is not None and keys.omitted:
-        text += f" {plural(keys.omitted, 'key', thousands=True)} that change could not be named."
+        text += f" {keys.omitted:,} of the {len(keys.key_ids):,} {keys_noun} could not be named."
     elif keys is not None and keys.named:
-        text += f" {plural(keys.named, 'key', thousands=True)} are named without their counts."
+        text += f" {keys.named:,} of the {len(keys.key_ids):,} {keys_noun} are named without their counts."
     else:
-        text += " Every key that changes is named in the summary."
+        text += f" Every one of the {keys_noun} is named in the summary."
     return text + f" To see everything: {see}\n\n"
 
 
@@ -524,7 +528,7 @@ def render_plan_markdown(
         summary = "#### Summary\n\n" + _region_table(plan, entries, keyless)
         keys = _KeySummary(
             _table("Key", "Key name", *_COUNT_HEADERS, numeric=5),
-            entries,
+            [e.key_id for e in entries],
             [_key_row(e) for e in entries],
             f"see them all with {see}",
         )
@@ -545,26 +549,34 @@ def render_plan_markdown(
     if len(text) <= max_chars:
         return text
 
-    # Too long. Reserve the fixed parts and the longest note the cut can need, keep the
-    # summary whole if it leaves the details their share, then share the rest between them.
+    reserved = len(fixed) + len(summary) + len(details_title) + len(footer)
+    _cut(keys, sections, max_chars - reserved, lambda: _shortened_note(sections, keys, see, max_chars))
+    return _hard_cut(assemble(), max_chars)
+
+
+def _cut(keys: _KeySummary | None, sections: Sequence[_Section], room: int, note: Callable[[], str]) -> None:
+    """Decide what a comment too long for ``room`` characters keeps: the longest ``note`` the
+    cut can need is reserved, the key summary keeps every row if that leaves the details their
+    share (and names every key in any case, if it can), the details share the rest."""
     for section in sections:
         section.shown = 0
     if keys is not None:
         keys.in_table, keys.named = 0, 0
-    longest_note = len(_shortened_note(sections, keys, see, max_chars)) + 64
-    reserved = len(fixed) + len(summary) + len(details_title) + len(footer) + longest_note
-    available = max_chars - reserved - _reserved(sections)
+    available = room - len(note()) - 64 - _reserved(sections)  # 64: digits the counts may add
     details_need = sum(sum(map(len, s.rows)) for s in sections)
     if keys is not None:
         keys.fit(available - min(details_need, int(max(available, 0) * _DETAILS_SHARE)), available)
         available -= keys.size(keys.in_table, keys.named)
     _share(sections, available)
-    text = assemble()
-    if len(text) > max_chars:
-        # Only when even the fixed parts do not fit (a tiny max_chars): cut, and say so.
-        keep = max(max_chars - len(_TRUNCATED), 0)
-        text = (text[:keep] + _TRUNCATED)[:max_chars]
-    return text
+
+
+def _hard_cut(text: str, max_chars: int) -> str:
+    """``text``, or, only when even the fixed parts do not fit (a tiny max_chars), its start
+    and a line saying it was cut."""
+    if len(text) <= max_chars:
+        return text
+    keep = max(max_chars - len(_TRUNCATED), 0)
+    return (text[:keep] + _TRUNCATED)[:max_chars]
 
 
 # --------------------------------------------------------------------------- apply results
@@ -579,31 +591,112 @@ _OUTCOME_ORDER = (
 )
 
 
+_OUTCOME_TITLES = {
+    Outcome.FAILED: ("Failed: still bound", "failed binding", "failed bindings"),
+    Outcome.NOT_ATTEMPTED: (
+        "Not attempted: apply stopped first",
+        "binding not attempted",
+        "bindings not attempted",
+    ),
+    Outcome.BLOCKED: ("Blocked: not attempted", "blocked binding", "blocked bindings"),
+    Outcome.DONE: ("Done", "done binding", "done bindings"),
+    Outcome.PROTECTED: ("Protected: never touched", "protected binding", "protected bindings"),
+    Outcome.UNCHANGEABLE: (
+        "Unchangeable: no API can unbind these",
+        "unchangeable binding",
+        "unchangeable bindings",
+    ),
+}
+
+
 def render_result_markdown(
     result: ApplyResult, plan: Plan | None = None, *, max_chars: int = DEFAULT_MAX_CHARS
 ) -> str:
-    """An apply result as a PR comment: the ``Apply ...:`` line, then every binding that did
-    not simply go (failed first), then the done ones, in a table cut to ``max_chars``."""
+    """An apply result as a PR comment of at most ``max_chars`` characters: the ``Apply ...:``
+    line, a summary per key, then the bindings folded by outcome, failures first.
+
+    ``plan`` (optional) supplies key and instance names.
+    """
     title = f"### cvmkeys apply: {code(result.region)}\n\n**{result_line(result)}**\n\n"
     if result.stopped_reason:
         title += f"> [!WARNING]\n> Apply stopped early: {escape(result.stopped_reason)}\n\n"
-    rank = {outcome: n for n, outcome in enumerate(_OUTCOME_ORDER)}
-    items = sorted(result.results, key=lambda r: rank[r.outcome])  # stable: plan order
     footer = ""
     if result.calls:
         calls = ", ".join(f"{code(action)} {n:,}" for action, n in sorted(result.calls.items()))
         footer = f"API calls: {calls}\n"
+    if not result.results:
+        return _hard_cut(title + footer, max_chars)
+    key_names: dict[str, str] = {}
+    instance_names: dict[str, str] = {}
+    for change in plan.changes if plan is not None else ():
+        if change.key_name:
+            key_names.setdefault(change.key_id, change.key_name)
+        if change.instance_name:
+            instance_names.setdefault(change.instance_id, change.instance_name)
+
+    counts: dict[str, dict[Outcome, int]] = {}
+    for item in result.results:
+        counts.setdefault(item.key_id, dict.fromkeys(Outcome, 0))[item.outcome] += 1
+    first = {key_id: n for n, key_id in enumerate(counts)}
+    ranked = sorted(
+        counts,
+        key=lambda k: (-counts[k][Outcome.FAILED], -counts[k][Outcome.NOT_ATTEMPTED], first[k]),
+    )
+    columns = [o for o in _OUTCOME_ORDER if any(c[o] for c in counts.values())]
+    headers = [_OUTCOME_TITLES[o][0].split(":", 1)[0] for o in columns]
+    see = "the job's log (`--format text`), or `cvmkeys apply --format json`."
+    keys = _KeySummary(
+        _table("Key", "Key name", *headers, numeric=len(headers)),
+        ranked,
+        [
+            _row(code(k), escape(key_names.get(k, ""), NAME_LIMIT), *(f"{counts[k][o]:,}" for o in columns))
+            for k in ranked
+        ],
+        f"see them all in {see}",
+    )
     sections: list[_Section] = []
-    if items:
-        head = f"#### Bindings ({len(items):,})\n\n" + _table("Key", "Instance", "Outcome", "Reason")
-        rows = [_row(code(r.key_id), code(r.instance_id), r.outcome.value, escape(_detail(r))) for r in items]
-        where = "see the job's log, or `cvmkeys apply --format json`, for every binding."
-        sections.append(_Section(head, rows, "\n", "binding", "bindings", where))
-    _share(sections, max_chars - len(title) - len(footer) - _reserved(sections))
-    return title + "".join(s.render() for s in sections) + footer
+    for outcome in _OUTCOME_ORDER:
+        items = [r for r in result.results if r.outcome is outcome]
+        if not items:
+            continue
+        label, noun, nouns = _OUTCOME_TITLES[outcome]
+        head = _fold(label, len(items), _table("Key", "Instance", "Instance name", "Outcome", "Reason"))
+        rows = [
+            _row(
+                code(r.key_id),
+                code(r.instance_id),
+                escape(instance_names.get(r.instance_id, ""), NAME_LIMIT),
+                r.outcome.value,
+                escape(_detail(r)),
+            )
+            for r in items
+        ]
+        sections.append(_Section(head, rows, _FOLD_END, noun, nouns, f"see them all in {see}"))
+    summary = "#### Summary\n\n"
+    details_title = "#### Details\n\n"
+
+    def assemble() -> str:
+        notice = _shortened_note(sections, keys, see, max_chars, "keys")
+        body = "".join(s.render() for s in sections)
+        return title + notice + summary + keys.render() + details_title + body + footer
+
+    keys.in_table = len(ranked)
+    for section in sections:
+        section.shown = len(section.rows)
+    text = assemble()
+    if len(text) <= max_chars:
+        return text
+    reserved = len(title) + len(summary) + len(details_title) + len(footer)
+    _cut(
+        keys, sections, max_chars - reserved, lambda: _shortened_note(sections, keys, see, max_chars, "keys")
+    )
+    return _hard_cut(assemble(), max_chars)
 
 
 def _detail(item: BindingResult) -> str:
-    if item.api_code is None:
-        return item.reason
-    return f"API code {item.api_code}: {item.reason}" if item.reason else f"API code {item.api_code}"
+    detail = item.reason
+    if item.api_code is not None:
+        detail = f"API code {item.api_code}: {detail}" if detail else f"API code {item.api_code}"
+    if item.outcome is Outcome.FAILED and item.attempts > 1 and "attempts" not in detail:
+        detail += f" (after {item.attempts} attempts)"
+    return detail
