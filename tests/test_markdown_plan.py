@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from functools import cache
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import emulator_client
+from support import emulator_client, run_cli
 from test_render_samples import EVIL_NAME, LAST_KEY, big_plan, empty_plan, full_plan
 
-from bench.fleetgen import generate
+from bench.fleetgen import generate, write
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_text
@@ -218,3 +219,18 @@ def test_structure_is_valid_at_every_size(max_chars: int) -> None:
     md = render_plan_markdown(fleet_plan(), max_chars=max_chars)
     assert len(md) <= max_chars
     assert_valid_structure(md)
+
+
+def test_show_and_plan_name_the_plan_file_in_the_cut_note(tmp_path: Path) -> None:
+    gen = generate(3_000, 150, seed=2, remove_fraction=0.6)
+    fleet, desired = write(gen, tmp_path / "world")
+    plan_file = tmp_path / "plans" / "prod.json"
+    plan_file.parent.mkdir()
+    code, out, err = run_cli(
+        "plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file), "--format", "markdown"
+    )
+    assert code == 0, err
+    assert len(out) <= 65_001 and f"`cvmkeys show {plan_file}`" in out  # cut, and says where
+    code, out, _ = run_cli("show", str(plan_file), "--format", "markdown")
+    assert code == 0 and f"`cvmkeys show {plan_file}`" in out
+    assert_valid_structure(out)

@@ -371,7 +371,7 @@ def schema_command(
     name: Annotated[
         SchemaName,
         typer.Argument(
-            metavar="NAME",
+            metavar="bindings|plan|fleet|result|validation",
             help="bindings (desired-state files), plan (plan --out), fleet (emulator), "
             "result (apply --format json) or validation (validate --format json).",
         ),
@@ -428,7 +428,7 @@ def plan(
         )
         result = operations.plan(request)
         view = PlanView(output_format, Terminal(no_color))
-        view.show(result.plan)
+        view.show(result.plan, result.saved_to)
         if result.refusal is not None:
             raise result.refusal
         if result.saved_to is not None:
@@ -449,7 +449,7 @@ def show(
     from reconciler import operations
 
     with _reporting_errors():
-        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile))
+        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile), planfile)
 
 
 @contextmanager

@@ -99,8 +99,9 @@ def note(terminal: Terminal, message: str) -> None:
 # --------------------------------------------------------------------------- plans
 
 
-def render_plan(plan: Plan, fmt: Format, *, color: bool) -> str:
-    """The plan in ``fmt``; every format ends with a newline."""
+def render_plan(plan: Plan, fmt: Format, *, color: bool, plan_file: str | None = None) -> str:
+    """The plan in ``fmt``; every format ends with a newline. ``plan_file``: where the plan is
+    saved, which the Markdown comment names for what it leaves out."""
     if fmt is Format.json:
         from reconciler.render.json import render_plan_json
 
@@ -108,7 +109,7 @@ def render_plan(plan: Plan, fmt: Format, *, color: bool) -> str:
     if fmt is Format.markdown:
         from reconciler.render.markdown import render_plan_markdown
 
-        return render_plan_markdown(plan)
+        return render_plan_markdown(plan, plan_file=plan_file or "plan.json")
     from reconciler.render.text import render_plan_text
 
     return render_plan_text(plan, color=color)
@@ -119,10 +120,12 @@ class PlanView:
     fmt: Format
     terminal: Terminal
 
-    def show(self, plan: Plan) -> None:
+    def show(self, plan: Plan, plan_file: object = None) -> None:
         color = self.fmt is Format.text and self.terminal.color(sys.stdout)
+        saved = None if plan_file is None else str(plan_file)
         # Text and Markdown end with a blank line, as they always have; JSON is the plan file.
-        _out(render_plan(plan, self.fmt, color=color) + ("" if self.fmt is Format.json else "\n"))
+        text = render_plan(plan, self.fmt, color=color, plan_file=saved)
+        _out(text + ("" if self.fmt is Format.json else "\n"))
 
     def saved(self, path: object) -> None:
         note(self.terminal, f"Saved the plan to {path}. To apply exactly this plan: cvmkeys apply {path}")
