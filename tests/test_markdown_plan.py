@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 from support import emulator_client, run_cli
 from test_render_samples import EVIL_NAME, LAST_KEY, big_plan, empty_plan, full_plan
 
@@ -33,7 +34,7 @@ _DETAILS_TAG = re.compile(r"<(/?)(details|summary)(?: open)?>")
 
 def assert_valid_structure(md: str) -> None:
     """Every <details> and <summary> closed and properly nested; every row of a table has the
-    table's number of cells; a cut note never sits inside a table."""
+    table's number of cells, and is read as a row by a Markdown parser."""
     stack: list[str] = []
     for match in _DETAILS_TAG.finditer(md):
         closing, tag = match.group(1) == "/", match.group(2)
@@ -55,6 +56,11 @@ def assert_valid_structure(md: str) -> None:
             assert cells == columns, f"{cells} cells in a table of {columns}: {line}"
         else:
             columns = None
+    # And a CommonMark parser with GitHub's tables (markdown-it, which rich brings) reads every
+    # table row as a row: no table swallowed by the HTML block around it.
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    rows = sum(1 for line in md.split("\n") if line.startswith("|") and not line.startswith("|-"))
+    assert html.count("<tr>") == rows
 
 
 @cache
