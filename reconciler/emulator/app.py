@@ -174,6 +174,18 @@ class EmulatorApp:
         """A fault for a 3.0 request (no partial success there), or None."""
         return None if self._injector is None else self._injector.draw(action, can_partial=False, api3=True)
 
+    def inject_connection_fault(self, fault: str, action: str) -> Answer | None:
+        """Faults both APIs answer alike, before the call: HTTP 502/503 (returned) and a dropped
+        connection (``ConnectionDropped``); None for any other fault."""
+        if fault == "http":
+            status = "502 Bad Gateway" if self.coin() else "503 Service Unavailable"
+            self._record(action, fault, f"HTTP {status[:3]}")
+            return Answer.http(status)
+        if fault == "drop":
+            self._record(action, fault, "connection closed before the call was carried out")
+            raise ConnectionDropped("injected: connection dropped")
+        return None
+
     def inject_after(self, fault: str, action: str) -> None:
         """Faults that strike after the call was carried out (lost and slow answers)."""
         self._inject_after(fault, action)

@@ -40,6 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.api2_states import (
+    STATUS_KEY_ISSUING,
+    STATUS_RUNNING,
+    STATUS_SHUT_DOWN,
+    STATUS_SHUTTING_DOWN,
+    STATUS_STARTING,
+    status_name,
+)
 from reconciler.emulator import errors
 from reconciler.emulator.errors import ApiError
 from reconciler.emulator.fleetfile import check_data, fixture_sha256, load_fleet
@@ -61,42 +69,6 @@ _BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 # Every API error is an ``errors.ApiError``; the old name stays for the wire layers.
 ApiFault = ApiError
-
-# The instance status table of the CVM API 2.0, the emulator's own copy (it must not depend
-# on the tool's model): the fleet file stores these numbers.
-STATUS_RUNNING = 2
-STATUS_SHUT_DOWN = 4
-STATUS_STARTING = 8
-STATUS_SHUTTING_DOWN = 9
-STATUS_KEY_ISSUING = 20
-_STATUS_NAMES: Mapping[int, str] = {
-    1: "failure",
-    2: "running",
-    3: "creating",
-    4: "shut down",
-    5: "returned",
-    6: "returning",
-    7: "rebooting",
-    8: "starting",
-    9: "shutting down",
-    10: "resetting password",
-    11: "formatting",
-    12: "making image",
-    13: "setting bandwidth",
-    14: "reinstalling OS",
-    15: "binding domain",
-    16: "unbinding domain",
-    17: "binding load balancer",
-    18: "unbinding load balancer",
-    19: "upgrading",
-    20: "key issuing",
-}
-
-
-def status_name(status: int) -> str:
-    """Human name of a 2.0 status; unknown numbers are maintenance states per the docs."""
-    return _STATUS_NAMES.get(status, f"maintenance ({status})")
-
 
 # API-neutral instance states, what the rules speak; each API maps them to its own word.
 RUNNING, STOPPED, STARTING, STOPPING, BUSY = "running", "stopped", "starting", "stopping", "busy"
@@ -1093,6 +1065,22 @@ class FleetState:
                 f"{action} refused, nothing changed: {what}: {'; '.join(text for _, text in refusals)}"
             )
 
+    def _refuse_unless3(
+        self, r: _Region, ids: Sequence[str], now: float, word: str, action: str, done: str
+    ) -> None:
+        """3.0 StopInstances/StartInstances, all or nothing: refuse the call unless every
+        instance is ``word`` with no operation in progress."""
+        pending = self._active_pending(r.long_name, now)
+        refusals: list[tuple[type[ApiError], str]] = []
+        for iid in ids:
+            state = api3_state(self._status(r, iid, pending))
+            name = f"instance {iid} ({r.instances[iid]['name']})"
+            if self._busy(r, iid, pending):
+                refusals.append((errors.InstanceOperationInProgress, f"{name} has an operation in progress"))
+            elif state != word:
+                refusals.append((errors.state_refusal(state), f"{name} is {state}"))
+        self._refuse3(action, f"only {word} instances can be {done}", refusals)
+
     def check_key_pairs_operation(
         self,
         action: str,
@@ -1206,18 +1194,7 @@ class FleetState:
             r = self._region(region)
             self._require3(r, (), ids)
             now = self.clock()
-            pending = self._active_pending(r.long_name, now)
-            refusals: list[tuple[type[ApiError], str]] = []
-            for iid in ids:
-                word = api3_state(self._status(r, iid, pending))
-                name = f"instance {iid} ({r.instances[iid]['name']})"
-                if self._busy(r, iid, pending):
-                    refusals.append(
-                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
-                    )
-                elif word != "RUNNING":
-                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
-            self._refuse3("StopInstances", "only RUNNING instances can be stopped", refusals)
+            self._refuse_unless3(r, ids, now, "RUNNING", "StopInstances", "stopped")
             fails = soft_stop_fails and stop_type == "SOFT"
             took = self.op_seconds * (2 if soft_stop_fails and stop_type == "SOFT_FIRST" else 1)
             for iid in ids:
@@ -1252,18 +1229,7 @@ class FleetState:
             r = self._region(region)
             self._require3(r, (), ids)
             now = self.clock()
-            pending = self._active_pending(r.long_name, now)
-            refusals: list[tuple[type[ApiError], str]] = []
-            for iid in ids:
-                word = api3_state(self._status(r, iid, pending))
-                name = f"instance {iid} ({r.instances[iid]['name']})"
-                if self._busy(r, iid, pending):
-                    refusals.append(
-                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
-                    )
-                elif word != "STOPPED":
-                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
-            self._refuse3("StartInstances", "only STOPPED instances can be started", refusals)
+            self._refuse_unless3(r, ids, now, "STOPPED", "StartInstances", "started")
             for iid in ids:
                 r.set_status(iid, STATUS_RUNNING)
                 self._status_times[(r.long_name, iid)] = _format_time(now + self.op_seconds)

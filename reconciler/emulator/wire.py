@@ -1,5 +1,5 @@
-"""What the emulator's wire layers share: the HTTP answer, the token bucket, the Host a request
-was signed for, URL-encoded form parsing.
+"""What the emulator's wire layers share: the face they derive from, the HTTP answer, the token
+bucket, the Host a request was signed for, URL-encoded form parsing.
 
 Used by ``emulator/app.py`` (API 2.0 and the router), ``emulator/api3.py`` (API 3.0 and STS)
 and ``emulator/metadata.py``; it knows nothing of actions or of the backend.
@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextvars
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from reconciler.emulator import errors
+
+if TYPE_CHECKING:
+    from reconciler.emulator.app import EmulatorApp
+    from reconciler.emulator.state import FleetState
 
 # The read timeout of the in-process request being served (set by ``transport``), so that a
 # slow answer can time out at once instead of sleeping.
@@ -90,6 +94,22 @@ class Answer:
     @classmethod
     def http(cls, status: str) -> Answer:
         return cls(status, f"{status}\n".encode(), "text/plain; charset=utf-8")
+
+
+class Face:
+    """A wire layer (one API's face) of an ``EmulatorApp``: it shares the app's clock, counters,
+    nonces, buckets and faults, and the app's backend."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.app = app
+
+    @property
+    def state(self) -> FleetState:
+        return self.app.state
+
+    def handle(self, environ: Mapping[str, Any], method: str) -> Answer:
+        """The answer to one request. Raises ``ConnectionDropped`` to close without one."""
+        raise NotImplementedError
 
 
 def host_of(environ: Mapping[str, Any]) -> str:
