@@ -1065,11 +1065,14 @@ class FleetState:
                 f"{action} refused, nothing changed: {what}: {'; '.join(text for _, text in refusals)}"
             )
 
-    def _refuse_unless3(
-        self, r: _Region, ids: Sequence[str], now: float, word: str, action: str, done: str
-    ) -> None:
-        """3.0 StopInstances/StartInstances, all or nothing: refuse the call unless every
-        instance is ``word`` with no operation in progress."""
+    def _power3(
+        self, region: str, ids: Sequence[str], word: str, action: str, done: str
+    ) -> tuple[_Region, float]:
+        """3.0 StopInstances/StartInstances, all or nothing: the region and now, unless the call
+        is refused (an instance missing, not ``word``, or with an operation in progress)."""
+        r = self._region(region)
+        self._require3(r, (), ids)
+        now = self.clock()
         pending = self._active_pending(r.long_name, now)
         refusals: list[tuple[type[ApiError], str]] = []
         for iid in ids:
@@ -1080,6 +1083,7 @@ class FleetState:
             elif state != word:
                 refusals.append((errors.state_refusal(state), f"{name} is {state}"))
         self._refuse3(action, f"only {word} instances can be {done}", refusals)
+        return r, now
 
     def check_key_pairs_operation(
         self,
@@ -1191,10 +1195,7 @@ class FleetState:
         ids = tuple(dict.fromkeys(instance_ids))
         request_id = request_id or str(uuid.uuid4())
         with self._changing() as changed:
-            r = self._region(region)
-            self._require3(r, (), ids)
-            now = self.clock()
-            self._refuse_unless3(r, ids, now, "RUNNING", "StopInstances", "stopped")
+            r, now = self._power3(region, ids, "RUNNING", "StopInstances", "stopped")
             fails = soft_stop_fails and stop_type == "SOFT"
             took = self.op_seconds * (2 if soft_stop_fails and stop_type == "SOFT_FIRST" else 1)
             for iid in ids:
@@ -1226,10 +1227,7 @@ class FleetState:
         ids = tuple(dict.fromkeys(instance_ids))
         request_id = request_id or str(uuid.uuid4())
         with self._changing() as changed:
-            r = self._region(region)
-            self._require3(r, (), ids)
-            now = self.clock()
-            self._refuse_unless3(r, ids, now, "STOPPED", "StartInstances", "started")
+            r, now = self._power3(region, ids, "STOPPED", "StartInstances", "started")
             for iid in ids:
                 r.set_status(iid, STATUS_RUNNING)
                 self._status_times[(r.long_name, iid)] = _format_time(now + self.op_seconds)
