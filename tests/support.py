@@ -21,6 +21,17 @@ from reconciler.connect import EMULATOR_URL
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState
 
+# The key and instance IDs of the example fleet (examples/fleet.yaml), as the emulator's tests name them.
+CI, OLD, OPS, UNMANAGED = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n", "skey-0u0u0u0u"
+WEB1, WEB2, DB1, BATCH1, BASTION, WIN1 = (
+    "ins-1a2b3c4d",
+    "ins-5e6f7a8b",
+    "ins-9c8d7e6f",
+    "ins-0c0d0e0f",
+    "ins-99999999",
+    "ins-7w7w7w7w",
+)
+
 _runner = CliRunner()
 
 

@@ -457,7 +457,8 @@ def test_no_secret_in_debug_logs_of_a_whole_oidc_and_role_flow(
         assert secret not in logged
 
 
-def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
+def _tccli_login(world: World, expires_in: int) -> None:
+    """A tccli SSO login in the default profile, whose credentials expire ``expires_in`` s from now."""
     world.profile(
         "default",
         {
@@ -465,22 +466,17 @@ def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
             "secretId": "AKIDsso000000000000000",
             "secretKey": "k",
             "token": "session-token-secret",
-            "expiresAt": int(world.time.now) - 10,
+            "expiresAt": int(world.time.now) + expires_in,
         },
     )
+
+
+def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
+    _tccli_login(world, -10)
     with pytest.raises(ConfigError, match="expired") as info:
         world.resolve(world.env())
     _no_secret(info.value)
-    world.profile(
-        "default",
-        {
-            "type": "sso",
-            "secretId": "AKIDsso000000000000000",
-            "secretKey": "k",
-            "token": "session-token-secret",
-            "expiresAt": int(world.time.now) + 600,
-        },
-    )
+    _tccli_login(world, 600)
     assert world.resolve(world.env()).get().token == "session-token-secret"
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory
+from support import CI, DB1, OLD, WEB1, WIN1
 from tencentcloud.common import credential  # type: ignore[import-untyped]
 from tencentcloud.common.common_client import CommonClient  # type: ignore[import-untyped]
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import (  # type: ignore[import-untyped]
@@ -29,8 +30,6 @@ from tencentcloud.sts.v20180813 import sts_client  # type: ignore[import-untyped
 from reconciler.emulator.server import RunningServer
 
 GZ = "ap-guangzhou"
-CI, OLD = "skey-3glfot13", "skey-8x9y0z12"
-WEB1, DB1, WIN1 = "ins-1a2b3c4d", "ins-9c8d7e6f", "ins-7w7w7w7w"
 ROLE_ARN = "qcs::cam::uin/100000000001:roleName/cvmkeys-apply"
 SIGN_METHODS = ["TC3-HMAC-SHA256", "HmacSHA256"]
 
