@@ -34,6 +34,12 @@ ROLE_ARN = "qcs::cam::uin/100000000001:roleName/cvmkeys-apply"
 SIGN_METHODS = ["TC3-HMAC-SHA256", "HmacSHA256"]
 
 
+@pytest.fixture(params=SIGN_METHODS)
+def sign_method(request: pytest.FixtureRequest) -> str:
+    """Every test that takes it runs once per signing method the SDK offers."""
+    return str(request.param)
+
+
 @pytest.fixture
 def served(make_emulator: EmulatorFactory) -> Iterator[tuple[Emulator, RunningServer]]:
     em = make_emulator(op_seconds=5)
@@ -77,7 +83,6 @@ def refused(call: Any) -> str:
     return code
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_reads(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
     _, server = served
     client = cvm(server, sign_method)
@@ -93,7 +98,6 @@ def test_reads(served: tuple[Emulator, RunningServer], sign_method: str) -> None
     assert client.DescribeKeyPairs(request).TotalCount == 4
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_allowed_disassociation_and_its_operation_state(
     served: tuple[Emulator, RunningServer], sign_method: str
 ) -> None:
@@ -146,7 +150,6 @@ def test_stop_and_start(served: tuple[Emulator, RunningServer]) -> None:
     assert refused(lambda: client.StartInstances(start)) == "UnsupportedOperation.InstanceStateRunning"
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_refusals_with_their_documented_codes(
     served: tuple[Emulator, RunningServer], sign_method: str
 ) -> None:
@@ -168,7 +171,6 @@ def test_refusals_with_their_documented_codes(
     )
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_authentication_failures(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
     em, server = served
     wrong_key = cvm(server, sign_method, credential.Credential(SECRET_ID, "not-the-key"))
@@ -179,7 +181,6 @@ def test_authentication_failures(served: tuple[Emulator, RunningServer], sign_me
     assert refused(lambda: describe(cvm(server, sign_method), WEB1)) == "AuthFailure.SignatureExpire"
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_sts_temporary_credentials(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
     em, server = served
     who = sts(server, sign_method).GetCallerIdentity(sts_models.GetCallerIdentityRequest())
