@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     result = _runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     return result.exit_code, result.stdout, result.stderr
+
+
+def run_command(
+    command: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``command`` in a subprocess in ``cwd``, with ``env`` added to this process's environment:
+    text output captured, the exit code left to the test to check."""
+    return subprocess.run(
+        list(command),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmClient:
