@@ -59,6 +59,15 @@ def run_command(
     )
 
 
+def saved_plan(example: tuple[Path, Path], plan_file: Path) -> Path:
+    """``cvmkeys plan DESIRED --emulator FLEET --out PLAN_FILE`` for the ``example`` fixture's
+    (desired file, fleet), which must succeed; ``plan_file``."""
+    desired, fleet = example
+    code, _, err = run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))
+    assert code == 0, err
+    return plan_file
+
+
 def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmClient:
     """A real client talking to ``emulator`` in-process with the fleet's first credentials and,
     unless ``options`` say otherwise, no client-side rate limit."""
