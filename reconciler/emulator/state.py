@@ -64,7 +64,7 @@ CODE_OPERATION_FAILED = errors.OperationFailed.code
 CODE_PARTIAL_SUCCESS = errors.PartialSuccess.code
 
 DEFAULT_CREATED = "2020-01-01 00:00:00"
-_BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
+BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 
 # Every API error is an ``errors.ApiError``; the old name stays for the wire layers.
@@ -318,7 +318,7 @@ class _Region:
 
 
 def _format_time(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds + _BEIJING_OFFSET))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds + BEIJING_OFFSET))
 
 
 # Both are hashes of the ID, asked for every instance of every answer: computed once each.
