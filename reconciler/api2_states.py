@@ -1,4 +1,5 @@
-"""The instance status table of the CVM API 2.0 (DescribeInstances ``status``), written once.
+"""The instance status table of the CVM API 2.0 (DescribeInstances ``status``; the emulator's
+fleet fixture stores these numbers), written once.
 
 Part of the bottom layer (with ``model``, ``errors``, ``ids`` and ``common``): imports nothing
 of the tool, so that both the tool (``model`` re-exports it for the 2.0 client) and the emulator
