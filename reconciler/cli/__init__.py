@@ -23,7 +23,15 @@ import typer
 from typer.core import TyperGroup
 
 from reconciler import __version__
-from reconciler.cli.views import ApplyView, Format, PlanView, Terminal, show_import
+from reconciler.cli.views import (
+    ApplyView,
+    Format,
+    PlanView,
+    Terminal,
+    ValidateFormat,
+    ValidateView,
+    show_import,
+)
 from reconciler.errors import ConfigError, CvmkeysError, InputError
 
 if TYPE_CHECKING:
@@ -244,6 +252,8 @@ EmulatorOption = Annotated[
 EndpointOption = Annotated[
     str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
 ]
+
+
 class ApiChoice(str, Enum):
     v2 = "2.0"
     v3 = "3.0"
@@ -258,20 +268,49 @@ ApiOption = Annotated[
         "A saved plan is applied with its own.",
     ),
 ]
+
+
+def _complete_profiles(incomplete: str) -> list[str]:
+    """Shell completion of ``--profile``: the tccli profiles (``<name>.credential`` files in
+    ``$TENCENTCLOUD_SHARED_CREDENTIALS_DIR``, else ``~/.tccli``). Names only: nothing is read."""
+    import os
+
+    from reconciler.cloud.credentials import tccli_dir
+
+    try:
+        folder = tccli_dir(os.environ)
+        names = sorted(path.name.removesuffix(".credential") for path in folder.glob("*.credential"))
+    except (CvmkeysError, OSError):  # no folder, or a bad variable: nothing to offer
+        return []
+    return [name for name in names if name.startswith(incomplete) and not name.startswith(".")]
+
+
 ProfileOption = Annotated[
     str | None,
     typer.Option(
         "--profile",
         metavar="NAME",
+        autocompletion=_complete_profiles,
         help="tccli profile for credentials (~/.tccli/NAME.credential). Default: TENCENTCLOUD_SECRET_ID/KEY, "
         "then the profile in $TENCENTCLOUD_PROFILE, then 'default'.",
     ),
 ]
+_MIN_RATE = 0.01  # one request a 100 s: anything slower would look like a hang
+_MAX_RATE = 10_000
+
+
+def _rate_limit(value: float | None) -> float | None:
+    # 1e-300 passed min=0 and then waited for ever after the first unbinds.
+    if value is not None and not (value == 0 or _MIN_RATE <= value <= _MAX_RATE):  # NaN fails too
+        raise typer.BadParameter(f"must be 0 (no limit) or from {_MIN_RATE:g} to {_MAX_RATE:,}")
+    return value
+
+
 RateLimitOption = Annotated[
     float | None,
     typer.Option(
         "--rate-limit",
-        min=0,
+        callback=_rate_limit,
         metavar="PER_SECOND",
         help="Client-side limit, requests per second per action (default: the documented limits, "
         "3.0 DescribeInstances 40 and the rest 10, 2.0 10; none with --emulator; 0: none).",
@@ -287,12 +326,19 @@ MaxUnbindsOption = Annotated[
         "--max-unbinds", min=0, metavar="N", help="Safety: at most this many unbinds (wins over the file)."
     ),
 ]
+def _percent(value: float | None) -> float | None:
+    # click's range check lets NaN through (every comparison is false), and a NaN limit would
+    # pass every plan.
+    if value is not None and not 0 <= value <= 100:
+        raise typer.BadParameter("must be a number from 0 to 100")
+    return value
+
+
 MaxPercentOption = Annotated[
     float | None,
     typer.Option(
         "--max-unbind-percent",
-        min=0,
-        max=100,
+        callback=_percent,
         metavar="PERCENT",
         help="Safety: at most this % of owned bindings.",
     ),
@@ -326,15 +372,65 @@ def _cloud(
 
 
 @app.command()
-def validate(paths: PathsArgument) -> None:
+def validate(
+    paths: PathsArgument,
+    output_format: Annotated[
+        ValidateFormat,
+        typer.Option(
+            "--format",
+            help="text: FILE:LINE:COL: message; github: ::error/::warning annotations for "
+            "GitHub Actions; json: one document (schemas/validation.schema.json).",
+        ),
+    ] = ValidateFormat.text,
+) -> None:
     """Check desired-state files; report every problem as FILE:LINE:COL: message.
 
-    Example: cvmkeys validate examples/
+    Example: cvmkeys validate examples/ --format github
+    """
+    from reconciler import operations
+
+    view = ValidateView(output_format)
+    with _reporting_errors():
+        try:
+            loaded = operations.validate(paths)
+        except InputError as error:
+            if output_format is ValidateFormat.text:
+                raise
+            # The problems go to standard output in the chosen format; the error line alone
+            # to standard error, so a log does not show each problem twice.
+            view.invalid(error.problems)
+            raise CvmkeysError(error.message, hint=error.hint) from None
+        view.valid(loaded)
+
+
+class SchemaName(str, Enum):
+    bindings = "bindings"
+    plan = "plan"
+    fleet = "fleet"
+    result = "result"
+    validation = "validation"
+
+
+@app.command("schema")
+def schema_command(
+    name: Annotated[
+        SchemaName,
+        typer.Argument(
+            metavar="bindings|plan|fleet|result|validation",
+            help="bindings (desired-state files), plan (plan --out), fleet (emulator), "
+            "result (apply --format json) or validation (validate --format json).",
+        ),
+    ],
+) -> None:
+    """Print a JSON Schema (2020-12) shipped with cvmkeys, for editors and CI checks.
+
+    Example: cvmkeys schema bindings > schemas/bindings.schema.json
     """
     from reconciler import operations
 
     with _reporting_errors():
-        typer.echo(operations.validate(paths).summary())
+        text = operations.schema(name.value)
+        typer.echo(text, nl=not text.endswith("\n"))
 
 
 @app.command()
@@ -378,7 +474,7 @@ def plan(
         )
         result = operations.plan(request)
         view = PlanView(output_format, Terminal(no_color))
-        view.show(result.plan)
+        view.show(result.plan, result.saved_to)
         if result.refusal is not None:
             raise result.refusal
         if result.saved_to is not None:
@@ -399,7 +495,7 @@ def show(
     from reconciler import operations
 
     with _reporting_errors():
-        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile))
+        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile), planfile)
 
 
 @contextmanager
@@ -450,6 +546,19 @@ def apply(
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
     rate_limit: RateLimitOption = None,
+    ignore_changed_sources: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-changed-sources",
+            help="Apply a saved plan although its desired-state files changed or are missing.",
+        ),
+    ] = False,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age", metavar="DURATION", help="Refuse a saved plan older than this (90s, 30m, 12h, 7d)."
+        ),
+    ] = None,
 ) -> None:
     """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
 
@@ -467,11 +576,14 @@ def apply(
             auto_approve=auto_approve,
             force=force,
             parallelism=parallelism,
+            ignore_changed_sources=ignore_changed_sources,
+            max_age=operations.parse_duration(max_age) if max_age is not None else None,
         )
         view = ApplyView(output_format, Terminal(no_color))
         with _graceful_stop(view) as stop:
             outcome = operations.apply(request, view, stop)
         view.result(outcome.result, outcome.plan)
+        view.notes(outcome)
         raise typer.Exit(outcome.exit_code)
 
 
@@ -508,8 +620,14 @@ def import_command(
         typer.Option("--out", metavar="FILE", help="Write the file (atomically) instead of printing it."),
     ] = None,
     schema_ref: Annotated[
-        str, typer.Option("--schema-ref", metavar="PATH|URL", help="Schema named in the editor header line.")
-    ] = "../schemas/bindings.schema.json",
+        str | None,
+        typer.Option(
+            "--schema-ref",
+            metavar="PATH|URL",
+            help="Schema named in the editor header line (default: the nearest schemas/bindings.schema.json "
+            "above --out, as a relative path, else the published URL).",
+        ),
+    ] = None,
     rate_limit: RateLimitOption = None,
 ) -> None:
     """Write a desired-state file that allows exactly the bindings that are live now.
