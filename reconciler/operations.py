@@ -340,8 +340,9 @@ class PlanResult:
     def exit_code(self) -> ExitCode:
         if self.plan.has_errors:
             return ExitCode.ERROR
-        # Protected bindings are the file's own decision to leave them, not drift: not a diff.
-        drift = any(c.status is not ChangeStatus.PROTECTED for c in self.plan.changes)
+        # Protected bindings are the file's own decision and unchangeable ones (Windows) no API
+        # can act on: neither is drift anyone can fix, so neither keeps the alert at 2.
+        drift = bool(self.plan.actionable_changes)
         return ExitCode.CHANGES if self.detailed_exitcode and drift else ExitCode.OK
 
 
