@@ -17,17 +17,14 @@ The client is thread-safe; multi-page and multi-batch reads run concurrently on 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-from reconciler.cloud.base import AttemptRecord, CallResult
+from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient
 from reconciler.cloud.client import (
     _batch_ids,
     _check_instance_id,
@@ -51,9 +48,6 @@ from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError, TransportError
 from reconciler.ids import canonical_region, is_instance_id, is_key_id
 from reconciler.model import ApiVersion, Instance, InstanceState, KeyPair
-
-T = TypeVar("T")
-U = TypeVar("U")
 
 SERVICE = "cvm"
 VERSION = "2017-03-12"
@@ -147,7 +141,7 @@ def _unique(keys: list[KeyPair]) -> list[KeyPair]:
     return list(merged.values())
 
 
-class Api3Client:
+class Api3Client(PooledClient):
     """A synchronous, thread-safe CVM API 3.0 client for one region (``CloudClient``).
 
     ``credentials`` may be fixed :class:`Credentials` or a provider asked on every attempt
@@ -159,6 +153,7 @@ class Api3Client:
     """
 
     api = ApiVersion.V3
+    _thread_prefix = "cvmkeys-api3"
 
     def __init__(
         self,
@@ -219,10 +214,7 @@ class Api3Client:
             rng=rng,
             on_attempt=on_attempt,
         )
-        self._max_workers = max_workers
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._closed = False
+        self._init_pool(max_workers)
 
     def __repr__(self) -> str:
         return (
@@ -235,24 +227,8 @@ class Api3Client:
         """HTTP requests sent so far, by action (every attempt counts); a snapshot copy."""
         return self._caller.calls
 
-    def close(self) -> None:
-        """Release the thread pool and the HTTP connections. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def _close_http(self) -> None:
         self._caller.close()
-
-    def __enter__(self) -> Api3Client:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- reads
 
@@ -374,22 +350,3 @@ class Api3Client:
             action, params, parse, key_ids=key_ids, instance_ids=tuple(ids)
         )
         return CallResult(action, attempts, request_id)
-
-    # ----------------------------------------------------------------- concurrency
-
-    def _concurrently(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
-        """``[fn(item) for item in items]`` on the pool; the first failure (in order) is raised."""
-        if len(items) <= 1 or self._max_workers == 1:
-            return [fn(item) for item in items]
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("Api3Client is closed")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="cvmkeys-api3")
-            pool = self._pool
-        futures: list[Future[U]] = [pool.submit(fn, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        finally:
-            for future in futures:
-                future.cancel()

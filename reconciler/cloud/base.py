@@ -3,17 +3,25 @@
 The executor, the observers and the importer talk to a ``CloudClient`` and never to one API's
 wire format: the 2.0 client (``cloud.api2``) and the 3.0 client (``cloud.api3``) implement it.
 Both map their instance states into ``model.InstanceState`` and their error codes into
-``errors.ApiErrorKind``.
+``errors.ApiErrorKind``, and share :class:`PooledClient` (their lifetime and thread pool).
+:class:`Closing` is the one ``with`` block for everything here and above that has a ``close()``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, TypeVar
 
 from reconciler.model import ApiVersion, Instance, KeyPair
+
+T = TypeVar("T")
+U = TypeVar("U")
+_Self = TypeVar("_Self", bound="Closing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +93,67 @@ class CloudClient(Protocol):
     def close(self) -> None:
         """Release connections and threads. Idempotent."""
         ...
+
+
+class Closing:
+    """``with thing:`` closes ``thing`` at the end, whatever happened (the subclass's ``close``)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class PooledClient(Closing):
+    """What both API clients share: a lock, a ``closed`` flag, and a small thread pool, made on
+    first use, on which multi-page and multi-batch reads run. ``close`` (idempotent) shuts the
+    pool down, then the subclass's ``_close_http``."""
+
+    _thread_prefix = "cvmkeys-api"
+
+    def _init_pool(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def _close_http(self) -> None:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        """Raise if closed; call with ``self._lock`` held."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+
+    def close(self) -> None:
+        """Release the thread pool and the HTTP connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._close_http()
+
+    def _concurrently(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
+        """``[fn(item) for item in items]`` on the pool; the first failure (in order) is raised."""
+        if len(items) <= 1 or self._max_workers == 1:
+            return [fn(item) for item in items]
+        with self._lock:
+            self._check_open()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix=self._thread_prefix)
+            pool = self._pool
+        futures: list[Future[U]] = [pool.submit(fn, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()

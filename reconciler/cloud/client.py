@@ -26,13 +26,10 @@ from __future__ import annotations
 import logging
 import random
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -41,13 +38,21 @@ import httpx
 from reconciler import __version__
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
-from reconciler.cloud.base import AttemptRecord, CallResult
+from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, is_loopback_host
 from reconciler.cloud.ratelimit import ActionRateLimiter
-from reconciler.cloud.retry import RetryPolicy, is_mutating, may_retry
+from reconciler.cloud.retry import (
+    Attempt,
+    AttemptReporter,
+    RetryPolicy,
+    is_mutating,
+    may_retry,
+    request_failure,
+    send_with_retries,
+)
 from reconciler.common import short_repr as _show
-from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
+from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
 from reconciler.ids import is_instance_id, is_key_id, normalize_region
 from reconciler.model import (
     INSTANCE_STATUS_NAMES,
@@ -97,7 +102,6 @@ for _name in ("httpx", "httpcore"):
         _logger.addFilter(_RedactQuery())
 
 T = TypeVar("T")
-U = TypeVar("U")
 
 
 class _Shape(Exception):
@@ -323,14 +327,7 @@ def _unique_keys(keys: list[KeyPair]) -> list[KeyPair]:
 # --------------------------------------------------------------------------- the client
 
 
-@dataclass(slots=True)
-class _Answer:
-    http_status: int | None
-    message: str
-    code: int | str | None
-
-
-class CvmClient:
+class CvmClient(PooledClient):
     """A synchronous, thread-safe CVM API 2.0 client for one region.
 
     ``transport`` replaces the network (e.g. the emulator's in-process transport); ``clock``
@@ -398,13 +395,9 @@ class CvmClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
-        self._on_attempt = on_attempt
-        self._max_workers = max_workers
+        self._report = AttemptReporter(logger, self._retry.max_attempts, on_attempt)
+        self._init_pool(max_workers)
         self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
-        self._lock = threading.Lock()
-        self._callback_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._closed = False
         self._calls: Counter[str] = Counter()
 
         host = urlsplit(self.endpoint).hostname or ""
@@ -431,29 +424,8 @@ class CvmClient:
         with self._lock:
             return Counter(self._calls)
 
-    # ----------------------------------------------------------------- lifecycle
-
-    def close(self) -> None:
-        """Release the thread pool and the HTTP connections. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def _close_http(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> CvmClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- reads
 
@@ -609,72 +581,48 @@ class CvmClient:
         Returns the parsed answer and the number of attempts it took.
         """
         mutating = is_mutating(action)
-        max_attempts = self._retry.max_attempts
-        for attempt in range(1, max_attempts + 1):
-            self._limiter.acquire(action)
-            started = self._clock()
-            t0 = time.perf_counter()
-            answer = _Answer(None, "", None)
-            error: CloudError | None = None
+
+        def send(attempt: Attempt) -> T:
             try:
-                result = parse(self._send(action, params, answer))
+                return parse(self._send(action, params, attempt))
             except _Shape as shape:
-                error = TransportError(
-                    action,
-                    self._scrub(f"unexpected answer: {shape}"),
-                    retryable=False,
-                    ambiguous=True,
-                )
-                answer.message = error.detail
-            except CloudError as failure:
-                error = failure
-            duration = time.perf_counter() - t0
-            retry_in: float | None = None
-            if error is not None and attempt < max_attempts and may_retry(error, mutating=mutating):
-                retry_in = self._retry.delay(attempt, self._rng)
+                detail = self._scrub(f"unexpected answer: {shape}")
+                attempt.message = detail
+                raise TransportError(action, detail, retryable=False, ambiguous=True) from None
+
+        def report(attempt: Attempt) -> None:
             self._report(
                 AttemptRecord(
-                    time=started,
+                    time=attempt.started,
                     action=action,
                     region=self.region,
                     key_id=key_id,
                     instance_ids=instance_ids,
-                    attempt=attempt,
-                    code=answer.code,
-                    message=answer.message,
-                    duration_s=duration,
-                    http_status=answer.http_status,
-                    retry_in_s=retry_in,
+                    attempt=attempt.number,
+                    code=attempt.code,
+                    message=attempt.message,
+                    duration_s=attempt.duration_s,
+                    http_status=attempt.http_status,
+                    retry_in_s=attempt.retry_in_s,
                 )
             )
-            if error is None:
-                return result, attempt
-            if retry_in is None:
-                raise error
-            self._sleep(retry_in)
-        raise AssertionError("unreachable: the last attempt either returns or raises")
 
-    def _report(self, record: AttemptRecord) -> None:
-        logger.debug(
-            "%s attempt %d/%d region=%s -> code=%s http=%s in %.3fs%s",
-            record.action,
-            record.attempt,
-            self._retry.max_attempts,
-            record.region,
-            record.code,
-            record.http_status,
-            record.duration_s,
-            "" if record.retry_in_s is None else f", retrying in {record.retry_in_s:.2f}s",
+        result, last = send_with_retries(
+            send,
+            policy=self._retry,
+            retryable=lambda error: may_retry(error, mutating=mutating),
+            report=report,
+            wait=lambda: self._limiter.acquire(action),
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
         )
-        if self._on_attempt is not None:
-            with self._callback_lock:
-                self._on_attempt(record)
+        return result, last.number
 
-    def _send(self, action: str, params: dict[str, str], answer: _Answer) -> dict[str, Any]:
+    def _send(self, action: str, params: dict[str, str], answer: Attempt) -> dict[str, Any]:
         """One HTTP exchange. Fills ``answer``; returns the body of a ``code`` 0 answer."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError("CvmClient is closed")
+            self._check_open()
             self._calls[action] += 1
         # The signer (``auth``) puts the parameters into the URL or body, once.
         request = self._http.build_request(
@@ -682,19 +630,10 @@ class CvmClient:
         )
         try:
             response = self._http.send(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise self._transport_error(action, exc, retryable=True, ambiguous=False, answer=answer) from None
-        except httpx.TimeoutException as exc:
-            raise self._transport_error(action, exc, retryable=True, ambiguous=True, answer=answer) from None
-        except httpx.UnsupportedProtocol as exc:
-            raise self._transport_error(
-                action, exc, retryable=False, ambiguous=False, answer=answer
-            ) from None
         except httpx.RequestError as exc:
-            # Every other httpx request error (a dropped connection, a broken Content-Encoding:
-            # httpx.DecodingError is not a TransportError) may have reached the API: ambiguous,
-            # observed again for a mutating call. The same rule as the 3.0 call layer (tc3call).
-            raise self._transport_error(action, exc, retryable=True, ambiguous=True, answer=answer) from None
+            error = request_failure(action, exc, self._scrub)
+            answer.message = error.detail
+            raise error from None
 
         answer.http_status = response.status_code
         if response.status_code != 200:
@@ -725,52 +664,8 @@ class CvmClient:
             raise ApiError(action, code, answer.message, kind=kind)
         return body
 
-    def _transport_error(
-        self,
-        action: str,
-        exc: Exception,
-        *,
-        retryable: bool,
-        ambiguous: bool,
-        answer: _Answer,
-    ) -> TransportError:
-        # str(exc) of httpx errors is short ("[Errno 111] Connection refused", "timed out"); it
-        # never carries the URL, but scrub anyway so no secret can slip through.
-        text = str(exc)
-        if "Signature" in text or "SecretId" in text:
-            text = ""
-        detail = self._scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-        if not ambiguous:
-            detail += " (request not sent)"
-        answer.message = detail
-        return TransportError(action, detail, retryable=retryable, ambiguous=ambiguous)
-
     def _scrub(self, text: str) -> str:
         for secret in self._auth.secrets():
             if secret in text:
                 text = text.replace(secret, "<hidden>")
         return text
-
-    # ----------------------------------------------------------------- concurrency
-
-    def _concurrently(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
-        """``[fn(item) for item in items]`` on the pool; the first failure (in order) is raised."""
-        if len(items) <= 1 or self._max_workers == 1:
-            return [fn(item) for item in items]
-        pool = self._get_pool()
-        futures: list[Future[U]] = [pool.submit(fn, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        finally:
-            for future in futures:
-                future.cancel()
-
-    def _get_pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("CvmClient is closed")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=self._max_workers, thread_name_prefix="cvmkeys-api"
-                )
-            return self._pool

@@ -35,7 +35,14 @@ from reconciler.cloud.base import AttemptRecord
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import is_loopback_host
 from reconciler.cloud.ratelimit import TokenBucket
-from reconciler.cloud.retry import RetryPolicy, may_retry
+from reconciler.cloud.retry import (
+    Attempt,
+    AttemptReporter,
+    RetryPolicy,
+    may_retry,
+    request_failure,
+    send_with_retries,
+)
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, TransportError
 
 logger = logging.getLogger(__name__)
@@ -218,9 +225,8 @@ class Tc3Caller:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
-        self._on_attempt = on_attempt
+        self._report = AttemptReporter(logger, self._retry.max_attempts, on_attempt)
         self._lock = threading.Lock()
-        self._callback_lock = threading.Lock()
         self._buckets: dict[str, TokenBucket | None] = {}
         self._calls: Counter[str] = Counter()
         self._closed = False
@@ -271,91 +277,68 @@ class Tc3Caller:
         """
         mutating = action in self._mutating
         body = json.dumps(dict(params), separators=(",", ":")).encode("ascii")
-        for attempt in range(1, self._retry.max_attempts + 1):
-            bucket = self._bucket(action)
-            if bucket is not None:
-                bucket.acquire()
-            started = self._clock()
-            t0 = time.perf_counter()
-            code: str | None = None
-            request_id: str | None = None
-            message = ""
-            error: CloudError | None = None
-            answered: list[int] = []  # the HTTP status, once an answer came
+
+        def send(attempt: Attempt) -> T:
             try:
-                response = self._send(action, body, answered)
-                request_id = _request_id(response)
+                response = self._send(action, body, attempt)
+                attempt.request_id = _request_id(response)
                 failure = response.get("Error")
                 if failure is not None:
-                    code, api_message = _error_fields(failure)
-                    message = self._scrub(api_message)
+                    attempt.code, api_message = _error_fields(failure)
+                    attempt.message = self._scrub(api_message)
                     raise ApiError(
                         action,
-                        code,
-                        message,
-                        kind=classify(code, mutating=mutating),
-                        request_id=request_id,
-                        hint=hint_for(code),
+                        attempt.code,
+                        attempt.message,
+                        kind=classify(attempt.code, mutating=mutating),
+                        request_id=attempt.request_id,
+                        hint=hint_for(attempt.code),
                     )
-                result = parse(response)
+                return parse(response)
             except _Shape as shape:
-                message = self._scrub(f"unexpected answer: {shape}")
-                error = TransportError(action, message, retryable=False, ambiguous=True)
+                attempt.message = self._scrub(f"unexpected answer: {shape}")
+                raise TransportError(action, attempt.message, retryable=False, ambiguous=True) from None
             except TransportError as failure:
-                message = failure.detail
-                error = failure
-            except CloudError as failure:
-                error = failure
-            status = answered[0] if answered else None
-            duration = time.perf_counter() - t0
-            retry_in: float | None = None
-            if (
-                error is not None
-                and attempt < self._retry.max_attempts
-                and may_retry3(error, mutating=mutating)
-            ):
-                retry_in = self._retry.delay(attempt, self._rng)
+                attempt.message = failure.detail
+                raise
+
+        def report(attempt: Attempt) -> None:
             self._report(
                 AttemptRecord(
-                    time=started,
+                    time=attempt.started,
                     action=action,
                     region=self.region or "",
                     key_id=key_ids[0] if len(key_ids) == 1 else None,
                     key_ids=key_ids,
                     instance_ids=instance_ids,
-                    attempt=attempt,
-                    code=code if error is not None or code else None,
-                    message=message,
-                    duration_s=duration,
-                    http_status=status,
-                    retry_in_s=retry_in,
-                    request_id=request_id,
+                    attempt=attempt.number,
+                    code=attempt.code,
+                    message=attempt.message,
+                    duration_s=attempt.duration_s,
+                    http_status=attempt.http_status,
+                    retry_in_s=attempt.retry_in_s,
+                    request_id=attempt.request_id,
                 )
             )
-            if error is None:
-                return result, attempt, request_id
-            if retry_in is None:
-                raise error
-            self._sleep(retry_in)
-        raise AssertionError("unreachable: the last attempt either returns or raises")
 
-    def _report(self, record: AttemptRecord) -> None:
-        logger.debug(
-            "%s attempt %d/%d -> code=%s http=%s request_id=%s in %.3fs%s",
-            record.action,
-            record.attempt,
-            self._retry.max_attempts,
-            record.code,
-            record.http_status,
-            record.request_id,
-            record.duration_s,
-            "" if record.retry_in_s is None else f", retrying in {record.retry_in_s:.2f}s",
+        result, last = send_with_retries(
+            send,
+            policy=self._retry,
+            retryable=lambda error: may_retry3(error, mutating=mutating),
+            report=report,
+            wait=lambda: self._wait(action),
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
         )
-        if self._on_attempt is not None:
-            with self._callback_lock:
-                self._on_attempt(record)
+        return result, last.number, last.request_id
 
-    def _send(self, action: str, body: bytes, answered: list[int]) -> dict[str, Any]:
+    def _wait(self, action: str) -> None:
+        bucket = self._bucket(action)
+        if bucket is not None:
+            bucket.acquire()
+
+    def _send(self, action: str, body: bytes, answer: Attempt) -> dict[str, Any]:
         """One HTTP exchange; the ``Response`` object of an HTTP 200 JSON answer."""
         with self._lock:
             if self._closed:
@@ -371,14 +354,9 @@ class Tc3Caller:
         request = self._http.build_request("POST", self.endpoint, content=body, headers=headers)
         try:
             response = self._http.send(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # Certainly not sent: safe to send again, even a mutating call.
-            raise self._transport_error(action, exc, ambiguous=False) from None
-        except httpx.UnsupportedProtocol as exc:
-            raise TransportError(action, type(exc).__name__, retryable=False, ambiguous=False) from None
-        except httpx.RequestError as exc:  # every other httpx request error: maybe sent
-            raise self._transport_error(action, exc, ambiguous=True) from None
-        answered.append(response.status_code)
+        except httpx.RequestError as exc:
+            raise request_failure(action, exc, self._scrub) from None
+        answer.http_status = response.status_code
         if response.status_code != 200:
             raise TransportError(
                 action,
@@ -394,13 +372,6 @@ class Tc3Caller:
         if not isinstance(envelope, dict):
             raise TransportError(action, "answer has no 'Response' object", retryable=False, ambiguous=True)
         return envelope
-
-    def _transport_error(self, action: str, exc: Exception, *, ambiguous: bool) -> TransportError:
-        text = self._scrub(str(exc))
-        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        if not ambiguous:
-            detail += " (request not sent)"
-        return TransportError(action, detail, retryable=True, ambiguous=ambiguous)
 
     def _scrub(self, text: str) -> str:
         for secret in self.auth.secrets():
