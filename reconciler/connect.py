@@ -34,13 +34,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from reconciler.cloud.base import AttemptRecord, CloudClient
+from reconciler.cloud.base import AttemptRecord, Closing, CloudClient
 from reconciler.cloud.credentials import (
     Credentials,
     CredentialsProvider,
@@ -91,7 +90,7 @@ class ConnectOptions:
 
 
 @dataclass
-class Connection:
+class Connection(Closing):
     client: CloudClient
     endpoint_label: str  # what the plan records: the URL, or "emulator:PATH"
     credentials: CredentialsProvider | None = None
@@ -119,14 +118,6 @@ class Connection:
 
     def close(self) -> None:
         self.client.close()
-
-    def __enter__(self) -> Connection:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def check_account(connection: Connection, expected: str | None, what: str) -> None:

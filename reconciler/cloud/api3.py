@@ -82,12 +82,18 @@ def instance_state(api_state: str, latest_operation_state: str | None) -> Instan
     return INSTANCE_STATES.get(api_state, InstanceState.OTHER)
 
 
+def _required_id(item: Mapping[str, Any], name: str, is_id: Callable[[object], bool], what: str) -> str:
+    """The ID field ``name`` of an answer's entry, which must be an ID (``is_id``)."""
+    value = field_str(item, name)
+    if not is_id(value):
+        raise shape_error(f"{name} {_show(value)} is not {what}")
+    assert value is not None
+    return value
+
+
 def _parse_key(entry: object) -> KeyPair:
     item = field_dict(entry, "a KeyPairSet entry")
-    key_id = field_str(item, "KeyId")
-    if not is_key_id(key_id):
-        raise shape_error(f"KeyId {_show(key_id)} is not a key ID")
-    assert key_id is not None
+    key_id = _required_id(item, "KeyId", is_key_id, "a key ID")
     bound = field_list(item, "AssociatedInstanceIds", optional=True)
     for instance_id in bound:
         if not is_instance_id(instance_id):
@@ -101,10 +107,7 @@ def _parse_key(entry: object) -> KeyPair:
 
 def _parse_instance(entry: object) -> Instance:
     item = field_dict(entry, "an InstanceSet entry")
-    instance_id = field_str(item, "InstanceId")
-    if not is_instance_id(instance_id):
-        raise shape_error(f"InstanceId {_show(instance_id)} is not an instance ID")
-    assert instance_id is not None
+    instance_id = _required_id(item, "InstanceId", is_instance_id, "an instance ID")
     api_state = field_str(item, "InstanceState") or ""
     login = item.get("LoginSettings")
     if login is not None:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import httpx
 
@@ -659,35 +659,46 @@ def _base_provider(
 
 
 def _sts_client(sts: StsOptions, clock: Callable[[], float]) -> StsClient:
-    from reconciler.cloud.sts import StsClient
+    from reconciler.cloud.sts import sts_client
 
-    return StsClient(
-        endpoint=sts.endpoint,
-        transport=sts.transport,
-        region=sts.region,
-        timeout=sts.timeout,
-        clock=clock,
-        on_attempt=sts.on_attempt,
+    return sts_client(sts, clock)
+
+
+class _RoleFields(TypedDict):
+    """What both STS role calls take from a :class:`RoleRequest`."""
+
+    role_arn: str
+    session_name: str
+    duration_s: int
+    source: str
+
+
+def _role_provider(
+    role: RoleRequest,
+    source: str,
+    sts: StsOptions,
+    clock: Callable[[], float],
+    assume: Callable[[StsClient, _RoleFields], Credentials],
+) -> CredentialsProvider:
+    """Credentials of ``role``, fetched again (``assume``, one STS call) before they expire."""
+    client = _sts_client(sts, clock)
+    fields = _RoleFields(
+        role_arn=role.role_arn, session_name=role.session_name, duration_s=role.duration_s, source=source
     )
+    return RefreshingProvider(lambda: assume(client, fields), source, clock=clock)
 
 
 def _assume_role_provider(
     base: CredentialsProvider, role: RoleRequest, sts: StsOptions, clock: Callable[[], float]
 ) -> CredentialsProvider:
-    client = _sts_client(sts, clock)
     source = f"role {role.role_arn} ({role.chosen_by}), assumed with {base.source}"
-
-    def fetch() -> Credentials:
-        return client.assume_role(
-            base,
-            role_arn=role.role_arn,
-            session_name=role.session_name,
-            duration_s=role.duration_s,
-            external_id=role.external_id,
-            source=source,
-        )
-
-    return RefreshingProvider(fetch, source, clock=clock)
+    return _role_provider(
+        role,
+        source,
+        sts,
+        clock,
+        lambda client, fields: client.assume_role(base, external_id=role.external_id, **fields),
+    )
 
 
 def _web_identity_provider(
@@ -698,20 +709,16 @@ def _web_identity_provider(
     sts: StsOptions,
     clock: Callable[[], float],
 ) -> CredentialsProvider:
-    client = _sts_client(sts, clock)
     source = f"role {role.role_arn} by OIDC web identity ({token_source}, provider {provider_id})"
-
-    def fetch() -> Credentials:
-        return client.assume_role_with_web_identity(
-            provider_id=provider_id,
-            web_identity_token=read_token(),
-            role_arn=role.role_arn,
-            session_name=role.session_name,
-            duration_s=role.duration_s,
-            source=source,
-        )
-
-    return RefreshingProvider(fetch, source, clock=clock)
+    return _role_provider(
+        role,
+        source,
+        sts,
+        clock,
+        lambda client, fields: client.assume_role_with_web_identity(
+            provider_id=provider_id, web_identity_token=read_token(), **fields
+        ),
+    )
 
 
 def _instance_role_provider(

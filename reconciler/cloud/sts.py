@@ -180,8 +180,12 @@ def caller_identity(
     clock: Callable[[], float] = time.time,
 ) -> CallerIdentity:
     """Who ``provider``'s credentials are (account and ARN), for the plan to show."""
-    sts = sts or StsOptions()
-    client = StsClient(
+    return sts_client(sts or StsOptions(), clock).get_caller_identity(provider)
+
+
+def sts_client(sts: StsOptions, clock: Callable[[], float] = time.time) -> StsClient:
+    """An STS client as ``sts`` (the command line's STS options) says."""
+    return StsClient(
         endpoint=sts.endpoint,
         transport=sts.transport,
         region=sts.region,
@@ -189,7 +193,6 @@ def caller_identity(
         clock=clock,
         on_attempt=sts.on_attempt,
     )
-    return client.get_caller_identity(provider)
 
 
 def _with_hint(error: ApiError, hint: str) -> ApiError:

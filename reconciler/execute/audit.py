@@ -15,10 +15,9 @@ import json
 import os
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
-from reconciler.cloud.base import AttemptRecord
+from reconciler.cloud.base import AttemptRecord, Closing
 from reconciler.errors import ConfigError
 
 
@@ -26,7 +25,7 @@ def _why(error: Exception) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
 
 
-class AuditLog:
+class AuditLog(Closing):
     """Appends attempt records to a file as JSON lines; safe to call from several threads."""
 
     def __init__(self, path: Path) -> None:
@@ -87,11 +86,3 @@ class AuditLog:
             except OSError as error:
                 if self.failure is None:
                     self.failure = f"the audit log {self.path} could not be written ({_why(error)})"
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
