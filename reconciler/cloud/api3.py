@@ -191,14 +191,7 @@ class Api3Client(PooledClient):
                 if not rate > 0:
                     raise ConfigError(f"the rate limit of {action} must be a positive number a second")
             rate_limits = {**DEFAULT_RATE_LIMITS, **rate_limits}
-        if max_workers < 1:
-            raise ConfigError("max_workers must be at least 1")
-        if not timeout > 0:
-            raise ConfigError("timeout must be positive")
-        try:
-            retry = RetryPolicy(max_attempts, backoff_base, backoff_cap)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
         self.credentials_source = provider.source
         self._caller = Tc3Caller(
             service=SERVICE,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
+from reconciler.errors import ConfigError
 from reconciler.model import ApiVersion, Instance, KeyPair
 
 T = TypeVar("T")
@@ -118,6 +119,8 @@ class PooledClient(Closing):
     _thread_prefix = "cvmkeys-api"
 
     def _init_pool(self, max_workers: int) -> None:
+        if max_workers < 1:
+            raise ConfigError("max_workers must be at least 1")
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None

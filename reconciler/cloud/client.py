@@ -47,6 +47,7 @@ from reconciler.cloud.retry import (
     AttemptReporter,
     RetryPolicy,
     is_mutating,
+    json_answer,
     may_retry,
     request_failure,
     send_with_retries,
@@ -381,14 +382,7 @@ class CvmClient(PooledClient):
             )
         if rate_limit is not None and not rate_limit >= 0:
             raise ConfigError("rate_limit must be a non-negative number of requests per second")
-        if max_workers < 1:
-            raise ConfigError("max_workers must be at least 1")
-        if not timeout > 0:
-            raise ConfigError("timeout must be positive")
-        try:
-            self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        self._retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
 
         self.signature_method = signature_method
         self.credentials_source = credentials.source
@@ -591,21 +585,7 @@ class CvmClient(PooledClient):
                 raise TransportError(action, detail, retryable=False, ambiguous=True) from None
 
         def report(attempt: Attempt) -> None:
-            self._report(
-                AttemptRecord(
-                    time=attempt.started,
-                    action=action,
-                    region=self.region,
-                    key_id=key_id,
-                    instance_ids=instance_ids,
-                    attempt=attempt.number,
-                    code=attempt.code,
-                    message=attempt.message,
-                    duration_s=attempt.duration_s,
-                    http_status=attempt.http_status,
-                    retry_in_s=attempt.retry_in_s,
-                )
-            )
+            self._report(attempt.record(action, self.region, key_id=key_id, instance_ids=instance_ids))
 
         result, last = send_with_retries(
             send,
@@ -636,19 +616,12 @@ class CvmClient(PooledClient):
             raise error from None
 
         answer.http_status = response.status_code
-        if response.status_code != 200:
-            answer.message = f"HTTP {response.status_code}"
-            raise TransportError(
-                action,
-                f"HTTP {response.status_code} {response.reason_phrase}".strip(),
-                retryable=response.status_code >= 500,
-                ambiguous=True,
-            )
         try:
-            body = response.json()
-        except ValueError:
-            answer.message = "answer is not JSON"
-            raise TransportError(action, "answer is not JSON", retryable=False, ambiguous=True) from None
+            body = json_answer(action, response)
+        except TransportError as error:
+            # The record says only the status; the error, the reason too.
+            answer.message = f"HTTP {response.status_code}" if response.status_code != 200 else error.detail
+            raise
         if not isinstance(body, dict):
             answer.message = "answer is not a JSON object"
             raise TransportError(action, "answer is not a JSON object", retryable=False, ambiguous=True)

@@ -34,7 +34,7 @@ from typing import TypeVar
 import httpx
 
 from reconciler.cloud.base import AttemptRecord
-from reconciler.errors import ApiError, ApiErrorKind, CloudError, TransportError
+from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
 
 # The one list of actions that change the cloud, of both APIs.
 MUTATING_ACTIONS = frozenset(
@@ -64,6 +64,16 @@ class RetryPolicy:
             raise ValueError("max_attempts must be at least 1")
         if self.base_s < 0 or self.cap_s < 0:
             raise ValueError("backoff base and cap must not be negative")
+
+    @classmethod
+    def checked(cls, max_attempts: int, base_s: float, cap_s: float, *, timeout: float) -> RetryPolicy:
+        """A client's policy from its arguments, checked with its ``timeout``: a ConfigError."""
+        if not timeout > 0:
+            raise ConfigError("timeout must be positive")
+        try:
+            return cls(max_attempts, base_s, cap_s)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def delay(self, failed_attempt: int, rng: random.Random) -> float:
         """Seconds to sleep after attempt number ``failed_attempt`` (1-based) failed."""
@@ -105,6 +115,32 @@ class Attempt:
     request_id: str | None = None
     duration_s: float = 0.0
     retry_in_s: float | None = None
+
+    def record(
+        self,
+        action: str,
+        region: str,
+        *,
+        key_id: str | None,
+        key_ids: tuple[str, ...] = (),
+        instance_ids: tuple[str, ...],
+    ) -> AttemptRecord:
+        """This attempt as the audit log's record, for a call of ``action`` on these IDs."""
+        return AttemptRecord(
+            time=self.started,
+            action=action,
+            region=region,
+            key_id=key_id,
+            key_ids=key_ids,
+            instance_ids=instance_ids,
+            attempt=self.number,
+            code=self.code,
+            message=self.message,
+            duration_s=self.duration_s,
+            http_status=self.http_status,
+            retry_in_s=self.retry_in_s,
+            request_id=self.request_id,
+        )
 
 
 def send_with_retries(
@@ -173,6 +209,22 @@ class AttemptReporter:
 
 
 # --------------------------------------------------------------------------- transport failures
+
+
+def json_answer(action: str, response: httpx.Response) -> object:
+    """The JSON of an HTTP 200 answer; any other answer is a TransportError (HTTP 5xx retryable),
+    which may have been carried out (ambiguous)."""
+    if response.status_code != 200:
+        raise TransportError(
+            action,
+            f"HTTP {response.status_code} {response.reason_phrase}".strip(),
+            retryable=response.status_code >= 500,
+            ambiguous=True,
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise TransportError(action, "answer is not JSON", retryable=False, ambiguous=True) from None
 
 
 def request_failure(action: str, exc: httpx.RequestError, scrub: Callable[[str], str]) -> TransportError:

@@ -39,6 +39,7 @@ from reconciler.cloud.retry import (
     Attempt,
     AttemptReporter,
     RetryPolicy,
+    json_answer,
     may_retry,
     request_failure,
     send_with_retries,
@@ -303,23 +304,11 @@ class Tc3Caller:
                 raise
 
         def report(attempt: Attempt) -> None:
-            self._report(
-                AttemptRecord(
-                    time=attempt.started,
-                    action=action,
-                    region=self.region or "",
-                    key_id=key_ids[0] if len(key_ids) == 1 else None,
-                    key_ids=key_ids,
-                    instance_ids=instance_ids,
-                    attempt=attempt.number,
-                    code=attempt.code,
-                    message=attempt.message,
-                    duration_s=attempt.duration_s,
-                    http_status=attempt.http_status,
-                    retry_in_s=attempt.retry_in_s,
-                    request_id=attempt.request_id,
-                )
+            key_id = key_ids[0] if len(key_ids) == 1 else None
+            record = attempt.record(
+                action, self.region or "", key_id=key_id, key_ids=key_ids, instance_ids=instance_ids
             )
+            self._report(record)
 
         result, last = send_with_retries(
             send,
@@ -357,17 +346,7 @@ class Tc3Caller:
         except httpx.RequestError as exc:
             raise request_failure(action, exc, self._scrub) from None
         answer.http_status = response.status_code
-        if response.status_code != 200:
-            raise TransportError(
-                action,
-                f"HTTP {response.status_code} {response.reason_phrase}".strip(),
-                retryable=response.status_code >= 500,
-                ambiguous=True,
-            )
-        try:
-            data = response.json()
-        except ValueError:
-            raise TransportError(action, "answer is not JSON", retryable=False, ambiguous=True) from None
+        data = json_answer(action, response)
         envelope = data.get("Response") if isinstance(data, dict) else None
         if not isinstance(envelope, dict):
             raise TransportError(action, "answer has no 'Response' object", retryable=False, ambiguous=True)
