@@ -24,12 +24,11 @@ from typing import Any
 
 import httpx
 
-from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient
+from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient, unasked_or_miscounted
 from reconciler.cloud.client import (
     _batch_ids,
     _check_instance_id,
     _check_key_id,
-    _chunks,
     _id_list,
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
@@ -45,7 +44,7 @@ from reconciler.cloud.tc3call import (
     shape_error,
 )
 from reconciler.common import short_repr as _show
-from reconciler.errors import ConfigError, TransportError
+from reconciler.errors import ConfigError
 from reconciler.ids import canonical_region, is_instance_id, is_key_id
 from reconciler.model import ApiVersion, Instance, InstanceState, KeyPair
 
@@ -137,13 +136,6 @@ def _key_page(response: dict[str, Any]) -> tuple[int, list[KeyPair]]:
     return total, keys
 
 
-def _unique(keys: list[KeyPair]) -> list[KeyPair]:
-    merged: dict[str, KeyPair] = {}
-    for key in keys:
-        merged.setdefault(key.key_id, key)
-    return list(merged.values())
-
-
 class Api3Client(PooledClient):
     """A synchronous, thread-safe CVM API 3.0 client for one region (``CloudClient``).
 
@@ -232,79 +224,40 @@ class Api3Client(PooledClient):
         """Key pairs of the region: all (``key_ids`` None, pages of 100, the first page's
         ``TotalCount`` says how many more), or those with these IDs (100 a call; unknown IDs are
         absent). Raises a retryable ``TransportError`` if the list changed while it was paged."""
-        action = "DescribeKeyPairs"
         if key_ids is not None:
             ids = _id_list(key_ids, _check_key_id, "key_ids")
-            found = self._concurrently(self._key_batch, _chunks(ids, MAX_IDS_PER_CALL))
-            return _unique([key for batch in found for key in batch])
-        total, first = self._page(0)
-        offsets = list(range(PAGE_SIZE, total, PAGE_SIZE))
-        rest = self._concurrently(self._page, offsets)
-        pages = [(total, first), *rest]
-        for offset, (page_total, keys) in zip([0, *offsets], pages, strict=True):
-            expected = min(PAGE_SIZE, max(0, total - offset))
-            if page_total != total or len(keys) != expected:
-                raise TransportError(
-                    action,
-                    f"the key list changed while it was read (TotalCount {total}, page at offset "
-                    f"{offset} had TotalCount {page_total} and {len(keys)} keys); read it again",
-                    retryable=True,
-                    ambiguous=False,
-                )
-        merged = _unique([key for _, keys in pages for key in keys])
-        if len(merged) != total:
-            raise TransportError(
-                action,
-                f"the key list changed while it was read ({len(merged)} distinct keys, TotalCount "
-                f"{total}); read it again",
-                retryable=True,
-                ambiguous=False,
-            )
-        return merged
+            return self._keys_by_id(ids, self._key_batch, MAX_IDS_PER_CALL)
+        return self._all_keys(self._page, PAGE_SIZE)
 
     def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
         """The instances with these IDs that exist; 100 a call, concurrently. An empty list
         makes no call; an ID absent from the result does not exist (or is not this account's)."""
         ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
-        batches = self._concurrently(self._instance_batch, _chunks(ids, MAX_IDS_PER_CALL))
-        merged: dict[str, Instance] = {}
-        for batch in batches:
-            for instance in batch:
-                merged.setdefault(instance.instance_id, instance)
-        return list(merged.values())
+        return self._instances_by_id(ids, self._instance_batch, MAX_IDS_PER_CALL)
 
     def _page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"Offset": offset, "Limit": PAGE_SIZE}
         return self._caller.call("DescribeKeyPairs", params, _key_page)[0]
 
     def _key_batch(self, batch: Sequence[str]) -> list[KeyPair]:
-        asked = set(batch)
-
         def parse(response: dict[str, Any]) -> list[KeyPair]:
             total, keys = _key_page(response)
-            for key in keys:
-                if key.key_id not in asked:
-                    raise shape_error(f"answer holds key {key.key_id}, which was not asked for")
-            if total != len(keys):
-                raise shape_error(f"TotalCount {total} but {len(keys)} keys returned")
+            problem = unasked_or_miscounted(batch, [key.key_id for key in keys], total, "key", "TotalCount")
+            if problem is not None:
+                raise shape_error(problem)
             return keys
 
         params = {"KeyIds": list(batch), "Offset": 0, "Limit": PAGE_SIZE}
         return self._caller.call("DescribeKeyPairs", params, parse, key_ids=tuple(batch))[0]
 
     def _instance_batch(self, batch: Sequence[str]) -> list[Instance]:
-        asked = set(batch)
-
         def parse(response: dict[str, Any]) -> list[Instance]:
             total = field_int(response, "TotalCount")
             instances = [_parse_instance(e) for e in field_list(response, "InstanceSet", optional=True)]
-            for instance in instances:
-                if instance.instance_id not in asked:
-                    raise shape_error(
-                        f"answer holds instance {instance.instance_id}, which was not asked for"
-                    )
-            if total != len(instances):
-                raise shape_error(f"TotalCount {total} but {len(instances)} instances returned")
+            found = [instance.instance_id for instance in instances]
+            problem = unasked_or_miscounted(batch, found, total, "instance", "TotalCount")
+            if problem is not None:
+                raise shape_error(problem)
             return instances
 
         params = {"InstanceIds": list(batch), "Offset": 0, "Limit": PAGE_SIZE}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, TransportError
 from reconciler.model import ApiVersion, Instance, KeyPair
 
 T = TypeVar("T")
@@ -111,12 +111,40 @@ class Closing:
         self.close()
 
 
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut into runs of ``size`` (the last one shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def unasked_or_miscounted(
+    asked: Sequence[str], found: Sequence[str], total: int, what: str, total_name: str
+) -> str | None:
+    """What is wrong with an answer to a read of ``asked`` IDs that returned ``found`` (and said
+    ``total``), or None: it must hold only IDs asked for, as many as it says."""
+    wanted = set(asked)
+    for found_id in found:
+        if found_id not in wanted:
+            return f"answer holds {what} {found_id}, which was not asked for"
+    if total != len(found):
+        return f"{total_name} {total} but {len(found)} {what}s returned"
+    return None
+
+
+def _unique_keys(keys: list[KeyPair]) -> list[KeyPair]:
+    merged: dict[str, KeyPair] = {}
+    for key in keys:
+        merged.setdefault(key.key_id, key)
+    return list(merged.values())
+
+
 class PooledClient(Closing):
     """What both API clients share: a lock, a ``closed`` flag, and a small thread pool, made on
-    first use, on which multi-page and multi-batch reads run. ``close`` (idempotent) shuts the
-    pool down, then the subclass's ``_close_http``."""
+    first use, on which multi-page and multi-batch reads run; and those reads' merging and
+    consistency checks. ``close`` (idempotent) shuts the pool down, then the subclass's
+    ``_close_http``."""
 
     _thread_prefix = "cvmkeys-api"
+    _total_name = "TotalCount"  # the answers' count field, as messages name it
 
     def _init_pool(self, max_workers: int) -> None:
         if max_workers < 1:
@@ -160,3 +188,51 @@ class PooledClient(Closing):
         finally:
             for future in futures:
                 future.cancel()
+
+    # ----------------------------------------------------------------- reads, merged
+
+    def _keys_by_id(
+        self, ids: Sequence[str], batch: Callable[[Sequence[str]], list[KeyPair]], size: int
+    ) -> list[KeyPair]:
+        """The keys of these (valid, distinct) IDs, ``size`` a call, concurrently."""
+        found = self._concurrently(batch, chunks(ids, size))
+        return _unique_keys([key for keys in found for key in keys])
+
+    def _instances_by_id(
+        self, ids: Sequence[str], batch: Callable[[Sequence[str]], list[Instance]], size: int
+    ) -> list[Instance]:
+        """The instances of these (valid, distinct) IDs, ``size`` a call, concurrently."""
+        merged: dict[str, Instance] = {}
+        for instances in self._concurrently(batch, chunks(ids, size)):
+            for instance in instances:
+                merged.setdefault(instance.instance_id, instance)
+        return list(merged.values())
+
+    def _all_keys(self, page: Callable[[int], tuple[int, list[KeyPair]]], size: int) -> list[KeyPair]:
+        """Every key, in pages of ``size`` (``page(offset)``: the total and the page's keys): the
+        first page's total says how many more, read concurrently. A retryable ``TransportError``
+        when the list changed while it was paged through."""
+        action, name = "DescribeKeyPairs", self._total_name
+        total, first = page(0)
+        offsets = list(range(size, total, size))
+        pages = [(total, first), *self._concurrently(page, offsets)]
+        for offset, (page_total, keys) in zip([0, *offsets], pages, strict=True):
+            expected = min(size, max(0, total - offset))
+            if page_total != total or len(keys) != expected:
+                raise TransportError(
+                    action,
+                    f"the key list changed while it was read ({name} {total}, page at offset "
+                    f"{offset} had {name} {page_total} and {len(keys)} keys); read it again",
+                    retryable=True,
+                    ambiguous=False,
+                )
+        merged = _unique_keys([key for _, keys in pages for key in keys])
+        if len(merged) != total:
+            raise TransportError(
+                action,
+                f"the key list changed while it was read ({len(merged)} distinct keys, {name} "
+                f"{total}); read it again",
+                retryable=True,
+                ambiguous=False,
+            )
+        return merged

@@ -29,7 +29,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,7 +37,7 @@ import httpx
 from reconciler import __version__
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
-from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient
+from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient, unasked_or_miscounted
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, is_loopback_host
 from reconciler.cloud.ratelimit import ActionRateLimiter
@@ -192,10 +191,6 @@ def _batch_ids(instance_ids: Sequence[str]) -> list[str]:
     return ids
 
 
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def _list_params(name: str, values: Sequence[str]) -> dict[str, str]:
     return {f"{name}.{i}": value for i, value in enumerate(values)}
 
@@ -293,19 +288,13 @@ def _parse_instance(entry: object) -> Instance:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _KeyPage:
-    total: int
-    keys: list[KeyPair]
-
-
-def _parse_key_page(body: dict[str, Any]) -> _KeyPage:
+def _parse_key_page(body: dict[str, Any]) -> tuple[int, list[KeyPair]]:
     data = _dict(body.get("data"), "'data'")
     total = _int(data, "totalCount")
     keys = [_parse_key(entry) for entry in _list(data, "sshSet")]
     if total < 0 or len(keys) > PAGE_SIZE:
         raise _Shape("totalCount or sshSet size out of range")
-    return _KeyPage(total, keys)
+    return total, keys
 
 
 def _parse_instances(body: dict[str, Any]) -> tuple[int, list[Instance]]:
@@ -316,13 +305,6 @@ def _parse_instances(body: dict[str, Any]) -> tuple[int, list[Instance]]:
 
 def _parse_empty(body: dict[str, Any]) -> None:
     return None
-
-
-def _unique_keys(keys: list[KeyPair]) -> list[KeyPair]:
-    merged: dict[str, KeyPair] = {}
-    for key in keys:
-        merged.setdefault(key.key_id, key)
-    return list(merged.values())
 
 
 # --------------------------------------------------------------------------- the client
@@ -339,6 +321,7 @@ class CvmClient(PooledClient):
     """
 
     api = ApiVersion.V2
+    _total_name = "totalCount"
 
     def __init__(
         self,
@@ -431,37 +414,10 @@ class CvmClient(PooledClient):
         absent from the result; an empty list makes no call. Raises ``TransportError`` (retryable)
         when the key list changed while it was paged through.
         """
-        action = "DescribeKeyPairs"
         if key_ids is not None:
             ids = _id_list(key_ids, _check_key_id, "key_ids")
-            found = self._concurrently(self._key_chunk, _chunks(ids, MAX_IDS_PER_CALL))
-            return _unique_keys([key for chunk in found for key in chunk])
-
-        first = self._key_page(0)
-        offsets = range(PAGE_SIZE, first.total, PAGE_SIZE)
-        rest = self._concurrently(self._key_page, list(offsets))
-        pages = [first, *rest]
-        for offset, page in zip([0, *offsets], pages, strict=True):
-            expected = min(PAGE_SIZE, max(0, first.total - offset))
-            if page.total != first.total or len(page.keys) != expected:
-                raise TransportError(
-                    action,
-                    f"the key list changed while it was read (totalCount {first.total}, page at "
-                    f"offset {offset} had totalCount {page.total} and {len(page.keys)} keys); "
-                    "read it again",
-                    retryable=True,
-                    ambiguous=False,
-                )
-        keys = _unique_keys([key for page in pages for key in page.keys])
-        if len(keys) != first.total:
-            raise TransportError(
-                action,
-                f"the key list changed while it was read ({len(keys)} distinct keys, "
-                f"totalCount {first.total}); read it again",
-                retryable=True,
-                ambiguous=False,
-            )
-        return keys
+            return self._keys_by_id(ids, self._key_chunk, MAX_IDS_PER_CALL)
+        return self._all_keys(self._key_page, PAGE_SIZE)
 
     def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
         """The instances with these IDs that exist; one call per 100 IDs, run concurrently.
@@ -470,14 +426,9 @@ class CvmClient(PooledClient):
         makes no call.
         """
         ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
-        chunks = self._concurrently(self._instance_chunk, _chunks(ids, MAX_IDS_PER_CALL))
-        merged: dict[str, Instance] = {}
-        for chunk in chunks:
-            for instance in chunk:
-                merged.setdefault(instance.instance_id, instance)
-        return list(merged.values())
+        return self._instances_by_id(ids, self._instance_chunk, MAX_IDS_PER_CALL)
 
-    def _key_page(self, offset: int) -> _KeyPage:
+    def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"offset": str(offset), "limit": str(PAGE_SIZE)}
         return self._call("DescribeKeyPairs", params, _parse_key_page)
 
@@ -485,14 +436,11 @@ class CvmClient(PooledClient):
         params = {**_list_params("keyIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
 
         def parse(body: dict[str, Any]) -> list[KeyPair]:
-            page = _parse_key_page(body)
-            asked = set(chunk)
-            for key in page.keys:
-                if key.key_id not in asked:
-                    raise _Shape(f"answer holds key {key.key_id}, which was not asked for")
-            if page.total != len(page.keys):
-                raise _Shape(f"totalCount {page.total} but {len(page.keys)} keys returned")
-            return page.keys
+            total, keys = _parse_key_page(body)
+            problem = unasked_or_miscounted(chunk, [key.key_id for key in keys], total, "key", "totalCount")
+            if problem is not None:
+                raise _Shape(problem)
+            return keys
 
         return self._call("DescribeKeyPairs", params, parse, instance_ids=())
 
@@ -501,12 +449,10 @@ class CvmClient(PooledClient):
 
         def parse(body: dict[str, Any]) -> list[Instance]:
             total, instances = _parse_instances(body)
-            asked = set(chunk)
-            for instance in instances:
-                if instance.instance_id not in asked:
-                    raise _Shape(f"answer holds instance {instance.instance_id}, which was not asked for")
-            if total != len(instances):
-                raise _Shape(f"totalCount {total} but {len(instances)} instances returned")
+            found = [instance.instance_id for instance in instances]
+            problem = unasked_or_miscounted(chunk, found, total, "instance", "totalCount")
+            if problem is not None:
+                raise _Shape(problem)
             return instances
 
         return self._call("DescribeInstances", params, parse, instance_ids=tuple(chunk))
