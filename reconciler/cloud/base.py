@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from reconciler.errors import ConfigError, TransportError
 from reconciler.model import ApiVersion, Instance, KeyPair
@@ -109,6 +109,51 @@ class Closing:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class AnswerShapeError(Exception):
+    """The answer is JSON but not shaped like the API's; each client turns it into a
+    ``TransportError`` (never retried, maybe carried out)."""
+
+
+def field_str(body: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
+    """A string field; ``None`` if absent/null and ``optional``."""
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise AnswerShapeError(f"{name!r} is not a string")
+    return value
+
+
+def field_int(body: Mapping[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AnswerShapeError(f"{name!r} is not an integer")
+    return value
+
+
+def field_list(body: Mapping[str, Any], name: str, *, optional: bool = False) -> list[Any]:
+    value = body.get(name)
+    if value is None and optional:
+        return []
+    if not isinstance(value, list):
+        raise AnswerShapeError(f"{name!r} is not a list")
+    return value
+
+
+def field_dict(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise AnswerShapeError(f"{what} is not an object")
+    return value
+
+
+def hide(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``<hidden>``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "<hidden>")
+    return text
 
 
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

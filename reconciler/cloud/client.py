@@ -37,7 +37,17 @@ import httpx
 from reconciler import __version__
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
-from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient, unasked_or_miscounted
+from reconciler.cloud.base import AnswerShapeError as _Shape
+from reconciler.cloud.base import (
+    AttemptRecord,
+    CallResult,
+    PooledClient,
+    field_dict,
+    field_int,
+    field_list,
+    hide,
+    unasked_or_miscounted,
+)
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, is_loopback_host
 from reconciler.cloud.ratelimit import ActionRateLimiter
@@ -102,10 +112,6 @@ for _name in ("httpx", "httpcore"):
         _logger.addFilter(_RedactQuery())
 
 T = TypeVar("T")
-
-
-class _Shape(Exception):
-    """The answer is JSON but not shaped like the API's; becomes a ``TransportError``."""
 
 
 # --------------------------------------------------------------------------- states and codes
@@ -198,32 +204,12 @@ def _list_params(name: str, values: Sequence[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- answer parsing
 
 
-def _int(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Shape(f"{name!r} is not an integer")
-    return value
-
-
 def _str(body: dict[str, Any], name: str, *, default: str | None = None) -> str:
     value = body.get(name, default)
     if value is None and default is not None:
         return default
     if not isinstance(value, str):
         raise _Shape(f"{name!r} is not a string")
-    return value
-
-
-def _list(body: dict[str, Any], name: str) -> list[Any]:
-    value = body.get(name)
-    if not isinstance(value, list):
-        raise _Shape(f"{name!r} is not a list")
-    return value
-
-
-def _dict(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Shape(f"{what} is not an object")
     return value
 
 
@@ -241,13 +227,13 @@ def _all_instance_ids(values: list[Any]) -> bool:
 
 
 def _parse_key(entry: object) -> KeyPair:
-    item = _dict(entry, "an sshSet entry")
+    item = field_dict(entry, "an sshSet entry")
     key_id = _str(item, "keyId")
     if not is_key_id(key_id):
         raise _Shape(f"keyId {_show(key_id)} is not a key ID")
     # Absent or null bindUnInstanceIds: treated as no bindings (the docs show it on every key).
     raw_bound = item.get("bindUnInstanceIds")
-    bound = _list(item, "bindUnInstanceIds") if raw_bound is not None else []
+    bound = field_list(item, "bindUnInstanceIds") if raw_bound is not None else []
     if not _all_instance_ids(bound):
         for instance_id in bound:
             if not is_instance_id(instance_id):
@@ -274,11 +260,11 @@ def _parse_instance(entry: object) -> Instance:
         ):
             state, word = instance_state(status)
             return Instance(instance_id=instance_id, name=name or "", state=state, api_state=word, os=os_name)
-    item = _dict(entry, "an instanceSet entry")
+    item = field_dict(entry, "an instanceSet entry")
     instance_id = _str(item, "unInstanceId")
     if not is_instance_id(instance_id):
         raise _Shape(f"unInstanceId {_show(instance_id)} is not an instance ID")
-    state, word = instance_state(_int(item, "status"))
+    state, word = instance_state(field_int(item, "status"))
     return Instance(
         instance_id=instance_id,
         name=_str(item, "instanceName", default=""),
@@ -289,9 +275,9 @@ def _parse_instance(entry: object) -> Instance:
 
 
 def _parse_key_page(body: dict[str, Any]) -> tuple[int, list[KeyPair]]:
-    data = _dict(body.get("data"), "'data'")
-    total = _int(data, "totalCount")
-    keys = [_parse_key(entry) for entry in _list(data, "sshSet")]
+    data = field_dict(body.get("data"), "'data'")
+    total = field_int(data, "totalCount")
+    keys = [_parse_key(entry) for entry in field_list(data, "sshSet")]
     if total < 0 or len(keys) > PAGE_SIZE:
         raise _Shape("totalCount or sshSet size out of range")
     return total, keys
@@ -299,8 +285,8 @@ def _parse_key_page(body: dict[str, Any]) -> tuple[int, list[KeyPair]]:
 
 def _parse_instances(body: dict[str, Any]) -> tuple[int, list[Instance]]:
     # DescribeInstances has no ``data`` wrapper.
-    total = _int(body, "totalCount")
-    return total, [_parse_instance(entry) for entry in _list(body, "instanceSet")]
+    total = field_int(body, "totalCount")
+    return total, [_parse_instance(entry) for entry in field_list(body, "instanceSet")]
 
 
 def _parse_empty(body: dict[str, Any]) -> None:
@@ -584,7 +570,4 @@ class CvmClient(PooledClient):
         return body
 
     def _scrub(self, text: str) -> str:
-        for secret in self._auth.secrets():
-            if secret in text:
-                text = text.replace(secret, "<hidden>")
-        return text
+        return hide(text, self._auth.secrets())

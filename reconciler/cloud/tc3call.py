@@ -31,7 +31,8 @@ import httpx
 
 from reconciler import __version__
 from reconciler.cloud import tc3
-from reconciler.cloud.base import AttemptRecord
+from reconciler.cloud.base import AnswerShapeError as _Shape
+from reconciler.cloud.base import AttemptRecord, field_dict, field_int, field_list, field_str, hide
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import is_loopback_host
 from reconciler.cloud.ratelimit import TokenBucket
@@ -181,10 +182,6 @@ class Tc3Auth(httpx.Auth):
 
 
 # --------------------------------------------------------------------------- one call
-
-
-class _Shape(Exception):
-    """The answer is JSON but not shaped like the API's; becomes a ``TransportError``."""
 
 
 class Tc3Caller:
@@ -353,10 +350,7 @@ class Tc3Caller:
         return envelope
 
     def _scrub(self, text: str) -> str:
-        for secret in self.auth.secrets():
-            if secret in text:
-                text = text.replace(secret, "<hidden>")
-        return text
+        return hide(text, self.auth.secrets())
 
 
 def _request_id(response: dict[str, Any]) -> str | None:
@@ -373,41 +367,20 @@ def _error_fields(failure: object) -> tuple[str, str]:
     return code, message if isinstance(message, str) else ""
 
 
-# --------------------------------------------------------------------------- answer parsing
-
-
-def field_str(body: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
-    """A string field; ``None`` if absent/null and ``optional``."""
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise _Shape(f"{name!r} is not a string")
-    return value
-
-
-def field_int(body: Mapping[str, Any], name: str) -> int:
-    value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Shape(f"{name!r} is not an integer")
-    return value
-
-
-def field_list(body: Mapping[str, Any], name: str, *, optional: bool = False) -> list[Any]:
-    value = body.get(name)
-    if value is None and optional:
-        return []
-    if not isinstance(value, list):
-        raise _Shape(f"{name!r} is not a list")
-    return value
-
-
-def field_dict(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Shape(f"{what} is not an object")
-    return value
-
-
 def shape_error(message: str) -> Exception:
     """An answer-shape error for parsers outside this module."""
     return _Shape(message)
+
+
+__all__ = [
+    "Tc3Auth",
+    "Tc3Caller",
+    "classify",
+    "field_dict",
+    "field_int",
+    "field_list",
+    "field_str",
+    "hint_for",
+    "may_retry3",
+    "shape_error",
+]
