@@ -24,7 +24,13 @@ from typing import Any
 
 import httpx
 
-from reconciler.cloud.base import AttemptRecord, CallResult, PooledClient, unasked_or_miscounted
+from reconciler.cloud.base import (
+    AttemptRecord,
+    CallResult,
+    PooledClient,
+    checked_region,
+    unasked_or_miscounted,
+)
 from reconciler.cloud.client import (
     _batch_ids,
     _check_instance_id,
@@ -171,12 +177,7 @@ class Api3Client(PooledClient):
         provider: CredentialsProvider = (
             StaticProvider(credentials) if isinstance(credentials, Credentials) else credentials
         )
-        try:
-            self.region = canonical_region(region)
-        except KeyError:
-            raise ConfigError(
-                f"unknown region {_show(region)}", hint="use a long name such as ap-guangzhou"
-            ) from None
+        self.region = checked_region(region, canonical_region)
         self.endpoint = check_endpoint(endpoint, default_path=API3_PATH)
         if rate_limits is not None:
             for action, rate in rate_limits.items():
@@ -203,12 +204,6 @@ class Api3Client(PooledClient):
             on_attempt=on_attempt,
         )
         self._init_pool(max_workers)
-
-    def __repr__(self) -> str:
-        return (
-            f"Api3Client(region={self.region!r}, endpoint={self.endpoint!r}, "
-            f"credentials={self.credentials_source!r})"
-        )
 
     @property
     def calls(self) -> Counter[str]:

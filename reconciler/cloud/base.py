@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from reconciler.common import short_repr
 from reconciler.errors import ConfigError, TransportError
 from reconciler.model import ApiVersion, Instance, KeyPair
 
@@ -156,6 +157,16 @@ def hide(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def checked_region(region: str, normalize: Callable[[str], str]) -> str:
+    """``normalize(region)`` (the API's rule for region names), a ConfigError if it is unknown."""
+    try:
+        return normalize(region)
+    except KeyError:
+        raise ConfigError(
+            f"unknown region {short_repr(region)}", hint="use a long name such as ap-guangzhou"
+        ) from None
+
+
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """``items`` cut into runs of ``size`` (the last one shorter)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -190,6 +201,17 @@ class PooledClient(Closing):
 
     _thread_prefix = "cvmkeys-api"
     _total_name = "TotalCount"  # the answers' count field, as messages name it
+
+    region: str
+    endpoint: str
+    credentials_source: str
+
+    def __repr__(self) -> str:
+        # Where it goes and whose credentials, never the credentials themselves.
+        return (
+            f"{type(self).__name__}(region={self.region!r}, endpoint={self.endpoint!r}, "
+            f"credentials={self.credentials_source!r})"
+        )
 
     def _init_pool(self, max_workers: int) -> None:
         if max_workers < 1:

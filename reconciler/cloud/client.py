@@ -30,11 +30,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 
-from reconciler import __version__
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
 from reconciler.cloud.base import AnswerShapeError as _Shape
@@ -42,6 +40,7 @@ from reconciler.cloud.base import (
     AttemptRecord,
     CallResult,
     PooledClient,
+    checked_region,
     field_dict,
     field_int,
     field_list,
@@ -49,7 +48,7 @@ from reconciler.cloud.base import (
     unasked_or_miscounted,
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
-from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, is_loopback_host
+from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, http_client
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
     Attempt,
@@ -333,13 +332,8 @@ class CvmClient(PooledClient):
             credentials = StaticProvider(credentials)
         elif not callable(getattr(credentials, "get", None)):
             raise ConfigError("credentials must be a Credentials object or a credentials provider")
-        try:
-            # Open-ended, as the loader's: a region newer than this version's table still works.
-            self.region = normalize_region(region)
-        except KeyError:
-            raise ConfigError(
-                f"unknown region {_show(region)}", hint="use a long name such as ap-guangzhou"
-            ) from None
+        # Open-ended, as the loader's: a region newer than this version's table still works.
+        self.region = checked_region(region, normalize_region)
         self.endpoint = check_endpoint(endpoint)
         self.http_method = http_method.upper()
         if self.http_method not in ("GET", "POST"):
@@ -363,23 +357,8 @@ class CvmClient(PooledClient):
         self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
         self._calls: Counter[str] = Counter()
 
-        host = urlsplit(self.endpoint).hostname or ""
         self._auth = Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock)
-        self._http = httpx.Client(
-            auth=self._auth,
-            transport=transport,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            # Proxy variables are for the real cloud; never for an in-process app or loopback.
-            trust_env=transport is None and not is_loopback_host(host),
-            headers={"User-Agent": f"cvmkeys/{__version__}"},
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"CvmClient(region={self.region!r}, endpoint={self.endpoint!r}, "
-            f"credentials={self.credentials_source!r})"
-        )
+        self._http = http_client(self.endpoint, self._auth, transport, timeout)
 
     @property
     def calls(self) -> Counter[str]:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
+from reconciler import __version__
 from reconciler.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://cvm.api.qcloud.com/v2/index.php"
@@ -82,3 +85,18 @@ def check_endpoint(url: str, *, default_path: str = DEFAULT_PATH) -> str:
     if port is not None:
         netloc = f"{netloc}:{port}"
     return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def http_client(
+    endpoint: str, auth: httpx.Auth, transport: httpx.BaseTransport | None, timeout: float
+) -> httpx.Client:
+    """The HTTP client of every API client: no redirects, cvmkeys' User-Agent, and proxy
+    variables only for the real cloud (never for an in-process app or a loopback address)."""
+    return httpx.Client(
+        auth=auth,
+        transport=transport,
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        trust_env=transport is None and not is_loopback_host(urlsplit(endpoint).hostname or ""),
+        headers={"User-Agent": f"cvmkeys/{__version__}"},
+    )

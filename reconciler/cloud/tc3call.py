@@ -29,12 +29,11 @@ from typing import Any, TypeVar
 
 import httpx
 
-from reconciler import __version__
 from reconciler.cloud import tc3
 from reconciler.cloud.base import AnswerShapeError as _Shape
 from reconciler.cloud.base import AttemptRecord, field_dict, field_int, field_list, field_str, hide
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
-from reconciler.cloud.endpoint import is_loopback_host
+from reconciler.cloud.endpoint import http_client
 from reconciler.cloud.ratelimit import TokenBucket
 from reconciler.cloud.retry import (
     Attempt,
@@ -228,16 +227,7 @@ class Tc3Caller:
         self._buckets: dict[str, TokenBucket | None] = {}
         self._calls: Counter[str] = Counter()
         self._closed = False
-        host = httpx.URL(endpoint).host
-        self._http = httpx.Client(
-            auth=auth,
-            transport=transport,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            # Proxy variables are for the real cloud; never for an in-process app or loopback.
-            trust_env=transport is None and not is_loopback_host(host),
-            headers={"User-Agent": f"cvmkeys/{__version__}"},
-        )
+        self._http = http_client(endpoint, auth, transport, timeout)
 
     @property
     def calls(self) -> Counter[str]:
