@@ -304,7 +304,16 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
             )
         executor = _executor(connection, the_plan, request, hooks, stop)
         executor.check_fresh()
-        _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
+        stops = the_plan.stops
+        _check_safe(
+            recheck_safety(
+                the_plan.safety,
+                request.limits,
+                stops=stops.stop_count if stops else 0,
+                max_stops=stops.max_stops if stops else None,
+            ),
+            request.force,
+        )
         return ApplyOutcome(the_plan, _run(executor, the_plan, hooks))
 
 

@@ -272,6 +272,15 @@ MaxUnbindsOption = Annotated[
         "--max-unbinds", min=0, metavar="N", help="Safety: at most this many unbinds (wins over the file)."
     ),
 ]
+MaxStopsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-stops",
+        min=0,
+        metavar="N",
+        help="Safety: at most this many instances stopped (disruption; wins over the file).",
+    ),
+]
 MaxPercentOption = Annotated[
     float | None,
     typer.Option(
@@ -334,6 +343,7 @@ def plan(
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
+    max_stops: MaxStopsOption = None,
     rate_limit: RateLimitOption = None,
     audit_log: AuditLogOption = None,
 ) -> None:
@@ -348,7 +358,7 @@ def plan(
         request = operations.PlanRequest(
             tuple(paths),
             _cloud(emulator, endpoint, profile, rate_limit, audit_log),
-            SafetyLimits(max_unbinds, max_unbind_percent),
+            SafetyLimits(max_unbinds, max_unbind_percent, max_stops),
             out,
             detailed_exitcode,
         )
@@ -424,6 +434,7 @@ def apply(
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
+    max_stops: MaxStopsOption = None,
     rate_limit: RateLimitOption = None,
 ) -> None:
     """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
@@ -438,7 +449,7 @@ def apply(
         request = operations.ApplyRequest(
             tuple(paths),
             _cloud(emulator, endpoint, profile, rate_limit, audit_log),
-            SafetyLimits(max_unbinds, max_unbind_percent),
+            SafetyLimits(max_unbinds, max_unbind_percent, max_stops),
             auto_approve=auto_approve,
             force=force,
             parallelism=parallelism,

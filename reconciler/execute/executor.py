@@ -29,6 +29,7 @@ rules:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import threading
 import time
@@ -43,6 +44,7 @@ from reconciler.common import plural, short_repr
 from reconciler.core.diff import blocked_reason
 from reconciler.core.plan import fingerprint_of
 from reconciler.errors import ApiError, CloudError, PlanIntegrityError, StalePlanError
+from reconciler.execute.rolling import RollingStops, expected_view
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     MAX_IDS_PER_CALL,
@@ -200,7 +202,8 @@ class Executor:
         plan = self.plan
         fp = plan.fingerprint
         observed = observe_subset(self.client, plan.region, fp.key_ids, fp.instance_ids)
-        fresh = fingerprint_of(observed, fp.key_ids, fp.instance_ids)
+        # The plan's own stops and unbinds (a killed apply of it) are expected: execute.rolling.
+        fresh = fingerprint_of(expected_view(plan, observed), fp.key_ids, fp.instance_ids)
         if fresh.digest == fp.digest:
             return
         details: list[str] = []
@@ -234,6 +237,10 @@ class Executor:
         known of it, never as a guess.
         """
         self._check_sendable()
+        # The hook for the stop schedule (docs/disruption.md): it runs beside the waves, and is
+        # always finished (every instance it stopped started again) before verify and report.
+        rolling = self._rolling()
+        failed = True
         waves = sorted({b.wave for b in self.plan.batches})
         by_wave: dict[int, list[Batch]] = {wave: [] for wave in waves}
         for batch in self.plan.batches:
@@ -250,8 +257,11 @@ class Executor:
                 self._run_wave(wave, by_wave[wave], following)
             if not self.stop.is_set():
                 self._wait_idle(-1, sorted(self._unconfirmed))
+            failed = False
         except CloudError as error:
             self._abort(error, "apply stopped")
+        finally:
+            stops = rolling.finish(failed=failed) if rolling is not None else None
         if self.stop.is_set():
             self._state.interrupted = True
             self._mark_unverified("interrupted")
@@ -262,7 +272,35 @@ class Executor:
             except CloudError as error:
                 self._state.aborted = error.message
                 self._mark_unverified(error.message)
-        return self._result()
+        return dataclasses.replace(self._result(), stops=stops)
+
+    def _rolling(self) -> RollingStops | None:
+        """Start the plan's stop schedule (``execute.rolling``), or None without one."""
+        if self.plan.stops is None or not self.plan.stops.stops:
+            return None
+
+        def record(binding: Binding, outcome: Outcome | None, reason: str, attempts: int) -> None:
+            track = self._track(binding)
+            track.attempts, track.reason = attempts, reason
+            if outcome is not None:
+                self._set_outcome(track, outcome)
+
+        options = self.options
+        rolling = RollingStops(
+            self.client,
+            self.plan,
+            record=record,
+            emit=lambda message: self._emit(EventKind.CALL_DONE, -1, message),
+            stop=self.stop,
+            clock=options.clock,
+            sleep=options.sleep,
+            max_attempts=options.max_attempts,
+            poll_initial=options.poll_initial,
+            poll_max=options.poll_max,
+            wait_timeout=options.wait_timeout,
+        )
+        rolling.begin()
+        return rolling
 
     def _mark_unverified(self, why: str) -> None:
         """Say of every binding the API accepted that no observation has confirmed it."""
