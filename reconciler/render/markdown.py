@@ -30,6 +30,7 @@ from reconciler.model import (
     Severity,
 )
 from reconciler.render._sanitize import clean
+from reconciler.render.stops import plan_stops_markdown, still_down_markdown
 from reconciler.render.text import plan_line, result_line, waves_summary
 
 DEFAULT_MAX_CHARS = 65_000
@@ -231,7 +232,7 @@ def render_plan_markdown(plan: Plan, *, max_chars: int = DEFAULT_MAX_CHARS) -> s
         )
         sections.append(_Section(head, [_table_row(c) for c in plan.changes], tail, "change"))
 
-    fixed = title + summary + banner
+    fixed = title + summary + banner + plan_stops_markdown(plan)
     _fit(len(fixed) + len(footer), sections, max_chars)
     text = fixed + "".join(s.render() for s in sections) + footer
     if len(text) > max_chars:
@@ -251,6 +252,7 @@ def render_result_markdown(
     """An apply result as a PR comment: the ``Apply ...:`` line, then every binding that did
     not simply go (failed first), then the done ones, in a table cut to ``max_chars``."""
     title = f"### cvmkeys apply: {code(result.region)}\n\n**{result_line(result)}**\n\n"
+    title += still_down_markdown(result)
     if result.stopped_reason:
         title += f"> [!WARNING]\n> Apply stopped early: {escape(result.stopped_reason)}\n\n"
     rank = {outcome: n for n, outcome in enumerate(_OUTCOME_ORDER)}

@@ -29,6 +29,7 @@ from reconciler.model import (
     Severity,
 )
 from reconciler.render._sanitize import clean, display_width, pad
+from reconciler.render.stops import plan_stops_lines, result_stops_lines, still_down_lines
 
 _BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "bold", "dim", "red", "green", "yellow", "cyan"
 NAME_LIMIT = 64  # longest name shown; the cloud allows 60, more is a hostile or odd name
@@ -242,6 +243,7 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
     if plan.changes:
         lines += _change_lines(plan, color)
     lines += _findings_lines(plan.findings, color)
+    lines += plan_stops_lines(plan)
     if plan.batches:
         lines += ["", "Calls: " + waves_summary(plan.batches, plan.api) + "."]
     elif plan.changes:
@@ -297,6 +299,7 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
                 instance_names.setdefault(change.instance_id, change.instance_name)
 
     lines = [_styled(f"cvmkeys apply in {clean(result.region)}", color, _BOLD)]
+    lines += [_styled(line, color, _BOLD, _RED) for line in still_down_lines(result)]
     groups: dict[str, list[BindingResult]] = {}
     for item in result.results:
         groups.setdefault(item.key_id, []).append(item)
@@ -317,6 +320,7 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
     if result.calls:
         calls = ", ".join(f"{clean(action)} {n}" for action, n in sorted(result.calls.items()))
         lines += ["", f"API calls: {calls}"]
+    lines += result_stops_lines(result)
     if result.stopped_reason:
         lines += ["", _styled(f"Apply stopped early: {clean(result.stopped_reason)}", color, _BOLD, _RED)]
     failed = result.count(Outcome.FAILED) or result.interrupted or result.stopped_reason
