@@ -85,8 +85,9 @@ def desired_text(disruption: str | None = "max_stopped: 2", *, max_stops: int | 
     )
     if disruption is not None:
         text += "disruption:\n  stop_running: true\n" + "".join(f"  {line}\n" for line in disruption.split("; "))
+    text += "safety:\n  max_unbind_percent: 100\n"  # the fleet's point is to remove OLD everywhere
     if max_stops is not None:
-        text += f"safety:\n  max_stops: {max_stops}\n"
+        text += f"  max_stops: {max_stops}\n"
     return text
 
 
