@@ -84,7 +84,8 @@ def desired_text(disruption: str | None = "max_stopped: 2", *, max_stops: int | 
         f"protected:\n  instances: [{PROTECTED}]\n"
     )
     if disruption is not None:
-        text += "disruption:\n  stop_running: true\n" + "".join(f"  {line}\n" for line in disruption.split("; "))
+        settings = "".join(f"  {line}\n" for line in disruption.split("; "))
+        text += "disruption:\n  stop_running: true\n" + settings
     text += "safety:\n  max_unbind_percent: 100\n"  # the fleet's point is to remove OLD everywhere
     if max_stops is not None:
         text += f"  max_stops: {max_stops}\n"
@@ -140,10 +141,19 @@ def bindings(app: EmulatorApp) -> set[tuple[str, str]]:
     return set(app.state.bindings(REGION))
 
 
+def only(states: dict[str, str], ids: list[str]) -> dict[str, str]:
+    return {iid: states[iid] for iid in ids}
+
+
+def fast() -> ExecOptions:
+    """Polls for an emulator whose operations take hundredths of a second."""
+    return ExecOptions(poll_initial=0.01, poll_max=0.05)
+
+
 def check_final(app: EmulatorApp, api: ApiVersion, running: int, stopped: int, **options: Any) -> None:
     states = final_states(app, api, [*running_ids(running), *stopped_ids(stopped), PROTECTED], **options)
-    assert {iid: states[iid] for iid in running_ids(running)} == dict.fromkeys(running_ids(running), "running")
-    assert {iid: states[iid] for iid in stopped_ids(stopped)} == dict.fromkeys(stopped_ids(stopped), "stopped")
+    assert only(states, running_ids(running)) == dict.fromkeys(running_ids(running), "running")
+    assert only(states, stopped_ids(stopped)) == dict.fromkeys(stopped_ids(stopped), "stopped")
     assert states[PROTECTED] == "running"
     live = bindings(app)
     assert not {(OLD, iid) for iid in running_ids(running) + stopped_ids(stopped)} & live
@@ -151,7 +161,8 @@ def check_final(app: EmulatorApp, api: ApiVersion, running: int, stopped: int, *
 
 
 def power_actions(app: EmulatorApp) -> list[tuple[str, tuple[str, ...]]]:
-    return [(m.action, m.instance_ids) for m in app.state.mutations if m.action in ("StopInstances", "StartInstances")]
+    power = ("StopInstances", "StartInstances")
+    return [(m.action, m.instance_ids) for m in app.state.mutations if m.action in power]
 
 
 APIS = [ApiVersion.V2, ApiVersion.V3]
@@ -167,8 +178,10 @@ def test_the_plan_schedules_running_instances_and_round_trips(api: ApiVersion, t
     assert plan.stops is not None and plan.stops.budget == 2
     assert set(plan.stops.instance_ids) == set(running_ids(5))
     assert [len(r.instance_ids) for r in plan.stops.rounds] == [2, 2, 1]
-    assert all(s.prior_state == ("RUNNING" if api is ApiVersion.V3 else s.prior_state) for s in plan.stops.stops)
     by = {(c.key_id, c.instance_id): c for c in plan.changes}
+    # the plan records each scheduled instance's prior state: running, in the API's words
+    assert {s.prior_state for s in plan.stops.stops} == {"RUNNING" if api is ApiVersion.V3 else "2 (running)"}
+    assert all(s.prior_state == by[(OLD, s.instance_id)].instance_state for s in plan.stops.stops)
     for iid in running_ids(5):
         change = by[(OLD, iid)]
         assert change.status is ChangeStatus.READY and change.action == STOP_ACTION
@@ -250,8 +263,9 @@ def test_faults_on_every_call_still_leave_every_instance_running(
     api: ApiVersion, fault: str, tmp_path: Path
 ) -> None:
     app = _faulty(api, **{fault: 0.25})
-    plan = plan_for(EmulatorApp(FleetState.from_data(fleet_data(6, 2))), api, tmp_path, desired_text("max_stopped: 2"))
-    result = Executor(make_client(app, api), plan, options=ExecOptions(poll_initial=0.01, poll_max=0.05)).run()
+    clean_app = EmulatorApp(FleetState.from_data(fleet_data(6, 2)))
+    plan = plan_for(clean_app, api, tmp_path, desired_text("max_stopped: 2"))
+    result = Executor(make_client(app, api), plan, options=fast()).run()
     assert result.stops is not None
     assert not result.stops.still_down, result.stops
     states = final_states(app, api, running_ids(6))
@@ -261,8 +275,9 @@ def test_faults_on_every_call_still_leave_every_instance_running(
 def test_a_stuck_soft_stop_is_forced_with_soft_first(tmp_path: Path) -> None:
     api = ApiVersion.V3
     app = _faulty(api, stuck_stop_rate=1.0)
-    plan = plan_for(app, api, tmp_path, desired_text("max_stopped: 2; stop_type: soft_first; stop_timeout: 10"))
-    result = Executor(make_client(app, api), plan, options=ExecOptions(poll_initial=0.01, poll_max=0.05)).run()
+    text = desired_text("max_stopped: 2; stop_type: soft_first; stop_timeout: 10")
+    plan = plan_for(app, api, tmp_path, text)
+    result = Executor(make_client(app, api), plan, options=fast()).run()
     assert result.stops is not None and not result.stops.still_down
     hard = [m for m in app.state.mutations if m.action == "StopInstances"]
     assert len(hard) >= 2  # soft ones failed, then forced
@@ -273,7 +288,7 @@ def test_a_stuck_soft_stop_with_soft_gives_up_and_the_instance_keeps_running(tmp
     api = ApiVersion.V3
     app = _faulty(api, stuck_stop_rate=1.0)
     plan = plan_for(app, api, tmp_path, desired_text("max_stopped: 3; stop_type: soft; stop_timeout: 10"))
-    result = Executor(make_client(app, api), plan, options=ExecOptions(poll_initial=0.01, poll_max=0.05)).run()
+    result = Executor(make_client(app, api), plan, options=fast()).run()
     assert result.stops is not None and not result.stops.still_down
     failed = {r.instance_id for r in result.results if r.outcome is Outcome.FAILED}
     assert failed == set(running_ids(6))

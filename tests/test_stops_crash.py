@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from support import serve_fleet
-from test_stops import KEEP, OLD, PROTECTED, REGION, desired_text, fleet_data, running_ids, stopped_ids
+from test_stops import KEEP, OLD, PROTECTED, REGION, desired_text, fleet_data, only, running_ids, stopped_ids
 
 from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
@@ -39,13 +39,14 @@ RUNNING, STOPPED, BUDGET = 8, 2, 2
 OP_SECONDS = "0.15"
 
 APPLY3 = """
-import json, sys
+import json, os, sys
 from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.credentials import Credentials
 from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.planfile import load_plan
 
-path, url, secret_id, secret_key = sys.argv[1:5]
+path, url = sys.argv[1:3]
+secret_id, secret_key = os.environ["TENCENTCLOUD_SECRET_ID"], os.environ["TENCENTCLOUD_SECRET_KEY"]
 plan = load_plan(open(path).read(), path)
 client = Api3Client(Credentials(secret_id, secret_key), plan.region, endpoint=url, rate_limits=None)
 executor = Executor(client, plan, options=ExecOptions(poll_initial=0.02, poll_max=0.1))
@@ -93,7 +94,7 @@ class Served:
         else:
             script = self.tmp_path / "apply3.py"
             script.write_text(APPLY3)
-            command = [sys.executable, str(script), str(plan), self.url3, self.em.secret_id, self.em.secret_key]
+            command = [sys.executable, str(script), str(plan), self.url3]  # credentials: env
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def close(self) -> None:
@@ -185,8 +186,8 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
         poller.join()
 
         states, bound = states_and_bindings(client)
-        assert {iid: states[iid] for iid in running_ids(RUNNING)} == dict.fromkeys(running_ids(RUNNING), "running")
-        assert {iid: states[iid] for iid in stopped_ids(STOPPED)} == dict.fromkeys(stopped_ids(STOPPED), "stopped")
+        assert only(states, running_ids(RUNNING)) == dict.fromkeys(running_ids(RUNNING), "running")
+        assert only(states, stopped_ids(STOPPED)) == dict.fromkeys(stopped_ids(STOPPED), "stopped")
         assert not {(OLD, iid) for iid in running_ids(RUNNING) + stopped_ids(STOPPED)} & bound
         assert (OLD, PROTECTED) in bound
         assert {(KEEP, iid) for iid in running_ids(RUNNING)[1:] + stopped_ids(STOPPED)} <= bound
