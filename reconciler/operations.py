@@ -288,6 +288,8 @@ class ApplyOutcome:
             return ExitCode.INTERRUPTED
         if result.count(Outcome.FAILED) or result.count(Outcome.NOT_ATTEMPTED) or result.stopped_reason:
             return ExitCode.ERROR
+        if result.stops is not None and result.stops.still_down:
+            return ExitCode.ERROR  # an instance cvmkeys stopped is not running again
         if result.count(Outcome.BLOCKED):
             return ExitCode.BLOCKED
         return ExitCode.OK

@@ -34,7 +34,11 @@ from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.state import FleetState
 from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.model import ApiVersion, ApplyResult, ChangeStatus, Outcome, Plan
+from reconciler.operations import ApplyOutcome, ExitCode
 from reconciler.planfile import load_plan
+from reconciler.render.json import render_result_json
+from reconciler.render.markdown import render_result_markdown
+from reconciler.render.text import render_result_text
 
 REGION = "ap-guangzhou"
 SECRET_ID, SECRET_KEY = "AKIDSTOPS0000000000000000000000000", "stops-secret-key"
@@ -366,3 +370,37 @@ def test_cli_plan_shows_the_stops(tmp_path: Path) -> None:
     assert "Stops" in out and "3 instances go down, at most 2 at once" in out
     code, out, _ = run_cli("plan", str(path), "--emulator", str(fleet), "--format", "json")
     assert json.loads(out)["stops"]["budget"] == 2
+
+
+@pytest.mark.parametrize("api", APIS, ids=["2.0", "3.0"])
+def test_a_start_that_fails_for_good_is_reported_first_and_stops_no_further_instance(
+    api: ApiVersion, tmp_path: Path
+) -> None:
+    state = FleetState.from_data(fleet_data(6, 0), op_seconds=0.01)
+    app = EmulatorApp(state, faults=FaultProfile.only("error", 1.0, actions=["StartInstances"]))
+    clean_app = EmulatorApp(FleetState.from_data(fleet_data(6, 0)))
+    plan = plan_for(clean_app, api, tmp_path, desired_text("max_stopped: 2"))
+    result = Executor(make_client(app, api), plan, options=fast()).run()
+    assert result.stops is not None
+    down = {i.instance_id for i in result.stops.still_down}
+    assert len(down) == 2  # the first two stopped; after their starts failed, no further stop
+    stopped = {iid for action, ids in power_actions(app) if action == "StopInstances" for iid in ids}
+    assert stopped == down
+    starts = [ids for action, ids in power_actions(app) if action == "StartInstances"]
+    assert starts == []  # every StartInstances was refused by the fault, none carried out
+    assert ApplyOutcome(plan, result).exit_code is ExitCode.ERROR
+    text = render_result_text(result, color=False, plan=plan)
+    assert text.splitlines()[1].startswith("STILL DOWN: 2 instances cvmkeys stopped did not run again")
+    assert "Start it, or apply the plan again." in text
+    markdown = render_result_markdown(result, plan)
+    assert "[!CAUTION]" in markdown.split("####")[0]
+    data = json.loads(render_result_json(result))
+    assert {i["instance_id"] for i in data["stops"]["still_down"]} == down
+    # the same plan again, the fault gone, starts them
+    healthy = EmulatorApp(state)
+    again = Executor(make_client(healthy, api), plan, options=fast())
+    again.check_fresh()
+    second = again.run()
+    assert second.stops is not None and not second.stops.still_down
+    assert final_states(healthy, api, running_ids(6)) == dict.fromkeys(running_ids(6), "running")
+    assert not {(OLD, iid) for iid in running_ids(6)} & bindings(healthy)

@@ -222,3 +222,31 @@ def test_served_apply_without_disruption_stops_nothing(tmp_path: Path) -> None:
         assert {(OLD, iid) for iid in running_ids(RUNNING)} <= bound
     finally:
         served.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_starts_what_apply_stopped_before_it_exits(
+    sig: signal.Signals, tmp_path: Path
+) -> None:
+    served = Served(tmp_path, ApiVersion.V2)
+    try:
+        client = served.client()
+        plan = served.plan()
+        poller = Poller(served.client())
+        poller.start()
+        proc = served.apply(plan)
+        deadline = time.monotonic() + 60
+        while not poller.seen_down and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, "apply finished before the signal"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        poller.done.set()
+        poller.join()
+        assert proc.returncode == 130, out + err
+        states, _ = states_and_bindings(client)
+        assert only(states, running_ids(RUNNING)) == dict.fromkeys(running_ids(RUNNING), "running")
+        assert poller.max_down <= BUDGET
+        assert 1 <= len(poller.seen_down) < RUNNING  # it stopped some, then no new ones
+    finally:
+        served.close()

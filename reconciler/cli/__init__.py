@@ -464,7 +464,8 @@ def show(
 
 @contextmanager
 def _graceful_stop(view: ApplyView) -> Iterator[threading.Event]:
-    """Ctrl-C sets the event (no new calls; calls in flight finish); a second one aborts."""
+    """Ctrl-C (or SIGTERM) sets the event (no new calls; calls in flight finish; instances
+    apply stopped are started again); a second one aborts the rest."""
     import signal
     import threading
 
@@ -477,10 +478,13 @@ def _graceful_stop(view: ApplyView) -> Iterator[threading.Event]:
         view.stopping()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (a cancelled CI job) takes the same path: instances apply stopped are started.
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)
     try:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 @app.command()
