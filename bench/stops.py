@@ -109,7 +109,8 @@ def run(instances: int, budget: int, op_seconds: float, api: ApiVersion, work: P
         upper = sum(max(downtimes[i : i + budget]) for i in range(0, len(downtimes), budget))
         poller = DownPoller(client_for(api, url), [f"ins-b{i:07d}" for i in range(instances)])
         poller.start()
-        options = ExecOptions(poll_initial=min(0.2, op_seconds / 4), poll_max=max(0.05, op_seconds / 2))
+        # Polls at a tenth of an operation at most, as the CLI's 5 s polls are for 60 s stops.
+        options = ExecOptions(poll_initial=op_seconds / 20, poll_max=op_seconds / 10)
         started = time.monotonic()
         result = Executor(client, plan, options=options).run()
         wall = time.monotonic() - started

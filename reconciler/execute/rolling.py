@@ -553,6 +553,9 @@ class RollingStops:
                 else:
                     inst.next_start = self.clock() + min(self.poll_max * 2, 2.0**inst.start_attempts)
             return
+        for inst in insts:
+            # A cloud may report the instance stopped a moment longer: resend only after this.
+            inst.next_start = now + 2 * self.poll_max
         self.emit(f"starting {', '.join(ids)}")
 
     # ------------------------------------------------------------------ result
