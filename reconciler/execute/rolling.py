@@ -25,13 +25,12 @@ verifies and reports. The rules:
 * **Re-apply after a kill.** The plan records that every scheduled instance was running. An
   instance found down when this starts was stopped by an earlier apply of this plan: it takes
   a slot, its still-bound planned keys are unbound and it is started before any new stop. One
-  found running with none of its planned keys left is done. ``expected_view`` is what the
+  found running with none of its planned keys left is done. ``stopped_by_plan`` is what the
   stale check uses so that these effects of the plan itself do not make it stale.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from reconciler.model import (
     Instance,
     InstanceState,
     InstanceStopResult,
-    Observed,
     Outcome,
     Plan,
     ScheduledStop,
@@ -112,29 +110,15 @@ def where_of(instance: Instance | None) -> str:
     return "busy"
 
 
-def expected_view(plan: Plan, observed: Observed) -> Observed:
-    """``observed`` with the plan's own effects undone, for the stale check: a planned binding
-    that is gone counts as still there, and a scheduled instance that is stopping, stopped,
-    starting or busy counts as running, as planned. Anything else (another key bound, an
-    instance gone, a scheduled instance in any other state, an unscheduled one stopped) still
-    makes the plan stale. Plans without a schedule: ``observed`` as it is."""
-    schedule = plan.stops
-    if schedule is None or not schedule.stops:
-        return observed
-    keys = dict(observed.keys)
-    for change in plan.ready_changes:
-        pair = keys.get(change.key_id)
-        if pair is not None and change.instance_id not in pair.bound_instance_ids:
-            bound = tuple(sorted((*pair.bound_instance_ids, change.instance_id)))
-            keys[change.key_id] = dataclasses.replace(pair, bound_instance_ids=bound)
-    instances = dict(observed.instances)
-    for stop in schedule.stops:
-        instance = instances.get(stop.instance_id)
-        if instance is not None and where_of(instance) in ("stopping", "stopped", "starting", "busy"):
-            instances[stop.instance_id] = dataclasses.replace(
-                instance, state=InstanceState.RUNNING, api_state=stop.prior_state
-            )
-    return dataclasses.replace(observed, keys=keys, instances=instances)
+def stopped_by_plan(plan: Plan, instance: Instance) -> bool:
+    """Whether ``instance`` is in a state this plan's own stops explain, for the stale check
+    (``execute.freshness``): a scheduled instance (running when planned) that is stopping,
+    stopped, starting or busy was taken down by an earlier, killed apply of this plan, and
+    applying the plan again finishes it and starts it. Any other state (or an unscheduled
+    instance in one) still makes the plan stale."""
+    if plan.stops is None or instance.instance_id not in plan.stops.instance_ids:
+        return False
+    return where_of(instance) in ("stopping", "stopped", "starting", "busy")
 
 
 def _chunks(ids: Sequence[str], size: int = MAX_IDS_PER_CALL) -> list[list[str]]:
@@ -276,7 +260,7 @@ class RollingStops:
                 if pair is not None and inst.iid in pair.bound_instance_ids:
                     bound.append(key_id)
                 else:
-                    self.record((key_id, inst.iid), Outcome.DONE, "", 0)
+                    self.record((key_id, inst.iid), Outcome.DONE, "already done before this apply", 0)
             inst.keys_left = bound
             inst.since = now
             if inst.where == "running":
