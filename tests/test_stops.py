@@ -11,6 +11,7 @@ interruptions are injected through the emulator, never by mocking.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -32,6 +33,7 @@ from reconciler.desired.loader import load_paths
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.state import FleetState
+from reconciler.errors import StalePlanError
 from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.model import ApiVersion, ApplyResult, ChangeStatus, Outcome, Plan
 from reconciler.operations import ApplyOutcome, ExitCode
@@ -404,3 +406,30 @@ def test_a_start_that_fails_for_good_is_reported_first_and_stops_no_further_inst
     assert second.stops is not None and not second.stops.still_down
     assert final_states(healthy, api, running_ids(6)) == dict.fromkeys(running_ids(6), "running")
     assert not {(OLD, iid) for iid in running_ids(6)} & bindings(healthy)
+
+
+@pytest.mark.parametrize("api", APIS, ids=["2.0", "3.0"])
+def test_the_stale_check_expects_the_plans_own_stops_and_nothing_else(
+    api: ApiVersion, tmp_path: Path
+) -> None:
+    state = FleetState.from_data(fleet_data(3, 2))
+    app = EmulatorApp(state)
+    plan = plan_for(app, api, tmp_path, desired_text("max_stopped: 2"))
+    client = make_client(app, api)
+    # What a killed apply of this plan leaves: a scheduled instance stopped and unbound.
+    client.stop_instances([running_ids(3)[0]])
+    client.unbind([OLD], [running_ids(3)[0]])
+    fresh = Executor(client, plan).check_fresh()
+    assert (OLD, running_ids(3)[0]) in fresh.done
+    # An instance the plan unbinds while stopped, started by someone else: stale.
+    client.start_instances([stopped_ids(2)[0]])
+    with pytest.raises(StalePlanError, match=stopped_ids(2)[0]):
+        Executor(client, plan).check_fresh()
+    # Without the schedule the same stopped instance would be stale too (the plan saw it running).
+    assert plan.stops is not None
+    bare = dataclasses.replace(plan, stops=None)
+    client.stop_instances([stopped_ids(2)[0]])
+    client.stop_instances([running_ids(3)[1]])
+    with pytest.raises(StalePlanError, match=running_ids(3)[1]):
+        Executor(client, bare).check_fresh()
+    Executor(client, plan).check_fresh()
