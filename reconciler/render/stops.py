@@ -147,9 +147,20 @@ def result_stops_lines(result: ApplyResult) -> list[str]:
     return lines
 
 
-def still_down_markdown(result: ApplyResult) -> str:
-    """A warning block for the top of a result comment ("" when nothing is left down)."""
-    lines = still_down_lines(result)
-    if not lines:
+def result_stops_markdown(result: ApplyResult) -> str:
+    """For the top of a result comment: a warning block for each instance left down, then one
+    line on the stops ("" without a schedule)."""
+    stops = result.stops
+    if stops is None or not stops.instances:
         return ""
-    return "> [!CAUTION]\n" + "".join(f"> {_md(line.strip())}\n" for line in lines) + "\n"
+    text = ""
+    lines = still_down_lines(result)
+    if lines:
+        text += "> [!CAUTION]\n" + "".join(f"> {_md(line.strip())}\n" for line in lines) + "\n"
+    stopped = [i for i in stops.instances if i.stopped]
+    again = sum(1 for i in stopped if i.running_again)
+    text += (
+        f"**Stops:** {plural(len(stopped), 'instance')} stopped, {again} running again; "
+        f"at most {stops.max_down_at_once} down at once.\n\n"
+    )
+    return text
