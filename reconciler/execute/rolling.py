@@ -247,7 +247,17 @@ class RollingStops:
         """Where each scheduled instance is and which of its planned keys are still bound; an
         instance already down was stopped by an earlier apply of this plan."""
         keys = {k for i in self.insts for k in i.stop.key_ids}
-        observed = observe_subset(self.client, self.plan.region, keys, [i.iid for i in self.insts])
+        ids = [i.iid for i in self.insts]
+        for attempt in range(READ_FAILURES):
+            try:
+                observed = observe_subset(self.client, self.plan.region, keys, ids)
+                break
+            except CloudError:
+                # Without this look a re-apply would not know which instances are down: retry,
+                # and only then give up (nothing is stopped without it).
+                if attempt == READ_FAILURES - 1:
+                    raise
+                self.sleep(min(self.poll_max, self.poll_initial * 2**attempt))
         now = self.clock()
         for inst in self.insts:
             instance = observed.instances.get(inst.iid)
