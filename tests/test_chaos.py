@@ -390,7 +390,14 @@ def run_stop_seed(seed: int, tmp_path: Path) -> None:
         scope=scope,
         protect_share=rng.choice([0.0, 0.05]),
         declared_share=rng.uniform(0.5, 1.0),
+        linux_stopped_share=rng.uniform(0.3, 0.7),
     )
+    # The generator makes 10 % running and the rest of the non-stopped in odd states; here
+    # about half run, so that there is a schedule worth the name.
+    for entry in gen.fleet["regions"][gen.region]["instances"]:
+        if entry["status"] not in (2, 4):
+            entry["status"] = 2
+            gen.statuses[entry["id"]] = (2, gen.statuses[entry["id"]][1])
     budget = rng.randint(1, 12)
     stop_type = rng.choice(["soft", "soft_first", "hard"])
     text = gen.desired_text.rstrip("\n") + (
