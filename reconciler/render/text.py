@@ -141,6 +141,8 @@ def _change_lines(plan: Plan, color: bool) -> list[str]:
             if change.status is not ChangeStatus.READY:
                 label = _styled(f"{change.status.value}:", color, _SIGN_STYLE[change.status])
                 line += f"  {label} {clean(change.reason)}"
+            elif change.action != "unbind":  # stop-unbind-start: say so where the reviewer looks
+                line += f"  {clean(change.reason)}"
             lines.append(line.rstrip())
             for warning in change.warnings:
                 lines.append("        " + _styled("warning:", color, _YELLOW) + " " + clean(warning))
