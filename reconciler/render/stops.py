@@ -40,7 +40,8 @@ def stops_sentence(schedule: StopSchedule) -> str:
     stop_time = d.stop(schedule.stop_type or StopType.SOFT_FIRST)
     downtime = schedule.total_downtime / 60
     return (
-        f"{plural(schedule.stop_count, 'instance')} go down, at most {schedule.budget} at once "
+        f"{plural(schedule.stop_count, 'instance')} {'goes' if schedule.stop_count == 1 else 'go'} down, "
+        f"at most {schedule.budget} at once "
         f"({schedule.budget_reason}), {plural(len(schedule.rounds), 'round')}, "
         f"about {duration(schedule.rolling_estimate)} (at most {duration(schedule.worst_wall_time)}); "
         f"{downtime:.0f} instance-minutes of downtime; durations assumed: stop {stop_time:g} s, "
