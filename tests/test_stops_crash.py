@@ -3,9 +3,10 @@
 the same plan applied again, leaves nothing down that was up; and the budget holds throughout,
 as a thread polling DescribeInstances over the socket sees it.
 
-2.0 runs the real CLI (``cvmkeys apply PLANFILE --endpoint URL``) in a subprocess; 3.0 runs the
-executor with an ``Api3Client`` in a subprocess (``--api 3.0`` is wired by another change), so
-both are killed the same way.
+Both APIs run the real CLI: ``cvmkeys plan FILE --endpoint URL --out PLANFILE`` makes the plan
+(2.0 at the served emulator's ``/v2/index.php``, 3.0 at its root, which cvmkeys speaks 3.0 to by
+default), and ``cvmkeys apply PLANFILE --endpoint URL`` runs in a subprocess that is killed; the
+same saved plan is then applied again through the CLI.
 """
 
 from __future__ import annotations
@@ -19,41 +20,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import serve_fleet
+from support import serve_fleet, served_url
 from test_stops import KEEP, OLD, PROTECTED, REGION, desired_text, fleet_data, only, running_ids, stopped_ids
 
 from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
-from reconciler.cloud.observe import observe_for_plan
-from reconciler.core.document import dump_plan
-from reconciler.core.plan import build_plan
-from reconciler.desired.loader import load_paths
 from reconciler.model import ApiVersion
 
 RUNNING, STOPPED, BUDGET = 8, 2, 2
 OP_SECONDS = "0.15"
 
-APPLY3 = """
-import json, os, sys
-from reconciler.cloud.api3 import Api3Client
-from reconciler.cloud.credentials import Credentials
-from reconciler.execute.executor import ExecOptions, Executor
-from reconciler.planfile import load_plan
 
-path, url = sys.argv[1:3]
-secret_id, secret_key = os.environ["TENCENTCLOUD_SECRET_ID"], os.environ["TENCENTCLOUD_SECRET_KEY"]
-plan = load_plan(open(path).read(), path)
-client = Api3Client(Credentials(secret_id, secret_key), plan.region, endpoint=url, rate_limits=None)
-executor = Executor(client, plan, options=ExecOptions(poll_initial=0.02, poll_max=0.1))
-executor.check_fresh()
-result = executor.run()
-print(json.dumps({"still_down": [i.instance_id for i in result.stops.still_down] if result.stops else []}))
-"""
+def cvmkeys(*args: str) -> list[str]:
+    """The command line of ``cvmkeys ARGS`` in a fresh interpreter (killable on its own)."""
+    return [sys.executable, "-m", "reconciler", *args]
 
 
 class Served:
@@ -63,39 +47,41 @@ class Served:
         fleet = tmp_path / "fleet.json"
         fleet.write_text(json.dumps(fleet_data(RUNNING, STOPPED)))
         self.process, self.em = serve_fleet(fleet, REGION, "--op-seconds", OP_SECONDS, "--no-save")
-        self.url2 = self.em.url
-        self.url3 = self.em.url.removesuffix("v2/index.php")
-
-    def client(self) -> CloudClient:
-        credentials = Credentials(self.em.secret_id, self.em.secret_key)
-        if self.api is ApiVersion.V2:
-            return CvmClient(credentials, REGION, endpoint=self.url2, rate_limit=None)
-        return Api3Client(credentials, REGION, endpoint=self.url3, rate_limits=None)
-
-    def plan(self) -> Path:
-        path = self.tmp_path / "bindings.yaml"
-        path.write_text(desired_text(f"max_stopped: {BUDGET}"))
-        desired = load_paths([path]).by_region[REGION]
-        plan = build_plan(desired, observe_for_plan(self.client(), desired), endpoint=self.url2, api=self.api)
-        assert plan.stops is not None and plan.stops.stop_count == RUNNING
-        out = self.tmp_path / "plan.json"
-        out.write_text(dump_plan(plan))
-        return out
-
-    def apply(self, plan: Path) -> subprocess.Popen[str]:
-        env = {
+        self.url = served_url(self.em.url, api.value)
+        self.env = {
             **os.environ,
             "NO_COLOR": "1",
             "TENCENTCLOUD_SECRET_ID": self.em.secret_id,
             "TENCENTCLOUD_SECRET_KEY": self.em.secret_key,
         }
+
+    def client(self) -> CloudClient:
+        """The poller's and the assertions' own client, over the same API as the CLI."""
+        credentials = Credentials(self.em.secret_id, self.em.secret_key)
         if self.api is ApiVersion.V2:
-            command = [sys.executable, "-m", "reconciler", "apply", str(plan), "--endpoint", self.url2]
-        else:
-            script = self.tmp_path / "apply3.py"
-            script.write_text(APPLY3)
-            command = [sys.executable, str(script), str(plan), self.url3]  # credentials: env
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return CvmClient(credentials, REGION, endpoint=self.url, rate_limit=None)
+        return Api3Client(credentials, REGION, endpoint=self.url, rate_limits=None)
+
+    def plan(self, disruption: str | None = f"max_stopped: {BUDGET}") -> Path:
+        """``cvmkeys plan bindings.yaml --endpoint URL --out plan.json``: the API comes from the
+        URL (the root is 3.0 by default), and the saved plan records it."""
+        path = self.tmp_path / "bindings.yaml"
+        path.write_text(desired_text(disruption))
+        out = self.tmp_path / "plan.json"
+        command = cvmkeys("plan", str(path), "--endpoint", self.url, "--out", str(out))
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        saved = json.loads(out.read_text())
+        assert saved["api"] == self.api.value
+        # With the disruption block every running instance is stopped once; without, none.
+        assert len((saved.get("stops") or {"stops": []})["stops"]) == (RUNNING if disruption else 0)
+        return out
+
+    def apply(self, plan: Path) -> subprocess.Popen[str]:
+        """``cvmkeys apply PLANFILE --endpoint URL`` in a subprocess (the plan's own API)."""
+        command = cvmkeys("apply", str(plan), "--endpoint", self.url)
+        pipe = subprocess.PIPE
+        return subprocess.Popen(command, env=self.env, stdout=pipe, stderr=pipe, text=True)
 
     def close(self) -> None:
         self.process.kill()
@@ -202,13 +188,7 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
 def test_served_apply_without_disruption_stops_nothing(tmp_path: Path) -> None:
     served = Served(tmp_path, ApiVersion.V2)
     try:
-        path = tmp_path / "bindings.yaml"
-        path.write_text(desired_text(None))
-        desired = load_paths([path]).by_region[REGION]
-        plan: Any = build_plan(desired, observe_for_plan(served.client(), desired), endpoint=served.url2)
-        assert plan.stops is None
-        out = tmp_path / "plan.json"
-        out.write_text(dump_plan(plan))
+        out = served.plan(None)
         poller = Poller(served.client())
         poller.start()
         proc = served.apply(out)
