@@ -3,6 +3,7 @@
 * the emulator reads a fleet file that is one JSON document with ``json`` and gets exactly
   what the YAML loader gets; whatever the two read differently goes to YAML;
 * the client's token bucket bursts half the rate (the server keeps tokens against jitter);
+* the client goes at each action's documented rate, and the served emulator enforces it;
 * the signer's encoder skips ``quote`` for what needs no encoding, with the same result;
 * the client checks a key's list of bound instance IDs with one regex, with the same verdict;
 * schema validators with local $refs inlined judge documents exactly as the schema does;
@@ -28,6 +29,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from support import FakeTime, serve_fleet
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
 from bench.run import observed_truth, poll_minimum
@@ -42,9 +44,10 @@ from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState
+from reconciler.errors import ApiError
 from reconciler.execute.executor import EventKind, ExecEvent, ExecOptions, Executor
 from reconciler.ids import is_instance_id
-from reconciler.model import Batch, Outcome
+from reconciler.model import DOCUMENTED_RATE_LIMITS, Batch, Outcome
 from reconciler.schemas import load_schema, validator
 
 
@@ -68,6 +71,85 @@ def test_client_burst_is_half_the_rate() -> None:
     assert waits[:5] == [0.0] * 5
     assert waits[5:] == pytest.approx([0.1, 0.2])
     assert ActionRateLimiter(1.0).burst == 1.0
+
+
+def test_the_client_goes_at_the_documented_rate_of_each_action() -> None:
+    """Issue 16 item 4: DescribeInstances at 40 a second, the key-pair calls at 10 (the shared
+    table), against an emulator that enforces the same table and so refuses nothing; one
+    ``rate_limit`` (``--rate-limit``) still caps every action."""
+    gen = generate(3000, 6, seed=2)
+    ids = sorted(gen.statuses)
+    key = sorted(k for k, _ in gen.live)[0]
+    for rate_limit, inst_wait, key_wait in ((None, (30 - 20) / 40, (8 - 5) / 10), (10.0, (30 - 5) / 10, 0.3)):
+        fake = FakeTime()  # moves only when the client sleeps: the waits are the limiter's alone
+        state = FleetState.from_data(gen.fleet, clock=fake.clock)
+        app = EmulatorApp(state, clock=fake.clock, limits=DOCUMENTED_RATE_LIMITS)
+        records: list[AttemptRecord] = []
+        options: dict[str, Any] = {} if rate_limit is None else {"rate_limit": rate_limit}
+        client = CvmClient(
+            Credentials(SECRET_ID, SECRET_KEY),
+            gen.region,
+            endpoint="http://localhost/v2/index.php",
+            transport=transport(app),
+            sleep=fake.sleep,
+            clock=fake.clock,
+            max_workers=1,  # one thread: the sleeps add up to the time taken
+            on_attempt=records.append,
+            **options,
+        )
+        client.describe_instances(ids)
+        assert sum(fake.sleeps) == pytest.approx(inst_wait)
+        fake.sleeps.clear()
+        for _ in range(8):
+            client.describe_key_pairs([key])
+        assert sum(fake.sleeps) == pytest.approx(key_wait)
+        assert len(records) == 38 and all(r.code == 0 for r in records)
+    assert app.rate_for("DescribeInstances") == 40.0 and app.rate_for("UnBindInstanceKey") == 10.0
+    assert ActionRateLimiter(DOCUMENTED_RATE_LIMITS).rate_of("BindInstanceKey") == 10.0
+    assert ActionRateLimiter(DOCUMENTED_RATE_LIMITS).rate_of("SomethingNew") == 10.0
+    with pytest.raises(ValueError):
+        ActionRateLimiter({"DescribeInstances": 0.0})
+
+
+def test_the_served_emulator_enforces_the_documented_limits_by_default(tmp_path: Path) -> None:
+    """``cvmkeys emulator serve`` answers 4400 beyond the documented per-action rate, over 2.0
+    too; ``--no-documented-limits`` turns them off and ``--rate-limit`` sets one for all."""
+    gen = generate(50, 4, seed=1)
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps(gen.fleet))
+    key = sorted(k for k, _ in gen.live)[0]
+    ids = sorted(gen.statuses)
+    refused: dict[tuple[str, ...], dict[str, int]] = {}
+    for options in ((), ("--no-documented-limits",), ("--rate-limit", "5")):
+        process, served = serve_fleet(fleet, gen.region, "--no-save", *options)
+        try:
+            client = CvmClient(
+                Credentials(served.secret_id, served.secret_key),
+                gen.region,
+                endpoint=served.url,
+                rate_limit=None,
+                max_attempts=1,
+            )
+            counts = {"DescribeKeyPairs": 0, "DescribeInstances": 0}
+            # 30 of each at once: far more than 10 (or 5) a second, fewer than 40.
+            for action in counts:
+                for _ in range(30):
+                    try:
+                        if action == "DescribeKeyPairs":
+                            client.describe_key_pairs([key])
+                        else:
+                            client.describe_instances(ids[:1])
+                    except ApiError as error:
+                        assert error.code == 4400
+                        counts[action] += 1
+            client.close()
+        finally:
+            process.terminate()
+            process.communicate(timeout=10)
+        refused[options] = counts
+    assert refused[()]["DescribeInstances"] == 0 < refused[()]["DescribeKeyPairs"]
+    assert refused[("--no-documented-limits",)] == {"DescribeKeyPairs": 0, "DescribeInstances": 0}
+    assert all(n > 0 for n in refused[("--rate-limit", "5")].values())
 
 
 # --------------------------------------------------------------------------- executor polls

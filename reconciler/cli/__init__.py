@@ -259,7 +259,8 @@ RateLimitOption = Annotated[
         "--rate-limit",
         min=0,
         metavar="PER_SECOND",
-        help="Client-side limit, requests per second per action (default 10; none with --emulator; 0: none).",
+        help="Client-side limit, requests per second, one for every action (default: the documented "
+        "limits, DescribeInstances 40 and the rest 10; none with --emulator; 0: none).",
     ),
 ]
 AuditLogOption = Annotated[
