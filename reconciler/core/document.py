@@ -148,14 +148,18 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
     }
 
 
+# What ``_canonical_numbers`` leaves as it is without a call (a plan is ~100,000 strings).
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _canonical_numbers(value: Any) -> Any:
     """Integral floats as ints, so ``30.0`` and ``30`` (as jq may rewrite it) digest alike."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _canonical_numbers(v) for k, v in value.items()}
+        return {k: v if v.__class__ in _PLAIN else _canonical_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canonical_numbers(v) for v in value]
+        return [v if v.__class__ in _PLAIN else _canonical_numbers(v) for v in value]
     return value
 
 
