@@ -60,6 +60,29 @@ def test_a_json_fleet_loads_as_its_data(tmp_path: Path) -> None:
         assert FleetState.from_file(path, persist=False).to_data() == FleetState.from_data(fleet).to_data()
 
 
+def test_the_state_store_loads_one_string_per_distinct_text(tmp_path: Path) -> None:
+    """Memory (issue 16 item 7): an ID bound to keys, and an OS name many instances share, is
+    one string object however often it occurs in the loaded state, and the state is the same."""
+    gen = generate(300, 12, seed=4)
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps(gen.fleet))
+    state = FleetState.from_file(fleet)
+    state.close()
+    state = FleetState.from_file(fleet)  # read back from the SQLite state this time
+    try:
+        assert state.to_data() == FleetState.from_data(gen.fleet).to_data()
+        region = next(iter(state._regions.values()))
+        ids = {iid: iid for iid in region.instances}
+        bound = [iid for members in region.key_instances.values() for iid in members]
+        assert len(bound) == len(gen.live) and all(iid is ids[iid] for iid in bound)
+        by_os: dict[str, str] = {}
+        for item in region.instances.values():
+            assert by_os.setdefault(item["os"], item["os"]) is item["os"]
+        assert len(by_os) < len(region.instances) / 10
+    finally:
+        state.close()
+
+
 # --------------------------------------------------------------------------- client rate limit
 
 
