@@ -27,9 +27,12 @@ with every character that is not plainly printable escaped; tests load the resul
 
 from __future__ import annotations
 
+import json
+import os
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler import ids
@@ -40,9 +43,11 @@ from reconciler.model import KeyPair, Observed, Scope
 if TYPE_CHECKING:
     from reconciler.cloud.base import CloudClient
 
-# Where the editor finds the schema: the layout of this repository (desired files in a folder
-# next to ``schemas/``). ``cvmkeys import --schema-ref`` changes it.
-DEFAULT_SCHEMA_REF = "../schemas/bindings.schema.json"
+# Where the editor finds the schema when no local copy is found: the published ``$id`` of
+# ``schemas/bindings.schema.json``. ``schema_ref_for`` prefers a local copy; ``--schema-ref``
+# overrides both.
+DEFAULT_SCHEMA_REF = "https://cvmkeys.dev/schemas/bindings.schema.json"
+_SCHEMA_FILE = ("schemas", "bindings.schema.json")
 COMMENT_NAME_LIMIT = 64
 # Bidirectional controls (Trojan Source) and invisible characters: printable to Python, but
 # they change how the text around them reads.
@@ -202,6 +207,47 @@ def render_desired(
             note = f"not found in {selection.region}" if instance is None else _comment(instance.name)
             lines.append(f"      - {iid}  # {note}" if note else f"      - {iid}")
     return "\n".join(lines) + "\n"
+
+
+def schema_ref_for(out: Path | None) -> str:
+    """The ``$schema`` reference that is right where the imported file is written.
+
+    With ``out``: the relative path from ``out``'s folder to the nearest
+    ``schemas/bindings.schema.json`` in that folder or above it (stopping at the repository
+    root, the first folder holding ``.git``) that is this schema (its ``$id`` says so): a
+    checkout laid out like this repository, or a copy made by ``cvmkeys schema bindings``.
+    Without one, or when the file is printed (where it lands is unknown), the published
+    ``$id``, which is right anywhere.
+    """
+    published = published_schema_id()
+    if out is None:
+        return published
+    folder = Path(os.path.abspath(out)).parent
+    for candidate_root in (folder, *folder.parents):
+        candidate = candidate_root.joinpath(*_SCHEMA_FILE)
+        if _is_bindings_schema(candidate, published):
+            return Path(os.path.relpath(candidate, folder)).as_posix()
+        if (candidate_root / ".git").exists():
+            break
+    return published
+
+
+def published_schema_id() -> str:
+    """The ``$id`` of the bindings schema shipped with this cvmkeys."""
+    from reconciler.schemas import load_schema
+
+    identifier = load_schema("bindings").get("$id")
+    return identifier if isinstance(identifier, str) and identifier else DEFAULT_SCHEMA_REF
+
+
+def _is_bindings_schema(path: Path, published: str) -> bool:
+    try:
+        with path.open("rb") as handle:
+            data = json.loads(handle.read(1_000_000))
+    except (OSError, ValueError):
+        return False
+    # The old unpublished identifier counts too: a copy made by an earlier cvmkeys.
+    return isinstance(data, dict) and data.get("$id") in (published, "urn:cvmkeys:schema:bindings:1")
 
 
 def yaml_double_quoted(text: str) -> str:

@@ -10,6 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+# The instance status table of the CVM API 2.0 lives in ``api2_states`` (the emulator shares
+# it); re-exported here for the 2.0 client. Everything else uses ``InstanceState``.
+from reconciler.api2_states import INSTANCE_STATUS_NAMES as INSTANCE_STATUS_NAMES
+from reconciler.api2_states import STATUS_KEY_ISSUING as STATUS_KEY_ISSUING
+from reconciler.api2_states import STATUS_RUNNING as STATUS_RUNNING
+from reconciler.api2_states import STATUS_SHUT_DOWN as STATUS_SHUT_DOWN
+from reconciler.api2_states import STATUS_SHUTTING_DOWN as STATUS_SHUTTING_DOWN
+from reconciler.api2_states import STATUS_STARTING as STATUS_STARTING
+from reconciler.api2_states import status_name as status_name
+
 PLAN_FORMAT_VERSION = "2.0"  # 2.0: ``api``, instance states by name, batches with ``key_ids``
 
 
@@ -51,42 +61,6 @@ DOCUMENTED_RATE_LIMITS: Mapping[str, float] = {
     "BindInstanceKey": 10.0,
 }
 DEFAULT_RATE_LIMIT = 10.0  # an action the table does not name (the key-pair figure)
-
-# The instance status table of the CVM API 2.0 (DescribeInstances ``status``). Only the 2.0
-# client (``cloud.api2``) and the emulator read these; everything else uses ``InstanceState``.
-INSTANCE_STATUS_NAMES: Mapping[int, str] = {
-    1: "failure",
-    2: "running",
-    3: "creating",
-    4: "shut down",
-    5: "returned",
-    6: "returning",
-    7: "rebooting",
-    8: "starting",
-    9: "shutting down",
-    10: "resetting password",
-    11: "formatting",
-    12: "making image",
-    13: "setting bandwidth",
-    14: "reinstalling OS",
-    15: "binding domain",
-    16: "unbinding domain",
-    17: "binding load balancer",
-    18: "unbinding load balancer",
-    19: "upgrading",
-    20: "key issuing",
-}
-STATUS_RUNNING = 2
-STATUS_SHUT_DOWN = 4
-STATUS_SHUTTING_DOWN = 9
-STATUS_STARTING = 8
-STATUS_KEY_ISSUING = 20
-
-
-def status_name(status: int) -> str:
-    """Human name of an instance status; unknown numbers are maintenance states per the docs."""
-    return INSTANCE_STATUS_NAMES.get(status, f"maintenance ({status})")
-
 
 # --------------------------------------------------------------------------- live state
 

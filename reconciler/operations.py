@@ -182,6 +182,21 @@ def validate(paths: Sequence[Path]) -> LoadedDesired:
     return load_paths(paths)
 
 
+# --------------------------------------------------------------------------- schema
+
+
+SCHEMA_NAMES = ("bindings", "plan", "fleet", "result", "validation")
+
+
+def schema(name: str) -> str:
+    """The text of a JSON Schema shipped with cvmkeys (``SCHEMA_NAMES``), as shipped."""
+    from reconciler.schemas import schema_text
+
+    if name not in SCHEMA_NAMES:
+        raise ConfigError(f"no schema named {name!r}", hint="one of: " + ", ".join(SCHEMA_NAMES))
+    return schema_text(name)
+
+
 # --------------------------------------------------------------------------- plan
 
 
@@ -363,7 +378,7 @@ class ImportRequest:
     key_ids: tuple[str, ...] | None  # None: every key (--all, or scope account)
     cloud: CloudRequest
     out: Path | None = None
-    schema_ref: str = "../schemas/bindings.schema.json"
+    schema_ref: str | None = None  # None: right where the file is written (importer.schema_ref_for)
 
 
 @dataclass(frozen=True)
@@ -397,7 +412,8 @@ def import_desired(request: ImportRequest) -> ImportResult:
     with _connected(selection.region, request.cloud) as connection:
         observed = importer.observe_for_import(connection.client, selection)
         calls = dict(connection.client.calls)
-    text = importer.render_desired(selection, observed, schema_ref=request.schema_ref)
+    schema_ref = request.schema_ref or importer.schema_ref_for(request.out)
+    text = importer.render_desired(selection, observed, schema_ref=schema_ref)
     _check_imported(text, request.out)
     if request.out is not None:
         write_atomically(request.out, text)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ from reconciler.connect import EMULATOR_URL
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState
 
+# The key and instance IDs of the example fleet (examples/fleet.yaml), as the emulator's tests name them.
+CI, OLD, OPS, UNMANAGED = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n", "skey-0u0u0u0u"
+WEB1, WEB2, DB1, BATCH1, BASTION, WIN1 = (
+    "ins-1a2b3c4d",
+    "ins-5e6f7a8b",
+    "ins-9c8d7e6f",
+    "ins-0c0d0e0f",
+    "ins-99999999",
+    "ins-7w7w7w7w",
+)
+
 _runner = CliRunner()
 
 
@@ -29,6 +41,31 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     result = _runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     return result.exit_code, result.stdout, result.stderr
+
+
+def run_command(
+    command: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``command`` in a subprocess in ``cwd``, with ``env`` added to this process's environment:
+    text output captured, the exit code left to the test to check."""
+    return subprocess.run(
+        list(command),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def saved_plan(example: tuple[Path, Path], plan_file: Path) -> Path:
+    """``cvmkeys plan DESIRED --emulator FLEET --out PLAN_FILE`` for the ``example`` fixture's
+    (desired file, fleet), which must succeed; ``plan_file``."""
+    desired, fleet = example
+    code, _, err = run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))
+    assert code == 0, err
+    return plan_file
 
 
 def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmClient:

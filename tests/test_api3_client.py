@@ -10,6 +10,7 @@ import json
 import random
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -160,58 +161,46 @@ def test_the_audit_log_keeps_request_ids(env: Env, tmp_path: Any) -> None:
     assert lines[0]["keyIds"] == [key(1)] and lines[0]["keyId"] == key(1)
 
 
+def _instance(field: str, value: str) -> Callable[[FakeTencent], None]:
+    """Prepares the fake cloud: instance 1's ``field`` becomes ``value``."""
+
+    def prepare(server: FakeTencent) -> None:
+        setattr(server.instances[ins(1)], field, value)
+
+    return prepare
+
+
+def _answered(code: str) -> Callable[[FakeTencent], None]:
+    """Prepares the fake cloud: the next unbind is answered with error ``code``."""
+    return lambda server: server.script("DisassociateInstancesKeyPairs", code)
+
+
 @pytest.mark.parametrize(
     ("prepare", "code", "kind"),
     [
+        (_instance("state", "RUNNING"), "UnsupportedOperation.InstanceStateRunning", ApiErrorKind.BLOCKED),
+        (_instance("state", "STOPPING"), "UnsupportedOperation.InstanceStateStopping", ApiErrorKind.BLOCKED),
         (
-            lambda s: setattr(s.instances[ins(1)], "state", "RUNNING"),
-            "UnsupportedOperation.InstanceStateRunning",
-            ApiErrorKind.BLOCKED,
-        ),
-        (
-            lambda s: setattr(s.instances[ins(1)], "state", "STOPPING"),
-            "UnsupportedOperation.InstanceStateStopping",
-            ApiErrorKind.BLOCKED,
-        ),
-        (
-            lambda s: setattr(s.instances[ins(1)], "os", "Windows Server 2016"),
+            _instance("os", "Windows Server 2016"),
             "UnsupportedOperation.InstanceOsWindows",
             ApiErrorKind.BLOCKED,
         ),
         (
-            lambda s: setattr(s.instances[ins(1)], "latest_operation_state", "OPERATING"),
+            _instance("latest_operation_state", "OPERATING"),
             "OperationDenied.InstanceOperationInProgress",
             ApiErrorKind.BUSY,
         ),
+        (_answered("MutexOperation.TaskRunning"), "MutexOperation.TaskRunning", ApiErrorKind.BUSY),
         (
-            lambda s: s.script("DisassociateInstancesKeyPairs", "MutexOperation.TaskRunning"),
-            "MutexOperation.TaskRunning",
-            ApiErrorKind.BUSY,
-        ),
-        (
-            lambda s: s.script(
-                "DisassociateInstancesKeyPairs", "UnsupportedOperation.StoppedModeStopCharging"
-            ),
+            _answered("UnsupportedOperation.StoppedModeStopCharging"),
             "UnsupportedOperation.StoppedModeStopCharging",
             ApiErrorKind.BLOCKED,
         ),
         (lambda s: s.instances.pop(ins(1)), "InvalidInstanceId.NotFound", ApiErrorKind.NOT_FOUND),
         (lambda s: s.key_names.pop(key(1)), "InvalidKeyPairId.NotFound", ApiErrorKind.NOT_FOUND),
-        (
-            lambda s: s.script("DisassociateInstancesKeyPairs", "InternalError"),
-            "InternalError",
-            ApiErrorKind.AMBIGUOUS,
-        ),
-        (
-            lambda s: s.script("DisassociateInstancesKeyPairs", "InternalServerError"),
-            "InternalServerError",
-            ApiErrorKind.AMBIGUOUS,
-        ),
-        (
-            lambda s: s.script("DisassociateInstancesKeyPairs", "InvalidParameterValue"),
-            "InvalidParameterValue",
-            ApiErrorKind.INVALID,
-        ),
+        (_answered("InternalError"), "InternalError", ApiErrorKind.AMBIGUOUS),
+        (_answered("InternalServerError"), "InternalServerError", ApiErrorKind.AMBIGUOUS),
+        (_answered("InvalidParameterValue"), "InvalidParameterValue", ApiErrorKind.INVALID),
     ],
 )
 def test_refused_unbinds_are_classified_and_never_retried(

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import emulator_client, live_state, run_cli
+from support import emulator_client, live_state, run_cli, saved_plan
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.client import CvmClient
@@ -269,9 +269,8 @@ def test_a_read_that_fails_for_good_stops_apply_with_an_honest_record(tmp_path: 
 
 
 def test_safety_flags_also_guard_a_saved_plan(example: tuple[Path, Path], tmp_path: Path) -> None:
-    desired, fleet = example
-    plan_file = tmp_path / "p.json"
-    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    fleet = example[1]
+    plan_file = saved_plan(example, tmp_path / "p.json")
     before = live_state(fleet)
     code, _, err = cli("apply", str(plan_file), "--max-unbinds", "1")
     assert code == 1 and "3 unbinds is over max_unbinds 1" in err
@@ -299,9 +298,7 @@ def test_a_flow_style_desired_file_is_not_taken_for_a_plan(
 
 
 def test_a_saved_plan_is_sent_only_where_the_user_says(example: tuple[Path, Path], tmp_path: Path) -> None:
-    desired, fleet = example
-    plan_file = tmp_path / "p.json"
-    assert cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    plan_file = saved_plan(example, tmp_path / "p.json")
     from reconciler.core.document import dump_plan
     from reconciler.planfile import load_plan
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import run_cli, saved_plan
 from typer.testing import CliRunner
 
 from reconciler.cli import _hoist_global_options, app
@@ -72,8 +72,7 @@ def test_global_options_are_accepted_after_the_command() -> None:
 
 def test_apply_result_in_each_format(example: tuple[Path, Path], tmp_path: Path) -> None:
     desired, fleet = example
-    plan_file = tmp_path / "p.json"
-    assert run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    plan_file = saved_plan(example, tmp_path / "p.json")
     code, out, err = run_cli("apply", str(plan_file), "--format", "markdown")
     assert code in (0, 3), err
     assert out.startswith("### cvmkeys apply: `ap-guangzhou`") and "| done |" in out
@@ -96,11 +95,10 @@ def test_term_dumb_gives_plain_progress_lines(example: tuple[Path, Path]) -> Non
 def test_plan_out_keeps_the_permissions_of_the_file_it_replaces(
     example: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    desired, fleet = example
     plan_file = tmp_path / "p.json"
     plan_file.write_text("old")
     plan_file.chmod(0o600)  # a plan names the fleet's IDs: someone chose to keep it private
-    assert run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan_file))[0] == 0
+    saved_plan(example, plan_file)
     assert plan_file.stat().st_mode & 0o777 == 0o600
     assert json.loads(plan_file.read_text())["format_version"] == "2.0"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left

@@ -45,6 +45,15 @@ class World:
     def env(self, **more: str) -> dict[str, str]:
         return {"HOME": str(self.home), **more}
 
+    def role_env(self, **more: str) -> dict[str, str]:
+        """The environment of a role assumed with the base keys (and ``more``)."""
+        return self.env(
+            TENCENTCLOUD_SECRET_ID=BASE_ID,
+            TENCENTCLOUD_SECRET_KEY=BASE_KEY,
+            TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE,
+            **more,
+        )
+
     def sts(self) -> StsOptions:
         return StsOptions(endpoint="https://sts.tencentcloudapi.com/", transport=self.server.transport())
 
@@ -143,10 +152,7 @@ def test_shared_credentials_dir_and_a_profile_token(world: World, tmp_path: Path
 
 
 def test_assume_role_from_the_environment_signs_sts_with_the_base_keys(world: World) -> None:
-    env = world.env(
-        TENCENTCLOUD_SECRET_ID=BASE_ID,
-        TENCENTCLOUD_SECRET_KEY=BASE_KEY,
-        TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE,
+    env = world.role_env(
         TENCENTCLOUD_ASSUME_ROLE_SESSION_NAME="ci-run",
         TENCENTCLOUD_ASSUME_ROLE_SESSION_DURATION="900",
         TENCENTCLOUD_ASSUME_ROLE_EXTERNAL_ID="ext-1",
@@ -173,12 +179,7 @@ def test_assume_role_from_the_environment_signs_sts_with_the_base_keys(world: Wo
 
 
 def test_temporary_credentials_are_renewed_before_they_expire(world: World) -> None:
-    env = world.env(
-        TENCENTCLOUD_SECRET_ID=BASE_ID,
-        TENCENTCLOUD_SECRET_KEY=BASE_KEY,
-        TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE,
-        TENCENTCLOUD_ASSUME_ROLE_SESSION_DURATION="900",
-    )
+    env = world.role_env(TENCENTCLOUD_ASSUME_ROLE_SESSION_DURATION="900")
     provider = world.resolve(env)
     assert isinstance(provider, RefreshingProvider)
     with world.client(provider) as client:
@@ -311,14 +312,7 @@ def test_get_caller_identity_says_who_it_ran_as(world: World) -> None:
     )
     me = sts.get_caller_identity(StaticProvider(Credentials(BASE_ID, BASE_KEY)))
     assert me.account_id == ACCOUNT and me.arn.startswith("qcs::cam::uin/")
-    role = world.resolve(
-        world.env(
-            TENCENTCLOUD_SECRET_ID=BASE_ID,
-            TENCENTCLOUD_SECRET_KEY=BASE_KEY,
-            TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE,
-            TENCENTCLOUD_ASSUME_ROLE_SESSION_NAME="s",
-        )
-    )
+    role = world.resolve(world.role_env(TENCENTCLOUD_ASSUME_ROLE_SESSION_NAME="s"))
     assumed = sts.get_caller_identity(role)
     assert assumed.type == "CAMRole" and "assumed-role/cvmkeys-apply/s" in assumed.arn
 
@@ -418,11 +412,7 @@ def test_the_2_0_client_refuses_every_temporary_source(world: World, tmp_path: P
             TENCENTCLOUD_SECRET_KEY=BASE_KEY,
             TENCENTCLOUD_SECURITY_TOKEN="session-token-secret",
         ),
-        world.env(
-            TENCENTCLOUD_SECRET_ID=BASE_ID,
-            TENCENTCLOUD_SECRET_KEY=BASE_KEY,
-            TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE,
-        ),
+        world.role_env(),
         world.env(TENCENTCLOUD_CAM_ROLE_NAME="r"),
     ]
     for environ in cases:
@@ -457,7 +447,8 @@ def test_no_secret_in_debug_logs_of_a_whole_oidc_and_role_flow(
         assert secret not in logged
 
 
-def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
+def _tccli_login(world: World, expires_in: int) -> None:
+    """A tccli SSO login in the default profile, whose credentials expire ``expires_in`` s from now."""
     world.profile(
         "default",
         {
@@ -465,31 +456,24 @@ def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
             "secretId": "AKIDsso000000000000000",
             "secretKey": "k",
             "token": "session-token-secret",
-            "expiresAt": int(world.time.now) - 10,
+            "expiresAt": int(world.time.now) + expires_in,
         },
     )
+
+
+def test_expired_tccli_login_credentials_are_refused(world: World) -> None:
+    _tccli_login(world, -10)
     with pytest.raises(ConfigError, match="expired") as info:
         world.resolve(world.env())
     _no_secret(info.value)
-    world.profile(
-        "default",
-        {
-            "type": "sso",
-            "secretId": "AKIDsso000000000000000",
-            "secretKey": "k",
-            "token": "session-token-secret",
-            "expiresAt": int(world.time.now) + 600,
-        },
-    )
+    _tccli_login(world, 600)
     assert world.resolve(world.env()).get().token == "session-token-secret"
 
 
 def test_concurrent_attempts_share_one_renewal(world: World) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    env = world.env(
-        TENCENTCLOUD_SECRET_ID=BASE_ID, TENCENTCLOUD_SECRET_KEY=BASE_KEY, TENCENTCLOUD_ASSUME_ROLE_ARN=ROLE
-    )
+    env = world.role_env()
     provider = world.resolve(env)
     with ThreadPoolExecutor(8) as pool:
         ids = set(pool.map(lambda _: provider.get().secret_id, range(32)))

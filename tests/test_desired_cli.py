@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from support import run_command
 from typer.testing import CliRunner
 
 from reconciler.cli import app
@@ -63,17 +64,9 @@ EXPECTED_BAD = [
 
 
 def _run(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    env = {"COLUMNS": "80", "NO_COLOR": "1"}
     started = time.perf_counter()
-    completed = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run_command([sys.executable, "-m", "reconciler", *args], cwd=REPO, env=env, timeout=60)
     return completed, time.perf_counter() - started
 
 

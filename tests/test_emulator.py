@@ -8,18 +8,9 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Emulator, EmulatorFactory
-from support import live_state
+from support import BASTION, BATCH1, CI, DB1, OLD, OPS, UNMANAGED, WEB1, WEB2, WIN1, live_state
 
 GZ = "ap-guangzhou"
-WEB1, WEB2, DB1, BATCH1, BASTION, WIN1 = (
-    "ins-1a2b3c4d",
-    "ins-5e6f7a8b",
-    "ins-9c8d7e6f",
-    "ins-0c0d0e0f",
-    "ins-99999999",
-    "ins-7w7w7w7w",
-)
-CI, OLD, OPS, UNMANAGED = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n", "skey-0u0u0u0u"
 
 
 def ids(name: str, values: list[str]) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import EXAMPLE_FLEET, SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory, FakeClock
-from support import serve_fleet
+from support import BASTION, BATCH1, CI, DB1, OLD, OPS, UNMANAGED, WEB1, WEB2, WIN1, serve_fleet
 from typer.testing import CliRunner
 
 from reconciler.cloud import signing, tc3
@@ -32,15 +32,6 @@ from reconciler.emulator.state import FleetState
 GZ = "ap-guangzhou"
 URL3 = "https://cvm.tencentcloudapi.com/"
 STS_URL = "https://sts.tencentcloudapi.com/"
-CI, OLD, OPS, UNMANAGED = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n", "skey-0u0u0u0u"
-WEB1, WEB2, DB1, BATCH1, BASTION, WIN1 = (
-    "ins-1a2b3c4d",
-    "ins-5e6f7a8b",
-    "ins-9c8d7e6f",
-    "ins-0c0d0e0f",
-    "ins-99999999",
-    "ins-7w7w7w7w",
-)
 ROLE_ARN = "qcs::cam::uin/100000000001:roleName/cvmkeys-apply"
 _nonces = itertools.count(int(time.time()) % 1_000_000 * 1000 + 7)
 

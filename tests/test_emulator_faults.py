@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import EXAMPLE_FLEET, Emulator, EmulatorFactory
-from support import serve_fleet
+from support import BATCH1, CI, DB1, OLD, OPS, WEB1, serve_fleet
 from typer.testing import CliRunner
 
 from reconciler.cloud import tc3
@@ -21,8 +21,6 @@ from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.state import FleetState
 
 GZ = "ap-guangzhou"
-CI, OLD, OPS = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n"
-WEB1, WEB2, DB1, BATCH1 = "ins-1a2b3c4d", "ins-5e6f7a8b", "ins-9c8d7e6f", "ins-0c0d0e0f"
 
 
 def code_of(response: httpx.Response) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import EXAMPLE_FLEET, Emulator
-from support import run_cli, serve_fleet
+from support import BATCH1, CI, DB1, OLD, OPS, WEB1, WEB2, run_cli, serve_fleet
 
 from reconciler.emulator.state import FleetState
 from reconciler.emulator.store import STATE_ENV
@@ -27,8 +27,6 @@ from reconciler.errors import InputError
 from reconciler.schemas import validator
 
 GZ = "ap-guangzhou"
-CI, OLD, OPS = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n"
-WEB1, WEB2, BATCH1, DB1 = "ins-1a2b3c4d", "ins-5e6f7a8b", "ins-0c0d0e0f", "ins-9c8d7e6f"
 
 
 def example() -> dict[str, Any]:

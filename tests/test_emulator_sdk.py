@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from conftest import SECRET_ID, SECRET_KEY, Emulator
 from QcloudApi.qcloudapi import QcloudApi  # type: ignore[import-untyped]
+from support import BATCH1, CI, DB1, OLD, WEB1
 
 GZ = "ap-guangzhou"
-CI, OLD = "skey-3glfot13", "skey-8x9y0z12"
-WEB1, DB1, BATCH1 = "ins-1a2b3c4d", "ins-9c8d7e6f", "ins-0c0d0e0f"
 
 
 class _PlainConnection(http.client.HTTPConnection):

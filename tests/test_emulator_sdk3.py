@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory
+from support import CI, DB1, OLD, WEB1, WIN1
 from tencentcloud.common import credential  # type: ignore[import-untyped]
 from tencentcloud.common.common_client import CommonClient  # type: ignore[import-untyped]
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import (  # type: ignore[import-untyped]
@@ -29,10 +30,14 @@ from tencentcloud.sts.v20180813 import sts_client  # type: ignore[import-untyped
 from reconciler.emulator.server import RunningServer
 
 GZ = "ap-guangzhou"
-CI, OLD = "skey-3glfot13", "skey-8x9y0z12"
-WEB1, DB1, WIN1 = "ins-1a2b3c4d", "ins-9c8d7e6f", "ins-7w7w7w7w"
 ROLE_ARN = "qcs::cam::uin/100000000001:roleName/cvmkeys-apply"
 SIGN_METHODS = ["TC3-HMAC-SHA256", "HmacSHA256"]
+
+
+@pytest.fixture(params=SIGN_METHODS)
+def sign_method(request: pytest.FixtureRequest) -> str:
+    """Every test that takes it runs once per signing method the SDK offers."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -78,7 +83,6 @@ def refused(call: Any) -> str:
     return code
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_reads(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
     _, server = served
     client = cvm(server, sign_method)
@@ -94,7 +98,6 @@ def test_reads(served: tuple[Emulator, RunningServer], sign_method: str) -> None
     assert client.DescribeKeyPairs(request).TotalCount == 4
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_allowed_disassociation_and_its_operation_state(
     served: tuple[Emulator, RunningServer], sign_method: str
 ) -> None:
@@ -147,7 +150,6 @@ def test_stop_and_start(served: tuple[Emulator, RunningServer]) -> None:
     assert refused(lambda: client.StartInstances(start)) == "UnsupportedOperation.InstanceStateRunning"
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_refusals_with_their_documented_codes(
     served: tuple[Emulator, RunningServer], sign_method: str
 ) -> None:
@@ -169,7 +171,6 @@ def test_refusals_with_their_documented_codes(
     )
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_authentication_failures(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
     em, server = served
     wrong_key = cvm(server, sign_method, credential.Credential(SECRET_ID, "not-the-key"))
@@ -180,7 +181,6 @@ def test_authentication_failures(served: tuple[Emulator, RunningServer], sign_me
     assert refused(lambda: describe(cvm(server, sign_method), WEB1)) == "AuthFailure.SignatureExpire"
 
 
-@pytest.mark.parametrize("sign_method", SIGN_METHODS)
 def test_sts_temporary_credentials(served: tuple[Emulator, RunningServer], sign_method: str) -> None:
     em, server = served
     who = sts(server, sign_method).GetCallerIdentity(sts_models.GetCallerIdentityRequest())

@@ -121,7 +121,7 @@ def test_import_output_shape_and_comments(fleet: Path) -> None:
     code, stdout, _ = cli("import", "--region", "gz", "--keys", "skey-3glfot13", "--emulator", str(fleet))
     assert code == 0
     lines = stdout.splitlines()
-    assert lines[0] == "# yaml-language-server: $schema=../schemas/bindings.schema.json"
+    assert lines[0] == "# yaml-language-server: $schema=https://cvmkeys.dev/schemas/bindings.schema.json"
     body = [line for line in lines if line and not line.startswith("#")]
     assert body == [
         "version: 1",

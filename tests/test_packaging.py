@@ -18,7 +18,7 @@ def test_wheel_contains_the_schemas_and_validates_from_them(tmp_path: Path) -> N
     )
     (wheel,) = tmp_path.glob("cvmkeys-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for schema in ("bindings", "fleet", "plan"):
+    for schema in ("bindings", "fleet", "plan", "result", "validation"):
         assert f"reconciler/_schemas/{schema}.schema.json" in names
         shipped = zipfile.ZipFile(wheel).read(f"reconciler/_schemas/{schema}.schema.json")
         assert shipped == (ROOT / "schemas" / f"{schema}.schema.json").read_bytes()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / ".pre-commit-hooks.yaml"
@@ -124,16 +125,8 @@ def _run_entry(cwd: Path, *files: str) -> subprocess.CompletedProcess[str]:
     command = [*shlex.split(str(_hook()["entry"])), *files]
     assert command[0] == "python"
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, *command[1:]],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "NO_COLOR": "1"}
+    return run_command([sys.executable, *command[1:]], cwd=cwd, env=env)
 
 
 def test_the_entry_recognises_the_content(tmp_path: Path) -> None:
@@ -193,15 +186,12 @@ def _try_repo(repo: Path, home: Path) -> subprocess.CompletedProcess[str]:
     pre_commit = Path(sys.executable).parent / "pre-commit"
     if not pre_commit.exists():
         pytest.skip("pre-commit is not installed (pip install -e '.[test]')")
-    env = {**os.environ, "PRE_COMMIT_HOME": str(home), "NO_COLOR": "1", "PRE_COMMIT_COLOR": "never"}
-    return subprocess.run(
+    env = {"PRE_COMMIT_HOME": str(home), "NO_COLOR": "1", "PRE_COMMIT_COLOR": "never"}
+    return run_command(
         [str(pre_commit), "try-repo", str(ROOT), "cvmkeys-validate", "--all-files", "--color", "never"],
         cwd=repo,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
-        check=False,
     )
 
 

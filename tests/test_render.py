@@ -7,16 +7,13 @@ import dataclasses
 import re
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from test_render_samples import EVIL_NAME, big_plan, check_golden, empty_plan, full_plan, full_result
+from test_render_samples import big_plan, check_golden, empty_plan, full_plan, full_result
 
 from reconciler.model import ApiVersion, ApplyResult, BindingResult, Outcome, SafetyVerdict
 from reconciler.render import (
     render_plan_markdown,
     render_plan_text,
     render_result_json,
-    render_result_markdown,
     render_result_text,
 )
 from reconciler.render._sanitize import clean, display_width
@@ -180,80 +177,7 @@ def test_result_line_complete() -> None:
 # --------------------------------------------------------------------------- markdown
 
 
-def test_markdown_sections() -> None:
-    md = render_plan_markdown(full_plan())
-    assert md.startswith(
-        "### cvmkeys plan: `ap-guangzhou` (scope: keys)\n\n**Plan: 5 to unbind, 2 blocked, 1 protected.**"
-    )
-    assert "> [!CAUTION]" in md and "> - 5 unbinds is over max\\_unbinds 4" in md
-    assert "#### Findings (3)" in md and "#### Blocked: not attempted (2)" in md
-    assert "#### Warnings (1)" in md and "#### Changes (8)" in md
-    assert "<details>" not in md  # 8 rows: no folding
-    assert "- **error** `examples/bindings.yaml:12:5`: key skey-absent01" in md
-    assert "| `skey-deploy01` | ci-deploy | `ins-web00003` | web-3 | blocked | instance is running" in md
-    assert "not shown" not in md
-
-
-def test_markdown_escapes_untrusted_names() -> None:
-    md = render_plan_markdown(full_plan())
-    row = next(line for line in md.splitlines() if line.startswith("| `skey-evil0001`"))
-    # Exactly the 6 cells of the table: the name's "|" did not split a cell.
-    assert len(re.findall(r"(?<!\\)\|", row)) == 7
-    assert "<b>" not in md and "&lt;b&gt;" in md
-    assert "@org" not in md and "@\u200borg" in md  # nobody is mentioned
-    assert "\\`x\\`" in md and "\\*bold\\*" in md and "\\[link\\](http://x)" in md
-    assert "\x1b" not in md and "\x07" not in md and "\u202e" not in md
-    assert all(not line.startswith("name") for line in md.splitlines())
-    assert EVIL_NAME not in md
-
-
-def test_markdown_no_changes() -> None:
-    md = render_plan_markdown(empty_plan())
-    assert "**No changes.** The live bindings match the file." in md
-    assert "|" not in md and "CAUTION" not in md
-
-
-def test_markdown_folds_long_tables() -> None:
-    assert "<details><summary>Show all 21 changes</summary>" in render_plan_markdown(big_plan(21))
-    assert "<details>" not in render_plan_markdown(big_plan(20))
-
-
-def _table_rows(md: str) -> int:
-    return sum(1 for line in md.splitlines() if line.startswith("| `skey-"))
-
-
-def test_markdown_for_ten_thousand_changes_stays_under_the_limit() -> None:
-    plan = big_plan(10_000)
-    md = render_plan_markdown(plan)
-    assert len(md) <= 65_000
-    shown = _table_rows(md)
-    assert 100 < shown < 10_000
-    match = re.search(r"\.\.\. and ([\d,]+) more changes not shown; see the plan artifact\.", md)
-    assert match is not None
-    assert int(match.group(1).replace(",", "")) == 10_000 - shown
-    assert md.rstrip().endswith("</sub>")  # the footer survived
-    assert "**Plan: 10000 to unbind, 0 blocked, 0 protected.**" in md
-
-
-def test_markdown_shares_the_budget_between_sections() -> None:
-    plan = big_plan(3000)
-    warned = tuple(dataclasses.replace(c, warnings=("last key " * 5,)) for c in plan.changes)
-    md = render_plan_markdown(dataclasses.replace(plan, changes=warned), max_chars=20_000)
-    assert len(md) <= 20_000
-    assert re.search(r"\.\.\. and [\d,]+ more warnings not shown", md)
-    assert re.search(r"\.\.\. and [\d,]+ more changes not shown", md)
-    warnings_shown = md.count("\n- `skey-")
-    assert warnings_shown > 10 and _table_rows(md) > 10  # neither section starved
-
-
-@settings(max_examples=40, deadline=None)
-@given(max_chars=st.integers(min_value=0, max_value=12_000), size=st.sampled_from([0, 8, 150]))
-def test_markdown_never_exceeds_max_chars(max_chars: int, size: int) -> None:
-    plan = full_plan() if size == 8 else empty_plan() if size == 0 else big_plan(size)
-    md = render_plan_markdown(plan, max_chars=max_chars)
-    assert len(md) <= max_chars
-    if len(render_plan_markdown(plan, max_chars=10**9)) <= max_chars:
-        assert "not shown" not in md and "truncated" not in md
+# The Markdown plan itself: tests/test_markdown_plan.py.
 
 
 def test_calls_are_named_for_the_plans_api() -> None:
@@ -264,13 +188,4 @@ def test_calls_are_named_for_the_plans_api() -> None:
         assert "calls to DisassociateInstancesKeyPairs" in text and "UnBindInstanceKey" not in text
 
 
-def test_result_markdown_leads_with_the_outcome_and_failures_first() -> None:
-    result = full_result()
-    text = render_result_markdown(result, full_plan())
-    assert text.startswith("### cvmkeys apply: `ap-guangzhou`\n\n**Apply")
-    rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(rows) == len(result.results)
-    outcomes = [row.split(" | ")[2] for row in rows]
-    assert outcomes.index("failed") < outcomes.index("done")
-    small = render_result_markdown(result, max_chars=600)
-    assert len(small) <= 600 and "more bindings not shown" in small and "| failed |" in small
+# The Markdown result: tests/test_markdown_result.py.

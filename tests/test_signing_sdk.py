@@ -6,6 +6,7 @@ verifier must accept the SDK's."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -31,27 +32,31 @@ _values: st.SearchStrategy[Any] = st.recursive(
 )
 
 
-def _sdk_request(
-    service: str,
-    host: str,
-    action: str,
-    region: str,
-    params: dict[str, Any],
-    secret_id: str,
-    secret_key: str,
-    token: str | None,
-) -> RequestInternal:
-    profile = ClientProfile(httpProfile=HttpProfile(endpoint=host))
-    client = common_client.CommonClient(
-        service, "2017-03-12", Credential(secret_id, secret_key, token), region, profile=profile
-    )
-    request = RequestInternal(host, "POST", "/", header={})
-    client._build_req_with_tc3_signature(action, params, request)
+@dataclass(frozen=True)
+class _Call:
+    """One request, as both sides are told to sign it."""
+
+    service: str
+    host: str
+    action: str
+    region: str
+    params: dict[str, Any]
+    secret_id: str
+    secret_key: str
+    token: str | None
+
+
+def _sdk_request(call: _Call) -> RequestInternal:
+    profile = ClientProfile(httpProfile=HttpProfile(endpoint=call.host))
+    credential = Credential(call.secret_id, call.secret_key, call.token)
+    client = common_client.CommonClient(call.service, "2017-03-12", credential, call.region, profile=profile)
+    request = RequestInternal(call.host, "POST", "/", header={})
+    client._build_req_with_tc3_signature(call.action, call.params, request)
     return request
 
 
-@settings(max_examples=150, deadline=None)
-@given(
+_calls = st.builds(
+    _Call,
     service=st.sampled_from(["cvm", "sts", "cam"]),
     host=st.sampled_from(
         ["cvm.tencentcloudapi.com", "cvm.ap-guangzhou.tencentcloudapi.com", "127.0.0.1:8080"]
@@ -64,26 +69,21 @@ def _sdk_request(
     secret_key=st.text(_key_chars, min_size=1, max_size=40),
     token=st.none() | st.text(_key_chars, min_size=1, max_size=60),
 )
-def test_same_authorization_as_tencents_sdk(
-    service: str,
-    host: str,
-    action: str,
-    region: str,
-    params: dict[str, Any],
-    secret_id: str,
-    secret_key: str,
-    token: str | None,
-) -> None:
-    sdk = _sdk_request(service, host, action, region, params, secret_id, secret_key, token)
+
+
+@settings(max_examples=150, deadline=None)
+@given(call=_calls)
+def test_same_authorization_as_tencents_sdk(call: _Call) -> None:
+    sdk = _sdk_request(call)
     timestamp = int(sdk.header["X-TC-Timestamp"])
     body = sdk.data.encode("utf-8")
-    assert json.loads(body) == params
+    assert json.loads(body) == call.params
 
     ours = httpx.Request(
-        "POST", f"http://{host}/", content=body, headers={"Content-Type": sdk.header["Content-Type"]}
+        "POST", f"http://{call.host}/", content=body, headers={"Content-Type": sdk.header["Content-Type"]}
     )
-    credentials = Credentials(secret_id, secret_key, token=token)
-    Tc3Auth(StaticProvider(credentials), service=service, clock=lambda: timestamp).sign(ours)
+    credentials = Credentials(call.secret_id, call.secret_key, token=call.token)
+    Tc3Auth(StaticProvider(credentials), service=call.service, clock=lambda: timestamp).sign(ours)
 
     assert ours.headers["Authorization"] == sdk.header["Authorization"]
     assert ours.headers.get("X-TC-Token") == sdk.header.get("X-TC-Token")
@@ -92,11 +92,11 @@ def test_same_authorization_as_tencents_sdk(
     parsed = tc3.parse_authorization(sdk.header["Authorization"])
     assert parsed is not None
     assert tc3.verify(
-        secret_key,
+        call.secret_key,
         parsed,
         timestamp=timestamp,
         method="POST",
-        headers={"Content-Type": sdk.header["Content-Type"], "Host": host},
+        headers={"Content-Type": sdk.header["Content-Type"], "Host": call.host},
         payload=body,
     )
 
@@ -104,7 +104,7 @@ def test_same_authorization_as_tencents_sdk(
 def test_a_different_key_gives_a_different_signature() -> None:
     # The comparison above can fail: a wrong key never matches the SDK's header.
     sdk = _sdk_request(
-        "cvm", "cvm.tencentcloudapi.com", "DescribeInstances", "ap-guangzhou", {}, "AKIDx", "k1", None
+        _Call("cvm", "cvm.tencentcloudapi.com", "DescribeInstances", "ap-guangzhou", {}, "AKIDx", "k1", None)
     )
     ours = httpx.Request(
         "POST",

@@ -24,7 +24,15 @@ import typer
 from typer.core import TyperGroup
 
 from reconciler import __version__
-from reconciler.cli.views import ApplyView, Format, PlanView, Terminal, show_import
+from reconciler.cli.views import (
+    ApplyView,
+    Format,
+    PlanView,
+    Terminal,
+    ValidateFormat,
+    ValidateView,
+    show_import,
+)
 from reconciler.errors import ConfigError, CvmkeysError, InputError
 
 if TYPE_CHECKING:
@@ -252,11 +260,27 @@ EmulatorOption = Annotated[
 EndpointOption = Annotated[
     str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
 ]
+def _complete_profiles(incomplete: str) -> list[str]:
+    """Shell completion of ``--profile``: the tccli profiles (``<name>.credential`` files in
+    ``$TENCENTCLOUD_SHARED_CREDENTIALS_DIR``, else ``~/.tccli``). Names only: nothing is read."""
+    import os
+
+    from reconciler.cloud.credentials import tccli_dir
+
+    try:
+        folder = tccli_dir(os.environ)
+        names = sorted(path.name.removesuffix(".credential") for path in folder.glob("*.credential"))
+    except (CvmkeysError, OSError):  # no folder, or a bad variable: nothing to offer
+        return []
+    return [name for name in names if name.startswith(incomplete) and not name.startswith(".")]
+
+
 ProfileOption = Annotated[
     str | None,
     typer.Option(
         "--profile",
         metavar="NAME",
+        autocompletion=_complete_profiles,
         help="tccli profile for credentials (~/.tccli/NAME.credential). Default: TENCENTCLOUD_SECRET_ID/KEY, "
         "then the profile in $TENCENTCLOUD_PROFILE, then 'default'.",
     ),
@@ -312,15 +336,65 @@ def _cloud(
 
 
 @app.command()
-def validate(paths: PathsArgument) -> None:
+def validate(
+    paths: PathsArgument,
+    output_format: Annotated[
+        ValidateFormat,
+        typer.Option(
+            "--format",
+            help="text: FILE:LINE:COL: message; github: ::error/::warning annotations for "
+            "GitHub Actions; json: one document (schemas/validation.schema.json).",
+        ),
+    ] = ValidateFormat.text,
+) -> None:
     """Check desired-state files; report every problem as FILE:LINE:COL: message.
 
-    Example: cvmkeys validate examples/
+    Example: cvmkeys validate examples/ --format github
+    """
+    from reconciler import operations
+
+    view = ValidateView(output_format)
+    with _reporting_errors():
+        try:
+            loaded = operations.validate(paths)
+        except InputError as error:
+            if output_format is ValidateFormat.text:
+                raise
+            # The problems go to standard output in the chosen format; the error line alone
+            # to standard error, so a log does not show each problem twice.
+            view.invalid(error.problems)
+            raise CvmkeysError(error.message, hint=error.hint) from None
+        view.valid(loaded)
+
+
+class SchemaName(str, Enum):
+    bindings = "bindings"
+    plan = "plan"
+    fleet = "fleet"
+    result = "result"
+    validation = "validation"
+
+
+@app.command("schema")
+def schema_command(
+    name: Annotated[
+        SchemaName,
+        typer.Argument(
+            metavar="bindings|plan|fleet|result|validation",
+            help="bindings (desired-state files), plan (plan --out), fleet (emulator), "
+            "result (apply --format json) or validation (validate --format json).",
+        ),
+    ],
+) -> None:
+    """Print a JSON Schema (2020-12) shipped with cvmkeys, for editors and CI checks.
+
+    Example: cvmkeys schema bindings > schemas/bindings.schema.json
     """
     from reconciler import operations
 
     with _reporting_errors():
-        typer.echo(operations.validate(paths).summary())
+        text = operations.schema(name.value)
+        typer.echo(text, nl=not text.endswith("\n"))
 
 
 @app.command()
@@ -363,7 +437,7 @@ def plan(
         )
         result = operations.plan(request)
         view = PlanView(output_format, Terminal(no_color))
-        view.show(result.plan)
+        view.show(result.plan, result.saved_to)
         if result.refusal is not None:
             raise result.refusal
         if result.saved_to is not None:
@@ -384,7 +458,7 @@ def show(
     from reconciler import operations
 
     with _reporting_errors():
-        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile))
+        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile), planfile)
 
 
 @contextmanager
@@ -491,8 +565,14 @@ def import_command(
         typer.Option("--out", metavar="FILE", help="Write the file (atomically) instead of printing it."),
     ] = None,
     schema_ref: Annotated[
-        str, typer.Option("--schema-ref", metavar="PATH|URL", help="Schema named in the editor header line.")
-    ] = "../schemas/bindings.schema.json",
+        str | None,
+        typer.Option(
+            "--schema-ref",
+            metavar="PATH|URL",
+            help="Schema named in the editor header line (default: the nearest schemas/bindings.schema.json "
+            "above --out, as a relative path, else the published URL).",
+        ),
+    ] = None,
     rate_limit: RateLimitOption = None,
 ) -> None:
     """Write a desired-state file that allows exactly the bindings that are live now.

@@ -6,6 +6,7 @@ from ``--format``. Every byte the CLI writes goes through here (or through ``err
   (only a non-empty value counts, as no-color.org says), ``TERM=dumb`` and whether the stream
   is a terminal.
 - ``PlanView``: a plan as text, Markdown or JSON on standard output.
+- ``ValidateView``: validate's summary, or its problems as GitHub annotations or JSON.
 - ``ApplyView``: the apply hooks (the fresh plan on standard error, the confirmation, progress as
   a rich bar on a terminal that can draw one, plain lines otherwise) and the result as text,
   Markdown or JSON.
@@ -23,8 +24,12 @@ from reconciler.common import plural
 from reconciler.errors import ApprovalError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
+    from reconciler.desired.loader import LoadedDesired
+    from reconciler.errors import Problem
     from reconciler.execute.executor import ExecEvent
     from reconciler.importer import ImportSummary
     from reconciler.model import ApplyResult, Plan
@@ -94,8 +99,9 @@ def note(terminal: Terminal, message: str) -> None:
 # --------------------------------------------------------------------------- plans
 
 
-def render_plan(plan: Plan, fmt: Format, *, color: bool) -> str:
-    """The plan in ``fmt``; every format ends with a newline."""
+def render_plan(plan: Plan, fmt: Format, *, color: bool, plan_file: str | None = None) -> str:
+    """The plan in ``fmt``; every format ends with a newline. ``plan_file``: where the plan is
+    saved, which the Markdown comment names for what it leaves out."""
     if fmt is Format.json:
         from reconciler.render.json import render_plan_json
 
@@ -103,7 +109,7 @@ def render_plan(plan: Plan, fmt: Format, *, color: bool) -> str:
     if fmt is Format.markdown:
         from reconciler.render.markdown import render_plan_markdown
 
-        return render_plan_markdown(plan)
+        return render_plan_markdown(plan, plan_file=plan_file or "plan.json")
     from reconciler.render.text import render_plan_text
 
     return render_plan_text(plan, color=color)
@@ -114,13 +120,57 @@ class PlanView:
     fmt: Format
     terminal: Terminal
 
-    def show(self, plan: Plan) -> None:
+    def show(self, plan: Plan, plan_file: object = None) -> None:
         color = self.fmt is Format.text and self.terminal.color(sys.stdout)
+        saved = None if plan_file is None else str(plan_file)
         # Text and Markdown end with a blank line, as they always have; JSON is the plan file.
-        _out(render_plan(plan, self.fmt, color=color) + ("" if self.fmt is Format.json else "\n"))
+        text = render_plan(plan, self.fmt, color=color, plan_file=saved)
+        _out(text + ("" if self.fmt is Format.json else "\n"))
 
     def saved(self, path: object) -> None:
         note(self.terminal, f"Saved the plan to {path}. To apply exactly this plan: cvmkeys apply {path}")
+
+
+# --------------------------------------------------------------------------- validate
+
+
+class ValidateFormat(str, Enum):
+    """``--format`` of validate: text, GitHub Actions annotations, or JSON."""
+
+    text = "text"
+    github = "github"
+    json = "json"
+
+
+@dataclass(frozen=True)
+class ValidateView:
+    """What ``validate`` prints: the summary line (text), workflow commands (github) or one JSON
+    document (json), all on standard output; the error line itself goes to standard error."""
+
+    fmt: ValidateFormat
+
+    def valid(self, loaded: LoadedDesired) -> None:
+        if self.fmt is ValidateFormat.json:
+            from reconciler.render.problems import render_problems_json
+
+            _out(render_problems_json((), loaded.warnings, loaded.files))
+            return
+        if self.fmt is ValidateFormat.github:
+            from reconciler.render.problems import render_annotations
+
+            _out(render_annotations((), loaded.warnings))
+        _out(loaded.summary() + "\n")
+
+    def invalid(self, problems: Sequence[Problem]) -> None:
+        """The problems, for a format that reports them on standard output."""
+        if self.fmt is ValidateFormat.json:
+            from reconciler.render.problems import render_problems_json
+
+            _out(render_problems_json(problems, ()))
+        else:
+            from reconciler.render.problems import render_annotations
+
+            _out(render_annotations(problems, ()))
 
 
 # --------------------------------------------------------------------------- apply

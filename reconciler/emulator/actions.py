@@ -18,11 +18,9 @@ from typing import Any
 
 from reconciler.emulator import errors
 from reconciler.emulator.state import FleetState, InstanceView, KeyView
+from reconciler.emulator.wire import DEFAULT_PAGE, MAX_IDS, MAX_PAGE
 from reconciler.ids import is_instance_id, is_key_id
 
-MAX_PAGE = 100
-DEFAULT_PAGE = 20
-MAX_BATCH = 100
 _INT_RE = re.compile(r"^-?[0-9]+$")
 
 # Numeric zone IDs as the API reports them: region base + zone number (ap-guangzhou-3 -> 100003).
@@ -97,9 +95,9 @@ class Params:
                 raise errors.InvalidParameter(
                     f"{name}.{index}: {value!r} is not a valid {what}",
                 )
-        if required and len(values) > MAX_BATCH:
+        if required and len(values) > MAX_IDS:
             raise errors.LimitExceeded(
-                f"{name}: at most {MAX_BATCH} values in one call, got {len(values)}",
+                f"{name}: at most {MAX_IDS} values in one call, got {len(values)}",
             )
         return values
 

@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.cloud.signing import SIGNATURE_METHODS, string_to_sign, verify
 from reconciler.emulator import actions, errors
-from reconciler.emulator.faults import ConnectionDropped
-from reconciler.emulator.state import ApiFault, FleetState
-from reconciler.emulator.wire import Answer, host_of, parse_form, read_body
+from reconciler.emulator.state import ApiFault
+from reconciler.emulator.wire import Answer, Face, host_of, parse_form, read_body
 from reconciler.ids import KNOWN_REGIONS, canonical_region
-
-if TYPE_CHECKING:
-    from reconciler.emulator.app import EmulatorApp
 
 API_PATH = "/v2/index.php"
 PUBLIC_PARAMS = ("Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature")
@@ -43,19 +39,10 @@ _DIGITS = re.compile(r"^[0-9]{1,19}$")
 _ACTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 
-class Api2Face:
-    """Serves ``/v2/index.php`` for an ``EmulatorApp`` (sharing its clock, counters, nonces,
-    buckets and faults)."""
-
-    def __init__(self, app: EmulatorApp) -> None:
-        self.app = app
-
-    @property
-    def state(self) -> FleetState:
-        return self.app.state
+class Api2Face(Face):
+    """Serves ``/v2/index.php`` for an ``EmulatorApp``."""
 
     def handle(self, environ: Mapping[str, Any], method: str) -> Answer:
-        """The answer to one request. Raises ``ConnectionDropped`` to close without one."""
         try:
             params = _read_params(environ, method)
             return self._answer(environ, method, API_PATH, params)
@@ -135,16 +122,9 @@ class Api2Face:
             app.record_fault(action, fault, f"code {code}")
             text = "internal server error" if code == 6000 else "API temporarily unavailable"
             return Answer.error(code, f"{text} (injected)")
-        if fault == "http":
-            status = "502 Bad Gateway" if app.coin() else "503 Service Unavailable"
-            app.record_fault(action, fault, f"HTTP {status[:3]}")
-            return Answer.http(status)
-        if fault == "drop":
-            app.record_fault(action, fault, "connection closed before the call was carried out")
-            raise ConnectionDropped("injected: connection dropped")
         if fault == "partial":
             return self._partial(action, region, params)
-        return None
+        return app.inject_connection_fault(fault, action)
 
     def _partial(self, action: str, region: str, params: actions.Params) -> Answer | None:
         key_id, ids = actions.parse_key_call({"keyId": params.get("keyId") or "", **_listed(params)})

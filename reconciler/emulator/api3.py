@@ -34,25 +34,27 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.cloud import signing, tc3
 from reconciler.emulator import errors, sts
-from reconciler.emulator.faults import ConnectionDropped
-from reconciler.emulator.state import API3_VERSION, FleetState, InstanceView, KeyView, Secret
-from reconciler.emulator.wire import Answer, host_of, parse_form, read_body
+from reconciler.emulator.state import API3_VERSION, BEIJING_OFFSET, FleetState, InstanceView, KeyView, Secret
+from reconciler.emulator.wire import (
+    DEFAULT_PAGE,
+    MAX_IDS,
+    MAX_PAGE,
+    Answer,
+    Face,
+    clock_skew,
+    host_of,
+    parse_form,
+    read_body,
+)
 from reconciler.ids import KNOWN_REGIONS, canonical_region, is_instance_id, is_key_id
 from reconciler.model import DOCUMENTED_RATE_LIMITS
 
-if TYPE_CHECKING:
-    from reconciler.emulator.app import EmulatorApp
-
-MAX_CLOCK_SKEW = 300.0
 MAX_TC3_BODY = 10 << 20  # TC3 POST: 10 MB; v1: 1 MB (cvm-api-3.0.md section 2)
 MAX_V1_BODY = 1 << 20
-MAX_IDS = 100
-MAX_PAGE = 100
-DEFAULT_PAGE = 20
 # The cloud's per-action limits, requests a second (cvm-api-3.0.md section 6): the one table.
 DOCUMENTED_LIMITS: Mapping[str, float] = DOCUMENTED_RATE_LIMITS
 V1_PUBLIC = frozenset(
@@ -61,7 +63,6 @@ V1_PUBLIC = frozenset(
         "Version", "Token", "RequestClient", "Language",
     }
 )  # fmt: skip
-_BEIJING_OFFSET = 8 * 3600
 
 
 @dataclass
@@ -85,18 +86,10 @@ class Context:
     soft_stop_fails: bool = False  # the ``stuck_stop`` fault
 
 
-class Api3Face:
-    """Serves ``/`` for an ``EmulatorApp`` (sharing its clock, counters, buckets and faults)."""
-
-    def __init__(self, app: EmulatorApp) -> None:
-        self.app = app
-
-    @property
-    def state(self) -> FleetState:
-        return self.app.state
+class Api3Face(Face):
+    """Serves ``/`` for an ``EmulatorApp``."""
 
     def handle(self, environ: Mapping[str, Any], method: str) -> Answer:
-        """The answer to one request at ``/``. Raises ``ConnectionDropped`` to close without one."""
         request_id = str(uuid.uuid4())
         try:
             request = self._authenticate(environ, method)
@@ -110,12 +103,9 @@ class Api3Face:
         self.app.count_request(action)
 
     def _check_time(self, timestamp: int) -> None:
-        now = self.app.clock()
-        if abs(now - timestamp) > MAX_CLOCK_SKEW:
-            raise errors.SignatureExpire(
-                f"signature expired: Timestamp {timestamp} is {abs(now - timestamp):.0f} s away from "
-                f"server time {now:.0f} (at most {MAX_CLOCK_SKEW:.0f} s allowed)"
-            )
+        skew = clock_skew(self.app.clock(), timestamp)
+        if skew is not None:
+            raise errors.SignatureExpire(f"signature expired: {skew}")
 
     def _secret(self, secret_id: str) -> Secret:
         secret = self.state.secret(secret_id)
@@ -295,13 +285,8 @@ class Api3Face:
             )
             app.record_fault(action, fault, error.code3)
             raise error
-        if fault == "http":
-            status = "502 Bad Gateway" if app.coin() else "503 Service Unavailable"
-            app.record_fault(action, fault, f"HTTP {status[:3]}")
-            return Answer.http(status)
-        if fault == "drop":
-            app.record_fault(action, fault, "connection closed before the call was carried out")
-            raise ConnectionDropped("injected: connection dropped")
+        if fault in ("http", "drop"):
+            return app.inject_connection_fault(fault, action)
         if fault == "lag" and action in MUTATING_ACTIONS:
             context.lag = app.faults.lag_seconds if app.faults is not None else 0.0
             app.record_fault(action, fault, f"latest operation shows the previous one for {context.lag:g} s")
@@ -449,7 +434,7 @@ def _paging(params: Mapping[str, Any]) -> tuple[int, int]:
 def iso_created(beijing: str) -> str:
     """A fleet time (China Standard Time, ``YYYY-MM-DD hh:mm:ss``) as 3.0 writes it: ISO 8601 UTC."""
     try:
-        seconds = calendar.timegm(time.strptime(beijing, "%Y-%m-%d %H:%M:%S")) - _BEIJING_OFFSET
+        seconds = calendar.timegm(time.strptime(beijing, "%Y-%m-%d %H:%M:%S")) - BEIJING_OFFSET
     except ValueError:
         return beijing
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

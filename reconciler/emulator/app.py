@@ -36,7 +36,7 @@ from reconciler.emulator.faults import (
     ResponseTimedOut,
 )
 from reconciler.emulator.state import FleetState, Secret
-from reconciler.emulator.wire import Answer, TokenBucket, read_timeout
+from reconciler.emulator.wire import MAX_CLOCK_SKEW, Answer, TokenBucket, clock_skew, read_timeout
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -45,7 +45,6 @@ __all__ = ["API3_PATH", "API_PATH", "EmulatorApp", "EmulatorTransport", "transpo
 
 API3_PATH = "/"  # API 3.0 and STS (emulator/api3.py)
 METADATA_PREFIX = metadata.PREFIX
-MAX_CLOCK_SKEW = 300.0  # seconds; "5 minutes in the newer docs"
 
 _Answer = Answer
 _read_timeout = read_timeout
@@ -127,11 +126,9 @@ class EmulatorApp:
     def _check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
         now = self.clock()
         sent = int(timestamp)
-        if abs(now - sent) > MAX_CLOCK_SKEW:
-            return (
-                f"request expired or replayed: Timestamp {sent} is {abs(now - sent):.0f} s away from "
-                f"server time {now:.0f} (at most {MAX_CLOCK_SKEW:.0f} s allowed)"
-            )
+        skew = clock_skew(now, sent)
+        if skew is not None:
+            return f"request expired or replayed: {skew}"
         with self._lock:
             while self._nonce_expiry and self._nonce_expiry[0][0] < now:
                 _, old_id, old_nonce = heapq.heappop(self._nonce_expiry)
@@ -183,6 +180,18 @@ class EmulatorApp:
     def draw_fault(self, action: str) -> str | None:
         """A fault for a 3.0 request (no partial success there), or None."""
         return None if self._injector is None else self._injector.draw(action, can_partial=False, api3=True)
+
+    def inject_connection_fault(self, fault: str, action: str) -> Answer | None:
+        """Faults both APIs answer alike, before the call: HTTP 502/503 (returned) and a dropped
+        connection (``ConnectionDropped``); None for any other fault."""
+        if fault == "http":
+            status = "502 Bad Gateway" if self.coin() else "503 Service Unavailable"
+            self._record(action, fault, f"HTTP {status[:3]}")
+            return Answer.http(status)
+        if fault == "drop":
+            self._record(action, fault, "connection closed before the call was carried out")
+            raise ConnectionDropped("injected: connection dropped")
+        return None
 
     def inject_after(self, fault: str, action: str) -> None:
         """Faults that strike after the call was carried out (lost and slow answers)."""

@@ -9,7 +9,7 @@ live state (an SQLite file beside the fleet fixture) from the fixture.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,16 @@ _StateOption = Annotated[
         "--state", help="Live state file (default: $CVMKEYS_EMULATOR_STATE, else FLEET.state.sqlite)."
     ),
 ]
+
+
+def _fault(name: str, text: str) -> Any:
+    """A ``--fault-NAME`` option of ``serve`` (``FaultProfile`` checks the value)."""
+    return typer.Option(f"--fault-{name}", help=text)
+
+
+def _rate(kind: str, what: str) -> Any:
+    """The ``--fault-KIND`` option of ``serve``: how often one fault kind is injected."""
+    return _fault(kind, f"Rate (0-1) of {what}.")
 
 
 @emulator_app.callback()
@@ -69,26 +79,14 @@ def serve_command(
         bool, typer.Option("--no-save", help="Keep changes in memory; leave the live state alone.")
     ] = False,
     fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of the fault injector.")] = 0,
-    fault_throttle: Annotated[
-        float, typer.Option("--fault-throttle", help="Rate (0-1) of injected 4400 answers.")
-    ] = 0.0,
-    fault_error: Annotated[
-        float, typer.Option("--fault-error", help="Rate of injected 6000/6200 answers.")
-    ] = 0.0,
-    fault_http: Annotated[float, typer.Option("--fault-http", help="Rate of injected HTTP 502/503.")] = 0.0,
-    fault_drop: Annotated[
-        float, typer.Option("--fault-drop", help="Rate of connections closed before acting.")
-    ] = 0.0,
-    fault_partial: Annotated[
-        float, typer.Option("--fault-partial", help="Rate of 5400 partial (un)binds of 2+ instances.")
-    ] = 0.0,
-    fault_lost: Annotated[
-        float, typer.Option("--fault-lost", help="Rate of calls carried out whose answer is then lost.")
-    ] = 0.0,
-    fault_slow: Annotated[float, typer.Option("--fault-slow", help="Rate of slow answers.")] = 0.0,
-    fault_slow_seconds: Annotated[
-        float, typer.Option("--fault-slow-seconds", help="Delay of a slow answer.")
-    ] = 30.0,
+    fault_throttle: Annotated[float, _rate("throttle", "injected 4400 answers")] = 0.0,
+    fault_error: Annotated[float, _rate("error", "injected 6000/6200 answers")] = 0.0,
+    fault_http: Annotated[float, _rate("http", "injected HTTP 502/503")] = 0.0,
+    fault_drop: Annotated[float, _rate("drop", "connections closed before acting")] = 0.0,
+    fault_partial: Annotated[float, _rate("partial", "5400 partial (un)binds of 2+ instances")] = 0.0,
+    fault_lost: Annotated[float, _rate("lost", "calls carried out whose answer is then lost")] = 0.0,
+    fault_slow: Annotated[float, _rate("slow", "slow answers")] = 0.0,
+    fault_slow_seconds: Annotated[float, _fault("slow-seconds", "Delay of a slow answer.")] = 30.0,
     documented_limits: Annotated[
         bool,
         typer.Option(
@@ -103,15 +101,9 @@ def serve_command(
             "--op-lag", help="API 3.0: seconds LatestOperation* still shows the previous operation."
         ),
     ] = 0.0,
-    fault_lag: Annotated[
-        float, typer.Option("--fault-lag", help="Rate of 3.0 calls whose operation state lags.")
-    ] = 0.0,
-    fault_lag_seconds: Annotated[
-        float, typer.Option("--fault-lag-seconds", help="How long an injected state lag lasts.")
-    ] = 10.0,
-    fault_stuck_stop: Annotated[
-        float, typer.Option("--fault-stuck-stop", help="Rate of 3.0 soft stops that never complete.")
-    ] = 0.0,
+    fault_lag: Annotated[float, _rate("lag", "3.0 calls whose operation state lags")] = 0.0,
+    fault_lag_seconds: Annotated[float, _fault("lag-seconds", "How long an injected lag lasts.")] = 10.0,
+    fault_stuck_stop: Annotated[float, _rate("stuck-stop", "3.0 soft stops that never complete")] = 0.0,
     fault_actions: Annotated[
         str | None,
         typer.Option("--fault-actions", help="Comma-separated actions faults may hit (default: all)."),

@@ -40,6 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.api2_states import (
+    STATUS_KEY_ISSUING,
+    STATUS_RUNNING,
+    STATUS_SHUT_DOWN,
+    STATUS_SHUTTING_DOWN,
+    STATUS_STARTING,
+    status_name,
+)
 from reconciler.emulator import errors
 from reconciler.emulator.errors import ApiError
 from reconciler.emulator.fleetfile import check_data, fixture_sha256, load_fleet
@@ -56,47 +64,11 @@ CODE_OPERATION_FAILED = errors.OperationFailed.code
 CODE_PARTIAL_SUCCESS = errors.PartialSuccess.code
 
 DEFAULT_CREATED = "2020-01-01 00:00:00"
-_BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
+BEIJING_OFFSET = 8 * 3600  # the API reports times in China Standard Time
 
 
 # Every API error is an ``errors.ApiError``; the old name stays for the wire layers.
 ApiFault = ApiError
-
-# The instance status table of the CVM API 2.0, the emulator's own copy (it must not depend
-# on the tool's model): the fleet file stores these numbers.
-STATUS_RUNNING = 2
-STATUS_SHUT_DOWN = 4
-STATUS_STARTING = 8
-STATUS_SHUTTING_DOWN = 9
-STATUS_KEY_ISSUING = 20
-_STATUS_NAMES: Mapping[int, str] = {
-    1: "failure",
-    2: "running",
-    3: "creating",
-    4: "shut down",
-    5: "returned",
-    6: "returning",
-    7: "rebooting",
-    8: "starting",
-    9: "shutting down",
-    10: "resetting password",
-    11: "formatting",
-    12: "making image",
-    13: "setting bandwidth",
-    14: "reinstalling OS",
-    15: "binding domain",
-    16: "unbinding domain",
-    17: "binding load balancer",
-    18: "unbinding load balancer",
-    19: "upgrading",
-    20: "key issuing",
-}
-
-
-def status_name(status: int) -> str:
-    """Human name of a 2.0 status; unknown numbers are maintenance states per the docs."""
-    return _STATUS_NAMES.get(status, f"maintenance ({status})")
-
 
 # API-neutral instance states, what the rules speak; each API maps them to its own word.
 RUNNING, STOPPED, STARTING, STOPPING, BUSY = "running", "stopped", "starting", "stopping", "busy"
@@ -346,7 +318,7 @@ class _Region:
 
 
 def _format_time(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds + _BEIJING_OFFSET))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds + BEIJING_OFFSET))
 
 
 # Both are hashes of the ID, asked for every instance of every answer: computed once each.
@@ -1093,6 +1065,26 @@ class FleetState:
                 f"{action} refused, nothing changed: {what}: {'; '.join(text for _, text in refusals)}"
             )
 
+    def _power3(
+        self, region: str, ids: Sequence[str], word: str, action: str, done: str
+    ) -> tuple[_Region, float]:
+        """3.0 StopInstances/StartInstances, all or nothing: the region and now, unless the call
+        is refused (an instance missing, not ``word``, or with an operation in progress)."""
+        r = self._region(region)
+        self._require3(r, (), ids)
+        now = self.clock()
+        pending = self._active_pending(r.long_name, now)
+        refusals: list[tuple[type[ApiError], str]] = []
+        for iid in ids:
+            state = api3_state(self._status(r, iid, pending))
+            name = f"instance {iid} ({r.instances[iid]['name']})"
+            if self._busy(r, iid, pending):
+                refusals.append((errors.InstanceOperationInProgress, f"{name} has an operation in progress"))
+            elif state != word:
+                refusals.append((errors.state_refusal(state), f"{name} is {state}"))
+        self._refuse3(action, f"only {word} instances can be {done}", refusals)
+        return r, now
+
     def check_key_pairs_operation(
         self,
         action: str,
@@ -1203,21 +1195,7 @@ class FleetState:
         ids = tuple(dict.fromkeys(instance_ids))
         request_id = request_id or str(uuid.uuid4())
         with self._changing() as changed:
-            r = self._region(region)
-            self._require3(r, (), ids)
-            now = self.clock()
-            pending = self._active_pending(r.long_name, now)
-            refusals: list[tuple[type[ApiError], str]] = []
-            for iid in ids:
-                word = api3_state(self._status(r, iid, pending))
-                name = f"instance {iid} ({r.instances[iid]['name']})"
-                if self._busy(r, iid, pending):
-                    refusals.append(
-                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
-                    )
-                elif word != "RUNNING":
-                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
-            self._refuse3("StopInstances", "only RUNNING instances can be stopped", refusals)
+            r, now = self._power3(region, ids, "RUNNING", "StopInstances", "stopped")
             fails = soft_stop_fails and stop_type == "SOFT"
             took = self.op_seconds * (2 if soft_stop_fails and stop_type == "SOFT_FIRST" else 1)
             for iid in ids:
@@ -1249,21 +1227,7 @@ class FleetState:
         ids = tuple(dict.fromkeys(instance_ids))
         request_id = request_id or str(uuid.uuid4())
         with self._changing() as changed:
-            r = self._region(region)
-            self._require3(r, (), ids)
-            now = self.clock()
-            pending = self._active_pending(r.long_name, now)
-            refusals: list[tuple[type[ApiError], str]] = []
-            for iid in ids:
-                word = api3_state(self._status(r, iid, pending))
-                name = f"instance {iid} ({r.instances[iid]['name']})"
-                if self._busy(r, iid, pending):
-                    refusals.append(
-                        (errors.InstanceOperationInProgress, f"{name} has an operation in progress")
-                    )
-                elif word != "STOPPED":
-                    refusals.append((errors.state_refusal(word), f"{name} is {word}"))
-            self._refuse3("StartInstances", "only STOPPED instances can be started", refusals)
+            r, now = self._power3(region, ids, "STOPPED", "StartInstances", "started")
             for iid in ids:
                 r.set_status(iid, STATUS_RUNNING)
                 self._status_times[(r.long_name, iid)] = _format_time(now + self.op_seconds)

@@ -1,8 +1,10 @@
-"""What the emulator's wire layers share: the HTTP answer, the token bucket, the Host a request
-was signed for, URL-encoded form parsing.
+"""What the emulator's wire layers share: the face they derive from, the limits both APIs document
+alike (clock skew, IDs a call, page sizes), the HTTP answer, the token bucket, the Host a
+request was signed for, URL-encoded form parsing.
 
-Used by ``emulator/app.py`` (API 2.0 and the router), ``emulator/api3.py`` (API 3.0 and STS)
-and ``emulator/metadata.py``; it knows nothing of actions or of the backend.
+Used by ``emulator/app.py`` (the router), ``emulator/api2.py`` and ``emulator/actions.py`` (API
+2.0), ``emulator/api3.py`` (API 3.0 and STS) and ``emulator/metadata.py``; it knows nothing of
+actions or of the backend.
 """
 
 from __future__ import annotations
@@ -10,10 +12,21 @@ from __future__ import annotations
 import contextvars
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from reconciler.emulator import errors
+
+if TYPE_CHECKING:
+    from reconciler.emulator.app import EmulatorApp
+    from reconciler.emulator.state import FleetState
+
+# What both APIs document alike: how far a request's Timestamp may be from the clock ("5
+# minutes in the newer docs"), IDs in one call, items in one page.
+MAX_CLOCK_SKEW = 300.0
+MAX_IDS = 100
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
 
 # The read timeout of the in-process request being served (set by ``transport``), so that a
 # slow answer can time out at once instead of sleeping.
@@ -90,6 +103,32 @@ class Answer:
     @classmethod
     def http(cls, status: str) -> Answer:
         return cls(status, f"{status}\n".encode(), "text/plain; charset=utf-8")
+
+
+class Face:
+    """A wire layer (one API's face) of an ``EmulatorApp``: it shares the app's clock, counters,
+    nonces, buckets and faults, and the app's backend."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.app = app
+
+    @property
+    def state(self) -> FleetState:
+        return self.app.state
+
+    def handle(self, environ: Mapping[str, Any], method: str) -> Answer:
+        """The answer to one request. Raises ``ConnectionDropped`` to close without one."""
+        raise NotImplementedError
+
+
+def clock_skew(now: float, sent: int) -> str | None:
+    """Why a request stamped ``sent`` is too far from the emulator's clock at ``now``, or None."""
+    if abs(now - sent) <= MAX_CLOCK_SKEW:
+        return None
+    return (
+        f"Timestamp {sent} is {abs(now - sent):.0f} s away from server time {now:.0f} "
+        f"(at most {MAX_CLOCK_SKEW:.0f} s allowed)"
+    )
 
 
 def host_of(environ: Mapping[str, Any]) -> str:

@@ -1,0 +1,154 @@
+"""``cvmkeys schema NAME``, the published ``$id`` of every schema, the ``$schema`` reference
+``import`` writes (right where the file lands), and apply's JSON result against its schema."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+from support import emulator_client, run_cli
+
+from bench.fleetgen import generate
+from reconciler.cloud.observe import observe_for_plan
+from reconciler.core.plan import build_plan
+from reconciler.desired.loader import load_text
+from reconciler.emulator.app import EmulatorApp
+from reconciler.emulator.faults import FaultProfile
+from reconciler.emulator.state import FleetState
+from reconciler.execute.executor import ExecOptions, Executor
+from reconciler.model import Outcome
+from reconciler.render.json import render_result_json
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = ("bindings", "plan", "fleet", "result", "validation")
+EXAMPLE_FLEET = ROOT / "examples" / "fleet.yaml"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schema_prints_each_shipped_schema(name: str) -> None:
+    code, out, err = run_cli("schema", name)
+    assert code == 0, err
+    schema = json.loads(out)
+    assert schema == json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8"))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"https://cvmkeys.dev/schemas/{name}.schema.json"
+    Draft202012Validator.check_schema(schema)
+
+
+def test_schema_refuses_an_unknown_name() -> None:
+    code, _, err = run_cli("schema", "nope")
+    assert code == 1 and "bindings" in err
+
+
+# --------------------------------------------------------------------------- import's $schema
+
+
+def _import(*args: str) -> tuple[int, str, str]:
+    return run_cli("import", "--region", "gz", "--all", "--emulator", str(EXAMPLE_FLEET), *args)
+
+
+def _schema_line(text: str) -> str:
+    first = text.splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema=")
+    return first.removeprefix("# yaml-language-server: $schema=")
+
+
+def test_import_points_at_the_nearest_local_schema_by_a_path_that_resolves(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "schemas").mkdir()
+    code, out, _ = run_cli("schema", "bindings")
+    (repo / "schemas" / "bindings.schema.json").write_text(out, encoding="utf-8")
+    out_file = repo / "desired" / "prod" / "gz.yaml"
+    out_file.parent.mkdir(parents=True)
+    code, _, err = _import("--out", str(out_file))
+    assert code == 0, err
+    ref = _schema_line(out_file.read_text(encoding="utf-8"))
+    assert ref == "../../schemas/bindings.schema.json"
+    assert (out_file.parent / ref).resolve() == (repo / "schemas" / "bindings.schema.json").resolve()
+    # Next to the schemas folder too.
+    beside = repo / "gz.yaml"
+    assert _import("--out", str(beside))[0] == 0
+    assert _schema_line(beside.read_text(encoding="utf-8")) == "schemas/bindings.schema.json"
+
+
+def test_import_uses_the_published_id_without_a_local_copy(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    # Above the repository root: not looked at. Inside it, but another schema: not ours.
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "bindings.schema.json").write_text(
+        json.dumps({"$id": "https://cvmkeys.dev/schemas/bindings.schema.json"}), encoding="utf-8"
+    )
+    (repo / "schemas").mkdir()
+    (repo / "schemas" / "bindings.schema.json").write_text('{"$id": "https://example.com/other"}')
+    out_file = repo / "gz.yaml"
+    assert _import("--out", str(out_file))[0] == 0
+    assert (
+        _schema_line(out_file.read_text(encoding="utf-8"))
+        == "https://cvmkeys.dev/schemas/bindings.schema.json"
+    )
+
+
+def test_import_to_standard_output_uses_the_published_id_and_schema_ref_wins(tmp_path: Path) -> None:
+    code, out, _ = _import()
+    assert code == 0
+    assert _schema_line(out) == "https://cvmkeys.dev/schemas/bindings.schema.json"
+    out_file = tmp_path / "x.yaml"
+    assert _import("--out", str(out_file), "--schema-ref", "../my/schema.json")[0] == 0
+    assert _schema_line(out_file.read_text(encoding="utf-8")) == "../my/schema.json"
+
+
+# --------------------------------------------------------------------------- apply's result
+
+
+def test_a_real_apply_result_validates_against_its_schema() -> None:
+    """Through the emulator with injected failures and a stop part-way: done, failed and
+    not-attempted rows (and blocked, unchangeable) in one result."""
+    validator = Draft202012Validator(json.loads(run_cli("schema", "result")[1]))
+    seen: set[Outcome] = set()
+    for seed in range(1, 8):
+        gen = generate(150, 10, seed=8, remove_fraction=0.4)
+        state = FleetState.from_data(gen.fleet)
+        desired = load_text(gen.desired_text, "bindings.yaml").by_region[gen.region]
+        observed = observe_for_plan(emulator_client(EmulatorApp(state), gen.region), desired)
+        plan = build_plan(desired, observed, endpoint="test")
+        faults = FaultProfile(seed=seed, error_rate=0.5, actions=frozenset({"UnBindInstanceKey"}))
+        client = emulator_client(EmulatorApp(state, faults=faults), gen.region, sleep=lambda s: None)
+        stop = threading.Event()
+        result = Executor(
+            client,
+            plan,
+            options=ExecOptions(max_attempts=1, poll_initial=0, parallelism=1),
+            on_event=lambda event, stop=stop: stop.set() if event.bindings_done else None,
+            stop=stop,
+        ).run()
+        data = json.loads(render_result_json(result))
+        errors = sorted(validator.iter_errors(data), key=str)
+        assert not errors, errors[:3]
+        assert data["format_version"] == "1.0"
+        assert sum(data["summary"].values()) == len(data["results"])
+        seen |= {r.outcome for r in result.results}
+        if {Outcome.DONE, Outcome.FAILED, Outcome.NOT_ATTEMPTED} <= seen:
+            break
+    assert {Outcome.DONE, Outcome.FAILED, Outcome.NOT_ATTEMPTED} <= seen
+    # What the schema refuses: an outcome apply does not have, a missing member.
+    data["results"][0]["outcome"] = "skipped"
+    assert any("skipped" in e.message for e in validator.iter_errors(data))
+    del data["summary"]
+    assert any("summary" in e.message for e in validator.iter_errors(data))
+
+
+def test_apply_format_json_from_the_cli_validates(example: tuple[Path, Path]) -> None:
+    desired, fleet = example
+    validator = Draft202012Validator(json.loads(run_cli("schema", "result")[1]))
+    code, out, err = run_cli(
+        "apply", str(desired), "--emulator", str(fleet), "--auto-approve", "--format", "json"
+    )
+    assert code in (0, 3), err
+    data = json.loads(out)
+    assert not list(validator.iter_errors(data))
+    assert data["summary"]["done"] > 0
