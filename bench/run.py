@@ -472,8 +472,15 @@ def run_inprocess(p: Prepared, settings: Settings, *, tool_alone: bool = True) -
     shutil.copyfile(p.fleet, alone)
     with ServedEmulator(alone, latency_ms=0, rate_limit=0, op_seconds=0) as emulator:
         connect = ["--endpoint", emulator.url, *no_limit]
+        # The plan changes nothing: two more plans, and the CPU target takes the least CPU of
+        # the three, as the libyaml yardstick is the least of three parses (a shared machine).
+        again = [
+            run_tool(["plan", str(p.desired_file), *connect, *_api_args(settings.api)], p.work, f"replan-{n}")
+            for n in range(2)
+        ]
         solo = _plan_and_apply(p, "alone", connect, connect, settings.api)
     result["plan_tool_alone"] = solo["plan"]
+    result["plan_tool_alone_cpu_s"] = [*(run.cpu_s for run in again), solo["plan"]["cpu_s"]]
     result["apply_tool_alone"] = solo["apply"]
     result["startup_cpu_s"], result["startup_rss_mb"] = startup_cost(p.work)
     return result
@@ -882,7 +889,9 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
         for size, r in inproc.items():
             x, f = r["result"], r["facts"]
             y = f["libyaml_parse_s"]
-            cpu, alone = x["plan"]["cpu_s"], x["plan_tool_alone"]["cpu_s"]
+            cpu = x["plan"]["cpu_s"]
+            # The least of three tool-alone plans (as the yardstick is the least of three).
+            alone = min(x.get("plan_tool_alone_cpu_s") or [x["plan_tool_alone"]["cpu_s"]])
             apply_ratio = x["apply"]["wall_s"] / max(x["apply_tool_alone"]["wall_s"], 1e-9)
             rows.append(
                 [
@@ -893,14 +902,15 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
                     f"{cpu / y:.1f}x",
                     _s(alone, 2),
                     f"{alone / y:.1f}x",
-                    _ok(alone / y <= 5),
+                    _ok(alone / y <= 5) + ("" if alone / y > 3 else " (<= 3x too)"),
                     f"{apply_ratio:.2f}",
                     _ok(apply_ratio <= 2),
                     _s(x["startup_cpu_s"], 2),
                     _s(f["pure_diff_s"], 3),
                 ]
             )
-        header = ["size", "libyaml (fresh)", "libyaml (warm)", "plan CPU", "ratio", "tool alone CPU", "ratio"]
+        header = ["size", "libyaml (fresh)", "libyaml (warm)", "plan CPU", "ratio"]
+        header += ["tool alone CPU (least of 3)", "ratio"]
         header += ["<= 5x", "apply wall in-process / alone", "<= 2", "start-up", "pure diff"]
         out += _table(header, rows)
         if len(inproc) > 1:

@@ -39,6 +39,7 @@ from reconciler.cloud.client import AttemptRecord, CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.cloud.ratelimit import ActionRateLimiter
+from reconciler.core import document
 from reconciler.core.document import dump_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
@@ -81,6 +82,28 @@ def test_the_state_store_loads_one_string_per_distinct_text(tmp_path: Path) -> N
         assert len(by_os) < len(region.instances) / 10
     finally:
         state.close()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(_JSON)
+def test_the_plan_indenter_writes_what_json_dumps_writes(value: Any) -> None:
+    """``dump_plan``'s indenter (faster than the standard library's pure-Python one) gives the
+    same text for any JSON value, and falls back to json.dumps for anything else."""
+    expected = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    assert document._dumps_indented(value) == expected
+
+
+def test_the_plan_indenter_leaves_odd_values_to_json() -> None:
+    odd = {1: [True, None]}
+    assert document._dumps_indented(odd) == json.dumps(odd, indent=2, sort_keys=True)
+    with pytest.raises(ValueError):
+        document._dumps_indented({"x": [float("nan")]})
 
 
 # --------------------------------------------------------------------------- client rate limit
