@@ -193,16 +193,23 @@ def _indented(value: Any, indent: str, out: list[str]) -> None:
             out.append("{}")
             return
         inner = indent + "  "
-        out.append("{" + inner)
-        first = True
+        separator = "{" + inner
         for key in sorted(value):
             if key.__class__ is not str:
                 raise TypeError("a key that is not a string")
-            if not first:
-                out.append("," + inner)
-            first = False
-            out.append(_encode_string(key) + ": ")
-            _indented(value[key], inner, out)
+            item = value[key]
+            kind = item.__class__
+            # Strings, ints, booleans and null inline: most members of a change are.
+            if kind is str:
+                out.append(separator + _encode_string(key) + ": " + _encode_string(item))
+            elif kind is int:
+                out.append(separator + _encode_string(key) + ": " + int.__repr__(item))
+            elif kind is bool or item is None:
+                out.append(separator + _encode_string(key) + ": " + _SCALARS[item])
+            else:
+                out.append(separator + _encode_string(key) + ": ")
+                _indented(item, inner, out)
+            separator = "," + inner
         out.append(indent + "}")
     elif cls is list:
         if not value:
