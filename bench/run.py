@@ -877,6 +877,7 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
                 f"{size} {b['cpu_s']:.2f} s CPU, {b['peak_rss_mb']:.0f} MB" for size, b in builds
             )
             + ".",
+            "",
         ]
 
     inproc = {r["size"]: r for r in results if r["mode"] == "inprocess" and r["api"] == "2.0"}
