@@ -16,8 +16,9 @@ too much or batches badly cannot also move the yardstick it is measured with.
 * **unbind calls, API 3.0**: a lower bound only (the exact minimum is a biclique partition):
   every touched instance is in a call, 100 a call, and an instance in one call per 100 of its
   keys: max(ceil(touched instances / 100), most keys lost by one instance / 100 rounded up).
-* **apply reads** (a saved plan, every call succeeding): the stale check reads the keys and
-  instances with a ready unbind (ceil(/100) each); each instance must be seen idle after its
+* **apply reads** (a saved plan, every call succeeding): the stale check reads every key pair
+  (the last-key premise needs all of an instance's keys: ceil(keys / 100), at least 1) and the
+  instances with a ready unbind (ceil(/100)); each instance must be seen idle after its
   last call, 100 a look, and at least once per wave, and there are at least as many waves as
   the most keys one instance loses (2.0): max(that, ceil(ready instances / 100)) polls; the
   verification reads the unbound keys (ceil(/100)).
@@ -152,7 +153,9 @@ def apply_minimum(truth: Truth, api: str = "2.0") -> dict[str, int]:
         else {"DisassociateInstancesKeyPairs": unbind_lower_bound_3(truth)}
     )
     return {
-        "DescribeKeyPairs": pages(len(keys)) * 2,  # stale check, then verification
+        # The stale check reads every key pair (the last-key premise needs all of an
+        # instance's keys, as plan reads them); the verification only the touched keys.
+        "DescribeKeyPairs": max(1, pages(truth.keys)) + pages(len(keys)),
         "DescribeInstances": pages(len(truth.ready_instances)) + polls,
         **unbind,
     }

@@ -24,7 +24,7 @@ import httpx
 from reconciler.cloud.base import AttemptRecord, CloudClient
 from reconciler.cloud.client import DEFAULT_ENDPOINT, CvmClient
 from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials, mask_secret_id
-from reconciler.cloud.endpoint import check_endpoint
+from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, DEFAULT_PATH, check_endpoint
 from reconciler.errors import ConfigError
 from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, Plan
 
@@ -70,25 +70,85 @@ class Connection:
 
 def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
     """Where to apply a saved plan: where it was made (and with its API) unless told otherwise,
-    and never somewhere else."""
+    and never somewhere else.
+
+    Trusted no further than is safe: a plan file is data, not an address book. Its endpoint is
+    used unasked only when it is Tencent's; an ``emulator:PATH`` plan opens PATH only if it is
+    a fleet file (``_check_fleet_file``: anything else is refused unread beyond that check and
+    unquoted). What the command line gives is compared as the plan recorded it: endpoints
+    normalised (``check_endpoint``), fleet files as resolved paths.
+    """
     options = dataclasses.replace(options, api=plan.api)
+    default_path = API3_PATH if plan.api is ApiVersion.V3 else DEFAULT_PATH
     if options.emulator is None and options.endpoint is None:
         if plan.endpoint.startswith("emulator:"):
-            return dataclasses.replace(options, emulator=Path(plan.endpoint.removeprefix("emulator:")))
-        if plan.endpoint == DEFAULT_ENDPOINT:
+            fleet = Path(plan.endpoint.removeprefix("emulator:"))
+            _check_fleet_file(fleet)
+            return dataclasses.replace(options, emulator=fleet)
+        if plan.endpoint in (DEFAULT_ENDPOINT, API3_ENDPOINT):
             return dataclasses.replace(options, endpoint=plan.endpoint)
-        # Signed requests go only where the user says: a plan file is data, not an address book.
         raise ConfigError(
             f"the plan was made against {plan.endpoint}",
             hint=f"to apply it there, say so: cvmkeys apply PLANFILE --endpoint {plan.endpoint}",
         )
-    given = emulator_label(options.emulator) if options.emulator else (options.endpoint or "")
-    if given != plan.endpoint:
+    if options.emulator is not None:
+        same = plan.endpoint.startswith("emulator:") and _same_file(
+            Path(plan.endpoint.removeprefix("emulator:")), options.emulator
+        )
+        given = emulator_label(options.emulator)
+    else:
+        given = check_endpoint(options.endpoint or "", default_path=default_path)
+        same = not plan.endpoint.startswith("emulator:") and given == _normalised(plan.endpoint, default_path)
+    if not same:
         raise ConfigError(
             f"the plan was made against {plan.endpoint}, not {given}",
             hint="apply it where it was planned, or plan again against the new endpoint",
         )
     return options
+
+
+def _normalised(endpoint: str, default_path: str) -> str:
+    try:
+        return check_endpoint(endpoint, default_path=default_path)
+    except ConfigError:
+        return endpoint  # compared as written: it will not match a valid --endpoint
+
+
+def _same_file(recorded: Path, given: Path) -> bool:
+    try:
+        return recorded.resolve() == given.resolve() or recorded.samefile(given)
+    except OSError:
+        return False
+
+
+# Bounded like the emulator's own reader (docs/reliability.md: fleet files over 64 MiB refused).
+_MAX_FLEET_BYTES = 64 * 1024 * 1024
+
+
+def _check_fleet_file(path: Path) -> None:
+    """Refuse, without quoting a byte of it, a file a plan names as its emulator fleet that is
+    not one (a top-level ``regions`` and ``credentials``): a resealed plan must not make apply
+    open and echo an arbitrary file (a token file, say)."""
+    from reconciler.desired.yaml_nodes import has_top_level_keys
+    from reconciler.files import FileReadError, read_bounded
+
+    refused = ConfigError(
+        f"the plan names {path} as its emulator fleet file, and that is not a fleet file: not opened",
+        hint="apply it with --emulator FLEET naming the fleet file, or plan again",
+    )
+    try:
+        data = read_bounded(path, _MAX_FLEET_BYTES, "fleet file")
+    except FileReadError as error:  # its messages never quote the file's content
+        raise ConfigError(
+            f"the plan names {path} as its emulator fleet file: {error.problems[0].message}",
+            hint=refused.hint,
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refused from None
+    if not has_top_level_keys(text, frozenset({"regions", "credentials"})):
+        raise refused
 
 
 def emulator_label(fleet: Path) -> str:

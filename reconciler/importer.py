@@ -85,12 +85,18 @@ def parse_key_ids(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def canonical_region(region: str) -> str:
-    """The long region name, or ``ConfigError`` listing the known ones."""
+    """The long region name of ``--region``: open-ended like the loader's (any well-formed long
+    name, for regions newer than this version), but a near miss of a known region is refused
+    with a did-you-mean, as ``validate`` does."""
+    name = region.strip()
+    typo = ids.is_likely_region_typo(name) if ids.is_well_formed_region(name) else ids.region_suggestion(name)
+    if typo is not None:
+        raise ConfigError(f"unknown region {name!r}: did you mean {typo}?", hint=f"--region {typo}")
     try:
-        return ids.canonical_region(region.strip())
+        return ids.normalize_region(name)
     except KeyError:
         raise ConfigError(
-            f"unknown region {region!r}",
+            f"unknown region {name!r}",
             hint="use a long name such as ap-guangzhou or an API 2.0 short code such as gz",
         ) from None
 

@@ -20,7 +20,10 @@ from reconciler.api2_states import STATUS_SHUTTING_DOWN as STATUS_SHUTTING_DOWN
 from reconciler.api2_states import STATUS_STARTING as STATUS_STARTING
 from reconciler.api2_states import status_name as status_name
 
-PLAN_FORMAT_VERSION = "2.0"  # 2.0: ``api``, instance states by name, batches with ``key_ids``
+# 2.0: ``api``, instance states by name, batches with ``key_ids``. 3.0: ``premises`` (what each
+# instance the plan unbinds from looked like: its keys and state), checked by apply instead of the
+# fingerprint, so a plan is resumable and never leaves an instance keyless unwarned.
+PLAN_FORMAT_VERSION = "3.0"
 
 
 class ApiVersion(str, Enum):
@@ -323,6 +326,18 @@ class Fingerprint:
 
 
 @dataclass(frozen=True, slots=True)
+class Premise:
+    """What an instance the plan unbinds from looked like when the plan was made: its state and
+    every key bound to it (from all key pairs of the region). Apply re-reads both: the plan's
+    last-key warnings were computed from ``key_ids``, so an instance the plan would now leave
+    keyless without having said so makes the plan stale (``execute.freshness``)."""
+
+    instance_id: str
+    instance_state: str  # the API's word (``Instance.api_state``)
+    key_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Everything a reviewer approves and apply carries out."""
 
@@ -340,6 +355,7 @@ class Plan:
     observed_digest: str  # SHA-256 over all observed state the plan was computed from
     created_at: str = ""  # ISO 8601, set by the caller (the core has no clock)
     format_version: str = PLAN_FORMAT_VERSION
+    premises: tuple[Premise, ...] = ()  # one per instance with a ready change, sorted by ID
 
     @property
     def has_errors(self) -> bool:

@@ -72,6 +72,8 @@ def _now() -> str:
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half of
     one; an existing file keeps its permissions (a new one gets the umask's)."""
+    if not path.name or path.is_dir():  # `--out /`: Path("/").with_name raises ValueError
+        raise ConfigError(f"cannot write {path}: it is a directory", hint="name a file, e.g. --out plan.json")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -84,15 +86,101 @@ def write_atomically(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+# A real plan of 100,000 changes is ~40 MB; anything far larger is not a plan (and is read
+# into memory whole).
+MAX_PLAN_BYTES = 256 * 1024 * 1024
+
+
 def read_plan(planfile: Path) -> Plan:
-    """A saved plan, checked (integrity, schema, batches)."""
+    """A saved plan, checked (integrity, schema, batches, premises); a regular file of at most
+    ``MAX_PLAN_BYTES`` (``show /dev/zero`` is refused unread)."""
+    from reconciler.files import FileReadError, read_bounded
     from reconciler.planfile import load_plan
 
     try:
-        text = planfile.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise PlanIntegrityError(f"{planfile}: cannot read the plan file: {error}") from None
+        data = read_bounded(planfile, MAX_PLAN_BYTES, "plan file")
+    except FileReadError as error:
+        raise PlanIntegrityError(f"{error.problems[0].file}: {error.problems[0].message}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PlanIntegrityError(
+            f"{planfile}: cannot read the plan file: not UTF-8 (byte {error.start})"
+        ) from None
     return load_plan(text, str(planfile))
+
+
+def check_sources(the_plan: Plan, base: Path) -> None:
+    """Refuse a plan whose desired-state files changed or are gone since it was made: the plan
+    carries out what those files said, and only then (this closes replay: a plan applied again
+    after the file was changed to allow its bindings). Paths are where plan read them, relative
+    to the directory it ran in; ``base`` is where apply looks for them (its own directory)."""
+    import hashlib
+
+    from reconciler.desired.yaml_nodes import MAX_FILE_BYTES
+    from reconciler.files import FileReadError, read_bounded
+
+    problems: list[str] = []
+    for source in the_plan.sources:
+        path = Path(source.path)
+        if not path.is_absolute():
+            path = base / path
+        try:
+            digest = hashlib.sha256(read_bounded(path, MAX_FILE_BYTES, "file", source.path)).hexdigest()
+        except FileReadError as error:
+            problems.append(f"{source.path}: {error.problems[0].message}")
+            continue
+        if digest != source.sha256:
+            problems.append(f"{source.path} changed since the plan was made")
+    if problems:
+        raise PlanRefusedError(
+            "the plan's desired-state files are not as they were: " + "; ".join(problems),
+            hint="plan again from the files as they are now; or, to apply the plan as reviewed "
+            "anyway, run apply from the directory plan ran in, or add --ignore-changed-sources",
+        )
+
+
+def check_age(the_plan: Plan, max_age: float, now: dt.datetime | None = None) -> None:
+    """Refuse a plan older than ``max_age`` seconds (``apply --max-age``)."""
+    try:
+        created = dt.datetime.fromisoformat(the_plan.created_at.replace("Z", "+00:00"))
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is None:
+        raise PlanRefusedError(
+            "the plan records no time it was made, so --max-age cannot be checked",
+            hint="plan again, or apply without --max-age",
+        )
+    age = ((now or dt.datetime.now(dt.timezone.utc)) - created).total_seconds()
+    if age > max_age:
+        raise PlanRefusedError(
+            f"the plan was made {format_duration(age)} ago, over --max-age {format_duration(max_age)}",
+            hint="plan again and review the new plan",
+        )
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` or plain seconds, as seconds (positive, finite)."""
+    value = text.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < 10**9):  # NaN fails too
+        raise ConfigError(f"{text!r} is not a duration such as 90s, 30m, 12h or 7d")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}".replace(".0" + unit, unit)
+    return f"{seconds:.0f}s"
 
 
 def is_plan_file(paths: Sequence[Path]) -> bool:
@@ -142,9 +230,13 @@ class CloudRequest:
 
 
 @contextmanager
-def _connected(region: str, request: CloudRequest) -> Iterator[Connection]:
+def _connected(
+    region: str, request: CloudRequest, audit_failures: list[str] | None = None
+) -> Iterator[Connection]:
     """The one way every operation connects: the audit log and the connection are closed on
-    every path out."""
+    every path out. An audit log that failed (disk full, ...) never stops the calls: its
+    failure is appended to ``audit_failures`` (apply reports it with its result), or raised
+    after the fact when no list is given."""
     from reconciler.connect import connect
     from reconciler.execute.audit import AuditLog
 
@@ -155,6 +247,10 @@ def _connected(region: str, request: CloudRequest) -> Iterator[Connection]:
     finally:
         if audit is not None:
             audit.close()
+    if audit is not None and audit.failure is not None:
+        if audit_failures is None:
+            raise ConfigError(audit.failure)
+        audit_failures.append(audit.failure)
 
 
 def _build_plan(desired: Desired, connection: Connection, limits: SafetyLimits) -> Plan:
@@ -217,15 +313,25 @@ class PlanResult:
 
     @property
     def refusal(self) -> CvmkeysError | None:
-        """The error to report after the plan is shown (a plan with errors is not saved)."""
-        return _plan_errors(self.plan) if self.plan.has_errors else None
+        """The error to report after the plan is shown (a plan with errors is saved, but apply
+        refuses it)."""
+        if not self.plan.has_errors:
+            return None
+        if self.saved_to is None:
+            return _plan_errors(self.plan)
+        return PlanRefusedError(
+            f"the plan has {plural(self.plan.summary.errors, 'error')}: saved to {self.saved_to} "
+            "as a record, but apply refuses it",
+            hint="fix the desired-state file or the cloud, then plan again",
+        )
 
     @property
     def exit_code(self) -> ExitCode:
         if self.plan.has_errors:
             return ExitCode.ERROR
-        # Protected bindings are the file's own decision to leave them, not drift: not a diff.
-        drift = any(c.status is not ChangeStatus.PROTECTED for c in self.plan.changes)
+        # Protected bindings are the file's own decision and unchangeable ones (Windows) no API
+        # can act on: neither is drift anyone can fix, so neither keeps the alert at 2.
+        drift = bool(self.plan.actionable_changes)
         return ExitCode.CHANGES if self.detailed_exitcode and drift else ExitCode.OK
 
 
@@ -234,12 +340,22 @@ def plan(request: PlanRequest) -> PlanResult:
     from reconciler.core.document import dump_plan
 
     desired = _single_region(request.paths)
-    with _connected(desired.region, request.cloud) as connection:
-        the_plan = _build_plan(desired, connection, request.limits)
-    saved = request.out if request.out is not None and not the_plan.has_errors else None
-    if saved is not None:
-        write_atomically(saved, dump_plan(the_plan))
-    return PlanResult(the_plan, saved, request.detailed_exitcode)
+    try:
+        with _connected(desired.region, request.cloud) as connection:
+            the_plan = _build_plan(desired, connection, request.limits)
+    except CvmkeysError as error:
+        # No plan now: an older plan must not stay in FILE looking like this run's result.
+        if request.out is not None and is_plan_file([request.out]):
+            with suppress(OSError):
+                request.out.unlink()
+                note = f"{request.out}, which held an older plan, was removed"
+                error.hint = f"{error.hint}; {note}" if error.hint else note
+        raise
+    if request.out is not None:
+        # Written even with errors: a plan with error findings is never applied, so FILE holds
+        # nothing appliable (not the previous plan) and `show FILE` still shows what was found.
+        write_atomically(request.out, dump_plan(the_plan))
+    return PlanResult(the_plan, request.out, request.detailed_exitcode)
 
 
 # --------------------------------------------------------------------------- apply
@@ -274,16 +390,25 @@ class ApplyRequest:
     auto_approve: bool = False
     force: bool = False
     parallelism: int = 4
+    ignore_changed_sources: bool = False  # apply a saved plan although its files changed
+    max_age: float | None = None  # seconds: refuse a saved plan older than this
+    base: Path = field(default_factory=Path.cwd)  # where a saved plan's sources are looked for
 
 
 @dataclass(frozen=True)
 class ApplyOutcome:
     plan: Plan
     result: ApplyResult
+    already_applied: bool = False  # a saved plan whose every ready unbind was already done
+    problems: tuple[str, ...] = ()  # reported with the result: a failing audit log
 
     @property
     def exit_code(self) -> ExitCode:
         result = self.result
+        if self.problems:
+            return ExitCode.ERROR
+        if self.already_applied:
+            return ExitCode.OK  # its blocked unbinds were reported by the apply that did the work
         if result.interrupted:
             return ExitCode.INTERRUPTED
         if result.count(Outcome.FAILED) or result.count(Outcome.NOT_ATTEMPTED) or result.stopped_reason:
@@ -308,8 +433,13 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
     the_plan = read_plan(request.paths[0])
     if the_plan.has_errors:
         raise _plan_errors(the_plan)
+    if request.max_age is not None:
+        check_age(the_plan, request.max_age)
+    if not request.ignore_changed_sources:
+        check_sources(the_plan, request.base)
     cloud = dataclasses.replace(request.cloud, connect=options_for_plan(the_plan, request.cloud.connect))
-    with _connected(the_plan.region, cloud) as connection:
+    failures: list[str] = []
+    with _connected(the_plan.region, cloud, failures) as connection:
         if connection.client.api is not the_plan.api:
             # The batches are shaped for the plan's API (2.0: one key a call).
             raise ConfigError(
@@ -318,15 +448,21 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
                 hint="apply it with the API it was planned for, or plan again",
             )
         executor = _executor(connection, the_plan, request, hooks, stop)
-        executor.check_fresh()
-        _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
-        return ApplyOutcome(the_plan, _run(executor, the_plan, hooks))
+        fresh = executor.check_fresh()
+        if fresh.finished:
+            # Nothing left to send: the result is made of what check_fresh read (no mutation).
+            result = executor.run()
+        else:
+            _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
+            result = _run(executor, the_plan, hooks)
+    return ApplyOutcome(the_plan, result, fresh.finished and bool(fresh.done), tuple(failures))
 
 
 def apply_fresh(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
     """Plan now (limits from the command line already in its verdict), show it, confirm, apply."""
     desired = _single_region(request.paths)
-    with _connected(desired.region, request.cloud) as connection:
+    failures: list[str] = []
+    with _connected(desired.region, request.cloud, failures) as connection:
         the_plan = _build_plan(desired, connection, request.limits)
         hooks.planned(the_plan)
         if the_plan.has_errors:
@@ -335,7 +471,8 @@ def apply_fresh(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
         if the_plan.ready_changes and not request.auto_approve:
             hooks.confirm(the_plan)
         executor = _executor(connection, the_plan, request, hooks, stop)
-        return ApplyOutcome(the_plan, _run(executor, the_plan, hooks))
+        result = _run(executor, the_plan, hooks)
+    return ApplyOutcome(the_plan, result, problems=tuple(failures))
 
 
 def _check_safe(verdict: SafetyVerdict, force: bool) -> None:
@@ -361,9 +498,13 @@ def _executor(
 
 
 def _run(executor: Executor, the_plan: Plan, hooks: ApplyHooks) -> ApplyResult:
+    """Run the executor; whatever goes wrong once it started, the result is what it knows (an
+    unexpected exception is reported in it as a bug, with the partial result)."""
     hooks.started(the_plan)
     try:
         return executor.run()
+    except Exception as error:  # a bug must not lose the record of real unbinds
+        return executor.result_after(error)
     finally:
         hooks.finished()
 

@@ -167,6 +167,22 @@ def test_detailed_exitcode_and_show_round_trip(example: tuple[Path, Path], tmp_p
     assert code == 2 and "0 to unbind" in out
 
 
+def test_detailed_exitcode_ignores_unchangeable_windows_bindings(
+    example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A Windows binding no API can remove is not drift anyone can act on: exit 0, not 2."""
+    _, fleet = example
+    windows_only = tmp_path / "win.yaml"
+    # skey-8x9y0z12 allowed everywhere it is bound except the Windows instance ins-7w7w7w7w.
+    windows_only.write_text(
+        "version: 1\nregion: ap-guangzhou\nkeys:\n  skey-8x9y0z12:\n"
+        "    instances: [ins-1a2b3c4d, ins-9c8d7e6f, ins-99999999]\n"
+    )
+    code, out, _ = cli("plan", str(windows_only), "--emulator", str(fleet), "--detailed-exitcode")
+    assert "1 unchangeable" in out and "0 to unbind" in out
+    assert code == 0
+
+
 def test_plan_makes_the_minimum_number_of_calls(tmp_path: Path) -> None:
     gen = generate(900, 260, seed=9, remove_fraction=0.2, scope="account")
     state = FleetState.from_data(gen.fleet)

@@ -1,6 +1,7 @@
 """Crash test: ``cvmkeys apply PLANFILE`` killed with SIGKILL at random points against a served
 emulator (real sockets, fleet persisted to its file); afterwards ``plan`` shows exactly the
-remaining work, and applying a fresh plan converges.
+remaining work, applying the saved plan again finishes it (sending nothing twice), and a fresh
+plan then has nothing left.
 
 The emulator runs in this process (``serve_in_thread``), so the test reads its mutation log
 directly: "what was done" comes from the cloud's side, never from the killed process. Each
@@ -130,11 +131,19 @@ def test_apply_killed_at_a_random_point_then_plan_shows_the_rest_and_apply_conve
         assert code == 0, err
         assert ready_in(out) == planned - set(done)
 
-        # The saved plan is stale now (unless the kill came before any unbind): refused, not redone.
-        code, out, err = cli("apply", str(plan_file), "--endpoint", server.url)
-        if done:
-            assert code == 1 and "plan is stale" in err, out + err
-            assert unbound(state) == done
+        # The saved plan, applied again, finishes it (plan format 3.0): what the killed process
+        # did is its own effect, and nothing done is sent again.
+        code, out, err = cli("apply", str(plan_file), "--endpoint", server.url, "--format", "json")
+        assert code in (0, 3), out + err
+        resumed = unbound(state)
+        assert len(resumed) == len(set(resumed)) and set(resumed) == planned, "resent or left undone"
+        results = json.loads(out)["results"]
+        assert {(r["key_id"], r["instance_id"]) for r in results if r["outcome"] == "done"} == planned
+        assert all(
+            r["reason"] == "already done before this apply"
+            for r in results
+            if (r["key_id"], r["instance_id"]) in set(done)
+        )
 
         # A fresh plan, applied, converges.
         plan2 = tmp_path / "plan2.json"

@@ -124,7 +124,8 @@ def test_schema_is_2020_12_with_id_and_documented_members() -> None:
     required = set(schema["required"])
     assert required >= {
         "format_version", "region", "scope", "endpoint", "api", "created_at", "changes", "batches",
-        "findings", "summary", "safety", "sources", "fingerprint", "observed_digest", "integrity",
+        "findings", "summary", "safety", "sources", "fingerprint", "observed_digest", "premises",
+        "integrity",
     }
     change = schema["$defs"]["change"]
     assert set(change["required"]) >= {
@@ -225,9 +226,9 @@ def test_duplicate_members_are_refused() -> None:
 
 def test_newer_major_format_says_upgrade() -> None:
     data = json.loads(dump_plan(full_plan()))
-    data["format_version"] = "3.0"
+    data["format_version"] = "4.0"
     message = _refusal(_resealed(data))
-    assert message.startswith("plan.json: plan format 3.0 is newer")
+    assert message.startswith("plan.json: plan format 4.0 is newer")
     assert message.endswith("upgrade cvmkeys")
 
 
@@ -236,7 +237,16 @@ def test_a_format_1_plan_is_refused_with_a_clear_message() -> None:
     data["format_version"] = "1.0"
     message = _refusal(_resealed(data))
     assert message.startswith("plan.json: plan format 1.0 was written by an older cvmkeys")
-    assert "2.x plans only" in message
+    assert "3.x plans only" in message
+
+
+def test_a_format_2_plan_is_refused_with_a_clear_message() -> None:
+    data = json.loads(dump_plan(full_plan()))
+    data["format_version"] = "2.0"
+    del data["premises"]
+    message = _refusal(_resealed(data))
+    assert message.startswith("plan.json: plan format 2.0 was written by an older cvmkeys")
+    assert "3.x plans only" in message and "keyless" in message
 
 
 def test_a_2_0_batch_with_two_keys_is_refused() -> None:
@@ -260,12 +270,12 @@ def test_not_an_object_is_refused() -> None:
 
 def test_newer_minor_version_with_unknown_members_is_read() -> None:
     data = json.loads(dump_plan(full_plan()))
-    data["format_version"] = "2.7"
+    data["format_version"] = "3.7"
     data["future_member"] = {"anything": [1, 2]}
     data["changes"][0]["future_detail"] = "ignored"
     plan = load_plan(_resealed(data), "plan.json")
-    assert plan.format_version == "2.7"
-    assert dataclasses.replace(plan, format_version="2.0") == full_plan()
+    assert plan.format_version == "3.7"
+    assert dataclasses.replace(plan, format_version="3.0") == full_plan()
 
 
 def test_schema_violations_name_their_json_path() -> None:

@@ -182,7 +182,7 @@ def test_mutated_real_plans_are_refused_or_safe(case: tuple[dict[str, Any], bool
 @given(value=json_values)
 def test_arbitrary_json_sealed_or_not(value: Any) -> None:
     if isinstance(value, dict) and value:
-        value.setdefault("format_version", "2.0")
+        value.setdefault("format_version", "3.0")
         value["integrity"] = {"algorithm": "sha256", "digest": canonical_digest(value)}
     result = _load(_text(value))
     assert isinstance(result, PlanIntegrityError)  # none of these is a complete plan
@@ -225,7 +225,7 @@ def test_the_untouched_sample_loads() -> None:
     [
         "[" * 10_000 + "]" * 10_000,
         '{"a":' * 10_000 + "1" + "}" * 10_000,
-        '{"format_version": "2.0", "x": ' + "[" * (MAX_PLAN_DEPTH + 5) + "]" * (MAX_PLAN_DEPTH + 5) + "}",
+        '{"format_version": "3.0", "x": ' + "[" * (MAX_PLAN_DEPTH + 5) + "]" * (MAX_PLAN_DEPTH + 5) + "}",
         "[" * 100_000,
     ],
     ids=["lists-10000", "objects-10000", "just-too-deep", "unclosed-100000"],

@@ -22,6 +22,7 @@ from reconciler.model import (
     Location,
     Outcome,
     Plan,
+    Premise,
     SafetyVerdict,
     Scope,
     Severity,
@@ -166,6 +167,12 @@ def full_plan() -> Plan:
         ),
         observed_digest="c" * 64,
         created_at="2026-11-27T21:00:00Z",
+        premises=(
+            Premise("ins-cn000001", "4 (shut down)", ("skey-keep0001", "skey-legacy01")),
+            Premise("ins-evil0001", "4 (shut down)", ("skey-evil0001", "skey-keep0001")),
+            Premise("ins-web00001", "4 (shut down)", ("skey-deploy01", "skey-legacy01")),
+            Premise("ins-web00002", "4 (shut down)", ("skey-deploy01", "skey-keep0001")),
+        ),
     )
 
 
@@ -216,6 +223,7 @@ def big_plan(count: int) -> Plan:
         sources=base.sources,
         fingerprint=base.fingerprint,
         observed_digest=base.observed_digest,
+        premises=tuple(Premise(c.instance_id, "4 (shut down)", (c.key_id,)) for c in changes),
     )
 
 

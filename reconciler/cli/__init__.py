@@ -285,11 +285,22 @@ ProfileOption = Annotated[
         "then the profile in $TENCENTCLOUD_PROFILE, then 'default'.",
     ),
 ]
+_MIN_RATE = 0.01  # one request a 100 s: anything slower would look like a hang
+_MAX_RATE = 10_000
+
+
+def _rate_limit(value: float | None) -> float | None:
+    # 1e-300 passed min=0 and then waited for ever after the first unbinds.
+    if value is not None and not (value == 0 or _MIN_RATE <= value <= _MAX_RATE):  # NaN fails too
+        raise typer.BadParameter(f"must be 0 (no limit) or from {_MIN_RATE:g} to {_MAX_RATE:,}")
+    return value
+
+
 RateLimitOption = Annotated[
     float | None,
     typer.Option(
         "--rate-limit",
-        min=0,
+        callback=_rate_limit,
         metavar="PER_SECOND",
         help="Client-side limit, requests per second, one for every action (default: the documented "
         "limits, DescribeInstances 40 and the rest 10; none with --emulator; 0: none).",
@@ -305,12 +316,19 @@ MaxUnbindsOption = Annotated[
         "--max-unbinds", min=0, metavar="N", help="Safety: at most this many unbinds (wins over the file)."
     ),
 ]
+def _percent(value: float | None) -> float | None:
+    # click's range check lets NaN through (every comparison is false), and a NaN limit would
+    # pass every plan.
+    if value is not None and not 0 <= value <= 100:
+        raise typer.BadParameter("must be a number from 0 to 100")
+    return value
+
+
 MaxPercentOption = Annotated[
     float | None,
     typer.Option(
         "--max-unbind-percent",
-        min=0,
-        max=100,
+        callback=_percent,
         metavar="PERCENT",
         help="Safety: at most this % of owned bindings.",
     ),
@@ -508,6 +526,19 @@ def apply(
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
     rate_limit: RateLimitOption = None,
+    ignore_changed_sources: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-changed-sources",
+            help="Apply a saved plan although its desired-state files changed or are missing.",
+        ),
+    ] = False,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age", metavar="DURATION", help="Refuse a saved plan older than this (90s, 30m, 12h, 7d)."
+        ),
+    ] = None,
 ) -> None:
     """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
 
@@ -525,11 +556,14 @@ def apply(
             auto_approve=auto_approve,
             force=force,
             parallelism=parallelism,
+            ignore_changed_sources=ignore_changed_sources,
+            max_age=operations.parse_duration(max_age) if max_age is not None else None,
         )
         view = ApplyView(output_format, Terminal(no_color))
         with _graceful_stop(view) as stop:
             outcome = operations.apply(request, view, stop)
         view.result(outcome.result, outcome.plan)
+        view.notes(outcome)
         raise typer.Exit(outcome.exit_code)
 
 

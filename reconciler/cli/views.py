@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from reconciler.execute.executor import ExecEvent
     from reconciler.importer import ImportSummary
     from reconciler.model import ApplyResult, Plan
-    from reconciler.operations import ImportResult
+    from reconciler.operations import ApplyOutcome, ImportResult
 
 
 class Format(str, Enum):
@@ -237,6 +237,13 @@ class ApplyView:
     def stopping(self) -> None:
         self.console.print("[yellow]Stopping: no new calls; waiting for calls in flight...[/]")
 
+    def notes(self, outcome: ApplyOutcome) -> None:
+        """What the result alone does not say: a plan found already applied, a failing audit log."""
+        if outcome.already_applied:
+            note(self.terminal, "The plan is already applied: every unbind in it is done; nothing was sent.")
+        for problem in outcome.problems:
+            self.console.print(f"Error: {problem}", markup=False, style="bold red")
+
     def result(self, result: ApplyResult, plan: Plan) -> None:
         if self.fmt is Format.json:
             from reconciler.render.json import render_result_json
@@ -274,3 +281,10 @@ def show_import(result: ImportResult, terminal: Terminal) -> None:
     if result.written_to is None:
         _out(result.text)
     note(terminal, import_summary_line(result))
+    if not result.summary.keys:
+        # An empty file is valid, and in scope account it would unbind everything it owns.
+        note(
+            terminal,
+            f"Warning: no key pairs found in {result.region}: the file declares nothing. "
+            "Check --region (and the account).",
+        )

@@ -48,7 +48,7 @@ from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import RetryPolicy, is_mutating, may_retry
 from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
-from reconciler.ids import canonical_region, is_instance_id, is_key_id
+from reconciler.ids import is_instance_id, is_key_id, normalize_region
 from reconciler.model import (
     DOCUMENTED_RATE_LIMITS,
     INSTANCE_STATUS_NAMES,
@@ -368,7 +368,8 @@ class CvmClient:
         if not isinstance(credentials, Credentials):
             raise ConfigError("credentials must be a Credentials object")
         try:
-            self.region = canonical_region(region)
+            # Open-ended, as the loader's: a region newer than this version's table still works.
+            self.region = normalize_region(region)
         except KeyError:
             raise ConfigError(
                 f"unknown region {_show(region)}", hint="use a long name such as ap-guangzhou"
@@ -691,7 +692,10 @@ class CvmClient:
             raise self._transport_error(
                 action, exc, retryable=False, ambiguous=False, answer=answer
             ) from None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
+            # Every other httpx request error (a dropped connection, a broken Content-Encoding:
+            # httpx.DecodingError is not a TransportError) may have reached the API: ambiguous,
+            # observed again for a mutating call. The same rule as the 3.0 call layer (tc3call).
             raise self._transport_error(action, exc, retryable=True, ambiguous=True, answer=answer) from None
 
         answer.http_status = response.status_code

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from reconciler.common import canonical_sha256, plural, short_repr
+from reconciler.core.diff import LAST_KEY_WARNING
+from reconciler.core.safety import check_safety
 from reconciler.errors import PlanIntegrityError
 from reconciler.model import (
     PLAN_FORMAT_VERSION,
@@ -36,7 +38,8 @@ from reconciler.model import (
     Location,
     Outcome,
     Plan,
-    SafetyVerdict,
+    Premise,
+    SafetyLimits,
     Scope,
     Severity,
     SourceFile,
@@ -145,6 +148,10 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
             "instance_ids": list(plan.fingerprint.instance_ids),
         },
         "observed_digest": plan.observed_digest,
+        "premises": [
+            {"instance_id": p.instance_id, "instance_state": p.instance_state, "key_ids": list(p.key_ids)}
+            for p in plan.premises
+        ],
     }
 
 
@@ -318,6 +325,43 @@ def _check_batches(
             seen.add((key_id, iid))
 
 
+_LAST_KEY_PREFIX = LAST_KEY_WARNING.split("{", 1)[0]
+
+
+def _check_premises(changes: tuple[Change, ...], premises: tuple[Premise, ...], source: str) -> None:
+    """Every instance with a ready change has exactly one premise that lists the keys the plan
+    removes from it; an instance the plan leaves keyless carries the last-key warning (on its
+    changes, as the diff writes it). Apply's last-key guarantee rests on these (``execute.freshness``)."""
+    by_instance: dict[str, Premise] = {}
+    for index, premise in enumerate(premises):
+        if premise.instance_id in by_instance:
+            raise PlanIntegrityError(
+                f"{source}: $.premises[{index}]: {premise.instance_id} has two premises", hint=_RERUN_HINT
+            )
+        by_instance[premise.instance_id] = premise
+    removed: dict[str, set[str]] = {}
+    for change in changes:
+        if change.status is ChangeStatus.READY:
+            removed.setdefault(change.instance_id, set()).add(change.key_id)
+    for iid, keys in sorted(removed.items()):
+        found = by_instance.get(iid)
+        if found is None or not keys <= set(found.key_ids):
+            raise PlanIntegrityError(
+                f"{source}: $.premises: no premise for {iid} that lists the keys the plan removes from it",
+                hint=_RERUN_HINT,
+            )
+        if set(found.key_ids) <= keys and not any(
+            w.startswith(_LAST_KEY_PREFIX)
+            for c in changes
+            if c.instance_id == iid and c.status is ChangeStatus.READY
+            for w in c.warnings
+        ):
+            raise PlanIntegrityError(
+                f"{source}: the plan removes every key of {iid} without the last-key warning",
+                hint=_RERUN_HINT,
+            )
+
+
 # The schema's ID patterns, whole-string: jsonschema's ``pattern`` uses re.search, where ``$``
 # also matches before a final newline, so "ins-1a2b3c4d\n" would pass the schema alone.
 _PLAN_KEY_ID = re.compile(r"skey-[a-z0-9]+")
@@ -339,6 +383,10 @@ def _check_ids(data: Mapping[str, Any], source: str) -> None:
         found.append((f"$.fingerprint.key_ids[{n}]", kid, _PLAN_KEY_ID))
     for n, iid in enumerate(data["fingerprint"]["instance_ids"]):
         found.append((f"$.fingerprint.instance_ids[{n}]", iid, _PLAN_INSTANCE_ID))
+    for index, premise in enumerate(data["premises"]):
+        found.append((f"$.premises[{index}].instance_id", premise["instance_id"], _PLAN_INSTANCE_ID))
+        for n, kid in enumerate(premise["key_ids"]):
+            found.append((f"$.premises[{index}].key_ids[{n}]", kid, _PLAN_KEY_ID))
     for where, value, pattern in found:
         if pattern.fullmatch(value) is None:
             raise PlanIntegrityError(
@@ -384,6 +432,10 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
     )
     api = ApiVersion(data["api"])
     _check_batches(api, changes, batches, source)
+    premises = tuple(
+        Premise(p["instance_id"], p["instance_state"], tuple(p["key_ids"])) for p in data["premises"]
+    )
+    _check_premises(changes, premises, source)
     findings = tuple(
         Finding(
             severity=Severity(f["severity"]),
@@ -399,6 +451,13 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
     v = data["safety"]
     fp = data["fingerprint"]
     percent = v["max_unbind_percent"]
+    # The verdict is recomputed from the plan's own limits and ready changes, never trusted: a
+    # resealed plan must not call itself safe.
+    verdict = check_safety(
+        sum(1 for c in changes if c.status is ChangeStatus.READY),
+        v["owned_bindings"],
+        SafetyLimits(v["max_unbinds"], None if percent is None else float(percent)),
+    )
     return Plan(
         region=data["region"],
         scope=Scope(data["scope"]),
@@ -418,15 +477,7 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
             waves=s["waves"],
             calls=s["calls"],
         ),
-        safety=SafetyVerdict(
-            safe=v["safe"],
-            unbinds=v["unbinds"],
-            owned_bindings=v["owned_bindings"],
-            max_unbinds=v["max_unbinds"],
-            max_unbind_percent=None if percent is None else float(percent),
-            percent_checked=v["percent_checked"],
-            violations=tuple(v["violations"]),
-        ),
+        safety=verdict,
         sources=tuple(SourceFile(path=x["path"], sha256=x["sha256"]) for x in data["sources"]),
         fingerprint=Fingerprint(
             digest=fp["digest"], key_ids=tuple(fp["key_ids"]), instance_ids=tuple(fp["instance_ids"])
@@ -434,6 +485,7 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         observed_digest=data["observed_digest"],
         created_at=data["created_at"],
         format_version=data["format_version"],
+        premises=premises,
     )
 
 
@@ -521,8 +573,9 @@ def _check_version(data: Mapping[str, Any], source: str) -> None:
     if major < SUPPORTED_MAJOR:
         raise PlanIntegrityError(
             f"{source}: plan format {version} was written by an older cvmkeys; this one reads "
-            f"{SUPPORTED_MAJOR}.x plans only (they record the API they were made for, and "
-            "instance states by name)",
+            f"{SUPPORTED_MAJOR}.x plans only (they record what each instance they unbind from "
+            "looked like, so that apply can resume them and never leaves an instance keyless "
+            "unwarned)",
             hint=_RERUN_HINT,
         )
 

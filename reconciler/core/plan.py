@@ -1,7 +1,10 @@
-"""Building the plan from a diff, and the fingerprints that make stale plans detectable. Pure.
+"""Building the plan from a diff, with the premises apply checks and a fingerprint. Pure.
 
-Called by the CLI's ``plan`` (after observing) and by ``execute`` (``fingerprint_of`` on freshly
-observed state, to refuse a stale plan).
+Called by ``operations`` (plan, after observing). The plan records, for each instance it
+unbinds from, its premise (``premises_of``: its state and every key bound to it, from all key
+pairs of the region): the last-key warnings were computed from those, and apply
+(``execute.freshness``) re-reads them. The fingerprint is a digest of the touched live state,
+kept as a record (shown in Markdown); apply judges staleness by the premises, not by it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from reconciler.model import (
     Fingerprint,
     Observed,
     Plan,
+    Premise,
     SafetyLimits,
     Severity,
     Summary,
@@ -47,6 +51,19 @@ def fingerprint_of(observed: Observed, key_ids: Iterable[str], instance_ids: Ite
         },
     }
     return Fingerprint(digest=canonical_sha256(data), key_ids=keys, instance_ids=instances)
+
+
+def premises_of(observed: Observed, instance_ids: Iterable[str]) -> tuple[Premise, ...]:
+    """For each of ``instance_ids`` (observed instances), its state and every key bound to it."""
+    keys_on: dict[str, list[str]] = {}
+    for key_id, pair in observed.keys.items():
+        for iid in pair.bound_instance_ids:
+            keys_on.setdefault(iid, []).append(key_id)
+    return tuple(
+        Premise(iid, observed.instances[iid].api_state, tuple(sorted(keys_on.get(iid, ()))))
+        for iid in sorted(set(instance_ids))
+        if iid in observed.instances
+    )
 
 
 def observed_digest(observed: Observed) -> str:
@@ -96,4 +113,5 @@ def build_plan(
         fingerprint=touched,
         observed_digest=observed_digest(observed),
         created_at=created_at,
+        premises=premises_of(observed, {c.instance_id for c in ready}),
     )

@@ -7,6 +7,7 @@ plan is still shown in full with the numbers that tripped it; apply refuses it w
 
 from __future__ import annotations
 
+from reconciler.common import plural
 from reconciler.model import (
     DEFAULT_MAX_UNBIND_PERCENT,
     PERCENT_CHECK_MIN_OWNED,
@@ -52,12 +53,12 @@ def check_safety(unbinds: int, owned_bindings: int, limits: SafetyLimits) -> Saf
     )
     violations: list[str] = []
     if limits.max_unbinds is not None and unbinds > limits.max_unbinds:
-        violations.append(f"{unbinds} unbinds is over max_unbinds {limits.max_unbinds}")
+        violations.append(f"{plural(unbinds, 'unbind')} is over max_unbinds {limits.max_unbinds}")
     percent_checked = owned_bindings >= PERCENT_CHECK_MIN_OWNED
     if percent_checked and unbinds * 100 > percent_limit * owned_bindings:
         share = unbinds * 100 / owned_bindings
         violations.append(
-            f"{unbinds} unbinds is {share:.1f}% of {owned_bindings} owned bindings, "
+            f"{plural(unbinds, 'unbind')} is {share:.1f}% of {plural(owned_bindings, 'owned binding')}, "
             f"over max_unbind_percent {_number(percent_limit)}"
         )
     return SafetyVerdict(

@@ -62,7 +62,9 @@ def serve_command(
     ],
     state_file: _StateOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8080,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")
+    ] = 8080,
     op_seconds: Annotated[
         float,
         typer.Option("--op-seconds", help="How long bind/unbind (status 20), stop (9) and start (8) take."),

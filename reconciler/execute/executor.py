@@ -1,7 +1,7 @@
 """Carrying out a plan's batches against the cloud, wave by wave, and verifying every binding.
 
-Called by ``operations.apply`` (a saved plan is checked first: ``Executor.check_fresh``). The
-rules:
+Called by ``operations.apply`` (a saved plan is checked first: ``Executor.check_fresh``, which
+``execute.freshness`` implements: what is already done is not sent again). The rules:
 
 * only ``ready`` changes are attempted; blocked and protected ones are reported as such;
 * the plan is the contract: the first attempt of every wave sends the saved plan's batches as
@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,12 +41,11 @@ from reconciler.cloud.base import CallResult, CloudClient
 from reconciler.cloud.observe import observe_subset
 from reconciler.common import plural, short_repr
 from reconciler.core.diff import blocked_reason
-from reconciler.core.plan import fingerprint_of
-from reconciler.errors import ApiError, CloudError, PlanIntegrityError, StalePlanError
+from reconciler.errors import ApiError, CloudError, PlanIntegrityError
+from reconciler.execute.freshness import Freshness, check_fresh, regroup, remaining_batches
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     MAX_IDS_PER_CALL,
-    ApiVersion,
     ApplyResult,
     Batch,
     Binding,
@@ -189,36 +188,28 @@ class Executor:
         self._unconfirmed: set[str] = set()  # instances not yet seen idle after their latest call
         self._op_timer = _OpTimer()
         self._sendable = False
+        self._done: frozenset[Binding] = frozenset()  # gone before this apply (``check_fresh``)
 
     # ------------------------------------------------------------------ public
 
-    def check_fresh(self) -> None:
-        """Refuse (StalePlanError) when what the plan touches changed since it was made (and,
-        first, a plan naming IDs the client cannot send: ``check_sendable``). For a saved plan,
-        before ``run``."""
+    def check_fresh(self) -> Freshness:
+        """Refuse (StalePlanError) when what the plan's remaining work depends on changed since
+        it was made (and, first, a plan naming IDs the client cannot send: ``check_sendable``);
+        what is already done is not sent again by ``run``. For a saved plan, before ``run``."""
         self._check_sendable()
-        plan = self.plan
-        fp = plan.fingerprint
-        observed = observe_subset(self.client, plan.region, fp.key_ids, fp.instance_ids)
-        fresh = fingerprint_of(observed, fp.key_ids, fp.instance_ids)
-        if fresh.digest == fp.digest:
-            return
-        details: list[str] = []
-        for change in plan.ready_changes:
-            pair = observed.keys.get(change.key_id)
-            inst = observed.instances.get(change.instance_id)
-            if pair is None or change.instance_id not in pair.bound_instance_ids:
-                details.append(f"{change.key_id} is no longer bound to {change.instance_id}")
-            elif inst is None or inst.api_state != change.instance_state:
-                now = "gone" if inst is None else inst.api_state
-                details.append(f"{change.instance_id} was {change.instance_state}, now {now}")
-        if not details:
-            details.append("the bindings of the touched keys changed")
-        shown = "; ".join(details[:5]) + (f"; and {len(details) - 5} more" if len(details) > 5 else "")
-        raise StalePlanError(
-            f"plan is stale: {shown} since the plan was made; run plan again",
-            hint="cvmkeys plan ... --out PLANFILE, review it, then apply the new plan",
+        fresh = check_fresh(
+            self.client,
+            self.plan,
+            wait_timeout=min(self.options.wait_timeout, 60.0),
+            clock=self.options.clock,
+            sleep=self.options.sleep,
         )
+        self._done = fresh.done
+        for binding in fresh.done:
+            track = self._track(binding)
+            self._set_outcome(track, Outcome.DONE)
+            track.reason = "already done before this apply"
+        return fresh
 
     def _check_sendable(self) -> None:
         # Once per apply, whichever of check_fresh and run comes first.
@@ -234,9 +225,10 @@ class Executor:
         known of it, never as a guess.
         """
         self._check_sendable()
-        waves = sorted({b.wave for b in self.plan.batches})
+        batches = remaining_batches(self.plan, self._done)
+        waves = sorted({b.wave for b in batches})
         by_wave: dict[int, list[Batch]] = {wave: [] for wave in waves}
-        for batch in self.plan.batches:
+        for batch in batches:
             by_wave[batch.wave].append(batch)
         try:
             for n, wave in enumerate(waves):
@@ -262,6 +254,14 @@ class Executor:
             except CloudError as error:
                 self._state.aborted = error.message
                 self._mark_unverified(error.message)
+        return self._result()
+
+    def result_after(self, error: Exception) -> ApplyResult:
+        """The result after ``run`` raised ``error`` (a bug): what was done, failed, of unknown
+        outcome and not attempted, as far as this executor knows; the apply is reported as
+        stopped by an internal error."""
+        why = f"internal error ({type(error).__name__}): this is a bug in cvmkeys, please report it"
+        self._abort(CloudError(why, action="apply", retryable=False), "apply stopped")
         return self._result()
 
     def _mark_unverified(self, why: str) -> None:
@@ -291,14 +291,14 @@ class Executor:
         pending = [binding for batch in batches for binding in batch.bindings]
         calls: list[Batch] = list(batches)
         retrying = False
-        self._emit(EventKind.WAVE_START, wave, f"wave {wave + 1}: {len(pending)} unbinds")
+        self._emit(EventKind.WAVE_START, wave, f"wave {wave + 1}: {plural(len(pending), 'unbind')}")
         while pending and not self.stop.is_set():
             pending = [b for b in pending if self._track(b).outcome is None]
             if not pending:
                 break
             if retrying:  # someone else (another apply, the console) may have made them busy
                 self._wait_idle(wave, sorted({iid for _, iid in pending}))
-                calls = _regroup(self.plan.api, wave, pending)
+                calls = regroup(self.plan.api, wave, pending)
             retrying = True
             for binding in pending:
                 self._track(binding).attempts += 1
@@ -389,7 +389,9 @@ class Executor:
                 return
             if due > now:
                 self._emit(
-                    EventKind.WAITING, wave, f"waiting for {len(waiting)} instances to finish key issuing"
+                    EventKind.WAITING,
+                    wave,
+                    f"waiting for {plural(len(waiting), 'instance')} to finish key issuing",
                 )
                 options.sleep(due - now)
             first = False
@@ -437,18 +439,19 @@ class Executor:
                 track.reason = f"{reason} ({error.message})"
             elif track.attempts >= self.options.max_attempts:
                 self._set_outcome(track, Outcome.FAILED)
-                track.reason = f"{error.message} (after {track.attempts} attempts)"
+                # The attempts are in the record (and the renderers say "after N attempts").
+                track.reason = error.message
             else:
                 retry.append(binding)
         if retry:
-            self._emit(EventKind.RETRY, wave, f"retrying {len(retry)} unbinds that are still bound")
+            self._emit(EventKind.RETRY, wave, f"retrying {plural(len(retry), 'unbind')} still bound")
         return retry
 
     def _verify(self) -> None:
         attempted = [b for b, t in self._state.tracks.items() if t.outcome is Outcome.DONE]
         if not attempted:
             return
-        self._emit(EventKind.VERIFY, -1, f"verifying {len(attempted)} unbinds")
+        self._emit(EventKind.VERIFY, -1, f"verifying {plural(len(attempted), 'unbind')}")
         observed = observe_subset(self.client, self.plan.region, {k for k, _ in attempted}, ())
         for key_id, iid in attempted:
             pair = observed.keys.get(key_id)
@@ -505,27 +508,3 @@ class Executor:
             interrupted=self._state.interrupted,
             stopped_reason=self._state.aborted or "",
         )
-
-
-def _regroup(api: ApiVersion, wave: int, bindings: Iterable[Binding]) -> list[Batch]:
-    """The retry calls for what is left of a wave, at most 100 instances a call. 2.0: one key a
-    call (bindings of one wave never share an instance). Other APIs: instances left with the
-    same keys share a call, so no instance is in two calls of the wave and every pair a call
-    names is a planned unbind."""
-    if api is ApiVersion.V2:
-        by_keys: dict[tuple[str, ...], list[str]] = {}
-        for key_id, iid in bindings:
-            by_keys.setdefault((key_id,), []).append(iid)
-    else:
-        keys_of: dict[str, list[str]] = {}
-        for key_id, iid in bindings:
-            keys_of.setdefault(iid, []).append(key_id)
-        by_keys = {}
-        for iid, keys in keys_of.items():
-            by_keys.setdefault(tuple(sorted(keys)), []).append(iid)
-    calls: list[Batch] = []
-    for key_ids in sorted(by_keys):
-        ids = sorted(by_keys[key_ids])
-        for start in range(0, len(ids), MAX_IDS_PER_CALL):
-            calls.append(Batch(wave, key_ids, tuple(ids[start : start + MAX_IDS_PER_CALL])))
-    return calls

@@ -513,6 +513,8 @@ def render_plan_markdown(
         if plan.batches:
             headline += f" {waves_summary(plan.batches, plan.api)}."
         headline += "\n\n"
+    elif plan.has_errors:  # e.g. a region with nothing in it: the errors, not "match"
+        headline = f"**{plan_line(plan)}**\n\n"
     else:
         headline = "**No changes.** The live bindings match the file.\n\n"
     fixed = title + headline + _banner(plan)

@@ -198,6 +198,8 @@ def plan_line(plan: Plan) -> str:
     """The last line of a plan: ``"Plan: 12 to unbind, 2 blocked, 1 protected."`` or the
     no-changes sentence. Counted from the changes themselves."""
     if not plan.changes:
+        if plan.has_errors:  # e.g. a region with nothing in it: the errors, not "match"
+            return "No unbinds found, but the plan has errors (see Findings): it is not a result."
         return "No changes. The live bindings match the file."
     counts = _counts(plan.changes)
     unchangeable = counts[ChangeStatus.UNCHANGEABLE]
