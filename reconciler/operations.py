@@ -36,7 +36,6 @@ from reconciler.errors import (
 )
 from reconciler.model import (
     ApplyResult,
-    ChangeStatus,
     Desired,
     Outcome,
     Plan,
