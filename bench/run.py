@@ -399,7 +399,14 @@ def startup_cost(work: Path) -> tuple[float, float]:
 
 
 def _api_args(api: str) -> list[str]:
-    return [] if api == "2.0" else ["--api", api]
+    # Always said: cvmkeys speaks 3.0 by default since the 3.0 client was wired in.
+    return ["--api", api]
+
+
+def _endpoint(url: str, api: str) -> str:
+    """The served emulator's endpoint for ``api``: 2.0 at ``/v2/index.php`` (the URL it prints),
+    3.0 at ``/`` of the same port."""
+    return url if api == "2.0" else url.removesuffix("v2/index.php")
 
 
 def _plan_and_apply(
@@ -471,7 +478,7 @@ def run_inprocess(p: Prepared, settings: Settings, *, tool_alone: bool = True) -
     alone = p.work / "fleet-alone.json"
     shutil.copyfile(p.fleet, alone)
     with ServedEmulator(alone, latency_ms=0, rate_limit=0, op_seconds=0) as emulator:
-        connect = ["--endpoint", emulator.url, *no_limit]
+        connect = ["--endpoint", _endpoint(emulator.url, settings.api), *no_limit]
         # The plan changes nothing: two more plans, and the CPU target takes the least CPU of
         # the three, as the libyaml yardstick is the least of three parses (a shared machine).
         again = [
@@ -496,10 +503,11 @@ def _peer_client(api: str, url: str, region: str, rate: float | None) -> Any:
 
         limits = DOCUMENTED_RATE_LIMITS if rate is None else rate
         return CvmClient(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limit=limits)
-    raise SystemExit(
-        "the peers over API 3.0 need the 3.0 client (reconciler.cloud.base's CloudClient), not merged "
-        "yet: build it in bench/run.py _peer_client"
-    )
+    from reconciler.cloud.api3 import Api3Client
+
+    # The tool's limits: the documented ones (None), or one rate for every action.
+    rates = DOCUMENTED_RATE_LIMITS if rate is None else dict.fromkeys(DOCUMENTED_RATE_LIMITS, rate)
+    return Api3Client(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limits=rates)
 
 
 def _scaled(run: PeerResult, done: int, total: int) -> dict[str, Any]:
@@ -526,7 +534,8 @@ def run_peers(p: Prepared, settings: Settings, bindings: Sequence[tuple[str, str
     sample = list(bindings) if settings.peer_sample <= 0 else list(bindings[: settings.peer_sample])
     with (
         ServedEmulator(peer_fleet, **served) as emulator,
-        _peer_client(settings.api, emulator.url, p.gen.region, served["rate_limit"]) as client,
+        _peer_client(settings.api, _endpoint(emulator.url, settings.api), p.gen.region, served["rate_limit"])
+        as client,
     ):
         run = peer_apply(client, sample, api=settings.api)
     out["per_binding"] = _scaled(run, len(sample), len(bindings))
@@ -540,7 +549,8 @@ def run_peers(p: Prepared, settings: Settings, bindings: Sequence[tuple[str, str
     tf_bindings = [b for b in bindings if b[1] in chosen]
     with (
         ServedEmulator(tf_fleet, **served) as emulator,
-        _peer_client(settings.api, emulator.url, p.gen.region, served["rate_limit"]) as client,
+        _peer_client(settings.api, _endpoint(emulator.url, settings.api), p.gen.region, served["rate_limit"])
+        as client,
     ):
         refresh = terraform_refresh(client, refresh_ids, parallelism=settings.tf_parallelism)
         applied = terraform_apply(
@@ -569,7 +579,7 @@ def run_served(p: Prepared, settings: Settings) -> dict[str, Any]:
     served = settings.served
     with ServedEmulator(fleet, **served) as emulator:
         before = emulator.counts()
-        connect = ["--endpoint", emulator.url]
+        connect = ["--endpoint", _endpoint(emulator.url, settings.api)]
         result = _plan_and_apply(p, "served", connect, connect, settings.api)
         # The emulator's own count of the plan's and apply's requests (4400 answers included).
         after = emulator.counts()

@@ -1,32 +1,65 @@
-"""Building a CVM client from command-line options: the real endpoint or the bundled emulator.
+"""Building a CVM client from command-line options: which API, which endpoint, which credentials.
 
-Called by ``operations`` only. ``--emulator FLEET`` runs the emulator in this process and sends every
-request through an httpx transport straight into it (no socket), signed as for the real API,
-with the fleet's first credentials unless ``--profile`` names others or the environment holds
-credentials the fleet accepts.
-Changes are saved back to the fleet file, so plan -> apply -> plan converges across runs.
-The real endpoint takes credentials from ``--profile``, the environment, or a tccli profile
-(``reconciler.cloud.credentials.load_credentials``).
+Called by ``operations`` only; the one place a client is chosen (``CLIENTS``).
+
+The API (``choose_api``): ``--api`` (or a saved plan's own, ``options_for_plan``) wins; otherwise
+an endpoint whose path is ``/v2/index.php`` (or 2.0's host ``cvm.api.qcloud.com`` with no path)
+means the seed's API 2.0, and everything else (the
+real cloud's default endpoint, any other endpoint, the in-process emulator) is API 3.0: Tencent has
+retired 2.0 for new accounts and is switching it off for old ones (docs/client-api3.md).
+
+``--emulator FLEET`` runs the emulator in this process and sends every request through an httpx
+transport straight into it (no socket), signed as for the real API: 3.0 at
+``http://localhost/``, 2.0 at ``http://localhost/v2/index.php``, STS at ``http://localhost/``.
+It signs with the fleet's first credentials unless ``--profile`` names others or the
+environment's keys are the fleet's (then every source of ``resolve_credentials`` is honoured,
+an assumed role included, against the emulator's STS). Changes are saved back to the fleet file,
+so plan -> apply -> plan converges across runs.
+
+Credentials for the real endpoint come from ``reconciler.cloud.credentials.resolve_credentials``
+(every source, in Terraform's order, temporary ones refreshed before they expire) for both APIs:
+the 3.0 client sends a session token as ``X-TC-Token``, the 2.0 client as the signed ``Token``
+parameter (as Tencent's 2.0 SDK does). STS goes to ``sts.tencentcloudapi.com``, or, for a
+loopback endpoint (the served emulator), to that endpoint's host.
+
+Who the credentials are (``Connection.identity``: STS GetCallerIdentity) is asked once per run,
+for the plan to show and for the ``account:`` guard (``check_account``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from reconciler.cloud.base import AttemptRecord, CloudClient
-from reconciler.cloud.client import DEFAULT_ENDPOINT, CvmClient
-from reconciler.cloud.credentials import Credentials, credentials_from_env, load_credentials, mask_secret_id
-from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, DEFAULT_PATH, check_endpoint
-from reconciler.errors import ConfigError
-from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, Plan
+from reconciler.cloud.credentials import (
+    Credentials,
+    CredentialsProvider,
+    StaticProvider,
+    StsOptions,
+    credentials_from_env,
+    mask_secret_id,
+    resolve_credentials,
+)
+from reconciler.cloud.endpoint import (
+    API3_ENDPOINT,
+    API3_PATH,
+    DEFAULT_ENDPOINT,
+    DEFAULT_PATH,
+    check_endpoint,
+    is_loopback_host,
+)
+from reconciler.errors import CloudError, ConfigError
+from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, CallerIdentity, Plan
 
 if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
     from reconciler.emulator.state import FleetState
@@ -34,8 +67,12 @@ if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
 _log = logging.getLogger(__name__)
 
 DEFAULT_RATE_LIMIT = DOCUMENTED_RATE_LIMITS  # per action: DescribeInstances 40 a second, the rest 10
-# In-process requests carry this URL; loopback, so the http:// rule is satisfied honestly.
+# In-process requests carry these URLs; loopback, so the http:// rule is satisfied honestly.
 EMULATOR_URL = "http://localhost/v2/index.php"
+EMULATOR_URL3 = "http://localhost/"
+EMULATOR_URLS: Mapping[ApiVersion, str] = {ApiVersion.V2: EMULATOR_URL, ApiVersion.V3: EMULATOR_URL3}
+V2_HOST = "cvm.api.qcloud.com"
+DEFAULT_ENDPOINTS: Mapping[ApiVersion, str] = {ApiVersion.V2: DEFAULT_ENDPOINT, ApiVersion.V3: API3_ENDPOINT}
 
 
 @dataclass
@@ -48,13 +85,37 @@ class ConnectOptions:
     timeout: float = 10.0
     max_attempts: int = 5
     profile: str | None = None  # --profile: a tccli profile, read instead of the environment
-    api: ApiVersion = ApiVersion.V2  # which client; a saved plan's own (``options_for_plan``)
+    # Which client: --api, or a saved plan's own (``options_for_plan``); None: ``choose_api``.
+    api: ApiVersion | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
 
 @dataclass
 class Connection:
     client: CloudClient
     endpoint_label: str  # what the plan records: the URL, or "emulator:PATH"
+    credentials: CredentialsProvider | None = None
+    sts: StsOptions | None = None
+    _identity: CallerIdentity | None = None
+
+    def identity(self, *, required: bool = False) -> CallerIdentity | None:
+        """Who the credentials are (STS GetCallerIdentity), asked once. Over 3.0 a failure is
+        an error (the CVM calls would fail the same way); over 2.0 it is an error only when
+        ``required`` (an ``account:`` to check): 2.0 keys are an account's keys, which STS (a
+        3.0 service every account has) accepts, but a 2.0 user may not be able to reach it."""
+        if self._identity is not None or self.credentials is None:
+            return self._identity
+        from reconciler.cloud.sts import caller_identity
+
+        try:
+            found = caller_identity(self.credentials, self.sts)
+        except CloudError as error:
+            if self.client.api is ApiVersion.V3 or required:
+                raise
+            _log.warning("could not ask STS who the credentials are: %s", error.message)
+            return None
+        self._identity = CallerIdentity(found.account_id, found.arn)
+        return self._identity
 
     def close(self) -> None:
         self.client.close()
@@ -68,6 +129,42 @@ class Connection:
         self.close()
 
 
+def check_account(connection: Connection, expected: str | None, what: str) -> None:
+    """Refuse (ConfigError) credentials of another account than ``expected`` (``what`` says
+    where that account was written: the desired-state file, the saved plan)."""
+    if expected is None:
+        return
+    identity = connection.identity(required=True)
+    if identity is None:
+        raise ConfigError(
+            f"{what} is for account {expected}, and cvmkeys could not ask STS which account the "
+            "credentials belong to; nothing was changed"
+        )
+    if identity.account_id != expected:
+        raise ConfigError(
+            f"{what} is for account {expected}, but the credentials are of account "
+            f"{identity.account_id} ({identity.arn}); nothing was changed",
+            hint="use the credentials of that account, or fix the account in the file",
+        )
+
+
+def choose_api(options: ConnectOptions) -> ApiVersion:
+    """The API to speak (module docstring)."""
+    parts = urlsplit(options.endpoint.strip()) if options.endpoint is not None else None
+    # API 2.0's path, or its host (which serves nothing else; its path may be left out).
+    v2_path = parts is not None and (
+        parts.path == DEFAULT_PATH or (parts.hostname == V2_HOST and parts.path in ("", "/"))
+    )
+    if options.api is None:
+        return ApiVersion.V2 if v2_path else ApiVersion.V3
+    if options.api is ApiVersion.V3 and v2_path:
+        raise ConfigError(
+            f"the endpoint {options.endpoint} is API 2.0's ({DEFAULT_PATH}), but API 3.0 was asked for",
+            hint="drop --api 3.0, or give the 3.0 endpoint (its path is /)",
+        )
+    return options.api
+
+
 def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
     """Where to apply a saved plan: where it was made (and with its API) unless told otherwise,
     and never somewhere else.
@@ -78,6 +175,11 @@ def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
     unquoted). What the command line gives is compared as the plan recorded it: endpoints
     normalised (``check_endpoint``), fleet files as resolved paths.
     """
+    if options.api is not None and options.api is not plan.api:
+        raise ConfigError(
+            f"the plan was made for CVM API {plan.api.value}, not {options.api.value}",
+            hint="apply it without --api (it is applied with its own), or plan again with --api",
+        )
     options = dataclasses.replace(options, api=plan.api)
     default_path = API3_PATH if plan.api is ApiVersion.V3 else DEFAULT_PATH
     if options.emulator is None and options.endpoint is None:
@@ -157,6 +259,15 @@ def emulator_label(fleet: Path) -> str:
     return f"emulator:{fleet.absolute()}"
 
 
+def _sts_endpoint(endpoint: str) -> str | None:
+    """STS for this CVM endpoint: the same host for a loopback one (the served emulator answers
+    STS at ``/``), else Tencent's global STS endpoint (``None``)."""
+    parts = urlsplit(endpoint)
+    if is_loopback_host(parts.hostname or ""):
+        return urlunsplit((parts.scheme, parts.netloc, API3_PATH, "", ""))
+    return None
+
+
 def connect(
     region: str,
     options: ConnectOptions,
@@ -166,14 +277,36 @@ def connect(
     """A client for ``region`` as the options say."""
     if options.emulator is not None and options.endpoint is not None:
         raise ConfigError("give --emulator or --endpoint, not both")
-    if options.api is not ApiVersion.V2:
-        # The one place a client is chosen: the 3.0 client registers here.
-        raise ConfigError(f"CVM API {options.api.value} is not supported by this cvmkeys")
+    api = choose_api(options)
     # The in-process emulator has no rate limit to respect: throttling it would only slow demos.
-    default_rate = None if options.emulator is not None else DEFAULT_RATE_LIMIT
+    in_process = options.emulator is not None
+    default_rate = None if in_process else DEFAULT_RATE_LIMIT
     rate_limit = options.rate_limit if options.rate_limit is not None else default_rate
 
-    def make_client(credentials: Credentials, endpoint: str, via: httpx.BaseTransport | None) -> CvmClient:
+    def make_client(
+        credentials: CredentialsProvider, endpoint: str, via: httpx.BaseTransport | None
+    ) -> CloudClient:
+        if api is ApiVersion.V3:
+            from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client
+
+            if options.rate_limit is not None:
+                # --rate-limit caps every action (0: none); otherwise the documented figures.
+                rate = options.rate_limit
+                limits = None if not rate else dict.fromkeys(DEFAULT_RATE_LIMITS, rate)
+            else:
+                limits = None if in_process else dict(DEFAULT_RATE_LIMITS)
+            return Api3Client(
+                credentials,
+                region,
+                endpoint=endpoint,
+                transport=via,
+                rate_limits=limits,
+                timeout=options.timeout,
+                max_attempts=options.max_attempts,
+                on_attempt=on_attempt,
+            )
+        from reconciler.cloud.client import CvmClient
+
         return CvmClient(
             credentials,
             region,
@@ -185,34 +318,48 @@ def connect(
             on_attempt=on_attempt,
         )
 
+    environ = options.environ
     if options.emulator is not None:
         from reconciler.emulator.app import EmulatorApp, transport
         from reconciler.emulator.state import FleetState
 
         state = FleetState.from_file(options.emulator, persist=True)
+        via = transport(EmulatorApp(state))
+        sts = StsOptions(
+            endpoint=EMULATOR_URL3, transport=via, timeout=options.timeout, on_attempt=on_attempt
+        )
+        provider: CredentialsProvider
         if options.profile is not None:
-            credentials = load_credentials(profile=options.profile)
+            provider = resolve_credentials(environ, profile=options.profile, sts=sts)
         else:
             # Environment credentials are used only when the fleet knows them: real cloud
             # credentials in the environment must not break (or be sent to) the emulator.
-            from_env = credentials_from_env()
+            from_env = credentials_from_env(environ)
             if from_env is not None and state.secret_key_for(from_env.secret_id) is not None:
-                credentials = from_env
+                provider = resolve_credentials(environ, sts=sts)
             else:
-                credentials = _fleet_credentials(state, options.emulator)
-        _log_credentials(credentials)
-        client = make_client(credentials, EMULATOR_URL, transport(EmulatorApp(state)))
-        return Connection(client, emulator_label(options.emulator))
-    endpoint = check_endpoint(options.endpoint or DEFAULT_ENDPOINT)
-    credentials = load_credentials(profile=options.profile)
-    _log_credentials(credentials)
-    client = make_client(credentials, endpoint, None)
-    return Connection(client, endpoint)
+                provider = StaticProvider(_fleet_credentials(state, options.emulator))
+        _log_credentials(provider)
+        client = make_client(provider, EMULATOR_URLS[api], via)
+        return Connection(client, emulator_label(options.emulator), provider, sts)
+    endpoint = check_endpoint(
+        options.endpoint or DEFAULT_ENDPOINTS[api],
+        default_path=DEFAULT_PATH if api is ApiVersion.V2 else API3_PATH,
+    )
+    sts = StsOptions(endpoint=_sts_endpoint(endpoint), timeout=options.timeout, on_attempt=on_attempt)
+    provider = resolve_credentials(environ, profile=options.profile, sts=sts)
+    _log_credentials(provider)
+    client = make_client(provider, endpoint, None)
+    return Connection(client, endpoint, provider, sts)
 
 
-def _log_credentials(credentials: Credentials) -> None:
-    # The masked SecretId only: enough to tell two accounts apart, never the secret.
-    _log.info("credentials: SecretId %s from %s", mask_secret_id(credentials.secret_id), credentials.source)
+def _log_credentials(provider: CredentialsProvider) -> None:
+    # Where they came from (and a masked SecretId for fixed ones): never the secret.
+    if isinstance(provider, StaticProvider):
+        shown = mask_secret_id(provider.get().secret_id)
+        _log.info("credentials: SecretId %s from %s", shown, provider.source)
+    else:
+        _log.info("credentials: %s", provider.source)
 
 
 def _fleet_credentials(state: FleetState, fleet: Path) -> Credentials:

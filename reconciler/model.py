@@ -215,7 +215,7 @@ class Desired:
     # Declared instances whose absence is only a warning (every file naming them says
     # ``missing_instances: warn``); any other declared instance that does not exist is an error.
     missing_instances_warn: frozenset[str] = frozenset()
-    account: str | None = None  # the account (UIN) the files say they are for; not checked yet
+    account: str | None = None  # the account (UIN) the files are for; plan and apply refuse others
     disruption: Disruption | None = None  # None: no block, running instances stay blocked
 
     @property
@@ -326,6 +326,17 @@ class Fingerprint:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerIdentity:
+    """Who the credentials are, as STS GetCallerIdentity says (the plan records account and ARN)."""
+
+    account_id: str
+    arn: str
+    user_id: str = ""
+    principal_id: str = ""
+    type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Premise:
     """What an instance the plan unbinds from looked like when the plan was made: its state and
     every key bound to it (from all key pairs of the region). Apply re-reads both: the plan's
@@ -355,6 +366,7 @@ class Plan:
     observed_digest: str  # SHA-256 over all observed state the plan was computed from
     created_at: str = ""  # ISO 8601, set by the caller (the core has no clock)
     format_version: str = PLAN_FORMAT_VERSION
+    caller: CallerIdentity | None = None  # who it ran as (STS), when known
     premises: tuple[Premise, ...] = ()  # one per instance with a ready change, sorted by ID
 
     @property

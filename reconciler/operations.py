@@ -253,11 +253,16 @@ def _connected(
 
 
 def _build_plan(desired: Desired, connection: Connection, limits: SafetyLimits) -> Plan:
+    """Check the account (``account:`` in the files), observe, plan; the plan records who it
+    ran as."""
     from reconciler.cloud.observe import observe_for_plan
+    from reconciler.connect import check_account
     from reconciler.core.plan import build_plan
 
+    check_account(connection, desired.account, _account_source(desired))
+    caller = connection.identity()
     observed = observe_for_plan(connection.client, desired)
-    return build_plan(
+    the_plan = build_plan(
         desired,
         observed,
         endpoint=connection.endpoint_label,
@@ -265,6 +270,12 @@ def _build_plan(desired: Desired, connection: Connection, limits: SafetyLimits) 
         limits_override=limits,
         created_at=_now(),
     )
+    return dataclasses.replace(the_plan, caller=caller)
+
+
+def _account_source(desired: Desired) -> str:
+    paths = ", ".join(source.path for source in desired.sources) or "the desired-state file"
+    return f"{paths} (account: {desired.account})"
 
 
 # --------------------------------------------------------------------------- validate
@@ -427,7 +438,8 @@ def apply(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> Ap
 
 def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
     """A saved plan: where it was made, if it is still fresh, without a question."""
-    from reconciler.connect import options_for_plan
+    from reconciler.connect import check_account, options_for_plan
+    from reconciler.execute.executor import check_sendable
 
     the_plan = read_plan(request.paths[0])
     if the_plan.has_errors:
@@ -447,6 +459,9 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
                 hint="apply it with the API it was planned for, or plan again",
             )
         executor = _executor(connection, the_plan, request, hooks, stop)
+        if the_plan.caller is not None:  # made for one account: applied only there
+            check_sendable(the_plan)  # no request at all, not even STS, for a plan naming bad IDs
+            check_account(connection, the_plan.caller.account_id, f"the plan {request.paths[0]}")
         fresh = executor.check_fresh()
         if fresh.finished:
             # Nothing left to send: the result is made of what check_fresh read (no mutation).

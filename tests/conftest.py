@@ -1,4 +1,5 @@
-"""Shared fixtures: an emulator of the CVM API 2.0 loaded with a copy of examples/fleet.yaml.
+"""Shared fixtures: an emulator of the CVM API loaded with a copy of examples/fleet.yaml, and the
+``api`` every end-to-end test is parametrised over ("2.0", "3.0").
 
 * ``emulator``: an ``Emulator`` with default settings (operations finish at once, no rate
   limit, no faults), persisted to a temporary copy of the example fleet.
@@ -144,6 +145,13 @@ def make_emulator(tmp_path: Path) -> Iterator[EmulatorFactory]:
         return Emulator(state=state, app=app, clock=clock, fleet_path=path)
 
     yield make
+
+
+@pytest.fixture(params=["2.0", "3.0"])
+def api(request: pytest.FixtureRequest) -> str:
+    """The CVM API a test runs over: every end-to-end test runs over both (``--api`` on the
+    command line, ``support.emulator_client(..., api)`` for a client)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -16,11 +16,18 @@ from conftest import Emulator
 from typer.testing import CliRunner
 
 from reconciler.cli import app
+from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client
+from reconciler.cloud.base import CloudClient
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
-from reconciler.connect import EMULATOR_URL
+from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
-from reconciler.emulator.state import FleetState
+from reconciler.emulator.state import FleetState, Mutation
+
+APIS = ("2.0", "3.0")
+# The unbind action of each API, and its throttling answer's code.
+UNBIND = {"2.0": "UnBindInstanceKey", "3.0": "DisassociateInstancesKeyPairs"}
+THROTTLED = {"2.0": 4400, "3.0": "RequestLimitExceeded"}
 
 # The key and instance IDs of the example fleet (examples/fleet.yaml), as the emulator's tests name them.
 CI, OLD, OPS, UNMANAGED = "skey-3glfot13", "skey-8x9y0z12", "skey-5k6l7m8n", "skey-0u0u0u0u"
@@ -68,10 +75,33 @@ def saved_plan(example: tuple[Path, Path], plan_file: Path) -> Path:
     return plan_file
 
 
-def emulator_client(emulator: EmulatorApp, region: str, **options: Any) -> CvmClient:
-    """A real client talking to ``emulator`` in-process with the fleet's first credentials and,
-    unless ``options`` say otherwise, no client-side rate limit."""
+def served_url(url: str, api: str) -> str:
+    """The endpoint of ``api`` on a served emulator (``RunningServer.url`` is 2.0's
+    ``.../v2/index.php``; 3.0 is the root, which cvmkeys speaks 3.0 to by default)."""
+    return url if api == "2.0" else url.removesuffix("v2/index.php")
+
+
+def mutated_pairs(mutation: Mutation) -> list[tuple[str, str]]:
+    """Every (key, instance) a mutating call named: 2.0 one key, 3.0 every key x instance."""
+    keys = mutation.key_ids or ((mutation.key_id,) if mutation.key_id else ())
+    return [(key, iid) for key in keys for iid in mutation.instance_ids]
+
+
+def emulator_client(emulator: EmulatorApp, region: str, api: str = "2.0", **options: Any) -> CloudClient:
+    """A real client of ``api`` talking to ``emulator`` in-process with the fleet's first
+    credentials and, unless ``options`` say otherwise, no client-side rate limit."""
     first = emulator.state.credentials[0]
+    if api == "3.0":
+        rate = options.pop("rate_limit", None)
+        options.pop("http_method", None)
+        return Api3Client(
+            Credentials(first.secret_id, first.secret_key),
+            region,
+            endpoint=EMULATOR_URL3,
+            transport=transport(emulator),
+            rate_limits=None if rate is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate),
+            **options,
+        )
     options.setdefault("rate_limit", None)
     return CvmClient(
         Credentials(first.secret_id, first.secret_key),

@@ -1,6 +1,7 @@
-"""apply under injected faults (deterministic seeds): the result is an honest record of what
-happened, nothing outside the plan is touched, and a re-run converges. Also the CLI's apply
-guards: confirmation, safety, detailed exit codes, JSON results, Ctrl-C."""
+"""apply under injected faults (deterministic seeds), over both CVM APIs: the result is an honest
+record of what happened, nothing outside the plan is touched, and a re-run converges. 3.0 adds its
+own faults (InternalError on a mutating call, lost answers, the latest operation lagging the call).
+Also the CLI's apply guards: confirmation, safety, detailed exit codes, JSON results, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import emulator_client, live_state, run_cli, saved_plan
+from support import UNBIND, emulator_client, live_state, mutated_pairs, run_cli, saved_plan
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
-from reconciler.cloud.client import CvmClient
+from reconciler.cloud.base import CloudClient
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
@@ -28,43 +29,66 @@ from reconciler.execute.executor import ExecOptions, Executor
 from reconciler.model import Outcome, Plan
 
 
-def _world(tmp_path: Path, faults: FaultProfile | None, seed: int = 5) -> tuple[FleetState, CvmClient, Plan]:
+def _world(
+    tmp_path: Path, faults: FaultProfile | None, seed: int = 5, api: str = "2.0"
+) -> tuple[FleetState, CloudClient, Plan]:
     gen = generate(150, 10, seed=seed, remove_fraction=0.4)
     state = FleetState.from_data(gen.fleet)
     client = emulator_client(
         EmulatorApp(state, faults=faults),
         gen.region,
+        api,
         sleep=lambda s: None,
     )
     path = tmp_path / "bindings.yaml"
     path.write_text(gen.desired_text)
     desired = load_paths([path]).by_region[gen.region]
     # Plan on a fault-free view, as a reviewer would have seen it.
-    clean = emulator_client(EmulatorApp(state), gen.region)
-    return state, client, build_plan(desired, observe_for_plan(clean, desired), endpoint="test")
+    clean = emulator_client(EmulatorApp(state), gen.region, api)
+    plan = build_plan(desired, observe_for_plan(clean, desired), endpoint="test", api=client.api)
+    return state, client, plan
 
 
-FAULTS = {
-    "error": FaultProfile(seed=1, error_rate=0.5, actions=frozenset({"UnBindInstanceKey"})),
-    "http": FaultProfile(seed=2, http_error_rate=0.5, actions=frozenset({"UnBindInstanceKey"})),
-    "drop": FaultProfile(seed=3, drop_rate=0.5, actions=frozenset({"UnBindInstanceKey"})),
-    "partial": FaultProfile(seed=4, partial_rate=0.7, actions=frozenset({"UnBindInstanceKey"})),
-    "lost": FaultProfile(seed=5, lost_response_rate=0.7, actions=frozenset({"UnBindInstanceKey"})),
-    "reads": FaultProfile(
-        seed=6,
-        error_rate=0.3,
-        http_error_rate=0.2,
-        actions=frozenset({"DescribeKeyPairs", "DescribeInstances"}),
-    ),
-    "mixed": FaultProfile(
-        seed=7, throttle_rate=0.1, error_rate=0.1, drop_rate=0.1, partial_rate=0.1, lost_response_rate=0.1
-    ),
-}
+def _faults(kind: str, api: str) -> FaultProfile:
+    """The fault profile ``kind`` aimed at ``api``'s unbind action (2.0 has partial success, 3.0
+    the latest operation lagging the call; each kind is tried where it exists)."""
+    unbind = frozenset({UNBIND[api]})
+    return {
+        "error": FaultProfile(seed=1, error_rate=0.5, actions=unbind),
+        "http": FaultProfile(seed=2, http_error_rate=0.5, actions=unbind),
+        "drop": FaultProfile(seed=3, drop_rate=0.5, actions=unbind),
+        "partial": FaultProfile(seed=4, partial_rate=0.7, actions=unbind),
+        "lost": FaultProfile(seed=5, lost_response_rate=0.7, actions=unbind),
+        "lag": FaultProfile(seed=8, lag_rate=0.7, lag_seconds=0.2, actions=unbind),
+        "reads": FaultProfile(
+            seed=6,
+            error_rate=0.3,
+            http_error_rate=0.2,
+            actions=frozenset({"DescribeKeyPairs", "DescribeInstances"}),
+        ),
+        "mixed": FaultProfile(
+            seed=7,
+            throttle_rate=0.1,
+            error_rate=0.1,
+            drop_rate=0.1,
+            partial_rate=0.1 if api == "2.0" else 0.0,
+            lost_response_rate=0.1,
+            lag_rate=0.1 if api == "3.0" else 0.0,
+            lag_seconds=0.2,
+        ),
+    }[kind]
 
 
-@pytest.mark.parametrize("kind", sorted(FAULTS))
-def test_apply_under_faults_reports_the_truth_and_converges(kind: str, tmp_path: Path) -> None:
-    state, client, plan = _world(tmp_path, FAULTS[kind])
+FAULT_CASES = [
+    (api, kind)
+    for api in ("2.0", "3.0")
+    for kind in ("error", "http", "drop", "lost", "reads", "mixed", "partial" if api == "2.0" else "lag")
+]
+
+
+@pytest.mark.parametrize(("api", "kind"), FAULT_CASES)
+def test_apply_under_faults_reports_the_truth_and_converges(api: str, kind: str, tmp_path: Path) -> None:
+    state, client, plan = _world(tmp_path, _faults(kind, api), api=api)
     planned = {(c.key_id, c.instance_id) for c in plan.ready_changes}
     before = state.bindings(plan.region)
     total_done: set[tuple[str, str]] = set()
@@ -79,7 +103,7 @@ def test_apply_under_faults_reports_the_truth_and_converges(kind: str, tmp_path:
                 assert (r.key_id, r.instance_id) in live, r  # "failed" means it is still there
                 assert r.reason
         # Every mutation the emulator carried out was in the approved plan.
-        assert {(m.key_id, i) for m in state.mutations for i in m.instance_ids} <= planned
+        assert {pair for m in state.mutations for pair in mutated_pairs(m)} <= planned
         if result.count(Outcome.FAILED) == 0:
             break
         remaining = {(r.key_id, r.instance_id) for r in result.results if r.outcome is Outcome.FAILED}
@@ -267,12 +291,13 @@ def test_ctrl_c_stops_new_calls_reports_and_exits_130(tmp_path: Path) -> None:
         assert remaining == planned - done
 
 
-def test_a_read_that_fails_for_good_stops_apply_with_an_honest_record(tmp_path: Path) -> None:
+def test_a_read_that_fails_for_good_stops_apply_with_an_honest_record(tmp_path: Path, api: str) -> None:
     broken_polls = FaultProfile(seed=1, error_rate=1.0, actions=frozenset({"DescribeInstances"}))
-    state, client, plan = _world(tmp_path, broken_polls, seed=8)
+    state, client, plan = _world(tmp_path, broken_polls, seed=8, api=api)
     assert plan.summary.waves >= 2
     result = Executor(client, plan, options=ExecOptions(poll_initial=0)).run()
-    assert "6000" in result.stopped_reason or "6200" in result.stopped_reason
+    codes = ("6000", "6200") if api == "2.0" else ("InternalError", "ResourceUnavailable")
+    assert any(code in result.stopped_reason for code in codes), result.stopped_reason
     live = state.bindings(plan.region)
     by_outcome: dict[Outcome, list[tuple[str, str]]] = {}
     for r in result.results:
@@ -281,7 +306,7 @@ def test_a_read_that_fails_for_good_stops_apply_with_an_honest_record(tmp_path: 
             assert "not verified" in r.reason
     assert by_outcome[Outcome.DONE] and not set(by_outcome[Outcome.DONE]) & live  # wave 1 went through
     assert by_outcome[Outcome.NOT_ATTEMPTED] and set(by_outcome[Outcome.NOT_ATTEMPTED]) <= live
-    assert {(m.key_id, i) for m in state.mutations for i in m.instance_ids} == set(by_outcome[Outcome.DONE])
+    assert {pair for m in state.mutations for pair in mutated_pairs(m)} == set(by_outcome[Outcome.DONE])
 
 
 def test_safety_flags_also_guard_a_saved_plan(example: tuple[Path, Path], tmp_path: Path) -> None:
@@ -338,3 +363,52 @@ def test_real_credentials_in_the_environment_do_not_break_the_emulator(example: 
     code, out, err = cli("plan", str(desired), "--emulator", str(fleet), env=env)
     assert code == 0, err
     assert "Plan: 3 to unbind" in out and "real-cloud-secret" not in out + err
+
+
+def test_3_0_lag_longer_than_the_allowance_is_settled_by_observing_the_binding(tmp_path: Path) -> None:
+    # The latest operation keeps showing the previous one for longer than cvmkeys allows for:
+    # the executor cannot tie the instance's state to its call, so it observes the bindings
+    # themselves (all gone: done), and never sends a call twice.
+    lagging = FaultProfile(seed=3, lag_rate=1.0, lag_seconds=0.5, actions=frozenset({UNBIND["3.0"]}))
+    state, client, plan = _world(tmp_path, lagging, api="3.0")
+    options = ExecOptions(poll_initial=0.02, lag_allowance=0.1)
+    result = Executor(client, plan, options=options).run()
+    assert result.count(Outcome.DONE) == len(plan.ready_changes) and result.count(Outcome.FAILED) == 0
+    assert not {(c.key_id, c.instance_id) for c in plan.ready_changes} & state.bindings(plan.region)
+    mutated = [pair for m in state.mutations for pair in mutated_pairs(m)]
+    assert len(mutated) == len(set(mutated)) == len(plan.ready_changes)
+
+
+def test_3_0_one_refused_instance_fails_alone_and_the_others_of_its_call_go_through(tmp_path: Path) -> None:
+    # DisassociateInstancesKeyPairs fails as a whole when one instance is refused (here: stopped
+    # with STOP_CHARGING, UnsupportedOperation.StoppedModeStopCharging, kind BLOCKED). The
+    # instance looks STOPPED, so nothing observable says which one: the executor retries the
+    # call's instances one a call, and only the refused one fails, with the API's message.
+    ids = ["ins-aaaaaaa1", "ins-aaaaaaa2", "ins-aaaaaaa3"]
+    fleet = {
+        "credentials": [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY}],
+        "regions": {
+            "ap-guangzhou": {
+                "instances": [{"id": iid, "name": iid[-1], "os": "centos", "status": 4} for iid in ids],
+                "keys": [{"id": "skey-kkkkkkk1", "name": "k1", "bound": ids}],
+            }
+        },
+    }
+    state = FleetState.from_data(fleet)
+    state.set_instance_status("ap-guangzhou", ids[1], 2)
+    state.stop_instances3("ap-guangzhou", [ids[1]], stopped_mode="STOP_CHARGING")
+    client = emulator_client(EmulatorApp(state), "gz", "3.0")
+    path = tmp_path / "bindings.yaml"
+    path.write_text("version: 1\nregion: gz\nkeys:\n  skey-kkkkkkk1: {instances: []}\n")
+    desired = load_paths([path]).by_region["ap-guangzhou"]
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test", api=client.api)
+    assert [(b.key_ids, b.instance_ids) for b in plan.batches] == [(("skey-kkkkkkk1",), tuple(ids))]
+    result = Executor(client, plan, options=ExecOptions(poll_initial=0)).run()
+    outcome = {r.instance_id: r for r in result.results}
+    assert outcome[ids[0]].outcome is outcome[ids[2]].outcome is Outcome.DONE
+    refused = outcome[ids[1]]
+    assert refused.outcome is Outcome.FAILED and "StoppedModeStopCharging" in refused.reason
+    assert state.bindings("ap-guangzhou") == {("skey-kkkkkkk1", ids[1])}
+    # Which instance was refused is only in the message (never parsed): each is retried alone.
+    sent = sorted(m.instance_ids for m in state.mutations if m.action == UNBIND["3.0"])
+    assert sent == [(ids[0],), (ids[2],)]

@@ -23,6 +23,12 @@ checked on the emulator's mutation log and state, never on what the tool says ab
 A seed's faults hit every request, only the unbinds, or only the reads (half, a quarter, a
 quarter of the seeds), so that both the mutation paths and the read paths see 30 % at times.
 
+Seeds alternate between the two CVM APIs (odd: 2.0, even: 3.0). Over 3.0 the faults are 3.0's:
+``RequestLimitExceeded``, ``InternalError`` / ``ResourceUnavailable`` (ambiguous on a mutating
+call), 502/503, dropped connections, lost and late answers, and ``lag``: the instances' latest
+operation keeps showing the previous one for a while (sometimes longer than the executor's lag
+allowance, which it must settle by observing the bindings). 3.0 has no partial success.
+
 Time is virtual: the emulator, the client (signatures, backoff) and the executor (polls) share
 one clock that sleeping advances, so status 20 ("key issuing") lasts seconds of virtual time
 and a seed runs in a fraction of a real second.
@@ -48,15 +54,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import UNBIND, mutated_pairs
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, Generated, generate
+from reconciler.cloud.api3 import Api3Client
+from reconciler.cloud.base import CloudClient
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
 from reconciler.emulator.app import EmulatorApp, transport
-from reconciler.emulator.faults import FAULT_KINDS, FaultProfile
+from reconciler.emulator.faults import ALL_FAULT_KINDS, FAULT_KINDS, FaultProfile
 from reconciler.emulator.state import FleetState
 from reconciler.errors import CloudError, StalePlanError
 from reconciler.execute.executor import ExecOptions, Executor
@@ -70,6 +79,9 @@ FIRST_SEED = int(os.environ.get("CVMKEYS_CHAOS_FIRST_SEED", "1"))
 MAX_RUNS = 6  # applies per seed, each of a fresh plan
 MAX_FAULT_RATE = 0.30
 ENDPOINT = "http://localhost/v2/index.php"
+ENDPOINT3 = "http://localhost/"
+# The fault kinds of each API (2.0 has partial success; 3.0 has the latest operation lagging).
+KINDS = {"2.0": FAULT_KINDS, "3.0": tuple(k for k in ALL_FAULT_KINDS if k not in ("partial", "stuck_stop"))}
 
 Binding = tuple[str, str]
 
@@ -96,6 +108,7 @@ class SeedFigures:
     """What one seed did, for the report."""
 
     seed: int
+    api: str
     scope: str
     instances: int
     keys: int
@@ -134,6 +147,7 @@ def summarise(figures: list[SeedFigures]) -> dict[str, Any]:
         requests.update(f.requests)
     return {
         "seeds": len(figures),
+        "apis": dict(Counter(f.api for f in figures)),
         "first_seed": min(f.seed for f in figures),
         "scopes": dict(Counter(f.scope for f in figures)),
         "fault_targets": dict(Counter(f.target for f in figures)),
@@ -152,7 +166,7 @@ def summarise(figures: list[SeedFigures]) -> dict[str, Any]:
         "requests": sum(requests.values()),
         "requests_by_action": dict(sorted(requests.items())),
         "faults_injected": sum(faults.values()),
-        "faults_by_kind": {kind: faults[kind] for kind in FAULT_KINDS},
+        "faults_by_kind": {kind: faults[kind] for kind in ALL_FAULT_KINDS},
         "mutations": sum(f.mutations for f in figures),
         "mutations_outside_plan": sum(f.mutations_outside_plan for f in figures),
         "mutations_repeated": sum(f.mutations_repeated for f in figures),
@@ -164,17 +178,18 @@ def summarise(figures: list[SeedFigures]) -> dict[str, Any]:
 
 # Which requests a seed's faults may hit: all of them, only the unbinds (the mutation paths),
 # or only the reads (plan, stale check, polls, re-observation, verification).
-TARGETS: dict[str, frozenset[str] | None] = {
-    "all": None,
-    "unbinds": frozenset({"UnBindInstanceKey"}),
-    "reads": frozenset({"DescribeKeyPairs", "DescribeInstances"}),
-}
+def targets(api: str) -> dict[str, frozenset[str] | None]:
+    return {
+        "all": None,
+        "unbinds": frozenset({UNBIND[api]}),
+        "reads": frozenset({"DescribeKeyPairs", "DescribeInstances"}),
+    }
 
 
-def random_profile(rng: random.Random, seed: int, target: str = "all") -> FaultProfile:
+def random_profile(rng: random.Random, seed: int, target: str = "all", api: str = "2.0") -> FaultProfile:
     """Up to 30 % of requests faulted, split at random between a random subset of the kinds."""
     total = rng.uniform(0.0, MAX_FAULT_RATE)
-    kinds = [k for k in FAULT_KINDS if rng.random() < 0.7] or [rng.choice(FAULT_KINDS)]
+    kinds = [k for k in KINDS[api] if rng.random() < 0.7] or [rng.choice(KINDS[api])]
     weights = {k: rng.random() for k in kinds}
     share = sum(weights.values())
     rate = {k: total * w / share for k, w in weights.items()}
@@ -189,7 +204,10 @@ def random_profile(rng: random.Random, seed: int, target: str = "all") -> FaultP
         slow_rate=rate.get("slow", 0.0),
         # Over the client's 10 s timeout (a read timeout, the call carried out), or just slow.
         slow_seconds=rng.choice([30.0, 0.002]),
-        actions=TARGETS[target],
+        lag_rate=rate.get("lag", 0.0),
+        # Virtual seconds: within the executor's 10 s lag allowance, or beyond it.
+        lag_seconds=rng.choice([0.5, 4.0, 15.0]),
+        actions=targets(api)[target],
     )
 
 
@@ -212,9 +230,20 @@ def expected_ready(gen: Generated) -> set[Binding]:
 
 
 def make_client(
-    state: FleetState, clock: VirtualClock, faults: FaultProfile | None
-) -> tuple[CvmClient, EmulatorApp]:
+    state: FleetState, clock: VirtualClock, faults: FaultProfile | None, api: str = "2.0"
+) -> tuple[CloudClient, EmulatorApp]:
     app = EmulatorApp(state, clock=clock, faults=faults)
+    if api == "3.0":
+        return Api3Client(
+            Credentials(SECRET_ID, SECRET_KEY),
+            "ap-guangzhou",
+            endpoint=ENDPOINT3,
+            transport=transport(app),
+            rate_limits=None,
+            clock=clock,
+            sleep=clock.sleep,
+            rng=random.Random(0),
+        ), app
     client = CvmClient(
         Credentials(SECRET_ID, SECRET_KEY),
         "ap-guangzhou",
@@ -232,11 +261,11 @@ def ready_of(plan: Plan) -> set[Binding]:
     return {(c.key_id, c.instance_id) for c in plan.ready_changes}
 
 
-def fresh_plan(client: CvmClient, desired: Desired, figures: SeedFigures) -> Plan:
+def fresh_plan(client: CloudClient, desired: Desired, figures: SeedFigures) -> Plan:
     """A plan through the faulty API; an operator re-runs plan when its reads fail for good."""
     for _ in range(20):
         try:
-            return build_plan(desired, observe_for_plan(client, desired), endpoint="chaos")
+            return build_plan(desired, observe_for_plan(client, desired), endpoint="chaos", api=client.api)
         except CloudError:
             figures.plans_failed += 1
     raise AssertionError("20 plans in a row failed to read the fleet")
@@ -245,7 +274,7 @@ def fresh_plan(client: CvmClient, desired: Desired, figures: SeedFigures) -> Pla
 # --------------------------------------------------------------------------- one seed
 
 
-def run_seed(seed: int, tmp_path: Path) -> SeedFigures:
+def run_seed(seed: int, tmp_path: Path, api: str = "2.0") -> SeedFigures:
     rng = random.Random(seed)
     scope = ("keys", "instances", "account")[seed % 3]
     n_instances = rng.randint(50, 300)
@@ -260,8 +289,8 @@ def run_seed(seed: int, tmp_path: Path) -> SeedFigures:
         declared_share=rng.uniform(0.3, 1.0),
     )
     target = ("all", "all", "unbinds", "reads")[rng.randrange(4)]
-    faults = random_profile(rng, seed, target)
-    figures = SeedFigures(seed, scope, n_instances, n_keys, sum(faults.rates().values()), target)
+    faults = random_profile(rng, seed, target, api)
+    figures = SeedFigures(seed, api, scope, n_instances, n_keys, sum(faults.rates().values()), target)
     clock = VirtualClock()
     op_seconds = rng.choice([0.0, 0.5, 3.0])
     state = FleetState.from_data(gen.fleet, clock=clock, op_seconds=op_seconds)
@@ -270,15 +299,15 @@ def run_seed(seed: int, tmp_path: Path) -> SeedFigures:
     desired = load_paths([path]).by_region[gen.region]
 
     # The plan the reviewer approved: made on a fault-free view.
-    clean, _ = make_client(state, clock, None)
-    approved = build_plan(desired, observe_for_plan(clean, desired), endpoint="chaos")
+    clean, _ = make_client(state, clock, None, api)
+    approved = build_plan(desired, observe_for_plan(clean, desired), endpoint="chaos", api=clean.api)
     approved_ready = ready_of(approved)
     figures.ready = len(approved_ready)
     assert approved_ready == expected_ready(gen), "the plan is not what the file and the fleet say"
     initial = state.bindings(gen.region)
     assert initial == set(gen.live)
 
-    client, app = make_client(state, clock, faults)
+    client, app = make_client(state, clock, faults, api)
     # Few attempts per binding, so that failures reach the report and later runs finish them.
     attempts = rng.choice([1, 2, 3])
     options = ExecOptions(max_attempts=attempts, poll_initial=0.5, clock=clock, sleep=clock.sleep)
@@ -300,16 +329,16 @@ def run_seed(seed: int, tmp_path: Path) -> SeedFigures:
             result = Executor(client, plan, options=options).run()
             figures.aborted_runs += bool(result.stopped_reason)
             run_mutations = state.mutations[seen_mutations:]
-            check_run(plan, result.results, before, state.bindings(gen.region), run_mutations)
+            check_run(plan, result.results, before, state.bindings(gen.region), run_mutations, api)
         seen_mutations = len(state.mutations)
         clock.sleep(op_seconds + 1.0)  # the operator looks at the result before planning again
         plan = fresh_plan(client, desired, figures)
 
     final = state.bindings(gen.region)
-    mutated = [(m.action, m.key_id, iid) for m in state.mutations for iid in m.instance_ids]
+    mutated = [(m.action, *pair) for m in state.mutations for pair in mutated_pairs(m)]
     figures.mutations = len(mutated)
     figures.mutations_outside_plan = sum(
-        1 for action, kid, iid in mutated if action != "UnBindInstanceKey" or (kid, iid) not in approved_ready
+        1 for action, kid, iid in mutated if action != UNBIND[api] or (kid, iid) not in approved_ready
     )
     figures.mutations_repeated = len(mutated) - len(set(mutated))
     figures.faults = Counter(f.kind for f in app.injected_faults)
@@ -334,10 +363,11 @@ def check_run(
     before: set[Binding],
     after: set[Binding],
     mutations: list[Any],
+    api: str = "2.0",
 ) -> None:
     """This run's report against this run's mutation log and the state before and after."""
-    unbound_now = {(m.key_id, iid) for m in mutations for iid in m.instance_ids}
-    assert {m.action for m in mutations} <= {"UnBindInstanceKey"}
+    unbound_now = {pair for m in mutations for pair in mutated_pairs(m)}
+    assert {m.action for m in mutations} <= {UNBIND[api]}
     assert unbound_now <= ready_of(plan), "a mutation outside this run's plan"
     assert before - after == unbound_now & before
     reported: dict[Binding, Any] = {(r.key_id, r.instance_id): r for r in results}
@@ -355,14 +385,17 @@ def check_run(
     assert unbound_now & before <= done | honest, "unbound but not reported done"
 
 
-@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SEEDS))
-def test_chaos_apply_converges_within_the_approved_plan(seed: int, tmp_path: Path) -> None:
-    run_seed(seed, tmp_path)
+@pytest.mark.parametrize(
+    ("seed", "api"), [(seed, ("3.0", "2.0")[seed % 2]) for seed in range(FIRST_SEED, FIRST_SEED + SEEDS)]
+)
+def test_chaos_apply_converges_within_the_approved_plan(seed: int, api: str, tmp_path: Path) -> None:
+    run_seed(seed, tmp_path, api)
 
 
-def test_profiles_cover_every_fault_kind_and_stay_under_30_percent() -> None:
+@pytest.mark.parametrize("api", ["2.0", "3.0"])
+def test_profiles_cover_every_fault_kind_and_stay_under_30_percent(api: str) -> None:
     rng = random.Random(0)
-    profiles = [random_profile(rng, n) for n in range(50)]
+    profiles = [random_profile(rng, n, api=api) for n in range(50)]
     assert all(0 < sum(p.rates().values()) <= MAX_FAULT_RATE + 1e-9 for p in profiles)
-    for kind in FAULT_KINDS:
+    for kind in KINDS[api]:
         assert any(p.rates()[kind] > 0 for p in profiles), kind

@@ -7,7 +7,8 @@ the other did first is ``done`` ("already done before this apply", or its calls 
 refused because the other apply had the instance busy and the re-observation shows the binding
 gone). Never a ``failed`` binding or an error caused by the double work. Afterwards the
 state is exactly the initial one minus the plan, and the mutation log names only planned
-bindings.
+bindings. Over both CVM APIs (3.0: an instance busy with the other apply's operation answers
+``OperationDenied.InstanceOperationInProgress``, kind BUSY).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import UNBIND, mutated_pairs, served_url
 from typer.testing import CliRunner
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
@@ -38,9 +40,11 @@ def ready_in(plan_json: str) -> set[Binding]:
     }
 
 
-@pytest.mark.parametrize(("seed", "stagger"), [(1, False), (2, False), (3, True)])
+@pytest.mark.parametrize(
+    ("seed", "stagger", "api"), [(1, False, "2.0"), (2, False, "3.0"), (3, True, "2.0"), (3, True, "3.0")]
+)
 def test_two_applies_of_one_plan_never_fail_because_of_each_other(
-    seed: int, stagger: bool, tmp_path: Path
+    seed: int, stagger: bool, api: str, tmp_path: Path
 ) -> None:
     gen = generate(200, 40, seed=seed, remove_fraction=0.5, scope=("keys", "account", "instances")[seed % 3])
     fleet, desired = write(gen, tmp_path)
@@ -48,9 +52,10 @@ def test_two_applies_of_one_plan_never_fail_because_of_each_other(
     initial = state.bindings(gen.region)
     plan_file = tmp_path / "plan.json"
     with serve_in_thread(EmulatorApp(state, latency_ms=10)) as server:
+        url = served_url(server.url, api)
         result = CliRunner().invoke(
             app,
-            ["plan", str(desired), "--endpoint", server.url, "--out", str(plan_file), "--rate-limit", "1000"],
+            ["plan", str(desired), "--endpoint", url, "--out", str(plan_file), "--rate-limit", "1000"],
             env=ENV,
         )
         assert result.exit_code == 0, result.output
@@ -63,7 +68,7 @@ def test_two_applies_of_one_plan_never_fail_because_of_each_other(
             "apply",
             str(plan_file),
             "--endpoint",
-            server.url,
+            url,
             "--format",
             "json",
             "--rate-limit",
@@ -98,8 +103,8 @@ def test_two_applies_of_one_plan_never_fail_because_of_each_other(
         assert done == planned  # whoever did the work, every planned binding is gone
     assert ran == 2  # the second, even started mid-run, finishes the plan: never "stale"
 
-    mutated = {(m.key_id, iid) for m in state.mutations for iid in m.instance_ids}
-    assert all(m.action == "UnBindInstanceKey" for m in state.mutations)
+    mutated = {pair for m in state.mutations for pair in mutated_pairs(m)}
+    assert all(m.action == UNBIND[api] for m in state.mutations)
     assert mutated == planned
     assert state.bindings(gen.region) == initial - planned
     assert FleetState.from_file(fleet, persist=False).bindings(gen.region) == initial - planned

@@ -91,7 +91,7 @@ def _plan_of(text: str, state: FleetState, tmp_path: Path, secret: tuple[str, st
     ],
 )
 def test_import_then_plan_shows_no_changes(
-    fleet: Path, tmp_path: Path, region: str, scope: str, selection: list[str]
+    fleet: Path, tmp_path: Path, region: str, scope: str, selection: list[str], api: str
 ) -> None:
     out = tmp_path / "imported.yaml"
     code, stdout, stderr = cli(
@@ -103,6 +103,8 @@ def test_import_then_plan_shows_no_changes(
         *selection,
         "--emulator",
         str(fleet),
+        "--api",
+        api,
         "--out",
         str(out),
     )
@@ -111,7 +113,9 @@ def test_import_then_plan_shows_no_changes(
     assert f"Wrote {out}" in stderr
     code, stdout, stderr = cli("validate", str(out))
     assert code == 0 and "valid" in stdout, stdout + stderr
-    code, stdout, stderr = cli("plan", str(out), "--emulator", str(fleet), "--detailed-exitcode")
+    code, stdout, stderr = cli(
+        "plan", str(out), "--emulator", str(fleet), "--api", api, "--detailed-exitcode"
+    )
     assert code == 0, stdout + stderr
     assert "No changes. The live bindings match the file." in stdout
     assert "warning" not in stdout.lower()
@@ -146,6 +150,8 @@ def test_import_is_byte_identical_across_runs_and_between_stdout_and_out(fleet: 
     assert (tmp_path / "x.yaml").read_text(encoding="utf-8") == first
     left = sorted(p.name for p in tmp_path.iterdir() if ".state.sqlite" not in p.name)  # not the emulator's
     assert left == ["fleet.yaml", "x.yaml"]  # no temporary left
+    # The two APIs see the same fleet: the same file, byte for byte.
+    assert cli(*args, "--api", "2.0")[1] == cli(*args, "--api", "3.0")[1] == first
 
 
 def test_region_defaults_to_the_environment(fleet: Path) -> None:

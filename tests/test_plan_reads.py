@@ -214,7 +214,9 @@ def test_plan_calls_are_the_minimum_computed_from_the_fleet_and_the_file(seed: i
 
     assert calls.get("DescribeKeyPairs", 0) == max(1, _pages(expected.keys))
     assert calls.get("DescribeInstances", 0) == _pages(len(expected.deciding))
-    assert set(calls) <= {"DescribeKeyPairs", "DescribeInstances"}
+    # Plus one STS GetCallerIdentity: the plan records who it ran as (audited like every call).
+    assert set(calls) <= {"DescribeKeyPairs", "DescribeInstances", "GetCallerIdentity"}
+    assert calls.get("GetCallerIdentity") == 1
 
     # Reading less never hides a missing instance, nor invents one.
     reported = {

@@ -151,7 +151,8 @@ def test_a_state_change_is_said_once(tmp_path: Path) -> None:
     assert _plan(desired, fleet, plan)[0] == 0
     FleetState.from_file(fleet, persist=True).set_instance_status(REGION, SHARED, 2)
     code, _, err = run_cli("apply", str(plan))
-    assert code == 1 and err.count(f"{SHARED} was 4 (shut down), now 2 (running)") == 1
+    # In the words of the API the plan was made with (3.0, the default).
+    assert code == 1 and err.count(f"{SHARED} was STOPPED, now RUNNING") == 1
 
 
 def test_a_renamed_key_makes_the_plan_stale(tmp_path: Path) -> None:
@@ -186,7 +187,7 @@ def test_a_plan_applied_part_way_is_applied_again_to_finish_it(tmp_path: Path) -
     assert all(results[iid]["reason"] == "already done before this apply" for iid in shared[:2])
     assert all(results[iid]["outcome"] == "done" for iid in shared)
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
-    sent = [line for line in lines if line["action"] == "UnBindInstanceKey"]
+    sent = [line for line in lines if line["action"] == "DisassociateInstancesKeyPairs"]  # 3.0, the default
     assert [sorted(line["instanceIds"]) for line in sent] == [shared[2:]]  # only the rest
     assert _bindings(fleet) == {(ADMIN, iid) for iid in shared}
 
@@ -425,7 +426,8 @@ def test_the_url_given_to_plan_works_for_apply(tmp_path: Path) -> None:
         base = server.url.removesuffix("/v2/index.php")
         code, _, err = run_cli("plan", str(desired), "--endpoint", base, "--out", str(plan), env=env)
         assert code == 0, err
-        assert json.loads(plan.read_text())["endpoint"] == f"{base}/v2/index.php"
+        # An endpoint without a path is API 3.0's (the default): its root.
+        assert json.loads(plan.read_text())["endpoint"] == f"{base}/"
         code, _, err = run_cli("apply", str(plan), "--endpoint", base + "/", env=env)
         assert code == 0, err
         assert state.bindings(REGION) == {(TEAM_B, SHARED)}

@@ -230,7 +230,7 @@ def test_real_processes_with_debug_logging_on_error_paths(world: World) -> None:
     "content",
     [
         '{"secretId": "AKID1", "secretKey": "%s", ',
-        '{"secretId": "AKID1", "secretKey": "%s", "token": "x"}',
+        '{"secretId": "AKID1", "secretKey": "%s", "token": 5}',
         '{"secretId": "AKID1", "secretKey": "%s\\n"}',
         '{"secretId": "AKID1", "secretKey": "%s", "n": ' + "9" * 5000 + "}",
         '[{"secretKey": "%s"}]',

@@ -260,6 +260,24 @@ EmulatorOption = Annotated[
 EndpointOption = Annotated[
     str | None, typer.Option("--endpoint", metavar="URL", help="CVM API endpoint (default: Tencent's).")
 ]
+
+
+class ApiChoice(str, Enum):
+    v2 = "2.0"
+    v3 = "3.0"
+
+
+ApiOption = Annotated[
+    ApiChoice | None,
+    typer.Option(
+        "--api",
+        help="CVM API: 3.0 (default; cvm.tencentcloudapi.com) or 2.0 (the retired "
+        "cvm.api.qcloud.com/v2/index.php, also chosen by an --endpoint with that path). "
+        "A saved plan is applied with its own.",
+    ),
+]
+
+
 def _complete_profiles(incomplete: str) -> list[str]:
     """Shell completion of ``--profile``: the tccli profiles (``<name>.credential`` files in
     ``$TENCENTCLOUD_SHARED_CREDENTIALS_DIR``, else ``~/.tccli``). Names only: nothing is read."""
@@ -342,11 +360,19 @@ def _cloud(
     profile: str | None,
     rate_limit: float | None,
     audit_log: Path | None = None,
+    api: ApiChoice | None = None,
 ) -> operations.CloudRequest:
     from reconciler import operations
     from reconciler.connect import ConnectOptions
+    from reconciler.model import ApiVersion
 
-    options = ConnectOptions(emulator=emulator, endpoint=endpoint, rate_limit=rate_limit, profile=profile)
+    options = ConnectOptions(
+        emulator=emulator,
+        endpoint=endpoint,
+        rate_limit=rate_limit,
+        profile=profile,
+        api=None if api is None else ApiVersion(api.value),
+    )
     return operations.CloudRequest(options, audit_log)
 
 
@@ -420,6 +446,7 @@ def plan(
     paths: PathsArgument,
     emulator: EmulatorOption = None,
     endpoint: EndpointOption = None,
+    api: ApiOption = None,
     profile: ProfileOption = None,
     output_format: FormatOption = Format.text,
     out: Annotated[
@@ -448,7 +475,7 @@ def plan(
     with _reporting_errors():
         request = operations.PlanRequest(
             tuple(paths),
-            _cloud(emulator, endpoint, profile, rate_limit, audit_log),
+            _cloud(emulator, endpoint, profile, rate_limit, audit_log, api),
             SafetyLimits(max_unbinds, max_unbind_percent),
             out,
             detailed_exitcode,
@@ -510,6 +537,7 @@ def apply(
     ],
     emulator: EmulatorOption = None,
     endpoint: EndpointOption = None,
+    api: ApiOption = None,
     profile: ProfileOption = None,
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")
@@ -551,7 +579,7 @@ def apply(
     with _reporting_errors():
         request = operations.ApplyRequest(
             tuple(paths),
-            _cloud(emulator, endpoint, profile, rate_limit, audit_log),
+            _cloud(emulator, endpoint, profile, rate_limit, audit_log, api),
             SafetyLimits(max_unbinds, max_unbind_percent),
             auto_approve=auto_approve,
             force=force,
@@ -593,6 +621,7 @@ def import_command(
     ] = ImportScope.keys,
     emulator: EmulatorOption = None,
     endpoint: EndpointOption = None,
+    api: ApiOption = None,
     profile: ProfileOption = None,
     out: Annotated[
         Path | None,
@@ -631,7 +660,7 @@ def import_command(
             region,
             Scope(scope.value),
             parse_key_ids(keys) if keys else None,
-            _cloud(emulator, endpoint, profile, rate_limit),
+            _cloud(emulator, endpoint, profile, rate_limit, api=api),
             out,
             schema_ref,
         )

@@ -7,7 +7,9 @@ every retry attempt), adds the public parameters ``Timestamp``, ``Nonce``, ``Sec
 the request's ``Host`` header and path, then re-encodes all parameters exactly once.
 
 Each attempt therefore gets a fresh Timestamp, Nonce and Signature (the API rejects a repeated
-Nonce as a replay, code 4500).
+Nonce as a replay, code 4500), and the credentials the provider hands out *now* (temporary ones
+are renewed before they expire). Temporary credentials add their session token as the signed
+``Token`` parameter, as Tencent's 2.0 SDK (``QcloudApi``) sends it.
 
 The client hands the parameters over in the request's ``PARAMS_EXTENSION`` extension as well,
 so that the flow need not parse them back out of the URL or body: with 100 instance IDs a
@@ -19,16 +21,17 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 from collections.abc import Callable, Generator, Mapping
 from urllib.parse import parse_qsl, quote
 
 import httpx
 
 from reconciler.cloud import signing
-from reconciler.cloud.credentials import Credentials, mask_secret_id
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-PUBLIC_PARAMS = ("Timestamp", "Nonce", "SecretId", "SignatureMethod", "Region", "Signature")
+PUBLIC_PARAMS = ("Timestamp", "Nonce", "SecretId", "SignatureMethod", "Region", "Signature", "Token")
 _NONCE_BOUND = 2**31 - 1
 PARAMS_EXTENSION = "cvmkeys.params"
 # What ``quote(..., safe="")`` leaves alone: IDs, numbers and action names need no encoding.
@@ -71,7 +74,7 @@ class Api2Auth(httpx.Auth):
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: Credentials | CredentialsProvider,
         region: str,
         *,
         signature_method: str = signing.HMAC_SHA256,
@@ -80,28 +83,50 @@ class Api2Auth(httpx.Auth):
     ) -> None:
         if signature_method not in signing.SIGNATURE_METHODS:
             raise ValueError(f"unknown signature method {signature_method!r}")
-        self._credentials = credentials
+        self._provider: CredentialsProvider = (
+            StaticProvider(credentials) if isinstance(credentials, Credentials) else credentials
+        )
         self._region = region
         self._signature_method = signature_method
         self._clock = clock
         self._nonce = nonce
+        self._lock = threading.Lock()
+        self._seen: list[Credentials] = []  # what was signed with, only to scrub messages
 
     def __repr__(self) -> str:
-        masked = mask_secret_id(self._credentials.secret_id)
-        return f"Api2Auth(secret_id={masked!r}, region={self._region!r}, method={self._signature_method!r})"
+        return (
+            f"Api2Auth(credentials={self._provider.source!r}, region={self._region!r}, "
+            f"method={self._signature_method!r})"
+        )
 
-    def public_params(self) -> dict[str, str]:
+    def secrets(self) -> list[str]:
+        """Secret keys and tokens signed with so far: never to appear in a message."""
+        with self._lock:
+            return [s for c in self._seen for s in (c.secret_key, c.token) if s]
+
+    def _credentials(self) -> Credentials:
+        credentials = self._provider.get()
+        with self._lock:
+            if not any(c is credentials for c in self._seen):
+                self._seen = [*self._seen[-3:], credentials]
+        return credentials
+
+    def public_params(self, credentials: Credentials | None = None) -> dict[str, str]:
         """The public parameters of one attempt (everything but ``Signature``)."""
+        credentials = credentials or self._credentials()
         nonce = self._nonce()
         if nonce <= 0:
             raise ValueError("Nonce must be a positive integer")
-        return {
+        params = {
             "Timestamp": str(int(self._clock())),
             "Nonce": str(nonce),
-            "SecretId": self._credentials.secret_id,
+            "SecretId": credentials.secret_id,
             "SignatureMethod": self._signature_method,
             "Region": self._region,
         }
+        if credentials.token:
+            params["Token"] = credentials.token
+        return params
 
     def sign_request(self, request: httpx.Request) -> httpx.Request:
         """A new request: ``request``'s parameters plus the public ones and the signature."""
@@ -118,11 +143,10 @@ class Api2Auth(httpx.Auth):
         for name in PUBLIC_PARAMS:
             if name in params:
                 raise ValueError(f"parameter {name!r} is set by the signer, not the caller")
-        params.update(self.public_params())
+        credentials = self._credentials()
+        params.update(self.public_params(credentials))
         host = request.headers["Host"]
-        params["Signature"] = signing.sign(
-            self._credentials.secret_key, method, host, request.url.path, params
-        )
+        params["Signature"] = signing.sign(credentials.secret_key, method, host, request.url.path, params)
         encoded = encode_params(params)
         headers = [
             (name, value)

@@ -42,7 +42,7 @@ from reconciler import __version__
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
 from reconciler.cloud.base import AttemptRecord, CallResult
-from reconciler.cloud.credentials import Credentials, mask_secret_id
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, is_loopback_host
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import RetryPolicy, is_mutating, may_retry
@@ -347,7 +347,7 @@ class CvmClient:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: Credentials | CredentialsProvider,
         region: str,
         *,
         endpoint: str = DEFAULT_ENDPOINT,
@@ -365,8 +365,10 @@ class CvmClient:
         max_workers: int = 8,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
-        if not isinstance(credentials, Credentials):
-            raise ConfigError("credentials must be a Credentials object")
+        if isinstance(credentials, Credentials):
+            credentials = StaticProvider(credentials)
+        elif not callable(getattr(credentials, "get", None)):
+            raise ConfigError("credentials must be a Credentials object or a credentials provider")
         try:
             # Open-ended, as the loader's: a region newer than this version's table still works.
             self.region = normalize_region(region)
@@ -393,8 +395,7 @@ class CvmClient:
             raise ConfigError(str(error)) from None
 
         self.signature_method = signature_method
-        self._secret_id = credentials.secret_id
-        self._secret_key = credentials.secret_key  # only for scrubbing messages
+        self.credentials_source = credentials.source
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -411,8 +412,9 @@ class CvmClient:
         self._calls: Counter[str] = Counter()
 
         host = urlsplit(self.endpoint).hostname or ""
+        self._auth = Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock)
         self._http = httpx.Client(
-            auth=Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock),
+            auth=self._auth,
             transport=transport,
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
@@ -424,7 +426,7 @@ class CvmClient:
     def __repr__(self) -> str:
         return (
             f"CvmClient(region={self.region!r}, endpoint={self.endpoint!r}, "
-            f"secret_id={mask_secret_id(self._secret_id)!r})"
+            f"credentials={self.credentials_source!r})"
         )
 
     @property
@@ -748,7 +750,10 @@ class CvmClient:
         return TransportError(action, detail, retryable=retryable, ambiguous=ambiguous)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret_key, "<hidden>") if self._secret_key in text else text
+        for secret in self._auth.secrets():
+            if secret in text:
+                text = text.replace(secret, "<hidden>")
+        return text
 
     # ----------------------------------------------------------------- concurrency
 

@@ -51,6 +51,7 @@ import httpx
 from reconciler.errors import ConfigError
 
 if TYPE_CHECKING:
+    from reconciler.cloud.base import AttemptRecord
     from reconciler.cloud.sts import StsClient
 
 ENV_SECRET_ID = "TENCENTCLOUD_SECRET_ID"
@@ -435,6 +436,8 @@ class StsOptions:
     transport: httpx.BaseTransport | None = None
     region: str = "ap-guangzhou"  # STS is global; the region header is required all the same
     timeout: float = 10.0
+    # Every STS attempt, for the audit log (as the CVM calls are).
+    on_attempt: Callable[[AttemptRecord], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -659,7 +662,12 @@ def _sts_client(sts: StsOptions, clock: Callable[[], float]) -> StsClient:
     from reconciler.cloud.sts import StsClient
 
     return StsClient(
-        endpoint=sts.endpoint, transport=sts.transport, region=sts.region, timeout=sts.timeout, clock=clock
+        endpoint=sts.endpoint,
+        transport=sts.transport,
+        region=sts.region,
+        timeout=sts.timeout,
+        clock=clock,
+        on_attempt=sts.on_attempt,
     )
 
 

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from reconciler.cloud.base import AttemptRecord
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StsOptions
 from reconciler.cloud.endpoint import API3_PATH, STS_ENDPOINT, check_endpoint
 from reconciler.cloud.retry import RetryPolicy
 from reconciler.cloud.tc3call import Tc3Auth, Tc3Caller, field_dict, field_int, field_str
 from reconciler.errors import ApiError
+from reconciler.model import CallerIdentity
+
+__all__ = ["CallerIdentity", "StsClient", "caller_identity"]
 
 SERVICE = "sts"
 VERSION = "2018-08-13"
@@ -33,17 +36,6 @@ WEB_IDENTITY_HINT = (
     "check that the role {role} trusts the CAM OIDC identity provider {provider}, that the token's "
     "audience is the provider's client ID and that its subject matches the role's conditions"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class CallerIdentity:
-    """What GetCallerIdentity says about the credentials in use."""
-
-    account_id: str
-    arn: str
-    user_id: str = ""
-    principal_id: str = ""
-    type: str = ""
 
 
 def _temporary(response: dict[str, Any], source: str) -> Credentials:
@@ -88,8 +80,10 @@ class StsClient:
         max_attempts: int = 3,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         self.endpoint = check_endpoint(endpoint or STS_ENDPOINT, default_path=API3_PATH)
+        self._on_attempt = on_attempt
         self._transport = transport
         self._region = region
         self._timeout = timeout
@@ -113,6 +107,7 @@ class StsClient:
             rate_limits=None,
             clock=self._clock,
             sleep=self._sleep,
+            on_attempt=self._on_attempt,
         )
 
     def get_caller_identity(self, provider: CredentialsProvider) -> CallerIdentity:
@@ -187,7 +182,12 @@ def caller_identity(
     """Who ``provider``'s credentials are (account and ARN), for the plan to show."""
     sts = sts or StsOptions()
     client = StsClient(
-        endpoint=sts.endpoint, transport=sts.transport, region=sts.region, timeout=sts.timeout, clock=clock
+        endpoint=sts.endpoint,
+        transport=sts.transport,
+        region=sts.region,
+        timeout=sts.timeout,
+        clock=clock,
+        on_attempt=sts.on_attempt,
     )
     return client.get_caller_identity(provider)
 

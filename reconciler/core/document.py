@@ -31,6 +31,7 @@ from reconciler.model import (
     ApiVersion,
     ApplyResult,
     Batch,
+    CallerIdentity,
     Change,
     ChangeStatus,
     Finding,
@@ -148,6 +149,9 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
             "instance_ids": list(plan.fingerprint.instance_ids),
         },
         "observed_digest": plan.observed_digest,
+        "caller": None
+        if plan.caller is None
+        else {"account_id": plan.caller.account_id, "arn": plan.caller.arn},
         "premises": [
             {"instance_id": p.instance_id, "instance_state": p.instance_state, "key_ids": list(p.key_ids)}
             for p in plan.premises
@@ -485,6 +489,10 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         observed_digest=data["observed_digest"],
         created_at=data["created_at"],
         format_version=data["format_version"],
+        # Absent from plans written before it was recorded (same format version: optional).
+        caller=None
+        if data.get("caller") is None
+        else CallerIdentity(data["caller"]["account_id"], data["caller"]["arn"]),
         premises=premises,
     )
 

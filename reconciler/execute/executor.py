@@ -7,8 +7,13 @@ Called by ``operations.apply`` (a saved plan is checked first: ``Executor.check_
 * the plan is the contract: the first attempt of every wave sends the saved plan's batches as
   saved, one unbind call each (``CloudClient.unbind``); only retries regroup, and only what is
   left. Batches of one wave run in parallel (``parallelism``) under the client's rate limit;
-* a call makes its instances busy (``InstanceState.BUSY``: 2.0 status 20) until the operation
-  finishes, and the next wave may touch an instance only once it is idle again. So a wave
+* a call makes its instances busy (``InstanceState.BUSY``: 2.0 status 20, 3.0 an operation
+  ``OPERATING``) until the operation finishes, and the next wave may touch an instance only once
+  it is idle again. On 3.0 the call's own operation is waited for: the instance's
+  ``LatestOperationRequestId`` must be the call's RequestId and no longer ``OPERATING``
+  (``operation_wait.decide``, which allows for the state lagging the call); an operation that
+  ends ``FAILED``, or that cannot be found after the lag allowance, sends its bindings to be
+  observed again like a failed call, with ``LatestOperationErrorMsg`` in the reason. So a wave
   sends first the calls whose instances come back in the next wave; after the wave those
   instances (and those of failed calls) are polled (DescribeInstances, 100 a call, timeout)
   until none is busy; by
@@ -21,7 +26,11 @@ Called by ``operations.apply`` (a saved plan is checked first: ``Executor.check_
   the next ones back off;
 * after any failed or ambiguous call the truth is observed again: a binding that is gone is
   done, one whose instance can no longer be unbound is failed, the rest are retried within
-  ``max_attempts``; a retry never names a binding that is already gone;
+  ``max_attempts``; a retry never names a binding that is already gone. What the error means is
+  its ``ApiError.kind``, never one API's code: BUSY waits and retries; BLOCKED fails the
+  instance it names (a refused call of several instances is retried one instance a call, since
+  the whole call fails when one instance is refused); AUTH fails at once; NOT_FOUND, AMBIGUOUS
+  and the rest are observed again;
 * a final observation verifies every attempted binding;
 * a stop request (Ctrl-C) starts no new call, lets calls in flight finish, and reports the rest
   as not attempted.
@@ -41,20 +50,26 @@ from reconciler.cloud.base import CallResult, CloudClient
 from reconciler.cloud.observe import observe_subset
 from reconciler.common import plural, short_repr
 from reconciler.core.diff import blocked_reason
-from reconciler.errors import ApiError, CloudError, PlanIntegrityError
+from reconciler.errors import ApiError, ApiErrorKind, CloudError, PlanIntegrityError
 from reconciler.execute.freshness import Freshness, check_fresh, regroup, remaining_batches
+from reconciler.execute.operation_wait import DEFAULT_LAG_ALLOWANCE, Verdict, decide
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     MAX_IDS_PER_CALL,
+    ApiVersion,
     ApplyResult,
     Batch,
     Binding,
     BindingResult,
     ChangeStatus,
+    Instance,
     InstanceState,
     Outcome,
     Plan,
 )
+
+# What "busy" is called in each API, for messages.
+_BUSY_WORDS = {ApiVersion.V2: "status 20, key issuing", ApiVersion.V3: "an operation OPERATING"}
 
 
 class EventKind(str, Enum):
@@ -87,6 +102,9 @@ class ExecOptions:
     wait_timeout: float = 600.0  # seconds a wave may wait for status 20 to clear
     poll_initial: float = 0.5
     poll_max: float = 5.0
+    # 3.0: how long an instance may still show its previous operation after a call (Terraform's
+    # 10 s); after it, an operation not found is observed through the binding itself.
+    lag_allowance: float = DEFAULT_LAG_ALLOWANCE
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
@@ -130,6 +148,23 @@ class _Track:
     outcome: Outcome | None = None
     reason: str = ""
     code: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why a binding's call may not have done its work: the message, the API's code (2.0 ints
+    only are reported), the error's kind, and how many instances the call named."""
+
+    message: str
+    code: int | str | None = None
+    kind: ApiErrorKind | None = None
+    instances: int = 1
+
+    @classmethod
+    def of(cls, error: CloudError, instances: int) -> _Failure:
+        if isinstance(error, ApiError):
+            return cls(error.message, error.code, error.kind, instances)
+        return cls(error.message, None, ApiErrorKind.AMBIGUOUS, instances)
 
 
 @dataclass
@@ -185,6 +220,13 @@ class Executor:
         self.stop = stop or threading.Event()
         self._state = _State({(c.key_id, c.instance_id): _Track() for c in plan.ready_changes})
         self._answered: dict[str, float] = {}  # instance -> when its latest call was answered
+        # instance -> the RequestId of its latest accepted call whose operation has not been
+        # seen to end (3.0; None on 2.0, which has no request IDs to match)
+        self._operations: dict[str, str | None] = {}
+        # instance -> why its latest operation did not end well (FAILED / not found), until a
+        # settle or the verification reports it
+        self._op_problems: dict[str, str] = {}
+        self._alone: set[str] = set()  # instances to retry one a call (a BLOCKED refusal)
         self._unconfirmed: set[str] = set()  # instances not yet seen idle after their latest call
         self._op_timer = _OpTimer()
         self._sendable = False
@@ -298,7 +340,7 @@ class Executor:
                 break
             if retrying:  # someone else (another apply, the console) may have made them busy
                 self._wait_idle(wave, sorted({iid for _, iid in pending}))
-                calls = regroup(self.plan.api, wave, pending)
+                calls = regroup(self.plan.api, wave, pending, alone=self._alone)
             retrying = True
             for binding in pending:
                 self._track(binding).attempts += 1
@@ -311,6 +353,7 @@ class Executor:
             # operation may still run when wave 3 starts.
             needed = (self._unconfirmed & following) | {iid for (_, iid), _ in uncertain}
             self._wait_idle(wave, sorted(needed), self._fillers(needed, following))
+            uncertain += self._operation_problems(pending)
             pending = self._settle(wave, uncertain) if uncertain else []
 
     def _fillers(self, needed: set[str], following: set[str]) -> list[str]:
@@ -323,9 +366,23 @@ class Executor:
         candidates = self._unconfirmed - needed - following
         return heapq.nsmallest(free, candidates, key=lambda iid: (self._answered.get(iid, 0.0), iid))
 
-    def _send(self, wave: int, calls: list[Batch]) -> list[tuple[Binding, CloudError]]:
+    def _operation_problems(self, pending: Sequence[Binding]) -> list[tuple[Binding, _Failure]]:
+        """The bindings of ``pending`` whose call was accepted but whose operation failed or
+        could not be found (3.0): observed again, like a failed call."""
+        found: list[tuple[Binding, _Failure]] = []
+        for binding in pending:
+            problem = self._op_problems.get(binding[1])
+            track = self._track(binding)
+            if problem is not None and track.outcome is Outcome.DONE:
+                self._set_outcome(track, None)
+                found.append((binding, _Failure(problem)))
+        for _, iid in pending:
+            self._op_problems.pop(iid, None)
+        return found
+
+    def _send(self, wave: int, calls: list[Batch]) -> list[tuple[Binding, _Failure]]:
         """Send the calls in parallel; return the bindings whose call failed, with the error."""
-        uncertain: list[tuple[Binding, CloudError]] = []
+        uncertain: list[tuple[Binding, _Failure]] = []
         queue = list(calls)
         with ThreadPoolExecutor(max_workers=max(1, self.options.parallelism)) as pool:
             running: dict[Future[CallResult], Batch] = {}
@@ -345,13 +402,18 @@ class Executor:
                         self._state.calls += 1
                     error = future.exception()
                     if error is None:
+                        request_id = future.result().request_id
+                        for iid in call.instance_ids:
+                            self._operations[iid] = request_id
+                            self._op_problems.pop(iid, None)
                         for binding in call.bindings:
                             self._set_outcome(self._track(binding), Outcome.DONE)
                         keys = ", ".join(call.key_ids)
                         instances = plural(len(call.instance_ids), "instance")
                         self._emit(EventKind.CALL_DONE, wave, f"unbound {keys} from {instances}")
                     elif isinstance(error, CloudError):
-                        uncertain.extend((binding, error) for binding in call.bindings)
+                        failure = _Failure.of(error, len(call.instance_ids))
+                        uncertain.extend((binding, failure) for binding in call.bindings)
                         self._emit(EventKind.CALL_FAILED, wave, f"{error.message}; checking what happened")
                     else:
                         raise error
@@ -391,7 +453,7 @@ class Executor:
                 self._emit(
                     EventKind.WAITING,
                     wave,
-                    f"waiting for {plural(len(waiting), 'instance')} to finish key issuing",
+                    f"waiting for {plural(len(waiting), 'instance')} to finish their operation",
                 )
                 options.sleep(due - now)
             first = False
@@ -400,12 +462,45 @@ class Executor:
             sent = options.clock()
             found = self.client.describe_instances(polled)
             answered = options.clock()
-            busy = {i.instance_id for i in found if i.state is InstanceState.BUSY}
+            busy = self._still_busy(found, polled, answered)
             for iid in polled:
                 if iid in self._answered:
                     timer.learn(iid in busy, sent - self._answered[iid], answered - self._answered[iid])
             self._unconfirmed.difference_update(iid for iid in polled if iid not in busy)
             waiting = sorted(busy.intersection(waiting))
+
+    def _still_busy(self, found: Sequence[Instance], polled: Sequence[str], now: float) -> set[str]:
+        """The polled instances still to wait for. One whose latest call's operation is not
+        known to have ended is judged by ``operation_wait.decide`` (3.0: that call's RequestId;
+        2.0: status 20); FAILED and not-found operations are noted for a settle; any other
+        instance is busy while an operation (anyone's) runs on it."""
+        by_id = {i.instance_id: i for i in found}
+        busy: set[str] = set()
+        for iid in polled:
+            instance = by_id.get(iid)
+            if iid not in self._operations:
+                if instance is not None and instance.state is InstanceState.BUSY:
+                    busy.add(iid)
+                continue
+            decision = decide(
+                self.plan.api,
+                self._operations[iid],
+                self._answered.get(iid, now),
+                instance,
+                now=now,
+                lag_allowance=self.options.lag_allowance,
+            )
+            if decision.verdict is Verdict.WAIT:
+                busy.add(iid)
+                continue
+            del self._operations[iid]
+            if decision.verdict is Verdict.FAILED or (
+                decision.verdict is Verdict.UNKNOWN and instance is not None
+            ):
+                self._op_problems[iid] = decision.reason
+            if decision.instance_busy:
+                busy.add(iid)  # someone else's operation: idle only when it ends
+        return busy
 
     def _time_out(self, busy: Sequence[str]) -> None:
         still = set(busy)
@@ -413,10 +508,11 @@ class Executor:
             if binding[1] in still and track.outcome is None:
                 self._set_outcome(track, Outcome.FAILED)
                 track.reason = (
-                    f"instance stayed in status 20 (key issuing) for over {self.options.wait_timeout:g}s"
+                    f"instance stayed busy ({_BUSY_WORDS[self.plan.api]}) "
+                    f"for over {self.options.wait_timeout:g}s"
                 )
 
-    def _settle(self, wave: int, uncertain: list[tuple[Binding, CloudError]]) -> list[Binding]:
+    def _settle(self, wave: int, uncertain: list[tuple[Binding, _Failure]]) -> list[Binding]:
         """Observe the truth for failed calls; return the bindings to retry."""
         keys = {b[0] for b, _ in uncertain}
         instances = {b[1] for b, _ in uncertain}
@@ -428,7 +524,7 @@ class Executor:
             if pair is None or binding[1] not in pair.bound_instance_ids:
                 self._set_outcome(track, Outcome.DONE)
                 continue
-            track.code = error.code if isinstance(error, ApiError) and isinstance(error.code, int) else None
+            track.code = error.code if isinstance(error.code, int) else None
             instance = observed.instances.get(binding[1])
             # Busy (status 20) passes: the instance still reports its old keys until the other
             # operation ends, and may be idle again by the retry; only the attempt budget ends it.
@@ -437,11 +533,20 @@ class Executor:
             if reason is not None:
                 self._set_outcome(track, Outcome.FAILED)
                 track.reason = f"{reason} ({error.message})"
+            elif error.kind is ApiErrorKind.AUTH or (
+                error.kind is ApiErrorKind.BLOCKED and error.instances == 1 and not busy
+            ):
+                # A refusal of this instance alone (or of the identity): not attempted again.
+                self._set_outcome(track, Outcome.FAILED)
+                track.reason = error.message
             elif track.attempts >= self.options.max_attempts:
                 self._set_outcome(track, Outcome.FAILED)
                 # The attempts are in the record (and the renderers say "after N attempts").
                 track.reason = error.message
             else:
+                if error.kind is ApiErrorKind.BLOCKED:
+                    # The whole call fails when one of its instances is refused: find out which.
+                    self._alone.add(binding[1])
                 retry.append(binding)
         if retry:
             self._emit(EventKind.RETRY, wave, f"retrying {plural(len(retry), 'unbind')} still bound")
@@ -459,13 +564,15 @@ class Executor:
                 track = self._track((key_id, iid))
                 self._set_outcome(track, Outcome.FAILED)
                 track.reason = "the API accepted the unbind but the binding is still there"
+                if iid in self._op_problems:
+                    track.reason += f" ({self._op_problems[iid]})"
 
     # ------------------------------------------------------------------ helpers
 
     def _track(self, binding: Binding) -> _Track:
         return self._state.tracks[binding]
 
-    def _set_outcome(self, track: _Track, outcome: Outcome) -> None:
+    def _set_outcome(self, track: _Track, outcome: Outcome | None) -> None:
         # Counted here: every event reports how many are done, and counting them anew each
         # time was quadratic (8 million steps for an apply of 7,000 bindings).
         with self._state.lock:

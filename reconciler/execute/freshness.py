@@ -150,11 +150,15 @@ def remaining_batches(plan: Plan, done: frozenset[Binding]) -> tuple[Batch, ...]
     return tuple(batches)
 
 
-def regroup(api: ApiVersion, wave: int, bindings: Iterable[Binding]) -> list[Batch]:
+def regroup(
+    api: ApiVersion, wave: int, bindings: Iterable[Binding], *, alone: Iterable[str] = ()
+) -> list[Batch]:
     """Calls for these bindings of one wave, at most 100 instances a call. 2.0: one key a call
     (bindings of one wave never share an instance). Other APIs: instances left with the same
     keys share a call, so no instance is in two calls of the wave and every pair a call names
-    is a planned unbind."""
+    is a planned unbind. Instances in ``alone`` get calls of their own (the executor's retry
+    after a call of several instances was refused for one of them)."""
+    solo = set(alone)
     by_keys: dict[tuple[str, ...], list[str]] = {}
     if api is ApiVersion.V2:
         for key_id, iid in bindings:
@@ -167,7 +171,8 @@ def regroup(api: ApiVersion, wave: int, bindings: Iterable[Binding]) -> list[Bat
             by_keys.setdefault(tuple(sorted(kids)), []).append(iid)
     calls: list[Batch] = []
     for key_ids in sorted(by_keys):
-        ids = sorted(by_keys[key_ids])
+        ids = sorted(iid for iid in by_keys[key_ids] if iid not in solo)
+        calls.extend(Batch(wave, key_ids, (iid,)) for iid in sorted(set(by_keys[key_ids]) & solo))
         for start in range(0, len(ids), MAX_IDS_PER_CALL):
             calls.append(Batch(wave, key_ids, tuple(ids[start : start + MAX_IDS_PER_CALL])))
     return calls

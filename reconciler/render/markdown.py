@@ -459,7 +459,9 @@ def _banner(plan: Plan) -> str:
 
 
 def _footer(plan: Plan) -> str:
-    parts = [f"endpoint {code(plan.endpoint)}"]
+    parts = [f"endpoint {code(plan.endpoint)} (CVM API {plan.api.value})"]
+    if plan.caller is not None:
+        parts.append(f"as account {code(plan.caller.account_id)}, {code(plan.caller.arn)}")
     parts += [f"source {code(s.path)} (sha256 {code(s.sha256[:12])})" for s in plan.sources[:20]]
     if len(plan.sources) > 20:
         parts.append(f"{len(plan.sources) - 20:,} more sources")

@@ -102,7 +102,9 @@ def _grouped(items: Iterable[Change]) -> dict[str, list[Change]]:
 
 def _header(plan: Plan, color: bool) -> list[str]:
     lines = [_styled(f"cvmkeys plan for {clean(plan.region)} (scope: {plan.scope.value})", color, _BOLD)]
-    lines.append(f"  endpoint  {clean(plan.endpoint)}")
+    lines.append(f"  endpoint  {clean(plan.endpoint)} (CVM API {plan.api.value})")
+    if plan.caller is not None:
+        lines.append(f"  as        account {clean(plan.caller.account_id)}, {clean(plan.caller.arn)}")
     for source in plan.sources:
         lines.append(f"  source    {clean(source.path)}  sha256:{clean(source.sha256)[:12]}")
     if plan.created_at:
