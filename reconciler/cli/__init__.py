@@ -334,6 +334,15 @@ MaxUnbindsOption = Annotated[
         "--max-unbinds", min=0, metavar="N", help="Safety: at most this many unbinds (wins over the file)."
     ),
 ]
+MaxStopsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-stops",
+        min=0,
+        metavar="N",
+        help="Safety: at most this many instances stopped (disruption; wins over the file).",
+    ),
+]
 def _percent(value: float | None) -> float | None:
     # click's range check lets NaN through (every comparison is false), and a NaN limit would
     # pass every plan.
@@ -462,6 +471,7 @@ def plan(
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
+    max_stops: MaxStopsOption = None,
     rate_limit: RateLimitOption = None,
     audit_log: AuditLogOption = None,
 ) -> None:
@@ -476,7 +486,7 @@ def plan(
         request = operations.PlanRequest(
             tuple(paths),
             _cloud(emulator, endpoint, profile, rate_limit, audit_log, api),
-            SafetyLimits(max_unbinds, max_unbind_percent),
+            SafetyLimits(max_unbinds, max_unbind_percent, max_stops),
             out,
             detailed_exitcode,
         )
@@ -508,7 +518,8 @@ def show(
 
 @contextmanager
 def _graceful_stop(view: ApplyView) -> Iterator[threading.Event]:
-    """Ctrl-C sets the event (no new calls; calls in flight finish); a second one aborts."""
+    """Ctrl-C (or SIGTERM) sets the event (no new calls; calls in flight finish; instances
+    apply stopped are started again); a second one aborts the rest."""
     import signal
     import threading
 
@@ -521,10 +532,13 @@ def _graceful_stop(view: ApplyView) -> Iterator[threading.Event]:
         view.stopping()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (a cancelled CI job) takes the same path: instances apply stopped are started.
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)
     try:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 @app.command()
@@ -553,6 +567,7 @@ def apply(
     no_color: NoColorOption = False,
     max_unbinds: MaxUnbindsOption = None,
     max_unbind_percent: MaxPercentOption = None,
+    max_stops: MaxStopsOption = None,
     rate_limit: RateLimitOption = None,
     ignore_changed_sources: Annotated[
         bool,
@@ -580,7 +595,7 @@ def apply(
         request = operations.ApplyRequest(
             tuple(paths),
             _cloud(emulator, endpoint, profile, rate_limit, audit_log, api),
-            SafetyLimits(max_unbinds, max_unbind_percent),
+            SafetyLimits(max_unbinds, max_unbind_percent, max_stops),
             auto_approve=auto_approve,
             force=force,
             parallelism=parallelism,

@@ -36,14 +36,21 @@ from reconciler.model import (
     ChangeStatus,
     Finding,
     Fingerprint,
+    InstanceStopResult,
     Location,
     Outcome,
+    PhaseDurations,
     Plan,
     Premise,
     SafetyLimits,
+    ScheduledStop,
     Scope,
     Severity,
     SourceFile,
+    StopRound,
+    StopSchedule,
+    StopsResult,
+    StopType,
     Summary,
 )
 
@@ -156,7 +163,138 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
             {"instance_id": p.instance_id, "instance_state": p.instance_state, "key_ids": list(p.key_ids)}
             for p in plan.premises
         ],
+        # Present only with a disruption block: plans without one stay byte-identical to
+        # those of earlier 2.x versions (and their goldens and digests).
+        **({"stops": stops_to_data(plan.stops)} if plan.stops is not None else {}),
     }
+
+
+# --------------------------------------------------------------------------- the stop schedule
+
+
+def stops_to_data(schedule: StopSchedule | None) -> dict[str, Any] | None:
+    """The stop schedule as JSON-ready data (``null`` without a ``disruption`` block)."""
+    if schedule is None:
+        return None
+    d = schedule.durations
+    return {
+        "enabled": schedule.enabled,
+        "stop_type": schedule.stop_type.value if schedule.stop_type else None,
+        "stop_timeout": schedule.stop_timeout,
+        "budget": schedule.budget,
+        "budget_reason": schedule.budget_reason,
+        "running_in_scope": schedule.running_in_scope,
+        "max_stops": schedule.max_stops,
+        "stops": [
+            {
+                "instance_id": st.instance_id,
+                "instance_name": st.instance_name,
+                "prior_state": st.prior_state,
+                "key_ids": list(st.key_ids),
+                "round": st.round,
+                "unbind_calls": st.unbind_calls,
+                "downtime": st.downtime,
+                "worst_downtime": st.worst_downtime,
+                "removes_last_key": st.removes_last_key,
+            }
+            for st in schedule.stops
+        ],
+        "rounds": [
+            {
+                "index": r.index,
+                "instance_ids": list(r.instance_ids),
+                "stop_calls": r.stop_calls,
+                "start_calls": r.start_calls,
+                "duration": r.duration,
+                "worst_duration": r.worst_duration,
+            }
+            for r in schedule.rounds
+        ],
+        "durations": {
+            "soft_stop": d.soft_stop,
+            "hard_stop": d.hard_stop,
+            "unbind": d.unbind,
+            "start": d.start,
+        },
+        "total_downtime": schedule.total_downtime,
+        "wall_time": schedule.wall_time,
+        "worst_wall_time": schedule.worst_wall_time,
+        "rolling_estimate": schedule.rolling_estimate,
+    }
+
+
+def stops_from_data(data: Mapping[str, Any] | None) -> StopSchedule | None:
+    """The inverse of ``stops_to_data`` (the data already validated by the schema)."""
+    if data is None:
+        return None
+    d = data["durations"]
+    return StopSchedule(
+        enabled=data["enabled"],
+        stop_type=None if data["stop_type"] is None else StopType(data["stop_type"]),
+        stop_timeout=data["stop_timeout"],
+        budget=data["budget"],
+        budget_reason=data["budget_reason"],
+        running_in_scope=data["running_in_scope"],
+        max_stops=data["max_stops"],
+        stops=tuple(
+            ScheduledStop(
+                instance_id=st["instance_id"],
+                instance_name=st["instance_name"],
+                prior_state=st["prior_state"],
+                key_ids=tuple(st["key_ids"]),
+                round=st["round"],
+                unbind_calls=st["unbind_calls"],
+                downtime=float(st["downtime"]),
+                worst_downtime=float(st["worst_downtime"]),
+                removes_last_key=st["removes_last_key"],
+            )
+            for st in data["stops"]
+        ),
+        rounds=tuple(
+            StopRound(
+                index=r["index"],
+                instance_ids=tuple(r["instance_ids"]),
+                stop_calls=r["stop_calls"],
+                start_calls=r["start_calls"],
+                duration=float(r["duration"]),
+                worst_duration=float(r["worst_duration"]),
+            )
+            for r in data["rounds"]
+        ),
+        durations=PhaseDurations(
+            soft_stop=float(d["soft_stop"]),
+            hard_stop=float(d["hard_stop"]),
+            unbind=float(d["unbind"]),
+            start=float(d["start"]),
+        ),
+        total_downtime=float(data["total_downtime"]),
+        wall_time=float(data["wall_time"]),
+        worst_wall_time=float(data["worst_wall_time"]),
+        rolling_estimate=float(data["rolling_estimate"]),
+    )
+
+
+def _check_stops(changes: tuple[Change, ...], schedule: StopSchedule | None, source: str) -> None:
+    """Apply stops exactly the scheduled instances and unbinds exactly their keys there: every
+    ``stop-unbind-start`` change is a scheduled instance's key and every scheduled key is such a
+    ready change. So an edited schedule can neither stop an instance nor unbind a key that the
+    reviewed changes do not show."""
+    staged = {
+        (c.key_id, c.instance_id)
+        for c in changes
+        if c.status is ChangeStatus.READY and c.action == "stop-unbind-start"
+    }
+    scheduled = {(k, st.instance_id) for st in (schedule.stops if schedule else ()) for k in st.key_ids}
+    if staged != scheduled:
+        pair = sorted(staged ^ scheduled)[0]
+        raise PlanIntegrityError(
+            f"{source}: $.stops does not match the stop-unbind-start changes "
+            f"(first difference: {pair[0]} on {pair[1]})",
+            hint=_RERUN_HINT,
+        )
+    ids = [st.instance_id for st in (schedule.stops if schedule else ())]
+    if len(set(ids)) != len(ids):
+        raise PlanIntegrityError(f"{source}: $.stops names an instance twice", hint=_RERUN_HINT)
 
 
 # What ``_canonical_numbers`` leaves as it is without a call (a plan is ~100,000 strings).
@@ -391,6 +529,8 @@ def _check_ids(data: Mapping[str, Any], source: str) -> None:
         found.append((f"$.premises[{index}].instance_id", premise["instance_id"], _PLAN_INSTANCE_ID))
         for n, kid in enumerate(premise["key_ids"]):
             found.append((f"$.premises[{index}].key_ids[{n}]", kid, _PLAN_KEY_ID))
+    for n, stop in enumerate((data.get("stops") or {}).get("stops", [])):
+        found.append((f"$.stops.stops[{n}].instance_id", stop["instance_id"], _PLAN_INSTANCE_ID))
     for where, value, pattern in found:
         if pattern.fullmatch(value) is None:
             raise PlanIntegrityError(
@@ -440,6 +580,8 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         Premise(p["instance_id"], p["instance_state"], tuple(p["key_ids"])) for p in data["premises"]
     )
     _check_premises(changes, premises, source)
+    stops = stops_from_data(data.get("stops"))
+    _check_stops(changes, stops, source)
     findings = tuple(
         Finding(
             severity=Severity(f["severity"]),
@@ -494,6 +636,7 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         if data.get("caller") is None
         else CallerIdentity(data["caller"]["account_id"], data["caller"]["arn"]),
         premises=premises,
+        stops=stops,
     )
 
 
@@ -656,4 +799,27 @@ def result_to_data(result: ApplyResult) -> dict[str, Any]:
             for r in result.results
         ],
         "summary": {outcome.value: result.count(outcome) for outcome in Outcome},
+        **({"stops": stops_result_to_data(result.stops)} if result.stops is not None else {}),
+    }
+
+
+def stops_result_to_data(stops: StopsResult | None) -> dict[str, Any] | None:
+    """What apply did to the scheduled instances; ``still_down`` first (``null``: no schedule)."""
+    if stops is None:
+        return None
+
+    def one(i: InstanceStopResult) -> dict[str, Any]:
+        return {
+            "instance_id": i.instance_id,
+            "instance_name": i.instance_name,
+            "stopped": i.stopped,
+            "running_again": i.running_again,
+            "final_state": i.final_state,
+            "note": i.note,
+        }
+
+    return {
+        "still_down": [one(i) for i in stops.still_down],
+        "max_down_at_once": stops.max_down_at_once,
+        "instances": [one(i) for i in stops.instances],
     }
