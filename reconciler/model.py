@@ -47,6 +47,23 @@ class InstanceState(str, Enum):
 # The API limits, in one place: both APIs take at most 100 IDs a call and 100 items a page.
 MAX_IDS_PER_CALL = 100
 PAGE_SIZE = 100
+# Requests a second per action, as API 3.0 documents them (cvm-api-3.0.md section 6). API 2.0
+# publishes no figures; its actions take those of their 3.0 counterparts (UnBindInstanceKey ~
+# DisassociateInstancesKeyPairs, BindInstanceKey ~ AssociateInstancesKeyPairs; the describe and
+# stop/start actions have the same names). The one table: the clients' defaults
+# (``cloud.ratelimit``, ``cloud.api3``) and the served emulator's (``emulator serve``).
+DOCUMENTED_RATE_LIMITS: Mapping[str, float] = {
+    "DescribeInstances": 40.0,
+    "DescribeInstancesStatus": 40.0,
+    "DescribeKeyPairs": 10.0,
+    "DisassociateInstancesKeyPairs": 10.0,
+    "AssociateInstancesKeyPairs": 10.0,
+    "StopInstances": 10.0,
+    "StartInstances": 10.0,
+    "UnBindInstanceKey": 10.0,
+    "BindInstanceKey": 10.0,
+}
+DEFAULT_RATE_LIMIT = 10.0  # an action the table does not name (the key-pair figure)
 
 # --------------------------------------------------------------------------- live state
 

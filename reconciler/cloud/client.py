@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,6 +50,7 @@ from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
 from reconciler.ids import is_instance_id, is_key_id, normalize_region
 from reconciler.model import (
+    DOCUMENTED_RATE_LIMITS,
     INSTANCE_STATUS_NAMES,
     MAX_IDS_PER_CALL,
     PAGE_SIZE,
@@ -336,8 +337,10 @@ class CvmClient:
     ``transport`` replaces the network (e.g. the emulator's in-process transport); ``clock``
     gives the signed Timestamp, the attempt times and the rate limiter's time; ``sleep`` is used
     for backoff and rate limiting; ``rng`` draws backoff jitter. ``rate_limit`` is requests per
-    second per action (0 or None: unlimited). ``on_attempt`` receives every attempt's record; it
-    is called from worker threads but never concurrently. Implements ``cloud.base.CloudClient``.
+    second per action: one rate for all, or a table by action (default: the documented figures,
+    ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. ``on_attempt`` receives every
+    attempt's record; it is called from worker threads but never concurrently. Implements
+    ``cloud.base.CloudClient``.
     """
 
     api = ApiVersion.V2
@@ -351,7 +354,7 @@ class CvmClient:
         transport: httpx.BaseTransport | None = None,
         http_method: str = "GET",
         signature_method: str = signing.HMAC_SHA256,
-        rate_limit: float | None = 10.0,
+        rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
         max_attempts: int = 5,
         backoff_base: float = 0.2,
         backoff_cap: float = 5.0,
@@ -382,8 +385,6 @@ class CvmClient:
                 f"signature method must be one of {', '.join(signing.SIGNATURE_METHODS)}, "
                 f"not {_show(signature_method)}"
             )
-        if rate_limit is not None and not rate_limit >= 0:
-            raise ConfigError("rate_limit must be a non-negative number of requests per second")
         if max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
         if not timeout > 0:
@@ -400,7 +401,10 @@ class CvmClient:
         self._rng = rng if rng is not None else random.Random()
         self._on_attempt = on_attempt
         self._max_workers = max_workers
-        self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
+        try:
+            self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
+        except ValueError:
+            raise ConfigError("rate_limit must be a non-negative number of requests per second") from None
         self._lock = threading.Lock()
         self._callback_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None

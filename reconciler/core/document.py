@@ -297,14 +297,18 @@ def _check_stops(changes: tuple[Change, ...], schedule: StopSchedule | None, sou
         raise PlanIntegrityError(f"{source}: $.stops names an instance twice", hint=_RERUN_HINT)
 
 
+# What ``_canonical_numbers`` leaves as it is without a call (a plan is ~100,000 strings).
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _canonical_numbers(value: Any) -> Any:
     """Integral floats as ints, so ``30.0`` and ``30`` (as jq may rewrite it) digest alike."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _canonical_numbers(v) for k, v in value.items()}
+        return {k: v if v.__class__ in _PLAIN else _canonical_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canonical_numbers(v) for v in value]
+        return [v if v.__class__ in _PLAIN else _canonical_numbers(v) for v in value]
     return value
 
 
@@ -318,11 +322,83 @@ def canonical_digest(data: Mapping[str, Any]) -> str:
     return canonical_sha256(_canonical_numbers(body))
 
 
+_encode_string: Any = json.encoder.encode_basestring  # the C encoder's, ensure_ascii=False
+_SCALARS: dict[Any, Any] = {True: "true", False: "false", None: "null"}
+
+
+def _indented(value: Any, indent: str, out: list[str]) -> None:
+    """Append ``json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False,
+    allow_nan=False)`` to ``out``, in pieces (the text of a nested value at ``indent``).
+
+    The standard library indents with its pure-Python encoder (the C one does not indent):
+    0.07 s for an L plan. This does the same walk with fewer calls: lists of strings, most of
+    a plan, are joined in one go. Anything but str keys and JSON values raises ``TypeError``
+    (``dump_plan`` then uses ``json.dumps``, which says what is wrong)."""
+    cls = value.__class__
+    if cls is str:
+        out.append(_encode_string(value))
+    elif cls is dict:
+        if not value:
+            out.append("{}")
+            return
+        inner = indent + "  "
+        separator = "{" + inner
+        for key in sorted(value):
+            if key.__class__ is not str:
+                raise TypeError("a key that is not a string")
+            item = value[key]
+            kind = item.__class__
+            # Strings, ints, booleans and null inline: most members of a change are.
+            if kind is str:
+                out.append(separator + _encode_string(key) + ": " + _encode_string(item))
+            elif kind is int:
+                out.append(separator + _encode_string(key) + ": " + int.__repr__(item))
+            elif kind is bool or item is None:
+                out.append(separator + _encode_string(key) + ": " + _SCALARS[item])
+            else:
+                out.append(separator + _encode_string(key) + ": ")
+                _indented(item, inner, out)
+            separator = "," + inner
+        out.append(indent + "}")
+    elif cls is list:
+        if not value:
+            out.append("[]")
+            return
+        inner = indent + "  "
+        if all(item.__class__ is str for item in value):
+            out.append("[" + inner + ("," + inner).join(map(_encode_string, value)) + indent + "]")
+            return
+        out.append("[" + inner)
+        for n, item in enumerate(value):
+            if n:
+                out.append("," + inner)
+            _indented(item, inner, out)
+        out.append(indent + "]")
+    elif cls is int:
+        out.append(int.__repr__(value))
+    elif cls is float and math.isfinite(value):
+        out.append(float.__repr__(value))
+    elif cls is bool or value is None:
+        out.append(_SCALARS[value])
+    else:
+        raise TypeError(f"not a JSON value of a plan: {cls.__name__}")
+
+
+def _dumps_indented(data: Any) -> str:
+    """``json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)``."""
+    out: list[str] = []
+    try:
+        _indented(data, "\n", out)
+    except TypeError:
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return "".join(out)
+
+
 def dump_plan(plan: Plan) -> str:
     """The plan file's text: JSON, indent 2, sorted keys, trailing newline, with ``integrity``."""
     data = plan_to_data(plan)
     data["integrity"] = {"algorithm": INTEGRITY_ALGORITHM, "digest": canonical_digest(data)}
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    text = _dumps_indented(data)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
