@@ -12,7 +12,9 @@ measures each run's wall time, CPU time (user + system) and peak RSS (``bench/la
   process ("tool alone", ``--endpoint URL``), which gives the tool's own CPU without the
   emulator's share;
 * served: the emulator in its own process (``bench/served.py``) with ``--latency-ms 50
-  --rate-limit 10 --op-seconds 2``, the tool with its defaults (client rate limit 10/s); then
+  --op-seconds 2`` and the documented per-action limits (DescribeInstances 40/s, the rest 10/s;
+  ``--served-rate-limit R``: R for every action; ``--op-lag S``: 3.0's state lag), the tool with
+  its defaults (the client's documented per-action limits); then
   the peers (``bench/peer.py``: Terraform-like, and one call per binding) on fresh copies of the
   same fleet, on samples, extrapolated linearly.
 
@@ -63,11 +65,23 @@ from bench.peer import PeerResult, peer_apply, terraform_apply, terraform_refres
 from reconciler.cloud.client import instance_state  # noqa: E402
 from reconciler.core.plan import build_plan  # noqa: E402
 from reconciler.desired.loader import load_paths  # noqa: E402
-from reconciler.model import Desired, Instance, KeyPair, Observed, Plan  # noqa: E402
+from reconciler.model import (  # noqa: E402
+    DEFAULT_RATE_LIMIT,
+    DOCUMENTED_RATE_LIMITS,
+    Desired,
+    Instance,
+    KeyPair,
+    Observed,
+    Plan,
+)
 from reconciler.planfile import load_plan  # noqa: E402
 
 PAGE = 100  # IDs per describe call and instances per (un)bind call
-SERVED = {"latency_ms": 50.0, "rate_limit": 10.0, "op_seconds": 2.0}
+# STS, which a 3.0 run asks who its credentials are: not CVM calls (not held against a minimum).
+STS_ACTIONS = frozenset({"GetCallerIdentity", "AssumeRole", "AssumeRoleWithWebIdentity"})
+# The served emulator: 50 ms latency, 2 s operations, no state lag; ``rate_limit`` None: the
+# documented per-action limits (DescribeInstances 40/s, the rest 10/s), else one for every action.
+SERVED: dict[str, float | None] = {"latency_ms": 50.0, "rate_limit": None, "op_seconds": 2.0, "op_lag": 0.0}
 README = Path(__file__).resolve().parent / "README.md"
 TABLES_START = "<!-- results:start -->"
 TABLES_END = "<!-- results:end -->"
@@ -111,10 +125,17 @@ def poll_minimum(waves: Sequence[Collection[str]]) -> int:
     return calls + _pages(len(latest))
 
 
-def lower_bound_s(minimum: Mapping[str, int], rate: float, waves: int = 0, op_seconds: float = 0.0) -> float:
-    """Wall-time lower bound: the busiest action's calls at ``rate`` a second (each action has
-    its own limit), or the waves one after another at ``op_seconds`` each, whichever is larger."""
-    by_rate = max((calls / rate for calls in minimum.values()), default=0.0)
+def lower_bound_s(
+    minimum: Mapping[str, int], rate: float | Mapping[str, float], waves: int = 0, op_seconds: float = 0.0
+) -> float:
+    """Wall-time lower bound: the busiest action's calls at its rate a second (each action has
+    its own limit: ``rate`` is one for all or a table by action), or the waves one after another
+    at ``op_seconds`` each, whichever is larger."""
+
+    def rate_of(action: str) -> float:
+        return rate.get(action, DEFAULT_RATE_LIMIT) if isinstance(rate, Mapping) else rate
+
+    by_rate = max((calls / rate_of(action) for action, calls in minimum.items()), default=0.0)
     return max(by_rate, waves * op_seconds)
 
 
@@ -201,11 +222,21 @@ class ServedEmulator:
     """``bench/served.py`` in its own process; ``counts()`` asks it what it received."""
 
     def __init__(
-        self, fleet: Path, *, latency_ms: float, rate_limit: float | None, op_seconds: float
+        self,
+        fleet: Path,
+        *,
+        latency_ms: float | None,
+        rate_limit: float | None,
+        op_seconds: float | None,
+        op_lag: float | None = 0.0,
     ) -> None:
-        argv = [sys.executable, "-m", "bench.served", "--fleet", str(fleet), "--latency-ms", str(latency_ms)]
-        argv += ["--op-seconds", str(op_seconds)]
-        if rate_limit:
+        # rate_limit: None, the documented per-action limits; 0, none; else one for every action.
+        argv = [sys.executable, "-m", "bench.served", "--fleet", str(fleet)]
+        argv += ["--latency-ms", str(latency_ms or 0), "--op-seconds", str(op_seconds or 0)]
+        argv += ["--op-lag", str(op_lag or 0)]
+        if rate_limit == 0:
+            argv += ["--no-limits"]
+        elif rate_limit is not None:
             argv += ["--rate-limit", str(rate_limit)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
@@ -261,7 +292,7 @@ class Settings:
     """How a run is configured (from the command line; the smoke test shrinks the waits)."""
 
     api: str = "2.0"
-    served: dict[str, float] = field(default_factory=lambda: dict(SERVED))
+    served: dict[str, float | None] = field(default_factory=lambda: dict(SERVED))
     peer_sample: int = 20  # bindings the per-binding peer is timed on (0: all)
     tf_sample: int = 20  # instances the Terraform-like apply is timed on (0: all)
     tf_refresh_sample: int = 200  # instances its refresh is timed on (0: all)
@@ -427,36 +458,58 @@ def run_inprocess(p: Prepared, settings: Settings, *, tool_alone: bool = True) -
     against one in another process (the tool's own cost) and the start-up cost."""
     fleet = p.work / "fleet-inprocess.json"
     shutil.copyfile(p.fleet, fleet)
+    fleet.with_name(fleet.name + ".state.sqlite").unlink(missing_ok=True)
+    # The emulator's live state (SQLite) is built from the fixture once, before the first
+    # command, as an account exists before the tool runs: timed on its own, not as the plan's.
+    code, wall, cpu, rss = measure(
+        [sys.executable, "-m", "reconciler", "emulator", "reset", "--fleet", str(fleet)],
+        cwd=p.work,
+        stdout=p.work / "state-build.out",
+        stderr=p.work / "state-build.err",
+    )
+    if code != 0:
+        raise RuntimeError(f"emulator reset failed: see {p.work}/state-build.err")
+    state_build = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "peak_rss_mb": round(rss, 1)}
     no_limit = ["--rate-limit", "0"]
     result = _plan_and_apply(p, "inprocess", ["--emulator", str(fleet), *no_limit], no_limit, settings.api)
     result.pop("_plan")
+    result["state_build"] = state_build
     if not tool_alone:
         return result
     # The same commands against an unthrottled emulator in another process: the tool alone.
     alone = p.work / "fleet-alone.json"
     shutil.copyfile(p.fleet, alone)
-    with ServedEmulator(alone, latency_ms=0, rate_limit=None, op_seconds=0) as emulator:
+    with ServedEmulator(alone, latency_ms=0, rate_limit=0, op_seconds=0) as emulator:
         connect = ["--endpoint", _endpoint(emulator.url, settings.api), *no_limit]
+        # The plan changes nothing: two more plans, and the CPU target takes the least CPU of
+        # the three, as the libyaml yardstick is the least of three parses (a shared machine).
+        again = [
+            run_tool(["plan", str(p.desired_file), *connect, *_api_args(settings.api)], p.work, f"replan-{n}")
+            for n in range(2)
+        ]
         solo = _plan_and_apply(p, "alone", connect, connect, settings.api)
     result["plan_tool_alone"] = solo["plan"]
+    result["plan_tool_alone_cpu_s"] = [*(run.cpu_s for run in again), solo["plan"]["cpu_s"]]
     result["apply_tool_alone"] = solo["apply"]
     result["startup_cpu_s"], result["startup_rss_mb"] = startup_cost(p.work)
     return result
 
 
-def _peer_client(api: str, url: str, region: str, rate: float) -> Any:
-    """Our own client for the peers (same signing and rate limit as the tool)."""
+def _peer_client(api: str, url: str, region: str, rate: float | None) -> Any:
+    """Our own client for the peers (same signing and rate limits as the tool: ``rate`` for
+    every action, or None: the documented ones)."""
     from reconciler.cloud.credentials import Credentials
 
     if api == "2.0":
         from reconciler.cloud.client import CvmClient
 
-        return CvmClient(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limit=rate)
-    from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client
+        limits = DOCUMENTED_RATE_LIMITS if rate is None else rate
+        return CvmClient(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limit=limits)
+    from reconciler.cloud.api3 import Api3Client
 
-    # The same rate for every action as the tool is given (--rate-limit caps each 3.0 action).
-    limits = dict.fromkeys(DEFAULT_RATE_LIMITS, rate) if rate else None
-    return Api3Client(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limits=limits)
+    # The tool's limits: the documented ones (None), or one rate for every action.
+    rates = DOCUMENTED_RATE_LIMITS if rate is None else dict.fromkeys(DOCUMENTED_RATE_LIMITS, rate)
+    return Api3Client(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limits=rates)
 
 
 def _scaled(run: PeerResult, done: int, total: int) -> dict[str, Any]:
@@ -533,7 +586,8 @@ def run_served(p: Prepared, settings: Settings) -> dict[str, Any]:
         # The emulator's own count of the plan's and apply's requests (4400 answers included).
         after = emulator.counts()
     plan: Plan = result.pop("_plan")
-    rate, op = served["rate_limit"], served["op_seconds"]
+    rate: float | Mapping[str, float] = served["rate_limit"] or DOCUMENTED_RATE_LIMITS
+    op = served["op_seconds"] or 0.0
     result["server_requests"] = _delta(after, before)
     result["plan_lower_bound_s"] = round(lower_bound_s(result["plan_minimum"], rate), 3)
     # Waves: at least the most keys one instance loses (2.0), computed from the input.
@@ -711,7 +765,10 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         x, api = r["result"], r["api"]
         unbind = _unbind_action(api)
-        plan_ok = x["plan"]["calls"] == x["plan_minimum"]
+        # A 3.0 plan also asks STS once who its credentials are (GetCallerIdentity, for the
+        # account guard): not a CVM call, so not held against the CVM minimum.
+        cvm_calls = {a: n for a, n in x["plan"]["calls"].items() if a not in STS_ACTIONS}
+        plan_ok = cvm_calls == x["plan_minimum"]
         made = x["apply"]["calls"].get(unbind, 0)
         # 2.0: the exact minimum; 3.0: its minimum is not known exactly (a biclique partition),
         # so the check is "no more than 2.0's minimum" (its lower bound is shown beside).
@@ -825,6 +882,18 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
             )
     header = ["size", "mode", "plan CPU", "plan RSS", "plan wall", "apply CPU", "apply RSS", "apply wall"]
     out += _table(header, rows)
+    builds = [(r["size"], r["result"]["state_build"]) for r in results if "state_build" in r["result"]]
+    if builds:
+        out += [
+            "",
+            "Before the in-process runs, the emulator's live state is built from the fleet file once "
+            "(`cvmkeys emulator reset --fleet FLEET`, not counted above): "
+            + "; ".join(
+                f"{size} {b['cpu_s']:.2f} s CPU, {b['peak_rss_mb']:.0f} MB" for size, b in builds
+            )
+            + ".",
+            "",
+        ]
 
     inproc = {r["size"]: r for r in results if r["mode"] == "inprocess" and r["api"] == "2.0"}
     if inproc:
@@ -836,7 +905,9 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
         for size, r in inproc.items():
             x, f = r["result"], r["facts"]
             y = f["libyaml_parse_s"]
-            cpu, alone = x["plan"]["cpu_s"], x["plan_tool_alone"]["cpu_s"]
+            cpu = x["plan"]["cpu_s"]
+            # The least of three tool-alone plans (as the yardstick is the least of three).
+            alone = min(x.get("plan_tool_alone_cpu_s") or [x["plan_tool_alone"]["cpu_s"]])
             apply_ratio = x["apply"]["wall_s"] / max(x["apply_tool_alone"]["wall_s"], 1e-9)
             rows.append(
                 [
@@ -847,14 +918,15 @@ def render_tables(results: Sequence[dict[str, Any]]) -> str:
                     f"{cpu / y:.1f}x",
                     _s(alone, 2),
                     f"{alone / y:.1f}x",
-                    _ok(alone / y <= 5),
+                    _ok(alone / y <= 5) + ("" if alone / y > 3 else " (<= 3x too)"),
                     f"{apply_ratio:.2f}",
                     _ok(apply_ratio <= 2),
                     _s(x["startup_cpu_s"], 2),
                     _s(f["pure_diff_s"], 3),
                 ]
             )
-        header = ["size", "libyaml (fresh)", "libyaml (warm)", "plan CPU", "ratio", "tool alone CPU", "ratio"]
+        header = ["size", "libyaml (fresh)", "libyaml (warm)", "plan CPU", "ratio"]
+        header += ["tool alone CPU (least of 3)", "ratio"]
         header += ["<= 5x", "apply wall in-process / alone", "<= 2", "start-up", "pure diff"]
         out += _table(header, rows)
         if len(inproc) > 1:
@@ -901,6 +973,15 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument(
         "--op-seconds", type=float, default=SERVED["op_seconds"], help="served operation time"
     )
+    parser.add_argument(
+        "--op-lag", type=float, default=0.0, help="served: seconds 3.0's operation state lags (default 0)"
+    )
+    parser.add_argument(
+        "--served-rate-limit",
+        type=float,
+        default=None,
+        help="served: one limit for every action (default: the documented per-action limits)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--work", type=Path, default=None, help="keep the generated files here")
     parser.add_argument("--update-readme", action="store_true", help="write the tables into bench/README.md")
@@ -908,7 +989,12 @@ def main(argv: Iterable[str] | None = None) -> None:
     args = parser.parse_args(list(argv) if argv is not None else None)
     settings = Settings(
         api=args.api,
-        served={**SERVED, "op_seconds": args.op_seconds},
+        served={
+            **SERVED,
+            "op_seconds": args.op_seconds,
+            "op_lag": args.op_lag,
+            "rate_limit": args.served_rate_limit,
+        },
         peer_sample=args.peer_sample,
         tf_sample=args.tf_sample,
         tf_refresh_sample=args.tf_refresh_sample,
@@ -961,6 +1047,10 @@ def _run_size(size: str, args: argparse.Namespace, settings: Settings, work: Pat
             command += f" --peer-sample {args.peer_sample} --tf-sample {args.tf_sample}"
             command += f" --tf-refresh-sample {args.tf_refresh_sample} --tf-sleep {args.tf_sleep:g}"
             command += f" --tf-poll {args.tf_poll:g} --op-seconds {args.op_seconds:g}"
+            if args.op_lag:
+                command += f" --op-lag {args.op_lag:g}"
+            if args.served_rate_limit:
+                command += f" --served-rate-limit {args.served_rate_limit:g}"
         result["truth_ready_instances"] = len(p.truth.ready_instances)
         record = {
             "size": size,

@@ -58,14 +58,14 @@ from reconciler.cloud.endpoint import (
     is_loopback_host,
 )
 from reconciler.errors import CloudError, ConfigError
-from reconciler.model import ApiVersion, CallerIdentity, Plan
+from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, CallerIdentity, Plan
 
 if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
     from reconciler.emulator.state import FleetState
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_RATE_LIMIT = 10.0  # requests a second per action: API 3.0's documented key-pair limit
+DEFAULT_RATE_LIMIT = DOCUMENTED_RATE_LIMITS  # per action: DescribeInstances 40 a second, the rest 10
 # In-process requests carry these URLs; loopback, so the http:// rule is satisfied honestly.
 EMULATOR_URL = "http://localhost/v2/index.php"
 EMULATOR_URL3 = "http://localhost/"

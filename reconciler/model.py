@@ -47,6 +47,23 @@ class InstanceState(str, Enum):
 # The API limits, in one place: both APIs take at most 100 IDs a call and 100 items a page.
 MAX_IDS_PER_CALL = 100
 PAGE_SIZE = 100
+# Requests a second per action, as API 3.0 documents them (cvm-api-3.0.md section 6). API 2.0
+# publishes no figures; its actions take those of their 3.0 counterparts (UnBindInstanceKey ~
+# DisassociateInstancesKeyPairs, BindInstanceKey ~ AssociateInstancesKeyPairs; the describe and
+# stop/start actions have the same names). The one table: the clients' defaults
+# (``cloud.ratelimit``, ``cloud.api3``) and the served emulator's (``emulator serve``).
+DOCUMENTED_RATE_LIMITS: Mapping[str, float] = {
+    "DescribeInstances": 40.0,
+    "DescribeInstancesStatus": 40.0,
+    "DescribeKeyPairs": 10.0,
+    "DisassociateInstancesKeyPairs": 10.0,
+    "AssociateInstancesKeyPairs": 10.0,
+    "StopInstances": 10.0,
+    "StartInstances": 10.0,
+    "UnBindInstanceKey": 10.0,
+    "BindInstanceKey": 10.0,
+}
+DEFAULT_RATE_LIMIT = 10.0  # an action the table does not name (the key-pair figure)
 
 # --------------------------------------------------------------------------- live state
 
@@ -351,6 +368,9 @@ class Plan:
     format_version: str = PLAN_FORMAT_VERSION
     caller: CallerIdentity | None = None  # who it ran as (STS), when known
     premises: tuple[Premise, ...] = ()  # one per instance with a ready change, sorted by ID
+    # The stop schedule (docs/disruption.md); None without a ``disruption`` block. Every
+    # instance in it was running when the plan was made: the plan is the record of prior state.
+    stops: StopSchedule | None = None
 
     @property
     def has_errors(self) -> bool:
@@ -400,6 +420,136 @@ class ApplyResult:
     calls: Mapping[str, int]  # API calls made, by action
     interrupted: bool = False
     stopped_reason: str = ""  # why apply stopped before the end (a read that failed for good)
+    stops: StopsResult | None = None  # what apply did to the scheduled instances (disruption)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
+
+
+# --------------------------------------------------------------------------- the stop schedule
+# (docs/disruption.md). Built by ``core.disruption``; here because ``Plan`` carries it.
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseDurations:
+    """Assumed seconds each phase takes for one instance (docs/disruption.md, "Durations").
+
+    No API documents these; they are what the estimate is made of, so a plan states them.
+    ``unbind`` is one unbind call until the instance is no longer busy: Terraform's provider
+    waits 10 s before its first poll, and a 2.0 instance stays in status 20 for seconds.
+    """
+
+    soft_stop: float = 60.0  # an orderly shutdown of a Linux guest
+    hard_stop: float = 15.0  # a forced power-off
+    unbind: float = 15.0  # one unbind call, until the instance is no longer busy
+    start: float = 60.0  # from the start call until the instance is running again
+
+    def stop(self, stop_type: StopType) -> float:
+        """The expected time to stop an instance the way ``stop_type`` says."""
+        return self.hard_stop if stop_type is StopType.HARD else self.soft_stop
+
+    def worst_stop(self, stop_type: StopType, stop_timeout: int) -> float:
+        """The longest cvmkeys waits for an instance to stop before it gives up on it (soft,
+        hard) or forces the stop (soft_first, which then takes a forced stop's time more)."""
+        if stop_type is StopType.SOFT_FIRST:
+            return max(stop_timeout, self.soft_stop) + self.hard_stop
+        return max(stop_timeout, self.stop(stop_type))
+
+
+DEFAULT_DURATIONS = PhaseDurations()
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledStop:
+    """One running instance that goes down: stop, unbind ``key_ids``, start.
+
+    Every instance here was running when the plan was made (that is why it is here), so a plan
+    that records the schedule records which instances cvmkeys must leave running.
+    """
+
+    instance_id: str
+    instance_name: str
+    key_ids: tuple[str, ...]  # the planned unbinds, sorted
+    round: int  # 0-based
+    unbind_calls: int
+    downtime: float  # expected seconds down: stop + unbind calls + start
+    worst_downtime: float  # with the longest stop wait (stop_timeout, and the forced stop)
+    removes_last_key: bool  # every key the instance has is removed: the plan must warn
+    prior_state: str = "running"  # the API's word for its state when planned (always running)
+
+
+@dataclass(frozen=True, slots=True)
+class StopRound:
+    """At most ``budget`` instances down together; StopInstances and StartInstances take 100
+    IDs a call, so a round of more than 100 needs several of each."""
+
+    index: int
+    instance_ids: tuple[str, ...]
+    stop_calls: int
+    start_calls: int
+    duration: float  # the longest expected downtime in the round
+    worst_duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopSchedule:
+    """Which instances go down, in which rounds, and for how long. Empty (``enabled`` False)
+    without a ``disruption`` block or with ``stop_running: false``."""
+
+    enabled: bool
+    stop_type: StopType | None = None
+    stop_timeout: int = 0
+    budget: int = 0  # instances down because of cvmkeys at once
+    budget_reason: str = ""  # which limit set the budget, with its numbers
+    running_in_scope: int = 0  # the base of max_stopped_percent
+    stops: tuple[ScheduledStop, ...] = ()  # in round order
+    rounds: tuple[StopRound, ...] = ()
+    durations: PhaseDurations = DEFAULT_DURATIONS
+    total_downtime: float = 0.0  # instance-seconds: the sum of every instance's expected downtime
+    wall_time: float = 0.0  # the sum of the rounds' durations: an upper bound for a rolling apply
+    worst_wall_time: float = 0.0
+    # (stops / budget) x mean downtime, at least the longest downtime: what a rolling apply approaches
+    rolling_estimate: float = 0.0
+    max_stops: int | None = None  # the safety limit the plan was checked against (None: none)
+
+    @property
+    def stop_count(self) -> int:
+        """How many instances go down (what ``max_stops`` limits)."""
+        return len(self.stops)
+
+    @property
+    def instance_ids(self) -> tuple[str, ...]:
+        return tuple(stop.instance_id for stop in self.stops)
+
+    @property
+    def stop_calls(self) -> int:
+        return sum(r.stop_calls for r in self.rounds)
+
+    @property
+    def start_calls(self) -> int:
+        return sum(r.start_calls for r in self.rounds)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStopResult:
+    """What apply did to one scheduled instance, and the state it left it in."""
+
+    instance_id: str
+    instance_name: str
+    stopped: bool  # cvmkeys stopped it (this apply or, found down, an earlier one of this plan)
+    running_again: bool  # seen running at the end
+    final_state: str  # the API's word, as last observed ("" when never observed)
+    note: str = ""  # why it is not running again, or what was unusual
+
+
+@dataclass(frozen=True, slots=True)
+class StopsResult:
+    """The scheduled instances after apply. ``still_down`` comes first in every report: an
+    instance cvmkeys stopped and could not start again."""
+
+    instances: tuple[InstanceStopResult, ...]
+    max_down_at_once: int  # the most instances down because of this apply at any moment
+
+    @property
+    def still_down(self) -> tuple[InstanceStopResult, ...]:
+        return tuple(i for i in self.instances if i.stopped and not i.running_again)

@@ -423,6 +423,8 @@ class ApplyOutcome:
             return ExitCode.INTERRUPTED
         if result.count(Outcome.FAILED) or result.count(Outcome.NOT_ATTEMPTED) or result.stopped_reason:
             return ExitCode.ERROR
+        if result.stops is not None and result.stops.still_down:
+            return ExitCode.ERROR  # an instance cvmkeys stopped is not running again
         if result.count(Outcome.BLOCKED):
             return ExitCode.BLOCKED
         return ExitCode.OK
@@ -464,10 +466,19 @@ def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event)
             check_account(connection, the_plan.caller.account_id, f"the plan {request.paths[0]}")
         fresh = executor.check_fresh()
         if fresh.finished:
-            # Nothing left to send: the result is made of what check_fresh read (no mutation).
-            result = executor.run()
+            # Nothing left to unbind: the result is made of what check_fresh read. With a stop
+            # schedule run still looks at its instances: one a killed apply of this plan stopped
+            # may still be down, and run starts it (execute.rolling), whatever the limits say.
+            result = executor.run() if the_plan.stops is None else _run(executor, the_plan, hooks)
         else:
-            _check_safe(recheck_safety(the_plan.safety, request.limits), request.force)
+            stops = the_plan.stops
+            verdict = recheck_safety(
+                the_plan.safety,
+                request.limits,
+                stops=stops.stop_count if stops else 0,
+                max_stops=stops.max_stops if stops else None,
+            )
+            _check_safe(verdict, request.force)
             result = _run(executor, the_plan, hooks)
     return ApplyOutcome(the_plan, result, fresh.finished and bool(fresh.done), tuple(failures))
 

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from bench.fleetgen import SIZES, Generated, generate
-from bench.run import main
+from bench.run import lower_bound_s, main
+from reconciler.model import DOCUMENTED_RATE_LIMITS
 
 QUICK = ["--peer-sample", "2", "--tf-sample", "5", "--tf-refresh-sample", "20", "--tf-sleep", "0.2"]
 QUICK += ["--tf-poll", "0.2", "--op-seconds", "0.3"]
@@ -104,6 +105,16 @@ def test_every_mode_runs_and_plans_and_applies_what_the_input_decides(
     served = loaded["S-served"]["result"]
     plan_and_apply = Counter(served["plan"]["calls"]) + Counter(served["apply"]["calls"])
     assert served["server_requests"] == dict(plan_and_apply)  # the emulator saw what the audit logs say
+    # Served with the documented per-action limits (none refused: the client keeps to the same
+    # table), and the lower bound takes each action at its own rate: reads at 40 a second.
+    assert loaded["S-served"]["params"]["rate_limit"] is None
+    minimum = served["plan_minimum"]
+    bound = max(minimum["DescribeKeyPairs"] / 10, minimum["DescribeInstances"] / 40)
+    assert served["plan_lower_bound_s"] == pytest.approx(bound, abs=0.001)
+    assert lower_bound_s({"DescribeInstances": 80, "DescribeKeyPairs": 10}, DOCUMENTED_RATE_LIMITS) == 2.0
+    assert lower_bound_s({"UnBindInstanceKey": 30}, DOCUMENTED_RATE_LIMITS, waves=1, op_seconds=2) == 3.0
+    # In-process, the emulator's state was built before the plan, on its own.
+    assert tool_alone["state_build"]["cpu_s"] > 0
 
 
 def test_the_peers_make_the_calls_their_strategy_implies(results: tuple[Path, dict[str, Any]]) -> None:

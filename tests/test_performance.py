@@ -3,6 +3,7 @@
 * the emulator reads a fleet file that is one JSON document with ``json`` and gets exactly
   what the YAML loader gets; whatever the two read differently goes to YAML;
 * the client's token bucket bursts half the rate (the server keeps tokens against jitter);
+* the client goes at each action's documented rate, and the served emulator enforces it;
 * the signer's encoder skips ``quote`` for what needs no encoding, with the same result;
 * the client checks a key's list of bound instance IDs with one regex, with the same verdict;
 * schema validators with local $refs inlined judge documents exactly as the schema does;
@@ -28,6 +29,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from support import FakeTime, serve_fleet
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
 from bench.run import observed_truth, poll_minimum
@@ -37,14 +39,16 @@ from reconciler.cloud.client import AttemptRecord, CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.cloud.ratelimit import ActionRateLimiter
+from reconciler.core import document
 from reconciler.core.document import dump_plan
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_paths
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState
+from reconciler.errors import ApiError
 from reconciler.execute.executor import EventKind, ExecEvent, ExecOptions, Executor
 from reconciler.ids import is_instance_id
-from reconciler.model import Batch, Outcome
+from reconciler.model import DOCUMENTED_RATE_LIMITS, Batch, Outcome
 from reconciler.schemas import load_schema, validator
 
 
@@ -55,6 +59,51 @@ def test_a_json_fleet_loads_as_its_data(tmp_path: Path) -> None:
         path = tmp_path / f"f{n}.json"
         path.write_text(text, encoding="utf-8")
         assert FleetState.from_file(path, persist=False).to_data() == FleetState.from_data(fleet).to_data()
+
+
+def test_the_state_store_loads_one_string_per_distinct_text(tmp_path: Path) -> None:
+    """Memory (issue 16 item 7): an ID bound to keys, and an OS name many instances share, is
+    one string object however often it occurs in the loaded state, and the state is the same."""
+    gen = generate(300, 12, seed=4)
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps(gen.fleet))
+    state = FleetState.from_file(fleet)
+    state.close()
+    state = FleetState.from_file(fleet)  # read back from the SQLite state this time
+    try:
+        assert state.to_data() == FleetState.from_data(gen.fleet).to_data()
+        region = next(iter(state._regions.values()))
+        ids = {iid: iid for iid in region.instances}
+        bound = [iid for members in region.key_instances.values() for iid in members]
+        assert len(bound) == len(gen.live) and all(iid is ids[iid] for iid in bound)
+        by_os: dict[str, str] = {}
+        for item in region.instances.values():
+            assert by_os.setdefault(item["os"], item["os"]) is item["os"]
+        assert len(by_os) < len(region.instances) / 10
+    finally:
+        state.close()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(_JSON)
+def test_the_plan_indenter_writes_what_json_dumps_writes(value: Any) -> None:
+    """``dump_plan``'s indenter (faster than the standard library's pure-Python one) gives the
+    same text for any JSON value, and falls back to json.dumps for anything else."""
+    expected = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    assert document._dumps_indented(value) == expected
+
+
+def test_the_plan_indenter_leaves_odd_values_to_json() -> None:
+    odd = {1: [True, None]}
+    assert document._dumps_indented(odd) == json.dumps(odd, indent=2, sort_keys=True)
+    with pytest.raises(ValueError):
+        document._dumps_indented({"x": [float("nan")]})
 
 
 # --------------------------------------------------------------------------- client rate limit
@@ -68,6 +117,85 @@ def test_client_burst_is_half_the_rate() -> None:
     assert waits[:5] == [0.0] * 5
     assert waits[5:] == pytest.approx([0.1, 0.2])
     assert ActionRateLimiter(1.0).burst == 1.0
+
+
+def test_the_client_goes_at_the_documented_rate_of_each_action() -> None:
+    """Issue 16 item 4: DescribeInstances at 40 a second, the key-pair calls at 10 (the shared
+    table), against an emulator that enforces the same table and so refuses nothing; one
+    ``rate_limit`` (``--rate-limit``) still caps every action."""
+    gen = generate(3000, 6, seed=2)
+    ids = sorted(gen.statuses)
+    key = sorted(k for k, _ in gen.live)[0]
+    for rate_limit, inst_wait, key_wait in ((None, (30 - 20) / 40, (8 - 5) / 10), (10.0, (30 - 5) / 10, 0.3)):
+        fake = FakeTime()  # moves only when the client sleeps: the waits are the limiter's alone
+        state = FleetState.from_data(gen.fleet, clock=fake.clock)
+        app = EmulatorApp(state, clock=fake.clock, limits=DOCUMENTED_RATE_LIMITS)
+        records: list[AttemptRecord] = []
+        options: dict[str, Any] = {} if rate_limit is None else {"rate_limit": rate_limit}
+        client = CvmClient(
+            Credentials(SECRET_ID, SECRET_KEY),
+            gen.region,
+            endpoint="http://localhost/v2/index.php",
+            transport=transport(app),
+            sleep=fake.sleep,
+            clock=fake.clock,
+            max_workers=1,  # one thread: the sleeps add up to the time taken
+            on_attempt=records.append,
+            **options,
+        )
+        client.describe_instances(ids)
+        assert sum(fake.sleeps) == pytest.approx(inst_wait)
+        fake.sleeps.clear()
+        for _ in range(8):
+            client.describe_key_pairs([key])
+        assert sum(fake.sleeps) == pytest.approx(key_wait)
+        assert len(records) == 38 and all(r.code == 0 for r in records)
+    assert app.rate_for("DescribeInstances") == 40.0 and app.rate_for("UnBindInstanceKey") == 10.0
+    assert ActionRateLimiter(DOCUMENTED_RATE_LIMITS).rate_of("BindInstanceKey") == 10.0
+    assert ActionRateLimiter(DOCUMENTED_RATE_LIMITS).rate_of("SomethingNew") == 10.0
+    with pytest.raises(ValueError):
+        ActionRateLimiter({"DescribeInstances": 0.0})
+
+
+def test_the_served_emulator_enforces_the_documented_limits_by_default(tmp_path: Path) -> None:
+    """``cvmkeys emulator serve`` answers 4400 beyond the documented per-action rate, over 2.0
+    too; ``--no-documented-limits`` turns them off and ``--rate-limit`` sets one for all."""
+    gen = generate(50, 4, seed=1)
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps(gen.fleet))
+    key = sorted(k for k, _ in gen.live)[0]
+    ids = sorted(gen.statuses)
+    refused: dict[tuple[str, ...], dict[str, int]] = {}
+    for options in ((), ("--no-documented-limits",), ("--rate-limit", "5")):
+        process, served = serve_fleet(fleet, gen.region, "--no-save", *options)
+        try:
+            client = CvmClient(
+                Credentials(served.secret_id, served.secret_key),
+                gen.region,
+                endpoint=served.url,
+                rate_limit=None,
+                max_attempts=1,
+            )
+            counts = {"DescribeKeyPairs": 0, "DescribeInstances": 0}
+            # 30 of each at once: far more than 10 (or 5) a second, fewer than 40.
+            for action in counts:
+                for _ in range(30):
+                    try:
+                        if action == "DescribeKeyPairs":
+                            client.describe_key_pairs([key])
+                        else:
+                            client.describe_instances(ids[:1])
+                    except ApiError as error:
+                        assert error.code == 4400
+                        counts[action] += 1
+            client.close()
+        finally:
+            process.terminate()
+            process.communicate(timeout=10)
+        refused[options] = counts
+    assert refused[()]["DescribeInstances"] == 0 < refused[()]["DescribeKeyPairs"]
+    assert refused[("--no-documented-limits",)] == {"DescribeKeyPairs": 0, "DescribeInstances": 0}
+    assert all(n > 0 for n in refused[("--rate-limit", "5")].values())
 
 
 # --------------------------------------------------------------------------- executor polls

@@ -52,7 +52,7 @@ from reconciler.cloud.tc3call import (
 from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError
 from reconciler.ids import canonical_region, is_instance_id, is_key_id
-from reconciler.model import ApiVersion, Instance, InstanceState, KeyPair
+from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, Instance, InstanceState, KeyPair
 
 SERVICE = "cvm"
 VERSION = "2017-03-12"
@@ -60,15 +60,8 @@ PAGE_SIZE = 100  # DescribeKeyPairs / DescribeInstances Limit maximum
 MAX_IDS_PER_CALL = 100  # InstanceIds and KeyIds of every action
 DISASSOCIATE = "DisassociateInstancesKeyPairs"
 MUTATING_ACTIONS = frozenset({DISASSOCIATE, "AssociateInstancesKeyPairs", "StopInstances", "StartInstances"})
-# Requests a second per action, as documented (cvm-api-3.0.md section 6).
-DEFAULT_RATE_LIMITS: Mapping[str, float] = {
-    "DescribeInstances": 40.0,
-    "DescribeKeyPairs": 10.0,
-    DISASSOCIATE: 10.0,
-    "AssociateInstancesKeyPairs": 10.0,
-    "StopInstances": 10.0,
-    "StartInstances": 10.0,
-}
+# Requests a second per action, as documented (cvm-api-3.0.md section 6): the one table.
+DEFAULT_RATE_LIMITS: Mapping[str, float] = DOCUMENTED_RATE_LIMITS
 
 # The one map from 3.0's InstanceState to the API-neutral state; anything else is OTHER.
 INSTANCE_STATES: Mapping[str, InstanceState] = {

@@ -28,7 +28,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -64,6 +64,7 @@ from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
 from reconciler.ids import is_instance_id, is_key_id, normalize_region
 from reconciler.model import (
+    DOCUMENTED_RATE_LIMITS,
     INSTANCE_STATUS_NAMES,
     MAX_IDS_PER_CALL,
     PAGE_SIZE,
@@ -301,8 +302,10 @@ class CvmClient(PooledClient):
     ``transport`` replaces the network (e.g. the emulator's in-process transport); ``clock``
     gives the signed Timestamp, the attempt times and the rate limiter's time; ``sleep`` is used
     for backoff and rate limiting; ``rng`` draws backoff jitter. ``rate_limit`` is requests per
-    second per action (0 or None: unlimited). ``on_attempt`` receives every attempt's record; it
-    is called from worker threads but never concurrently. Implements ``cloud.base.CloudClient``.
+    second per action: one rate for all, or a table by action (default: the documented figures,
+    ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. ``on_attempt`` receives every
+    attempt's record; it is called from worker threads but never concurrently. Implements
+    ``cloud.base.CloudClient``.
     """
 
     api = ApiVersion.V2
@@ -317,7 +320,7 @@ class CvmClient(PooledClient):
         transport: httpx.BaseTransport | None = None,
         http_method: str = "GET",
         signature_method: str = signing.HMAC_SHA256,
-        rate_limit: float | None = 10.0,
+        rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
         max_attempts: int = 5,
         backoff_base: float = 0.2,
         backoff_cap: float = 5.0,
@@ -343,8 +346,6 @@ class CvmClient(PooledClient):
                 f"signature method must be one of {', '.join(signing.SIGNATURE_METHODS)}, "
                 f"not {_show(signature_method)}"
             )
-        if rate_limit is not None and not rate_limit >= 0:
-            raise ConfigError("rate_limit must be a non-negative number of requests per second")
         self._retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
 
         self.signature_method = signature_method
@@ -354,7 +355,10 @@ class CvmClient(PooledClient):
         self._rng = rng if rng is not None else random.Random()
         self._report = AttemptReporter(logger, self._retry.max_attempts, on_attempt)
         self._init_pool(max_workers)
-        self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
+        try:
+            self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
+        except ValueError:
+            raise ConfigError("rate_limit must be a non-negative number of requests per second") from None
         self._calls: Counter[str] = Counter()
 
         self._auth = Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock)

@@ -1,8 +1,10 @@
 """Client-side rate limiting: a thread-safe token bucket per API action.
 
 Used by :class:`reconciler.cloud.client.CvmClient` before every HTTP attempt, so the client stays
-under the API's quota (API 3.0 documents 10 requests/s for the key-pair actions) instead of
-collecting 4400 answers. The clock and sleep are injected so tests never wait.
+under the API's quota instead of collecting 4400 answers: by default the documented figure of
+each action (``model.DOCUMENTED_RATE_LIMITS``: DescribeInstances 40 a second, the key-pair and
+stop/start actions 10), or one rate for every action (``--rate-limit``). The clock and sleep are
+injected so tests never wait.
 
 A caller that finds the bucket empty reserves the next token (the count goes negative) and sleeps
 outside the lock for exactly its share, so concurrent callers queue fairly without spinning.
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from reconciler.model import DEFAULT_RATE_LIMIT
 
 
 class TokenBucket:
@@ -54,19 +58,31 @@ class TokenBucket:
 
 
 class ActionRateLimiter:
-    """One :class:`TokenBucket` per action name (burst: half the rate, at least 1); ``rate`` of
-    ``None`` or 0 disables limiting."""
+    """One :class:`TokenBucket` per action name (burst: half its rate, at least 1).
+
+    ``rate`` is one rate for every action, or a table by action (actions it does not name get
+    ``default_rate``); ``None`` or 0 disables limiting."""
 
     def __init__(
         self,
-        rate: float | None,
+        rate: float | Mapping[str, float] | None,
         *,
+        default_rate: float = DEFAULT_RATE_LIMIT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if rate is not None and rate < 0:
-            raise ValueError("rate must not be negative")
-        self.rate = rate or None
+        table: dict[str, float] | None
+        if isinstance(rate, Mapping):
+            if any(not value > 0 for value in rate.values()) or not default_rate > 0:
+                raise ValueError("every rate must be a positive number a second")
+            table, single = dict(rate), None
+        else:
+            if rate is not None and not rate >= 0:
+                raise ValueError("rate must not be negative")
+            table, single = None, rate or None
+        self._table = table
+        self._default_rate = default_rate
+        self.rate = single  # the one rate of every action, or None (a table, or no limit)
         # Half the rate as burst: the server's bucket (burst = rate, started by our first
         # request) then always holds half a second of tokens in reserve. With a full burst it
         # would hold none, and any request that reaches it sooner after the previous one than
@@ -77,17 +93,25 @@ class ActionRateLimiter:
         self._lock = threading.Lock()
         self._buckets: dict[str, TokenBucket] = {}
 
+    def rate_of(self, action: str) -> float | None:
+        """Requests a second allowed for ``action`` (None: no limit)."""
+        if self._table is not None:
+            return self._table.get(action, self._default_rate)
+        return self.rate
+
     @property
     def enabled(self) -> bool:
-        return self.rate is not None
+        return self.rate is not None or self._table is not None
 
     def acquire(self, action: str) -> float:
         """Wait for a token for ``action``; returns the time slept (0 when disabled)."""
-        if self.rate is None:
+        if not self.enabled:
             return 0.0
         with self._lock:
             bucket = self._buckets.get(action)
             if bucket is None:
-                bucket = TokenBucket(self.rate, self.burst, clock=self._clock, sleep=self._sleep)
+                rate = self.rate_of(action)
+                assert rate is not None  # enabled: one rate, or a table with a default
+                bucket = TokenBucket(rate, max(1.0, rate / 2), clock=self._clock, sleep=self._sleep)
                 self._buckets[action] = bucket
         return bucket.acquire()

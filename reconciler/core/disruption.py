@@ -12,7 +12,7 @@ stay stopped, as without the block).
 The budget is how many instances may be down because of cvmkeys at once: ``max_stopped``, or
 ``max_stopped_percent`` of the running instances in scope (rounded down), whichever is smaller,
 and at least 1. Instances are put into rounds of at most the budget, longest expected downtime
-first, so that instances that take as long share a round. Apply (next: docs/disruption.md) runs
+first, so that instances that take as long share a round. Apply (``execute.rolling``) runs
 them rolling: a stopped instance's slot goes to the next one as soon as it runs again, so the
 rounds are an upper bound on the wall time and ``(stops / budget) x per-instance time`` is what
 a rolling apply approaches.
@@ -21,7 +21,8 @@ Durations are parameters (``PhaseDurations``), not measurements: no API document
 stop, an unbind or a start takes. The defaults are stated assumptions; callers with measured
 figures (bench/, the emulator's timings) pass their own.
 
-Called by the plan (next) with the diff's changes; ``core.safety.check_stops`` checks the
+Called by ``core.plan.build_plan`` with the diff's changes (``apply_schedule`` turns the
+scheduled changes ready); ``core.safety.check_stops`` checks the
 schedule's ``stops`` against ``max_stops``.
 """
 
@@ -30,115 +31,42 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from fractions import Fraction
 
 from reconciler.core.batching import MAX_INSTANCES_PER_CALL
 from reconciler.core.diff import blocked_only_by_running, instance_is_running, live_bindings, owned_bindings
-from reconciler.model import Change, Desired, Disruption, Observed, StopType
+from reconciler.model import (
+    DEFAULT_DURATIONS,
+    Change,
+    Desired,
+    Disruption,
+    Observed,
+    PhaseDurations,
+    ScheduledStop,
+    StopRound,
+    StopSchedule,
+)
+
+__all__ = [
+    "DEFAULT_DURATIONS",
+    "DISABLED",
+    "PhaseDurations",
+    "ScheduledStop",
+    "StopRound",
+    "StopSchedule",
+    "allows_stops",
+    "running_in_scope",
+    "schedule_for",
+    "schedule_stops",
+    "stop_budget",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class PhaseDurations:
-    """Assumed seconds each phase takes for one instance (docs/disruption.md, "Durations").
-
-    No API documents these; they are what the estimate is made of, so a plan states them.
-    ``unbind`` is one unbind call until the instance is no longer busy: Terraform's provider
-    waits 10 s before its first poll, and a 2.0 instance stays in status 20 for seconds.
-    """
-
-    soft_stop: float = 60.0  # an orderly shutdown of a Linux guest
-    hard_stop: float = 15.0  # a forced power-off
-    unbind: float = 15.0  # one unbind call, until the instance is no longer busy
-    start: float = 60.0  # from the start call until the instance is running again
-
-    def stop(self, stop_type: StopType) -> float:
-        """The expected time to stop an instance the way ``stop_type`` says."""
-        return self.hard_stop if stop_type is StopType.HARD else self.soft_stop
-
-    def worst_stop(self, stop_type: StopType, stop_timeout: int) -> float:
-        """The longest cvmkeys waits for an instance to stop before it gives up on it (soft,
-        hard) or forces the stop (soft_first, which then takes a forced stop's time more)."""
-        if stop_type is StopType.SOFT_FIRST:
-            return max(stop_timeout, self.soft_stop) + self.hard_stop
-        return max(stop_timeout, self.stop(stop_type))
-
-
-DEFAULT_DURATIONS = PhaseDurations()
 # Keys one unbind call takes for one instance: 2.0 UnBindInstanceKey takes one key (an instance
 # with three keys to lose needs three calls, one after the other: each keeps it busy); 3.0
 # DisassociateInstancesKeyPairs takes up to 100.
 UNBIND_KEYS_PER_CALL_V2 = 1
 UNBIND_KEYS_PER_CALL_V3 = 100
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduledStop:
-    """One running instance that goes down: stop, unbind ``key_ids``, start.
-
-    Every instance here was running when the plan was made (that is why it is here), so a plan
-    that records the schedule records which instances cvmkeys must leave running.
-    """
-
-    instance_id: str
-    instance_name: str
-    key_ids: tuple[str, ...]  # the planned unbinds, sorted
-    round: int  # 0-based
-    unbind_calls: int
-    downtime: float  # expected seconds down: stop + unbind calls + start
-    worst_downtime: float  # with the longest stop wait (stop_timeout, and the forced stop)
-    removes_last_key: bool  # every key the instance has is removed: the plan must warn
-
-
-@dataclass(frozen=True, slots=True)
-class StopRound:
-    """At most ``budget`` instances down together; StopInstances and StartInstances take 100
-    IDs a call, so a round of more than 100 needs several of each."""
-
-    index: int
-    instance_ids: tuple[str, ...]
-    stop_calls: int
-    start_calls: int
-    duration: float  # the longest expected downtime in the round
-    worst_duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class StopSchedule:
-    """Which instances go down, in which rounds, and for how long. Empty (``enabled`` False)
-    without a ``disruption`` block or with ``stop_running: false``."""
-
-    enabled: bool
-    stop_type: StopType | None = None
-    stop_timeout: int = 0
-    budget: int = 0  # instances down because of cvmkeys at once
-    budget_reason: str = ""  # which limit set the budget, with its numbers
-    running_in_scope: int = 0  # the base of max_stopped_percent
-    stops: tuple[ScheduledStop, ...] = ()  # in round order
-    rounds: tuple[StopRound, ...] = ()
-    durations: PhaseDurations = DEFAULT_DURATIONS
-    total_downtime: float = 0.0  # instance-seconds: the sum of every instance's expected downtime
-    wall_time: float = 0.0  # the sum of the rounds' durations: an upper bound for a rolling apply
-    worst_wall_time: float = 0.0
-    # (stops / budget) x mean downtime, at least the longest downtime: what a rolling apply approaches
-    rolling_estimate: float = 0.0
-
-    @property
-    def stop_count(self) -> int:
-        """How many instances go down (what ``max_stops`` limits)."""
-        return len(self.stops)
-
-    @property
-    def instance_ids(self) -> tuple[str, ...]:
-        return tuple(stop.instance_id for stop in self.stops)
-
-    @property
-    def stop_calls(self) -> int:
-        return sum(r.stop_calls for r in self.rounds)
-
-    @property
-    def start_calls(self) -> int:
-        return sum(r.start_calls for r in self.rounds)
 
 
 DISABLED = StopSchedule(enabled=False)
@@ -266,6 +194,7 @@ def schedule_stops(
                     downtime=downtime,
                     worst_downtime=worst,
                     removes_last_key=live_keys[iid] <= keys_of[iid],
+                    prior_state=instance.api_state,
                 )
             )
         calls_needed = math.ceil(len(members) / MAX_INSTANCES_PER_CALL)

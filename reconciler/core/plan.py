@@ -9,14 +9,17 @@ kept as a record (shown in Markdown); apply judges staleness by the premises, no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from reconciler.common import canonical_sha256
 from reconciler.core.batching import make_batches, wave_count
-from reconciler.core.diff import diff
-from reconciler.core.safety import check_safety, merge_limits
+from reconciler.core.diff import LAST_KEY_WARNING, diff
+from reconciler.core.disruption import UNBIND_KEYS_PER_CALL_V2, UNBIND_KEYS_PER_CALL_V3, schedule_for
+from reconciler.core.safety import check_safety, check_stops, merge_limits
 from reconciler.model import (
     ApiVersion,
+    Change,
     ChangeStatus,
     Desired,
     Fingerprint,
@@ -24,9 +27,57 @@ from reconciler.model import (
     Plan,
     Premise,
     SafetyLimits,
+    SafetyVerdict,
     Severity,
+    StopSchedule,
     Summary,
 )
+
+STOP_ACTION = "stop-unbind-start"  # a change carried out by stopping and starting its instance
+
+
+def apply_schedule(changes: Iterable[Change], schedule: StopSchedule) -> tuple[Change, ...]:
+    """The changes with every scheduled instance's changes made ``ready`` with
+    ``action: stop-unbind-start``, a reason naming its round, and the last-key warning where the
+    instance loses every key (apply never removes a last key the reviewed plan did not warn of).
+    Without a schedule, the changes as they are."""
+    by_instance = {stop.instance_id: stop for stop in schedule.stops}
+    rounds = len(schedule.rounds)
+    result: list[Change] = []
+    for change in changes:
+        stop = by_instance.get(change.instance_id)
+        if stop is None or change.key_id not in stop.key_ids:
+            result.append(change)
+            continue
+        warnings = change.warnings
+        if stop.removes_last_key:
+            label = f"{stop.instance_id} ({stop.instance_name})" if stop.instance_name else stop.instance_id
+            warnings = (*warnings, LAST_KEY_WARNING.format(instance=label))
+        result.append(
+            dataclasses.replace(
+                change,
+                status=ChangeStatus.READY,
+                action=STOP_ACTION,
+                reason=(
+                    "instance is running: stopped, unbound and started again "
+                    f"(disruption, round {stop.round + 1} of {rounds})"
+                ),
+                warnings=warnings,
+            )
+        )
+    return tuple(result)
+
+
+def with_stop_limits(
+    verdict: SafetyVerdict, schedule: StopSchedule | None, max_stops: int | None
+) -> SafetyVerdict:
+    """``verdict`` with the ``max_stops`` violation of ``schedule`` added (none without one)."""
+    if schedule is None:
+        return verdict
+    violations = check_stops(schedule.stop_count, SafetyLimits(max_stops=max_stops))
+    if not violations:
+        return verdict
+    return dataclasses.replace(verdict, safe=False, violations=(*verdict.violations, *violations))
 
 
 def fingerprint_of(observed: Observed, key_ids: Iterable[str], instance_ids: Iterable[str]) -> Fingerprint:
@@ -82,20 +133,30 @@ def build_plan(
 ) -> Plan:
     """The full plan: changes, batches, findings, summary, safety verdict and fingerprint."""
     result = diff(desired, observed)
+    # Batches only for the unbinds needing no stop: the scheduled ones are still blocked here,
+    # and apply carries them out in its rolling schedule (execute.rolling), not in the waves.
     batches = make_batches(result.changes, api=api)
-    ready = [c for c in result.changes if c.status is ChangeStatus.READY]
     limits = merge_limits(desired.safety, limits_override or SafetyLimits())
+    schedule: StopSchedule | None = None
+    changes = result.changes
+    if desired.disruption is not None and desired.disruption.stop_running:
+        per_call = UNBIND_KEYS_PER_CALL_V2 if api is ApiVersion.V2 else UNBIND_KEYS_PER_CALL_V3
+        schedule = schedule_for(desired, observed, result.changes, unbind_keys_per_call=per_call)
+        schedule = dataclasses.replace(schedule, max_stops=limits.max_stops)
+        changes = apply_schedule(result.changes, schedule)
+    ready = [c for c in changes if c.status is ChangeStatus.READY]
     verdict = check_safety(len(ready), result.owned_count, limits)
+    verdict = with_stop_limits(verdict, schedule, limits.max_stops)
     touched = fingerprint_of(observed, {c.key_id for c in ready}, {c.instance_id for c in ready})
     summary = Summary(
         to_unbind=len(ready),
-        blocked=sum(1 for c in result.changes if c.status is ChangeStatus.BLOCKED),
-        protected=sum(1 for c in result.changes if c.status is ChangeStatus.PROTECTED),
+        blocked=sum(1 for c in changes if c.status is ChangeStatus.BLOCKED),
+        protected=sum(1 for c in changes if c.status is ChangeStatus.PROTECTED),
         missing=result.missing_count,
         owned_bindings=result.owned_count,
         errors=sum(1 for f in result.findings if f.severity is Severity.ERROR),
         warnings=sum(1 for f in result.findings if f.severity is Severity.WARNING)
-        + sum(len(c.warnings) for c in result.changes),
+        + sum(len(c.warnings) for c in changes),
         waves=wave_count(batches),
         calls=len(batches),
     )
@@ -104,7 +165,7 @@ def build_plan(
         scope=desired.scope,
         endpoint=endpoint,
         api=api,
-        changes=result.changes,
+        changes=changes,
         batches=batches,
         findings=result.findings,
         summary=summary,
@@ -114,4 +175,5 @@ def build_plan(
         observed_digest=observed_digest(observed),
         created_at=created_at,
         premises=premises_of(observed, {c.instance_id for c in ready}),
+        stops=schedule,
     )

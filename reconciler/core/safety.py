@@ -72,10 +72,40 @@ def check_safety(unbinds: int, owned_bindings: int, limits: SafetyLimits) -> Saf
     )
 
 
-def recheck_safety(verdict: SafetyVerdict, override: SafetyLimits) -> SafetyVerdict:
+def recheck_safety(
+    verdict: SafetyVerdict, override: SafetyLimits, *, stops: int = 0, max_stops: int | None = None
+) -> SafetyVerdict:
     """A saved plan's verdict under limits given on the command line (they win over the
-    recorded ones); the recorded verdict itself when none are given."""
-    if override.max_unbinds is None and override.max_unbind_percent is None:
+    recorded ones); the recorded verdict itself when none are given. ``stops`` and
+    ``max_stops`` are the plan's stop count and recorded ``max_stops`` (its schedule's)."""
+    if override.max_unbinds is None and override.max_unbind_percent is None and override.max_stops is None:
         return verdict
-    recorded = SafetyLimits(verdict.max_unbinds, verdict.max_unbind_percent)
-    return check_safety(verdict.unbinds, verdict.owned_bindings, merge_limits(recorded, override))
+    if override.max_unbinds is None and override.max_unbind_percent is None:
+        result = verdict
+        # the recorded stop violation is replaced by the command line's
+        kept = tuple(v for v in verdict.violations if "over max_stops" not in v)
+        result = SafetyVerdict(
+            safe=not kept,
+            unbinds=verdict.unbinds,
+            owned_bindings=verdict.owned_bindings,
+            max_unbinds=verdict.max_unbinds,
+            max_unbind_percent=verdict.max_unbind_percent,
+            percent_checked=verdict.percent_checked,
+            violations=kept,
+        )
+    else:
+        recorded = SafetyLimits(verdict.max_unbinds, verdict.max_unbind_percent)
+        result = check_safety(verdict.unbinds, verdict.owned_bindings, merge_limits(recorded, override))
+    limit = override.max_stops if override.max_stops is not None else max_stops
+    extra = check_stops(stops, SafetyLimits(max_stops=limit))
+    if not extra:
+        return result
+    return SafetyVerdict(
+        safe=False,
+        unbinds=result.unbinds,
+        owned_bindings=result.owned_bindings,
+        max_unbinds=result.max_unbinds,
+        max_unbind_percent=result.max_unbind_percent,
+        percent_checked=result.percent_checked,
+        violations=(*result.violations, *extra),
+    )

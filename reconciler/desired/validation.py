@@ -42,6 +42,14 @@ _ID_RE = {
     "key": re.compile(ids.KEY_ID_PATTERN),
 }
 _SCHEMA_DEF_OF_KIND = {"instance": "instanceId", "key": "keyId"}
+# A whole list of well-formed IDs joined by newlines, for the one-pass check of the common case
+# (every ID well-formed, none twice); IDs have one length, so the joined length rules out an
+# item with a line break inside. Anything else takes the item-by-item check, which words it.
+_ID_LENGTH = {"instance": len("ins-") + 8, "key": len("skey-") + 8}
+_ID_LIST_RE = {
+    kind: re.compile(f"(?:{pattern.pattern[1:-1]}\n)*{pattern.pattern[1:-1]}")
+    for kind, pattern in _ID_RE.items()
+}
 _EXPECTED = {
     "object": "a mapping",
     "array": "a list",
@@ -123,6 +131,14 @@ def _check_id_list(
     path: Path_, items: list[Any], kind: str, locator: NodeLocator
 ) -> Iterator[tuple[Path_, bool, str]]:
     """Problems of one ID list: malformed IDs (the schema's wording) and repeated IDs."""
+    if (
+        items
+        and all(item.__class__ is str for item in items)
+        and len(joined := "\n".join(items)) == len(items) * (_ID_LENGTH[kind] + 1) - 1
+        and _ID_LIST_RE[kind].fullmatch(joined) is not None
+        and len(set(items)) == len(items)
+    ):
+        return
     match = _ID_RE[kind].fullmatch
     first_index: dict[str, int] = {}
     for index, item in enumerate(items):

@@ -88,8 +88,9 @@ class Api2Face(Face):
             return Answer.error(
                 errors.InvalidRegion.code, f"unknown region {region!r} (known: {', '.join(KNOWN_REGIONS)})"
             )
-        if not app.take_token(action, app.rate_limit):
-            return Answer.error(4400, f"request quota exceeded: at most {app.rate_limit:g} {action} a second")
+        rate = app.rate_for(action)
+        if not app.take_token(action, rate):
+            return Answer.error(4400, f"request quota exceeded: at most {rate:g} {action} a second")
         action_params = actions.Params({name.replace("_", "."): value for name, value in params.items()})
         self.state.refresh()
         fault = self._draw_fault(action, action_params)

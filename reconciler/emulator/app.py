@@ -62,12 +62,14 @@ class EmulatorApp:
         rate_limit: float | None = None,
         latency_ms: float = 0.0,
         faults: FaultProfile | None = None,
+        limits: Mapping[str, float] | None = None,
         api3_limits: Mapping[str, float] | None = None,
     ) -> None:
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError("rate_limit must be positive")
-        if api3_limits is not None and any(rate <= 0 for rate in api3_limits.values()):
-            raise ValueError("api3_limits must be positive")
+        limits = limits if limits is not None else api3_limits
+        if limits is not None and any(rate <= 0 for rate in limits.values()):
+            raise ValueError("limits must be positive")
         self.state = state
         self.clock = clock or state.clock
         self.rate_limit = rate_limit
@@ -80,9 +82,10 @@ class EmulatorApp:
         self._nonces: set[tuple[str, str]] = set()
         self._nonce_expiry: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
-        # API 3.0's per-action limits (``api3.DOCUMENTED_LIMITS`` is the cloud's); None: the
-        # same ``rate_limit`` for every action as in 2.0 (None there too: no limit).
-        self.api3_limits = dict(api3_limits) if api3_limits is not None else None
+        # Per-action limits by action name, both APIs (``model.DOCUMENTED_RATE_LIMITS`` is the
+        # cloud's; ``emulator serve`` uses it by default; ``api3_limits`` is the older name);
+        # None: the same ``rate_limit`` for every action (None there too: no limit).
+        self.api3_limits = dict(limits) if limits is not None else None
         from reconciler.emulator.api3 import Api3Face  # the 3.0 face uses this app's shared parts
 
         self._api2 = Api2Face(self)
@@ -153,6 +156,13 @@ class EmulatorApp:
     def check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
         """An error text if the Timestamp is out of the window or the Nonce was used, else None."""
         return self._check_replay(secret_id, timestamp, nonce)
+
+    def rate_for(self, action: str) -> float | None:
+        """Requests a second allowed for ``action`` (None: no limit): the per-action table's
+        figure, else ``rate_limit``."""
+        if self.api3_limits is not None:
+            return self.api3_limits.get(action, self.rate_limit)
+        return self.rate_limit
 
     def take_token(self, action: str, rate: float | None) -> bool:
         """A token from ``action``'s bucket (``rate`` a second); True when there is no limit."""

@@ -70,7 +70,11 @@ def serve_command(
         typer.Option("--op-seconds", help="How long bind/unbind (status 20), stop (9) and start (8) take."),
     ] = 0.0,
     rate_limit: Annotated[
-        float | None, typer.Option("--rate-limit", help="Requests a second allowed per action (4400 beyond).")
+        float | None,
+        typer.Option(
+            "--rate-limit",
+            help="One limit for every action, per second (4400 beyond); overrides the documented ones.",
+        ),
     ] = None,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Delay added to every request.")] = 0.0,
     no_save: Annotated[
@@ -88,10 +92,11 @@ def serve_command(
     documented_limits: Annotated[
         bool,
         typer.Option(
-            "--documented-limits",
-            help="API 3.0: the cloud's per-action limits (DescribeInstances 40/s, others 10/s).",
+            "--documented-limits/--no-documented-limits",
+            help="The cloud's per-action limits, both APIs (DescribeInstances 40/s, others 10/s); "
+            "--no-documented-limits: none unless --rate-limit.",
         ),
-    ] = False,
+    ] = True,
     op_lag: Annotated[
         float,
         typer.Option(
@@ -159,7 +164,7 @@ def serve_command(
             rate_limit=rate_limit,
             latency_ms=latency_ms,
             faults=faults,
-            api3_limits=DOCUMENTED_LIMITS if documented_limits else None,
+            limits=DOCUMENTED_LIMITS if documented_limits and rate_limit is None else None,
         )
     except CvmkeysError as error:
         raise _fail(error) from None

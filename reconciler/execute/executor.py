@@ -38,6 +38,7 @@ Called by ``operations.apply`` (a saved plan is checked first: ``Executor.check_
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import threading
 import time
@@ -53,6 +54,7 @@ from reconciler.core.diff import blocked_reason
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, PlanIntegrityError
 from reconciler.execute.freshness import Freshness, check_fresh, regroup, remaining_batches
 from reconciler.execute.operation_wait import DEFAULT_LAG_ALLOWANCE, Verdict, decide
+from reconciler.execute.rolling import RollingStops
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     MAX_IDS_PER_CALL,
@@ -267,6 +269,10 @@ class Executor:
         known of it, never as a guess.
         """
         self._check_sendable()
+        # The hook for the stop schedule (docs/disruption.md): it runs beside the waves, and is
+        # always finished (every instance it stopped started again) before verify and report.
+        rolling = self._rolling()
+        failed = True
         batches = remaining_batches(self.plan, self._done)
         waves = sorted({b.wave for b in batches})
         by_wave: dict[int, list[Batch]] = {wave: [] for wave in waves}
@@ -284,8 +290,11 @@ class Executor:
                 self._run_wave(wave, by_wave[wave], following)
             if not self.stop.is_set():
                 self._wait_idle(-1, sorted(self._unconfirmed))
+            failed = False
         except CloudError as error:
             self._abort(error, "apply stopped")
+        finally:
+            stops = rolling.finish(failed=failed) if rolling is not None else None
         if self.stop.is_set():
             self._state.interrupted = True
             self._mark_unverified("interrupted")
@@ -296,7 +305,35 @@ class Executor:
             except CloudError as error:
                 self._state.aborted = error.message
                 self._mark_unverified(error.message)
-        return self._result()
+        return dataclasses.replace(self._result(), stops=stops)
+
+    def _rolling(self) -> RollingStops | None:
+        """Start the plan's stop schedule (``execute.rolling``), or None without one."""
+        if self.plan.stops is None or not self.plan.stops.stops:
+            return None
+
+        def record(binding: Binding, outcome: Outcome | None, reason: str, attempts: int) -> None:
+            track = self._track(binding)
+            track.attempts, track.reason = attempts, reason
+            if outcome is not None:
+                self._set_outcome(track, outcome)
+
+        options = self.options
+        rolling = RollingStops(
+            self.client,
+            self.plan,
+            record=record,
+            emit=lambda message: self._emit(EventKind.CALL_DONE, -1, message),
+            stop=self.stop,
+            clock=options.clock,
+            sleep=options.sleep,
+            max_attempts=options.max_attempts,
+            poll_initial=options.poll_initial,
+            poll_max=options.poll_max,
+            wait_timeout=options.wait_timeout,
+        )
+        rolling.begin()
+        return rolling
 
     def result_after(self, error: Exception) -> ApplyResult:
         """The result after ``run`` raised ``error`` (a bug): what was done, failed, of unknown

@@ -7,7 +7,9 @@ it, and a finished plan finds nothing left to do. What the rest depends on is re
 key pair of the region as ``plan`` reads them, and each instance that still has work:
 
 * it still exists, in the state the plan saw (an instance that is busy, a bind or unbind in
-  progress, is waited for first: it still reports its old keys until the operation ends);
+  progress, is waited for first: it still reports its old keys until the operation ends), or,
+  for an instance in the plan's stop schedule, stopping, stopped or starting: the plan's own
+  stops are expected too (``rolling.stopped_by_plan``, docs/disruption.md);
 * the last-key premise: the plan's warnings were computed from every key bound to the instance
   (``Plan.premises``). If the remaining unbinds would now leave it with no key and the plan did
   not say so (someone removed its other keys, or another plan did), the plan is stale. Keys
@@ -27,6 +29,7 @@ from reconciler.cloud.base import CloudClient
 from reconciler.common import plural
 from reconciler.core.diff import key_findings
 from reconciler.errors import StalePlanError
+from reconciler.execute.rolling import stopped_by_plan
 from reconciler.model import (
     MAX_IDS_PER_CALL,
     ApiVersion,
@@ -112,7 +115,11 @@ def _stale_reasons(
         if instance is None:
             reasons.append(f"{iid} no longer exists")
             continue
-        if instance.api_state != premise.instance_state and instance.state is not InstanceState.BUSY:
+        if (
+            instance.api_state != premise.instance_state
+            and instance.state is not InstanceState.BUSY
+            and not stopped_by_plan(plan, instance)  # its own stops are expected (disruption)
+        ):
             reasons.append(f"{iid} was {premise.instance_state}, now {instance.api_state}")
         now = {k for k, pair in keys.items() if iid in pair.bound_instance_ids}
         planned = planned_on[iid]

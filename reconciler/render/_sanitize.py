@@ -43,9 +43,12 @@ def _keep(char: str) -> str:
 def clean(text: str, limit: int | None = None) -> str:
     """``text`` without escape sequences and control characters; newlines and tabs become
     spaces. With ``limit``, at most that many characters (an ellipsis marks a cut)."""
-    text = _ESCAPES.sub("", text)
-    if not text.isprintable() or any(c in _BIDI for c in text):
-        text = "".join(_keep(c) for c in text)
+    # Printable ASCII (IDs, most names) holds no escape (ESC and C1 are not), no control and no
+    # bidi character: nothing to remove, and the regex costs more than the check.
+    if not (text.isascii() and text.isprintable()):
+        text = _ESCAPES.sub("", text)
+        if not text.isprintable() or any(c in _BIDI for c in text):
+            text = "".join(_keep(c) for c in text)
     if limit is not None and len(text) > limit:
         text = text[: max(limit - 1, 0)] + "\u2026"
     return text
@@ -54,6 +57,8 @@ def clean(text: str, limit: int | None = None) -> str:
 def display_width(text: str) -> int:
     """Terminal columns ``text`` takes: wide East Asian characters count two, combining
     marks none (instance names are often Chinese; this keeps columns aligned)."""
+    if text.isascii():  # the common case, and printable ASCII is one column a character
+        return len(text)
     width = 0
     for char in text:
         if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):

@@ -45,6 +45,7 @@ from reconciler.model import (
     Severity,
 )
 from reconciler.render._sanitize import clean
+from reconciler.render.stops import plan_stops_markdown, result_stops_markdown
 from reconciler.render.text import plan_line, result_line, waves_summary
 
 DEFAULT_MAX_CHARS = 65_000  # GitHub's limit is 65,536; the rest is room for a CI job's marker
@@ -519,7 +520,7 @@ def render_plan_markdown(
         headline = f"**{plan_line(plan)}**\n\n"
     else:
         headline = "**No changes.** The live bindings match the file.\n\n"
-    fixed = title + headline + _banner(plan)
+    fixed = title + headline + _banner(plan) + plan_stops_markdown(plan)
     footer = _footer(plan)
     see = _see(plan_file)
     where = f"see them all with {see}"
@@ -622,6 +623,7 @@ def render_result_markdown(
     ``plan`` (optional) supplies key and instance names.
     """
     title = f"### cvmkeys apply: {code(result.region)}\n\n**{result_line(result)}**\n\n"
+    title += result_stops_markdown(result)
     if result.stopped_reason:
         title += f"> [!WARNING]\n> Apply stopped early: {escape(result.stopped_reason)}\n\n"
     footer = ""

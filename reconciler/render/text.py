@@ -29,6 +29,7 @@ from reconciler.model import (
     Severity,
 )
 from reconciler.render._sanitize import clean, display_width, pad
+from reconciler.render.stops import plan_stops_lines, result_stops_lines, still_down_lines
 
 _BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "bold", "dim", "red", "green", "yellow", "cyan"
 NAME_LIMIT = 64  # longest name shown; the cloud allows 60, more is a hostile or odd name
@@ -142,6 +143,8 @@ def _change_lines(plan: Plan, color: bool) -> list[str]:
             if change.status is not ChangeStatus.READY:
                 label = _styled(f"{change.status.value}:", color, _SIGN_STYLE[change.status])
                 line += f"  {label} {clean(change.reason)}"
+            elif change.action != "unbind":  # stop-unbind-start: say so where the reviewer looks
+                line += f"  {clean(change.reason)}"
             lines.append(line.rstrip())
             for warning in change.warnings:
                 lines.append("        " + _styled("warning:", color, _YELLOW) + " " + clean(warning))
@@ -246,6 +249,7 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
     if plan.changes:
         lines += _change_lines(plan, color)
     lines += _findings_lines(plan.findings, color)
+    lines += plan_stops_lines(plan)
     if plan.batches:
         lines += ["", "Calls: " + waves_summary(plan.batches, plan.api) + "."]
     elif plan.changes:
@@ -301,6 +305,7 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
                 instance_names.setdefault(change.instance_id, change.instance_name)
 
     lines = [_styled(f"cvmkeys apply in {clean(result.region)}", color, _BOLD)]
+    lines += [_styled(line, color, _BOLD, _RED) for line in still_down_lines(result)]
     groups: dict[str, list[BindingResult]] = {}
     for item in result.results:
         groups.setdefault(item.key_id, []).append(item)
@@ -321,6 +326,7 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
     if result.calls:
         calls = ", ".join(f"{clean(action)} {n}" for action, n in sorted(result.calls.items()))
         lines += ["", f"API calls: {calls}"]
+    lines += result_stops_lines(result)
     if result.stopped_reason:
         lines += ["", _styled(f"Apply stopped early: {clean(result.stopped_reason)}", color, _BOLD, _RED)]
     failed = result.count(Outcome.FAILED) or result.interrupted or result.stopped_reason
