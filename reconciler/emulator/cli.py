@@ -115,80 +115,26 @@ def serve_command(
 
     Example: cvmkeys emulator serve --fleet examples/fleet.yaml --port 8080 --op-seconds 2
     """
-    from reconciler.emulator.actions import ACTIONS
-    from reconciler.emulator.api3 import ACTIONS as ACTIONS3
-    from reconciler.emulator.api3 import DOCUMENTED_LIMITS
-    from reconciler.emulator.app import EmulatorApp
-    from reconciler.emulator.faults import FaultProfile
     from reconciler.emulator.server import serve
-    from reconciler.emulator.state import FleetState
+    from reconciler.emulator.serving import ServeOptions, prepare
 
+    faults = dict(
+        seed=fault_seed, throttle_rate=fault_throttle, error_rate=fault_error, http_error_rate=fault_http,
+        drop_rate=fault_drop, partial_rate=fault_partial, lost_response_rate=fault_lost,
+        slow_rate=fault_slow, slow_seconds=fault_slow_seconds, lag_rate=fault_lag,
+        lag_seconds=fault_lag_seconds, stuck_stop_rate=fault_stuck_stop,
+    )  # fmt: skip
+    options = ServeOptions(
+        fleet, state_file, op_seconds=op_seconds, op_lag=op_lag, rate_limit=rate_limit,
+        latency_ms=latency_ms, no_save=no_save, documented_limits=documented_limits,
+        fault_actions=fault_actions, faults=faults,
+    )  # fmt: skip
     try:
-        if op_seconds < 0 or latency_ms < 0 or op_lag < 0 or (rate_limit is not None and rate_limit <= 0):
-            raise ConfigError(
-                "--op-seconds, --op-lag and --latency-ms must not be negative; --rate-limit must be positive"
-            )
-        actions = None
-        if fault_actions:
-            actions = frozenset(a.strip() for a in fault_actions.split(",") if a.strip())
-            known = list(dict.fromkeys([*ACTIONS, *ACTIONS3]))
-            unknown = sorted(actions - set(known))
-            if unknown:
-                raise ConfigError(
-                    f"--fault-actions: unknown action(s) {', '.join(unknown)}",
-                    hint=f"known: {', '.join(known)}",
-                )
-        try:
-            profile = FaultProfile(
-                seed=fault_seed,
-                throttle_rate=fault_throttle,
-                error_rate=fault_error,
-                http_error_rate=fault_http,
-                drop_rate=fault_drop,
-                partial_rate=fault_partial,
-                lost_response_rate=fault_lost,
-                slow_rate=fault_slow,
-                slow_seconds=fault_slow_seconds,
-                actions=actions,
-                lag_rate=fault_lag,
-                lag_seconds=fault_lag_seconds,
-                stuck_stop_rate=fault_stuck_stop,
-            )
-        except ValueError as error:
-            raise ConfigError(f"fault options: {error}") from None
-        faults = profile if any(profile.rates().values()) else None
-        state = FleetState.from_file(fleet, op_seconds=op_seconds, persist=not no_save, state=state_file)
-        state.op_lag = op_lag
-        app = EmulatorApp(
-            state,
-            rate_limit=rate_limit,
-            latency_ms=latency_ms,
-            faults=faults,
-            limits=DOCUMENTED_LIMITS if documented_limits and rate_limit is None else None,
-        )
+        serving = prepare(options)
     except CvmkeysError as error:
         raise _fail(error) from None
-
-    def ready(url: str) -> None:
-        typer.echo(f"CVM API 2.0 emulator serving {fleet} at {url}")
-        for cred in state.credentials:
-            # Emulator-only credentials from the fleet file: shown on purpose.
-            typer.echo(f"  SecretId:  {cred.secret_id}")
-            typer.echo(f"  SecretKey: {cred.secret_key}")
-        typer.echo(f"  regions:   {', '.join(state.regions)}")
-        # After the credentials: scripts read the first three lines (endpoint, id, key).
-        base = url[: -len("/v2/index.php")] if url.endswith("/v2/index.php") else url
-        typer.echo(f"  API 3.0:   {base}/ (and STS; SDK endpoint {base.split('//', 1)[-1]})")
-        if state.state_path is not None:
-            typer.echo(f"  live state:  {state.state_path} (reset: cvmkeys emulator reset --fleet {fleet})")
-        else:
-            typer.echo("  changes are kept in memory only")
-        if faults is not None:
-            typer.echo(f"  injecting faults: {faults}")
-        typer.echo("Press Ctrl-C to stop.")
-
     try:
-        serve(app, host, port, ready=ready)
+        serve(serving.app, host, port, ready=lambda url: typer.echo("\n".join(serving.banner(url))))
     except KeyboardInterrupt:
         typer.echo("\nstopped.")
     except OSError as error:
