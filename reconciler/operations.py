@@ -220,18 +220,6 @@ def _plan_errors(plan: Plan | int) -> PlanRefusedError:
     )
 
 
-def _single_region(paths: Sequence[Path]) -> Desired:
-    """The one region ``paths`` name (``import``-like callers that take only one)."""
-    by_region = _regions(paths)
-    if len(by_region) != 1:
-        raise ConfigError(
-            f"the files cover {len(by_region)} regions ({', '.join(by_region)}); plan one region at a time",
-            hint="pass only the files of one region, or --region NAME",
-        )
-    (desired,) = by_region.values()
-    return desired
-
-
 def _regions(paths: Sequence[Path], region: str | None = None) -> dict[str, Desired]:
     """Every region the files name, sorted, each with its desired state; only ``region`` when
     given (a long name or a short code, as in the files)."""

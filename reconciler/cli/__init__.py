@@ -479,7 +479,8 @@ def plan(
         bool,
         typer.Option(
             "--detailed-exitcode",
-            help="Exit 0 when nothing differs, 2 when there are unbinds (ready or blocked), 1 on error.",
+            help="Exit 0 when nothing differs, 2 when there are unbinds (ready or blocked) in any region, "
+            "1 on error.",
         ),
     ] = False,
     no_color: NoColorOption = False,
