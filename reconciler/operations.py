@@ -17,12 +17,12 @@ import datetime as dt
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from reconciler.common import plural
 from reconciler.core.safety import recheck_safety
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the cloud side is imported only by the operations that talk
     from reconciler.connect import Connection, ConnectOptions
     from reconciler.desired.loader import LoadedDesired
     from reconciler.execute.executor import ExecEvent, Executor
+    from reconciler.execute.freshness import Freshness
     from reconciler.importer import ImportSummary
 
 
@@ -90,23 +91,35 @@ def write_atomically(path: Path, text: str) -> None:
 MAX_PLAN_BYTES = 256 * 1024 * 1024
 
 
-def read_plan(planfile: Path) -> Plan:
-    """A saved plan, checked (integrity, schema, batches, premises); a regular file of at most
-    ``MAX_PLAN_BYTES`` (``show /dev/zero`` is refused unread)."""
+def _plan_text(planfile: Path) -> str:
     from reconciler.files import FileReadError, read_bounded
-    from reconciler.planfile import load_plan
 
     try:
         data = read_bounded(planfile, MAX_PLAN_BYTES, "plan file")
     except FileReadError as error:
         raise PlanIntegrityError(f"{error.problems[0].file}: {error.problems[0].message}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PlanIntegrityError(
             f"{planfile}: cannot read the plan file: not UTF-8 (byte {error.start})"
         ) from None
-    return load_plan(text, str(planfile))
+
+
+def read_plan(planfile: Path) -> Plan:
+    """A saved plan of one region, checked (integrity, schema, batches, premises); a regular
+    file of at most ``MAX_PLAN_BYTES`` (``show /dev/zero`` is refused unread)."""
+    from reconciler.planfile import load_plan
+
+    return load_plan(_plan_text(planfile), str(planfile))
+
+
+def read_plans(planfile: Path, region: str | None = None) -> tuple[Plan, ...]:
+    """A saved plan file's plans, one per region (a plan set: several), each checked as
+    ``read_plan`` checks one; only ``region``'s when given."""
+    from reconciler.planfile import load_plans
+
+    return _pick_region(load_plans(_plan_text(planfile), str(planfile)), region, planfile)
 
 
 def check_sources(the_plan: Plan, base: Path) -> None:
@@ -199,25 +212,65 @@ def is_plan_file(paths: Sequence[Path]) -> bool:
     return isinstance(data, dict) and "format_version" in data
 
 
-def _plan_errors(plan: Plan) -> PlanRefusedError:
+def _plan_errors(plan: Plan | int) -> PlanRefusedError:
+    errors = plan if isinstance(plan, int) else plan.summary.errors
     return PlanRefusedError(
-        f"the plan has {plural(plan.summary.errors, 'error')}: "
+        f"the plan has {plural(errors, 'error')}: "
         "fix the desired-state file or the cloud, then plan again"
     )
 
 
-def _single_region(paths: Sequence[Path]) -> Desired:
+def _regions(paths: Sequence[Path], region: str | None = None) -> dict[str, Desired]:
+    """Every region the files name, sorted, each with its desired state; only ``region`` when
+    given (a long name or a short code, as in the files)."""
     from reconciler.desired.loader import load_paths
 
     loaded = load_paths(paths)
-    if len(loaded.by_region) != 1:
-        regions = ", ".join(sorted(loaded.by_region)) or "none"
+    by_region = {name: loaded.by_region[name] for name in sorted(loaded.by_region)}
+    if region is None:
+        return by_region
+    wanted = _canonical_region(region)
+    if wanted not in by_region:
         raise ConfigError(
-            f"the files cover {len(loaded.by_region)} regions ({regions}); plan one region at a time",
-            hint="pass only the files of one region",
+            f"--region {region}: the files name no such region",
+            hint="the files name: " + (", ".join(by_region) or "no region"),
         )
-    (desired,) = loaded.by_region.values()
-    return desired
+    return {wanted: by_region[wanted]}
+
+
+def _canonical_region(name: str) -> str:
+    from reconciler import ids
+
+    try:
+        return ids.normalize_region(name.strip())
+    except KeyError:  # not a region name at all: reported as naming no region of the files
+        return name
+
+
+def _pick_region(plans: tuple[Plan, ...], region: str | None, source: object) -> tuple[Plan, ...]:
+    """``plans`` (a saved file's), or only ``region``'s."""
+    if region is None:
+        return plans
+    wanted = _canonical_region(region)
+    picked = tuple(p for p in plans if p.region == wanted)
+    if not picked:
+        raise ConfigError(
+            f"--region {region}: the plan {source} has no such region",
+            hint="it holds: " + ", ".join(p.region for p in plans),
+        )
+    return picked
+
+
+def list_regions(paths: Sequence[Path]) -> list[str]:
+    """The regions the files name, sorted (``cvmkeys regions``: a CI matrix)."""
+    return list(_regions(paths))
+
+
+def _in_region(region: str, error: CvmkeysError) -> CvmkeysError:
+    """``error`` of one region among several, saying which."""
+    if not error.message.startswith(f"{region}: "):
+        error.message = f"{region}: {error.message}"
+    return error
 
 
 @dataclass(frozen=True)
@@ -226,6 +279,12 @@ class CloudRequest:
 
     connect: ConnectOptions
     audit_log: Path | None = None
+
+
+# Regions connect one at a time (they then run in parallel): the in-process emulator opens its
+# SQLite state per connection, and two threads opening (or first creating) it at once can fail
+# with "database is locked" (SQLite's WAL switch does not wait for the busy timeout).
+_CONNECTING = threading.Lock()
 
 
 @contextmanager
@@ -241,7 +300,9 @@ def _connected(
 
     audit = AuditLog(request.audit_log) if request.audit_log else None
     try:
-        with connect(region, request.connect, on_attempt=audit) as connection:
+        with _CONNECTING:
+            connection = connect(region, request.connect, on_attempt=audit)
+        with connection:
             yield connection
     finally:
         if audit is not None:
@@ -313,46 +374,60 @@ class PlanRequest:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     out: Path | None = None
     detailed_exitcode: bool = False
+    region: str | None = None  # --region: only this one of the regions the files name
 
 
 @dataclass(frozen=True)
 class PlanResult:
-    plan: Plan
+    """One plan per region, sorted by region (one for a single-region run)."""
+
+    plans: tuple[Plan, ...]
     saved_to: Path | None
     detailed_exitcode: bool
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of a single-region run (the first region's otherwise)."""
+        return self.plans[0]
 
     @property
     def refusal(self) -> CvmkeysError | None:
         """The error to report after the plan is shown (a plan with errors is saved, but apply
         refuses it)."""
-        if not self.plan.has_errors:
+        errors = sum(p.summary.errors for p in self.plans)
+        if not errors:
             return None
         if self.saved_to is None:
-            return _plan_errors(self.plan)
+            return _plan_errors(errors)
         return PlanRefusedError(
-            f"the plan has {plural(self.plan.summary.errors, 'error')}: saved to {self.saved_to} "
+            f"the plan has {plural(errors, 'error')}: saved to {self.saved_to} "
             "as a record, but apply refuses it",
             hint="fix the desired-state file or the cloud, then plan again",
         )
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.plan.has_errors:
+        if any(p.has_errors for p in self.plans):
             return ExitCode.ERROR
         # Protected bindings are the file's own decision and unchangeable ones (Windows) no API
         # can act on: neither is drift anyone can fix, so neither keeps the alert at 2.
-        drift = bool(self.plan.actionable_changes)
+        drift = any(p.actionable_changes for p in self.plans)
         return ExitCode.CHANGES if self.detailed_exitcode and drift else ExitCode.OK
 
 
 def plan(request: PlanRequest) -> PlanResult:
-    """Observe, diff and plan one region; save the plan when asked and it has no errors."""
-    from reconciler.core.document import dump_plan
+    """Observe, diff and plan every region the files name (each on its own connection, the
+    regions concurrently); save the plan (a plan set for several regions) when asked."""
+    from reconciler.core.plan_set import dump_plans
 
-    desired = _single_region(request.paths)
-    try:
+    by_region = _regions(request.paths, request.region)
+
+    def one(desired: Desired) -> Plan:
         with _connected(desired.region, request.cloud) as connection:
-            the_plan = _build_plan(desired, connection, request.limits)
+            return _build_plan(desired, connection, request.limits)
+
+    try:
+        plans = _each_region(by_region, one)
     except CvmkeysError as error:
         # No plan now: an older plan must not stay in FILE looking like this run's result.
         if request.out is not None and is_plan_file([request.out]):
@@ -364,8 +439,27 @@ def plan(request: PlanRequest) -> PlanResult:
     if request.out is not None:
         # Written even with errors: a plan with error findings is never applied, so FILE holds
         # nothing appliable (not the previous plan) and `show FILE` still shows what was found.
-        write_atomically(request.out, dump_plan(the_plan))
-    return PlanResult(the_plan, request.out, request.detailed_exitcode)
+        write_atomically(request.out, dump_plans(plans))
+    return PlanResult(plans, request.out, request.detailed_exitcode)
+
+
+def _each_region(by_region: Mapping[str, Desired], work: Callable[[Desired], Plan]) -> tuple[Plan, ...]:
+    """``work`` for every region, a thread each when there are several (each region its own
+    connection, so its own rate limits), in region order. The first region's error (in region
+    order), naming its region, is raised after every thread ended."""
+    if len(by_region) == 1:
+        return (work(next(iter(by_region.values()))),)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(by_region), thread_name_prefix="region") as pool:
+        futures = {name: pool.submit(work, desired) for name, desired in by_region.items()}
+    plans: list[Plan] = []
+    for name, future in futures.items():
+        error = future.exception()
+        if isinstance(error, CvmkeysError):
+            raise _in_region(name, error)
+        plans.append(future.result())  # any other exception: a bug, raised as it is
+    return tuple(plans)
 
 
 # --------------------------------------------------------------------------- apply
@@ -403,6 +497,7 @@ class ApplyRequest:
     ignore_changed_sources: bool = False  # apply a saved plan although its files changed
     max_age: float | None = None  # seconds: refuse a saved plan older than this
     base: Path = field(default_factory=Path.cwd)  # where a saved plan's sources are looked for
+    region: str | None = None  # --region: only this region of the plan set (or of the files)
 
 
 @dataclass(frozen=True)
@@ -430,74 +525,291 @@ class ApplyOutcome:
         return ExitCode.OK
 
 
-def apply(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
-    """Carry out a saved plan as reviewed, or a fresh plan after confirmation. ``stop`` set
-    (Ctrl-C) starts no new call."""
+# Worst first: the exit code of several regions is the worst of theirs.
+_SEVERITY = (ExitCode.OK, ExitCode.BLOCKED, ExitCode.ERROR, ExitCode.INTERRUPTED)
+
+
+@dataclass(frozen=True)
+class ApplySetOutcome:
+    """Several regions' outcomes, sorted by region; one exit code, the worst of theirs."""
+
+    outcomes: tuple[ApplyOutcome, ...]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return max((o.exit_code for o in self.outcomes), key=_SEVERITY.index, default=ExitCode.OK)
+
+
+def apply(
+    request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event
+) -> ApplyOutcome | ApplySetOutcome:
+    """Carry out a saved plan as reviewed, or a fresh plan after confirmation; every region of
+    it, in parallel, when it has several. ``stop`` set (Ctrl-C) starts no new call."""
     if is_plan_file(request.paths):
         return apply_saved(request, hooks, stop)
     return apply_fresh(request, hooks, stop)
 
 
-def apply_saved(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
-    """A saved plan: where it was made, if it is still fresh, without a question."""
-    from reconciler.connect import check_account, options_for_plan
+@dataclass
+class _SavedRun:
+    """A saved plan checked on its connection and ready to run (``_prepare_saved``)."""
+
+    plan: Plan
+    executor: Executor
+    fresh: Freshness
+
+
+def _prepare_saved(
+    connection: Connection, the_plan: Plan, request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event
+) -> _SavedRun:
+    """Everything a saved plan is checked for on its connection before any unbind: its API,
+    its IDs, its account, that it is not stale, its safety limits."""
+    from reconciler.connect import check_account
     from reconciler.execute.executor import check_sendable
 
-    the_plan = read_plan(request.paths[0])
-    if the_plan.has_errors:
-        raise _plan_errors(the_plan)
-    if request.max_age is not None:
-        check_age(the_plan, request.max_age)
-    if not request.ignore_changed_sources:
-        check_sources(the_plan, request.base)
-    cloud = dataclasses.replace(request.cloud, connect=options_for_plan(the_plan, request.cloud.connect))
-    failures: list[str] = []
-    with _connected(the_plan.region, cloud, failures) as connection:
-        if connection.client.api is not the_plan.api:
-            # The batches are shaped for the plan's API (2.0: one key a call).
-            raise ConfigError(
-                f"the plan was made for CVM API {the_plan.api.value}, "
-                f"this connection speaks {connection.client.api.value}",
-                hint="apply it with the API it was planned for, or plan again",
-            )
-        executor = _executor(connection, the_plan, request, hooks, stop)
-        if the_plan.caller is not None:  # made for one account: applied only there
-            check_sendable(the_plan)  # no request at all, not even STS, for a plan naming bad IDs
-            check_account(connection, the_plan.caller.account_id, f"the plan {request.paths[0]}")
-        fresh = executor.check_fresh()
-        if fresh.finished:
-            # Nothing left to unbind: the result is made of what check_fresh read. With a stop
-            # schedule run still looks at its instances: one a killed apply of this plan stopped
-            # may still be down, and run starts it (execute.rolling), whatever the limits say.
-            result = executor.run() if the_plan.stops is None else _run(executor, the_plan, hooks)
-        else:
-            stops = the_plan.stops
-            verdict = recheck_safety(
-                the_plan.safety,
-                request.limits,
-                stops=stops.stop_count if stops else 0,
-                max_stops=stops.max_stops if stops else None,
-            )
-            _check_safe(verdict, request.force)
+    if connection.client.api is not the_plan.api:
+        # The batches are shaped for the plan's API (2.0: one key a call).
+        raise ConfigError(
+            f"the plan was made for CVM API {the_plan.api.value}, "
+            f"this connection speaks {connection.client.api.value}",
+            hint="apply it with the API it was planned for, or plan again",
+        )
+    executor = _executor(connection, the_plan, request, hooks, stop)
+    if the_plan.caller is not None:  # made for one account: applied only there
+        check_sendable(the_plan)  # no request at all, not even STS, for a plan naming bad IDs
+        check_account(connection, the_plan.caller.account_id, f"the plan {request.paths[0]}")
+    fresh = executor.check_fresh()
+    if not fresh.finished:
+        stops = the_plan.stops
+        verdict = recheck_safety(
+            the_plan.safety,
+            request.limits,
+            stops=stops.stop_count if stops else 0,
+            max_stops=stops.max_stops if stops else None,
+        )
+        _check_safe(verdict, request.force)
+    return _SavedRun(the_plan, executor, fresh)
+
+
+def _run_saved(run: _SavedRun, hooks: ApplyHooks, problems: list[str]) -> ApplyOutcome:
+    if run.fresh.finished:
+        # Nothing left to unbind: the result is made of what check_fresh read. With a stop
+        # schedule run still looks at its instances: one a killed apply of this plan stopped
+        # may still be down, and run starts it (execute.rolling), whatever the limits say.
+        result = run.executor.run() if run.plan.stops is None else _run(run.executor, run.plan, hooks)
+    else:
+        result = _run(run.executor, run.plan, hooks)
+    return ApplyOutcome(run.plan, result, run.fresh.finished and bool(run.fresh.done), tuple(problems))
+
+
+def apply_saved(
+    request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event
+) -> ApplyOutcome | ApplySetOutcome:
+    """A saved plan: where it was made, if it is still fresh, without a question. A plan set:
+    every region checked (files, age, then on its connection: account, staleness, limits)
+    before any region unbinds anything; one region refused refuses the whole apply."""
+    from reconciler.connect import options_for_plan
+
+    plans = read_plans(request.paths[0], request.region)
+    several = len(plans) > 1
+    for the_plan in plans:
+        try:
+            if the_plan.has_errors:
+                raise _plan_errors(the_plan)
+            if request.max_age is not None:
+                check_age(the_plan, request.max_age)
+            if not request.ignore_changed_sources:
+                check_sources(the_plan, request.base)
+        except CvmkeysError as error:
+            raise _in_region(the_plan.region, error) if several else error from None
+    if not several:
+        (the_plan,) = plans
+        cloud = dataclasses.replace(request.cloud, connect=options_for_plan(the_plan, request.cloud.connect))
+        failures: list[str] = []
+        with _connected(the_plan.region, cloud, failures) as connection:
+            run = _prepare_saved(connection, the_plan, request, hooks, stop)
+            outcome = _run_saved(run, hooks, [])
+        return dataclasses.replace(outcome, problems=tuple(failures))
+
+    def prepare(the_plan: Plan, connection: Connection, region_hooks: ApplyHooks) -> _SavedRun:
+        return _prepare_saved(connection, the_plan, request, region_hooks, stop)
+
+    def go_on(runs: Sequence[_SavedRun]) -> None:
+        pass  # everything was checked in prepare: no question for a saved plan
+
+    def carry_out(run: _SavedRun, region_hooks: ApplyHooks, problems: list[str]) -> ApplyOutcome:
+        return _run_saved(run, region_hooks, problems)
+
+    clouds = {
+        p.region: dataclasses.replace(request.cloud, connect=options_for_plan(p, request.cloud.connect))
+        for p in plans
+    }
+    return _across_regions(plans, clouds, hooks, prepare, go_on, carry_out)
+
+
+def apply_fresh(
+    request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event
+) -> ApplyOutcome | ApplySetOutcome:
+    """Plan now (limits from the command line already in its verdict), show it, confirm, apply.
+    Several regions: planned in parallel, shown, one confirmation for all, applied in parallel."""
+    by_region = _regions(request.paths, request.region)
+    if len(by_region) == 1:
+        (desired,) = by_region.values()
+        failures: list[str] = []
+        with _connected(desired.region, request.cloud, failures) as connection:
+            the_plan = _build_plan(desired, connection, request.limits)
+            hooks.planned(the_plan)
+            if the_plan.has_errors:
+                raise _plan_errors(the_plan)
+            _check_safe(the_plan.safety, request.force)
+            if the_plan.ready_changes and not request.auto_approve:
+                hooks.confirm(the_plan)
+            executor = _executor(connection, the_plan, request, hooks, stop)
             result = _run(executor, the_plan, hooks)
-    return ApplyOutcome(the_plan, result, fresh.finished and bool(fresh.done), tuple(failures))
+        return ApplyOutcome(the_plan, result, problems=tuple(failures))
+
+    def prepare(
+        desired: Desired, connection: Connection, region_hooks: ApplyHooks
+    ) -> tuple[Plan, Connection]:
+        return _build_plan(desired, connection, request.limits), connection
+
+    def go_on(planned: Sequence[tuple[Plan, Connection]]) -> None:
+        plans = [p for p, _ in planned]
+        for the_plan in plans:
+            hooks.planned(the_plan)
+        for the_plan in plans:
+            try:
+                if the_plan.has_errors:
+                    raise _plan_errors(the_plan)
+                _check_safe(the_plan.safety, request.force)
+            except CvmkeysError as error:
+                raise _in_region(the_plan.region, error) from None
+        ready = [p for p in plans if p.ready_changes]
+        if ready and not request.auto_approve:
+            hooks.confirm(ready[0])  # one question for every region shown above
+
+    def carry_out(
+        planned: tuple[Plan, Connection], region_hooks: ApplyHooks, problems: list[str]
+    ) -> ApplyOutcome:
+        the_plan, connection = planned
+        executor = _executor(connection, the_plan, request, region_hooks, stop)
+        return ApplyOutcome(the_plan, _run(executor, the_plan, region_hooks), problems=tuple(problems))
+
+    clouds = dict.fromkeys(by_region, request.cloud)
+    return _across_regions(list(by_region.values()), clouds, hooks, prepare, go_on, carry_out)
 
 
-def apply_fresh(request: ApplyRequest, hooks: ApplyHooks, stop: threading.Event) -> ApplyOutcome:
-    """Plan now (limits from the command line already in its verdict), show it, confirm, apply."""
-    desired = _single_region(request.paths)
-    failures: list[str] = []
-    with _connected(desired.region, request.cloud, failures) as connection:
-        the_plan = _build_plan(desired, connection, request.limits)
-        hooks.planned(the_plan)
-        if the_plan.has_errors:
-            raise _plan_errors(the_plan)
-        _check_safe(the_plan.safety, request.force)
-        if the_plan.ready_changes and not request.auto_approve:
-            hooks.confirm(the_plan)
-        executor = _executor(connection, the_plan, request, hooks, stop)
-        result = _run(executor, the_plan, hooks)
-    return ApplyOutcome(the_plan, result, problems=tuple(failures))
+class _RegionHooks:
+    """One region's hooks among several running at once: its progress lines name the region
+    and reach the view one at a time; no progress bar (one bar cannot follow several runs)."""
+
+    def __init__(self, hooks: ApplyHooks, region: str, lock: threading.Lock) -> None:
+        self._hooks = hooks
+        self._region = region
+        self._lock = lock
+
+    def planned(self, plan: Plan) -> None:
+        pass  # the regions' plans are shown together, by the thread that asks the question
+
+    def confirm(self, plan: Plan) -> None:
+        pass
+
+    def started(self, plan: Plan) -> None:
+        pass
+
+    def event(self, event: ExecEvent) -> None:
+        with self._lock:
+            self._hooks.event(dataclasses.replace(event, message=f"{self._region}: {event.message}"))
+
+    def finished(self) -> None:
+        pass
+
+
+class _HasRegion(Protocol):
+    @property
+    def region(self) -> str: ...
+
+
+_Item = TypeVar("_Item", bound=_HasRegion)  # what a region starts from: its plan, or its files
+_Prepared = TypeVar("_Prepared")  # what it has once prepared
+
+
+@dataclass
+class _Slot:
+    prepared: object = None
+    outcome: ApplyOutcome | None = None
+    error: BaseException | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _across_regions(
+    items: Sequence[_Item],
+    clouds: Mapping[str, CloudRequest],
+    hooks: ApplyHooks,
+    prepare: Callable[[_Item, Connection, ApplyHooks], _Prepared],
+    go_on: Callable[[Sequence[_Prepared]], None],
+    carry_out: Callable[[_Prepared, ApplyHooks, list[str]], ApplyOutcome],
+) -> ApplySetOutcome:
+    """Apply several regions, a thread (and a connection) each: every region is prepared
+    (``prepare``: planned, or checked), then, once all are, ``go_on`` decides on this thread
+    (the question, the safety verdicts); only then does any region ``carry_out`` its unbinds.
+    A region that fails to prepare, or a ``go_on`` that raises, stops every region before any
+    unbind; that error (the first region's, in region order) is raised."""
+    regions = [item.region for item in items]
+    slots = [_Slot() for _ in items]
+    prepared = threading.Semaphore(0)
+    decided = threading.Event()
+    proceed = threading.Event()
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        slot, region = slots[index], regions[index]
+        region_hooks = _RegionHooks(hooks, region, lock)
+        reported = False
+        try:
+            with _connected(region, clouds[region], slot.problems) as connection:
+                slot.prepared = prepare(items[index], connection, region_hooks)
+                prepared.release()
+                reported = True
+                decided.wait()
+                if proceed.is_set():
+                    slot.outcome = carry_out(slot.prepared, region_hooks, slot.problems)
+        except BaseException as error:  # reported by the calling thread, naming the region
+            slot.error = error
+        finally:
+            if not reported:
+                prepared.release()
+
+    threads = [
+        threading.Thread(target=worker, args=(i,), name=f"region-{region}", daemon=True)
+        for i, region in enumerate(regions)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in threads:
+            prepared.acquire()
+        _raise_first(regions, slots)
+        go_on([cast(_Prepared, slot.prepared) for slot in slots])
+        proceed.set()
+    finally:
+        decided.set()  # without proceed: every region closes its connection, unbinding nothing
+        for thread in threads:
+            thread.join()
+    _raise_first(regions, slots)
+    outcomes = []
+    for slot in slots:
+        assert slot.outcome is not None  # every region ran: no error was recorded
+        outcomes.append(dataclasses.replace(slot.outcome, problems=tuple(slot.problems)))
+    return ApplySetOutcome(tuple(outcomes))
+
+
+def _raise_first(regions: Sequence[str], slots: Sequence[_Slot]) -> None:
+    for region, slot in zip(regions, slots, strict=True):
+        if isinstance(slot.error, CvmkeysError):
+            raise _in_region(region, slot.error)
+        if slot.error is not None:
+            raise slot.error
 
 
 def _check_safe(verdict: SafetyVerdict, force: bool) -> None:

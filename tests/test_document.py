@@ -121,7 +121,8 @@ def test_schema_is_2020_12_with_id_and_documented_members() -> None:
     schema = load_schema("plan")
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"]
-    required = set(schema["required"])
+    required = set(schema["else"]["required"])  # a plan's ("then": a plan set of several regions)
+    assert schema["then"] == {"$ref": "#/$defs/plan_set"}
     assert required >= {
         "format_version", "region", "scope", "endpoint", "api", "created_at", "changes", "batches",
         "findings", "summary", "safety", "sources", "fingerprint", "observed_digest", "premises",

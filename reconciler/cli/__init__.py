@@ -361,6 +361,14 @@ MaxPercentOption = Annotated[
     ),
 ]
 FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
+RegionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        metavar="REGION",
+        help="Only this region of the files (or of the saved plan); default: every region they name.",
+    ),
+]
 
 
 def _cloud(
@@ -450,6 +458,20 @@ def schema_command(
         typer.echo(text, nl=not text.endswith("\n"))
 
 
+@app.command("regions")
+def regions_command(paths: PathsArgument) -> None:
+    """Print the regions the files name as a JSON array (no API call), for a CI matrix.
+
+    Example: cvmkeys regions examples/   # ["ap-guangzhou"]
+    """
+    import json
+
+    from reconciler import operations
+
+    with _reporting_errors():
+        typer.echo(json.dumps(operations.list_regions(paths)))
+
+
 @app.command()
 def plan(
     paths: PathsArgument,
@@ -465,7 +487,8 @@ def plan(
         bool,
         typer.Option(
             "--detailed-exitcode",
-            help="Exit 0 when nothing differs, 2 when there are unbinds (ready or blocked), 1 on error.",
+            help="Exit 0 when nothing differs, 2 when there are unbinds (ready or blocked) in any region, "
+            "1 on error.",
         ),
     ] = False,
     no_color: NoColorOption = False,
@@ -474,8 +497,12 @@ def plan(
     max_stops: MaxStopsOption = None,
     rate_limit: RateLimitOption = None,
     audit_log: AuditLogOption = None,
+    region: RegionOption = None,
 ) -> None:
     """Read the live bindings, diff them against the files, show the unbinds that would follow.
+
+    Files that name several regions are planned together, a section per region, into one plan
+    file; --region picks one.
 
     Example: cvmkeys plan examples/bindings.yaml --emulator examples/fleet.yaml --out plan.json
     """
@@ -489,10 +516,11 @@ def plan(
             SafetyLimits(max_unbinds, max_unbind_percent, max_stops),
             out,
             detailed_exitcode,
+            region,
         )
         result = operations.plan(request)
         view = PlanView(output_format, Terminal(no_color))
-        view.show(result.plan, result.saved_to)
+        view.show_plans(result.plans, result.saved_to)
         if result.refusal is not None:
             raise result.refusal
         if result.saved_to is not None:
@@ -505,6 +533,7 @@ def show(
     planfile: Annotated[Path, typer.Argument(metavar="PLANFILE", help="A plan saved by plan --out.")],
     output_format: FormatOption = Format.text,
     no_color: NoColorOption = False,
+    region: RegionOption = None,
 ) -> None:
     """Render a saved plan without any API call.
 
@@ -513,7 +542,8 @@ def show(
     from reconciler import operations
 
     with _reporting_errors():
-        PlanView(output_format, Terminal(no_color)).show(operations.read_plan(planfile), planfile)
+        plans = operations.read_plans(planfile, region)
+        PlanView(output_format, Terminal(no_color)).show_plans(plans, planfile)
 
 
 @contextmanager
@@ -582,6 +612,7 @@ def apply(
             "--max-age", metavar="DURATION", help="Refuse a saved plan older than this (90s, 30m, 12h, 7d)."
         ),
     ] = None,
+    region: RegionOption = None,
 ) -> None:
     """Carry out a plan: a saved PLANFILE as reviewed, or a fresh plan after confirmation.
 
@@ -601,12 +632,12 @@ def apply(
             parallelism=parallelism,
             ignore_changed_sources=ignore_changed_sources,
             max_age=operations.parse_duration(max_age) if max_age is not None else None,
+            region=region,
         )
         view = ApplyView(output_format, Terminal(no_color))
         with _graceful_stop(view) as stop:
             outcome = operations.apply(request, view, stop)
-        view.result(outcome.result, outcome.plan)
-        view.notes(outcome)
+        view.outcome(outcome)
         raise typer.Exit(outcome.exit_code)
 
 

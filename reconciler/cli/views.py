@@ -5,11 +5,12 @@ from ``--format``. Every byte the CLI writes goes through here (or through ``err
 - ``Terminal``: the colour and progress decisions for one run: ``--no-color``, ``NO_COLOR``
   (only a non-empty value counts, as no-color.org says), ``TERM=dumb`` and whether the stream
   is a terminal.
-- ``PlanView``: a plan as text, Markdown or JSON on standard output.
+- ``PlanView``: a plan as text, Markdown or JSON on standard output (several regions' plans:
+  a section per region, ``render.plan_set``).
 - ``ValidateView``: validate's summary, or its problems as GitHub annotations or JSON.
 - ``ApplyView``: the apply hooks (the fresh plan on standard error, the confirmation, progress as
   a rich bar on a terminal that can draw one, plain lines otherwise) and the result as text,
-  Markdown or JSON.
+  Markdown or JSON (several regions: a section per region).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from reconciler.execute.executor import ExecEvent
     from reconciler.importer import ImportSummary
     from reconciler.model import ApplyResult, Plan
-    from reconciler.operations import ApplyOutcome, ImportResult
+    from reconciler.operations import ApplyOutcome, ApplySetOutcome, ImportResult
 
 
 class Format(str, Enum):
@@ -126,6 +127,21 @@ class PlanView:
         # Text and Markdown end with a blank line, as they always have; JSON is the plan file.
         text = render_plan(plan, self.fmt, color=color, plan_file=saved)
         _out(text + ("" if self.fmt is Format.json else "\n"))
+
+    def show_plans(self, plans: Sequence[Plan], plan_file: object = None) -> None:
+        """Every region's plan as one rendering (a section per region); one region as ``show``."""
+        if len(plans) == 1:
+            self.show(plans[0], plan_file)
+            return
+        from reconciler.render.plan_set import render_plans_json, render_plans_markdown, render_plans_text
+
+        saved = "plan.json" if plan_file is None else str(plan_file)
+        if self.fmt is Format.json:
+            _out(render_plans_json(plans))
+        elif self.fmt is Format.markdown:
+            _out(render_plans_markdown(plans, plan_file=saved) + "\n")
+        else:
+            _out(render_plans_text(plans, color=self.terminal.color(sys.stdout)) + "\n")
 
     def saved(self, path: object) -> None:
         note(self.terminal, f"Saved the plan to {path}. To apply exactly this plan: cvmkeys apply {path}")
@@ -237,12 +253,40 @@ class ApplyView:
     def stopping(self) -> None:
         self.console.print("[yellow]Stopping: no new calls; waiting for calls in flight...[/]")
 
-    def notes(self, outcome: ApplyOutcome) -> None:
+    def notes(self, outcome: ApplyOutcome | ApplySetOutcome) -> None:
         """What the result alone does not say: a plan found already applied, a failing audit log."""
-        if outcome.already_applied:
-            note(self.terminal, "The plan is already applied: every unbind in it is done; nothing was sent.")
-        for problem in outcome.problems:
-            self.console.print(f"Error: {problem}", markup=False, style="bold red")
+        from reconciler.operations import ApplyOutcome
+
+        several = not isinstance(outcome, ApplyOutcome)
+        for one in outcome.outcomes if not isinstance(outcome, ApplyOutcome) else (outcome,):
+            where = f"{one.plan.region}: " if several else ""
+            if one.already_applied:
+                note(
+                    self.terminal,
+                    f"{where}The plan is already applied: every unbind in it is done; nothing was sent.",
+                )
+            for problem in one.problems:
+                self.console.print(f"Error: {where}{problem}", markup=False, style="bold red")
+
+    def outcome(self, outcome: ApplyOutcome | ApplySetOutcome) -> None:
+        """The result (every region's, a section each, for several) and then the notes."""
+        from reconciler.operations import ApplyOutcome
+
+        if isinstance(outcome, ApplyOutcome):
+            self.result(outcome.result, outcome.plan)
+        else:
+            self.results([(o.result, o.plan) for o in outcome.outcomes])
+        self.notes(outcome)
+
+    def results(self, results: Sequence[tuple[ApplyResult, Plan]]) -> None:
+        from reconciler.render import plan_set
+
+        if self.fmt is Format.json:
+            _out(plan_set.render_results_json([r for r, _ in results]))
+        elif self.fmt is Format.markdown:
+            _out(plan_set.render_results_markdown(results) + "\n")
+        else:
+            _out(plan_set.render_results_text(results, color=self.terminal.color(sys.stdout)))
 
     def result(self, result: ApplyResult, plan: Plan) -> None:
         if self.fmt is Format.json:
