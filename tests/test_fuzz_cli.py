@@ -178,3 +178,14 @@ def test_a_50_mb_file_gets_a_clean_error_in_bounded_time_and_memory(what: str, t
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
     assert str(big) in done.stderr.splitlines()[0], done.stderr
     assert elapsed < 20, elapsed
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["validate", "\x00"], ["plan", "x.yaml", "--out", "a\x00b"], ["emulator", "serve", "--fleet", "\x00"]],
+)
+def test_a_nul_byte_in_an_argument_is_a_usage_error(argv: list[str]) -> None:
+    # Found by the fuzzer: click's path conversion raised ValueError('embedded null byte').
+    result = CliRunner().invoke(app, argv, env=ENV)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "NUL byte" in result.output

@@ -83,6 +83,9 @@ class _Group(TyperGroup):
     read as that (Terraform also exits 1 on usage errors)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if any("\x00" in arg for arg in args):
+            # click's path conversion raises ValueError (not a usage error) on a NUL byte.
+            raise _UsageError("an argument contains a NUL byte", ctx=ctx)
         return list(super().parse_args(ctx, _hoist_global_options(list(args))))
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
