@@ -85,7 +85,7 @@ class _Group(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if any("\x00" in arg for arg in args):
             # click's path conversion raises ValueError (not a usage error) on a NUL byte.
-            raise _UsageError("an argument contains a NUL byte", ctx=ctx)
+            raise _UsageError("an argument contains a NUL byte", ctx)
         return list(super().parse_args(ctx, _hoist_global_options(list(args))))
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
