@@ -37,7 +37,7 @@ from reconciler.cloud.client import (
     _check_key_id,
     _id_list,
 )
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
 from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, check_endpoint
 from reconciler.cloud.retry import RetryPolicy
 from reconciler.cloud.tc3call import (
@@ -52,7 +52,14 @@ from reconciler.cloud.tc3call import (
 from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError
 from reconciler.ids import canonical_region, is_instance_id, is_key_id
-from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, Instance, InstanceState, KeyPair
+from reconciler.model import (
+    DEFAULT_RATE_LIMIT,
+    DOCUMENTED_RATE_LIMITS,
+    ApiVersion,
+    Instance,
+    InstanceState,
+    KeyPair,
+)
 
 SERVICE = "cvm"
 VERSION = "2017-03-12"
@@ -167,9 +174,7 @@ class Api3Client(PooledClient):
         max_workers: int = 8,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
-        provider: CredentialsProvider = (
-            StaticProvider(credentials) if isinstance(credentials, Credentials) else credentials
-        )
+        provider = as_provider(credentials)
         self.region = checked_region(region, canonical_region)
         self.endpoint = check_endpoint(endpoint, default_path=API3_PATH)
         if rate_limits is not None:
@@ -190,7 +195,7 @@ class Api3Client(PooledClient):
             timeout=timeout,
             retry=retry,
             rate_limits=rate_limits,
-            default_rate=10.0,
+            default_rate=DEFAULT_RATE_LIMIT,
             clock=clock,
             sleep=sleep,
             rng=rng,

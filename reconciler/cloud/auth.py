@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, quote
 import httpx
 
 from reconciler.cloud import signing
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 PUBLIC_PARAMS = ("Timestamp", "Nonce", "SecretId", "SignatureMethod", "Region", "Signature", "Token")
@@ -83,9 +83,7 @@ class Api2Auth(httpx.Auth):
     ) -> None:
         if signature_method not in signing.SIGNATURE_METHODS:
             raise ValueError(f"unknown signature method {signature_method!r}")
-        self._provider: CredentialsProvider = (
-            StaticProvider(credentials) if isinstance(credentials, Credentials) else credentials
-        )
+        self._provider = as_provider(credentials)
         self._region = region
         self._signature_method = signature_method
         self._clock = clock

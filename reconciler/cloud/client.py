@@ -47,7 +47,7 @@ from reconciler.cloud.base import (
     hide,
     unasked_or_miscounted,
 )
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, StaticProvider
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, http_client
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
@@ -331,10 +331,7 @@ class CvmClient(PooledClient):
         max_workers: int = 8,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
-        if isinstance(credentials, Credentials):
-            credentials = StaticProvider(credentials)
-        elif not callable(getattr(credentials, "get", None)):
-            raise ConfigError("credentials must be a Credentials object or a credentials provider")
+        credentials = as_provider(credentials)
         # Open-ended, as the loader's: a region newer than this version's table still works.
         self.region = checked_region(region, normalize_region)
         self.endpoint = check_endpoint(endpoint)

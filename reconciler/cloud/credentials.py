@@ -171,6 +171,15 @@ class StaticProvider:
         return f"StaticProvider({self._credentials!r})"
 
 
+def as_provider(credentials: Credentials | CredentialsProvider) -> CredentialsProvider:
+    """What the clients and the signing flows ask for credentials: a provider, whichever was given."""
+    if isinstance(credentials, Credentials):
+        return StaticProvider(credentials)
+    if not callable(getattr(credentials, "get", None)):
+        raise ConfigError("credentials must be a Credentials object or a credentials provider")
+    return credentials
+
+
 class RefreshingProvider:
     """Temporary credentials from ``fetch`` (an STS call, the metadata service), fetched on first
     use and again whenever less than :data:`REFRESH_MARGIN_S` (or half their lifetime) is left.
