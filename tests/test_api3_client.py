@@ -401,6 +401,17 @@ def test_endpoints_regional_international_and_checked(env: Env) -> None:
         env.client(rate_limits={"DescribeInstances": 0})
 
 
+
+def test_regions_are_open_ended_as_over_2_0() -> None:
+    creds = Credentials(SECRET_ID, SECRET_KEY)
+    # A well-formed region newer than this version's table works, as the 2.0 client and the
+    # loader accept it; a name that is not shaped like a region does not.
+    with Api3Client(creds, "ap-newplace-1") as client:
+        assert client.region == "ap-newplace-1"
+    with pytest.raises(ConfigError, match="unknown region"):
+        Api3Client(creds, "Mars North 1")
+
+
 def test_answers_of_the_wrong_shape_are_transport_errors(env: Env) -> None:
     def app(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "application/json")])

@@ -51,7 +51,7 @@ from reconciler.cloud.tc3call import (
 )
 from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError
-from reconciler.ids import canonical_region, is_instance_id, is_key_id
+from reconciler.ids import is_instance_id, is_key_id, normalize_region
 from reconciler.model import (
     DEFAULT_RATE_LIMIT,
     DOCUMENTED_RATE_LIMITS,
@@ -175,7 +175,7 @@ class Api3Client(PooledClient):
         on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         provider = as_provider(credentials)
-        self.region = checked_region(region, canonical_region)
+        self.region = checked_region(region, normalize_region)
         self.endpoint = check_endpoint(endpoint, default_path=API3_PATH)
         if rate_limits is not None:
             for action, rate in rate_limits.items():
