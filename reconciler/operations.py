@@ -281,12 +281,6 @@ class CloudRequest:
     audit_log: Path | None = None
 
 
-# Regions connect one at a time (they then run in parallel): the in-process emulator opens its
-# SQLite state per connection, and two threads opening (or first creating) it at once can fail
-# with "database is locked" (SQLite's WAL switch does not wait for the busy timeout).
-_CONNECTING = threading.Lock()
-
-
 @contextmanager
 def _connected(
     region: str, request: CloudRequest, audit_failures: list[str] | None = None
@@ -300,8 +294,7 @@ def _connected(
 
     audit = AuditLog(request.audit_log) if request.audit_log else None
     try:
-        with _CONNECTING:
-            connection = connect(region, request.connect, on_attempt=audit)
+        connection = connect(region, request.connect, on_attempt=audit)
         with connection:
             yield connection
     finally:

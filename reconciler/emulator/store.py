@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ class Store:
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self._use_wal()
         # NORMAL is crash-safe in WAL mode for a killed process (only power loss may lose the
         # last calls), and saves an fsync per call.
         self.db.execute("PRAGMA synchronous = NORMAL")
@@ -134,6 +135,19 @@ class Store:
             for statement in _DDL.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+
+    def _use_wal(self) -> None:
+        # WAL is a property of the file: once set, every later connection finds it. Switching
+        # to it needs an exclusive lock and SQLite does not wait for the busy timeout there, so
+        # two connections opening a new state at once must retry rather than fail.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self.db.close()
