@@ -152,6 +152,14 @@ def generate(
     )
 
 
+def generate_size(
+    size: str, *, seed: int = 1, remove_fraction: float = 0.1, scope: str = "keys"
+) -> Generated:
+    """:func:`generate` for one of the named :data:`SIZES`, with that size's long tail."""
+    tail = TAIL_FACTOR.get(size, 2.0)
+    return generate(*SIZES[size], seed=seed, remove_fraction=remove_fraction, scope=scope, tail_factor=tail)
+
+
 def write(generated: Generated, folder: Path) -> tuple[Path, Path]:
     """Write ``fleet.yaml`` and ``bindings.yaml`` into ``folder``; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,14 +180,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     n_instances, n_keys = SIZES[args.size]
-    generated = generate(
-        n_instances,
-        n_keys,
-        seed=args.seed,
-        remove_fraction=args.remove,
-        scope=args.scope,
-        tail_factor=TAIL_FACTOR.get(args.size, 2.0),
-    )
+    generated = generate_size(args.size, seed=args.seed, remove_fraction=args.remove, scope=args.scope)
     fleet, desired = write(generated, args.out)
     print(f"{fleet}: {n_instances} instances, {n_keys} keys, {len(generated.live)} bindings")
     print(f"{desired}: scope {args.scope}, {len(generated.allowed)} allowed bindings")

@@ -3,7 +3,7 @@
 * **per binding** (``peer_apply``): one unbind call per (key, instance) binding, then a
   DescribeInstances of that instance every ``poll_interval`` seconds until it leaves the
   operation, then the next binding. The most naive way; sequential.
-* **Terraform-like** (``terraform_apply`` and ``terraform_refresh``): what
+* **Terraform-like** (``TerraformPeer.apply`` and ``TerraformPeer.refresh``): what
   terraform-provider-tencentcloud does when ``key_ids`` of ``tencentcloud_instance`` resources
   change. Plan time: a refresh, one DescribeInstances per managed instance (each resource reads
   itself), ``parallelism`` at once (``terraform -parallelism``, default 10). Apply: one
@@ -60,21 +60,24 @@ def _unbind(client: Any, api: str, key_ids: Sequence[str], instance_id: str) -> 
         client.unbind(list(key_ids), [instance_id])
 
 
-def _wait(
-    client: Any,
-    instance_id: str,
-    *,
-    poll_interval: float,
-    timeout: float,
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-) -> bool:
-    deadline = clock() + timeout
-    while clock() < deadline:
-        if not _busy(client, instance_id):
-            return True
-        sleep(poll_interval)
-    return False
+@dataclass(frozen=True)
+class Polling:
+    """How a peer waits for an instance's operation to end: a DescribeInstances every
+    ``interval`` seconds, for at most ``timeout`` seconds (``clock`` and ``sleep`` for tests)."""
+
+    interval: float
+    timeout: float
+    clock: Callable[[], float] = time.perf_counter
+    sleep: Callable[[float], None] = time.sleep
+
+    def until_idle(self, client: Any, instance_id: str) -> bool:
+        """Poll until ``instance_id`` is no longer busy; False when the timeout came first."""
+        deadline = self.clock() + self.timeout
+        while self.clock() < deadline:
+            if not _busy(client, instance_id):
+                return True
+            self.sleep(self.interval)
+        return False
 
 
 def peer_apply(
@@ -82,93 +85,78 @@ def peer_apply(
     bindings: Sequence[tuple[str, str]],
     *,
     api: str = "2.0",
-    poll_interval: float = 0.5,
-    timeout: float = 120.0,
-    clock: Callable[[], float] = time.perf_counter,
-    sleep: Callable[[float], None] = time.sleep,
+    polling: Polling = Polling(interval=0.5, timeout=120.0),
 ) -> PeerResult:
     """Unbind each (key_id, instance_id) with its own call and wait for it; return the totals."""
     result = PeerResult()
     before = client.calls
-    started = clock()
+    started = polling.clock()
     for key_id, instance_id in bindings:
         try:
             _unbind(client, api, [key_id], instance_id)
         except Exception as error:
             result.failed.append(f"{key_id} {instance_id}: {error}")
             continue
-        sleep(poll_interval)
-        if not _wait(
-            client, instance_id, poll_interval=poll_interval, timeout=timeout, clock=clock, sleep=sleep
-        ):
-            result.failed.append(f"{key_id} {instance_id}: still busy after {timeout:g}s")
+        polling.sleep(polling.interval)
+        if not polling.until_idle(client, instance_id):
+            result.failed.append(f"{key_id} {instance_id}: still busy after {polling.timeout:g}s")
         result.bindings += 1
     result.instances = len({i for _, i in bindings})
-    result.wall_s = clock() - started
+    result.wall_s = polling.clock() - started
     result.calls = _delta(client, before)
     return result
 
 
-def terraform_refresh(client: Any, instance_ids: Sequence[str], *, parallelism: int = 10) -> PeerResult:
-    """Plan time: each instance resource reads itself (one DescribeInstances of one ID)."""
-    result = PeerResult(instances=len(instance_ids))
-    before = client.calls
-    started = time.perf_counter()
-    with ThreadPoolExecutor(parallelism) as pool:
-        list(pool.map(lambda iid: client.describe_instances([iid]), instance_ids))
-    result.wall_s = time.perf_counter() - started
-    result.calls = _delta(client, before)
-    return result
+@dataclass(frozen=True)
+class TerraformPeer:
+    """The Terraform-like peer: ``parallelism`` resources at once (``terraform -parallelism``),
+    ``sleep_s`` after each resource's calls (the provider's 10 s), then ``polling``."""
 
+    parallelism: int = 10
+    sleep_s: float = 10.0
+    polling: Polling = Polling(interval=1.0, timeout=300.0)
 
-def terraform_apply(
-    client: Any,
-    bindings: Sequence[tuple[str, str]],
-    *,
-    api: str = "2.0",
-    parallelism: int = 10,
-    sleep_s: float = 10.0,
-    poll_interval: float = 1.0,
-    timeout: float = 300.0,
-) -> PeerResult:
-    """One resource per instance, ``parallelism`` at once, as described in the module docstring."""
-    keys_of: dict[str, list[str]] = defaultdict(list)
-    for key_id, instance_id in bindings:
-        keys_of[instance_id].append(key_id)
-    result = PeerResult(bindings=len(bindings), instances=len(keys_of))
-    lock = threading.Lock()
-    clock, sleep = time.perf_counter, time.sleep
+    def refresh(self, client: Any, instance_ids: Sequence[str]) -> PeerResult:
+        """Plan time: each instance resource reads itself (one DescribeInstances of one ID)."""
+        result = PeerResult(instances=len(instance_ids))
+        before = client.calls
+        started = time.perf_counter()
+        with ThreadPoolExecutor(self.parallelism) as pool:
+            list(pool.map(lambda iid: client.describe_instances([iid]), instance_ids))
+        result.wall_s = time.perf_counter() - started
+        result.calls = _delta(client, before)
+        return result
 
-    def one(instance_id: str) -> None:
-        keys = sorted(keys_of[instance_id])
-        calls = [keys] if api != "2.0" else [[k] for k in keys]
-        for n, key_ids in enumerate(calls):
-            if n:  # 2.0: the instance is busy until the previous key's operation is over
-                _wait(
-                    client,
-                    instance_id,
-                    poll_interval=poll_interval,
-                    timeout=timeout,
-                    clock=clock,
-                    sleep=sleep,
-                )
-            try:
-                _unbind(client, api, key_ids, instance_id)
-            except Exception as error:
+    def apply(self, client: Any, bindings: Sequence[tuple[str, str]], *, api: str = "2.0") -> PeerResult:
+        """One resource per instance, ``parallelism`` at once, as the module docstring describes."""
+        keys_of: dict[str, list[str]] = defaultdict(list)
+        for key_id, instance_id in bindings:
+            keys_of[instance_id].append(key_id)
+        result = PeerResult(bindings=len(bindings), instances=len(keys_of))
+        lock = threading.Lock()
+        polling = self.polling
+
+        def one(instance_id: str) -> None:
+            keys = sorted(keys_of[instance_id])
+            calls = [keys] if api != "2.0" else [[k] for k in keys]
+            for n, key_ids in enumerate(calls):
+                if n:  # 2.0: the instance is busy until the previous key's operation is over
+                    polling.until_idle(client, instance_id)
+                try:
+                    _unbind(client, api, key_ids, instance_id)
+                except Exception as error:
+                    with lock:
+                        result.failed.append(f"{instance_id} {key_ids}: {error}")
+                    return
+            polling.sleep(self.sleep_s)
+            if not polling.until_idle(client, instance_id):
                 with lock:
-                    result.failed.append(f"{instance_id} {key_ids}: {error}")
-                return
-        sleep(sleep_s)
-        if not _wait(
-            client, instance_id, poll_interval=poll_interval, timeout=timeout, clock=clock, sleep=sleep
-        ):
-            with lock:
-                result.failed.append(f"{instance_id}: still busy after {timeout:g}s")
+                    result.failed.append(f"{instance_id}: still busy after {polling.timeout:g}s")
 
-    before = client.calls
-    started = clock()
-    with ThreadPoolExecutor(parallelism) as pool:
-        list(pool.map(one, sorted(keys_of)))
-    result.wall_s = clock() - started
-    result.calls = _delta(client, before)
-    return result
+        before = client.calls
+        started = polling.clock()
+        with ThreadPoolExecutor(self.parallelism) as pool:
+            list(pool.map(one, sorted(keys_of)))
+        result.wall_s = polling.clock() - started
+        result.calls = _delta(client, before)
+        return result

@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:  # ``python bench/run.py`` puts bench/, not the ro
 
 import yaml  # noqa: E402
 
-from bench.fleetgen import SECRET_ID, SECRET_KEY, SIZES, TAIL_FACTOR, Generated, generate, write  # noqa: E402
+from bench.fleetgen import SECRET_ID, SECRET_KEY, SIZES, Generated, generate_size, write  # noqa: E402
 from bench.minimum import (  # noqa: E402
     Truth,
     apply_minimum,
@@ -61,7 +61,7 @@ from bench.minimum import (  # noqa: E402
     unbind_minimum_2,
 )
 from bench.minimum import summary as minimum_summary  # noqa: E402
-from bench.peer import PeerResult, peer_apply, terraform_apply, terraform_refresh  # noqa: E402
+from bench.peer import PeerResult, Polling, TerraformPeer, peer_apply  # noqa: E402
 from reconciler.cloud.client import instance_state  # noqa: E402
 from reconciler.core.plan import build_plan  # noqa: E402
 from reconciler.desired.loader import load_paths  # noqa: E402
@@ -296,9 +296,7 @@ class Settings:
     peer_sample: int = 20  # bindings the per-binding peer is timed on (0: all)
     tf_sample: int = 20  # instances the Terraform-like apply is timed on (0: all)
     tf_refresh_sample: int = 200  # instances its refresh is timed on (0: all)
-    tf_sleep: float = 10.0  # the provider's sleep after its call
-    tf_poll: float = 1.0  # its polling interval
-    tf_parallelism: int = 10  # terraform -parallelism
+    terraform: TerraformPeer = field(default_factory=TerraformPeer)  # its sleep, polling, parallelism
 
 
 @dataclass
@@ -349,9 +347,7 @@ def planner_batching(desired: Desired, observed: Observed) -> dict[str, Any]:
 def prepare(size: str, remove: float, seed: int, work: Path) -> Prepared:
     """Generate the fleet and the desired file; compute the minimum and the static timings."""
     n_instances, n_keys = SIZES[size]
-    gen = generate(
-        n_instances, n_keys, seed=seed, remove_fraction=remove, tail_factor=TAIL_FACTOR.get(size, 2.0)
-    )
+    gen = generate_size(size, seed=seed, remove_fraction=remove)
     folder = work / size
     fleet, desired_file = write(gen, folder)
     pristine = folder / "fleet.pristine.json"
@@ -554,21 +550,14 @@ def run_peers(p: Prepared, settings: Settings, bindings: Sequence[tuple[str, str
         _peer_client(settings.api, _endpoint(emulator.url, settings.api), p.gen.region, served["rate_limit"])
         as client,
     ):
-        refresh = terraform_refresh(client, refresh_ids, parallelism=settings.tf_parallelism)
-        applied = terraform_apply(
-            client,
-            tf_bindings,
-            api=settings.api,
-            parallelism=settings.tf_parallelism,
-            sleep_s=settings.tf_sleep,
-            poll_interval=settings.tf_poll,
-        )
+        refresh = settings.terraform.refresh(client, refresh_ids)
+        applied = settings.terraform.apply(client, tf_bindings, api=settings.api)
     out["terraform_refresh"] = _scaled(refresh, len(refresh_ids), len(managed))
     out["terraform_apply"] = _scaled(applied, len(chosen), len(instances))
     out["terraform"] = {
-        "sleep_s": settings.tf_sleep,
-        "poll_s": settings.tf_poll,
-        "parallelism": settings.tf_parallelism,
+        "sleep_s": settings.terraform.sleep_s,
+        "poll_s": settings.terraform.polling.interval,
+        "parallelism": settings.terraform.parallelism,
         "wall_s": round(out["terraform_refresh"]["wall_s"] + out["terraform_apply"]["wall_s"], 1),
         "calls": out["terraform_refresh"]["calls"] + out["terraform_apply"]["calls"],
     }
@@ -998,8 +987,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         peer_sample=args.peer_sample,
         tf_sample=args.tf_sample,
         tf_refresh_sample=args.tf_refresh_sample,
-        tf_sleep=args.tf_sleep,
-        tf_poll=args.tf_poll,
+        terraform=TerraformPeer(sleep_s=args.tf_sleep, polling=Polling(interval=args.tf_poll, timeout=300.0)),
     )
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bench.fleetgen import SIZES, Generated, generate
+from bench.fleetgen import SIZES, Generated, generate_size
 from bench.run import lower_bound_s, main
 from reconciler.model import DOCUMENTED_RATE_LIMITS
 
@@ -65,7 +65,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
 
 
 def _gen() -> Generated:
-    return generate(*SIZES["S"], seed=1, remove_fraction=0.1)
+    return generate_size("S", seed=1, remove_fraction=0.1)
 
 
 def test_every_mode_runs_and_plans_and_applies_what_the_input_decides(
