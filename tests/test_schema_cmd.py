@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -152,3 +153,83 @@ def test_apply_format_json_from_the_cli_validates(example: tuple[Path, Path]) ->
     data = json.loads(out)
     assert not list(validator.iter_errors(data))
     assert data["summary"]["done"] > 0
+
+
+# A fleet in two regions: two instances each (running: status 2, stopped: 4), both bound to OLD
+# (to go) and KEEP.
+OLD, KEEP = "skey-01d01d01", "skey-4eep4eep"
+RESULT_SECRET = {"secret_id": "AKIDRESULT00000000000000000000000000", "secret_key": "result-secret"}
+
+
+def _two_region_fleet(tmp_path: Path, status: int) -> Path:
+    def region(prefix: str) -> dict[str, object]:
+        ids = [f"ins-{prefix}000000{n}" for n in (1, 2)]
+        return {
+            "instances": [{"id": i, "name": i[-6:], "os": "centos7.6x86_64", "status": status} for i in ids],
+            "keys": [{"id": OLD, "name": "old", "bound": ids}, {"id": KEEP, "name": "keep", "bound": ids}],
+        }
+
+    fleet = tmp_path / "fleet.json"
+    regions = {"ap-guangzhou": region("g"), "ap-shanghai": region("s")}
+    fleet.write_text(json.dumps({"credentials": [RESULT_SECRET], "regions": regions}), encoding="utf-8")
+    return fleet
+
+
+def _desired(folder: Path, region: str, extra: str = "") -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{region}.yaml"
+    path.write_text(
+        f"version: 1\nregion: {region}\nscope: keys\nkeys:\n  {OLD}:\n    instances: []\n"
+        f"safety:\n  max_unbind_percent: 100\n{extra}",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _apply_json(*paths: Path, fleet: Path) -> dict[str, Any]:
+    code, out, err = run_cli(
+        "apply", *map(str, paths), "--emulator", str(fleet), "--auto-approve", "--format", "json"
+    )
+    assert code == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def test_an_apply_with_stops_validates_and_its_stops_are_checked(tmp_path: Path) -> None:
+    """A stop -> unbind -> start apply prints ``stops``; the schema describes it (and refuses a
+    broken one), so a reader of the result can rely on ``still_down``."""
+    validator = Draft202012Validator(json.loads(run_cli("schema", "result")[1]))
+    disruption = "disruption:\n  stop_running: true\n  max_stopped: 1\n"
+    desired = _desired(tmp_path / "d", "ap-guangzhou", disruption)
+    data = _apply_json(desired, fleet=_two_region_fleet(tmp_path, status=2))
+    assert not list(validator.iter_errors(data))
+    stops = data["stops"]
+    assert stops["still_down"] == [] and stops["max_down_at_once"] == 1
+    assert [(i["instance_id"], i["stopped"], i["running_again"]) for i in stops["instances"]] == [
+        ("ins-g0000001", True, True),
+        ("ins-g0000002", True, True),
+    ]
+    del stops["still_down"]
+    assert any("still_down" in e.message for e in validator.iter_errors(data))
+    stops["still_down"] = [{"instance_id": "ins-g0000001", "stopped": "yes"}]
+    assert len(list(validator.iter_errors(data))) >= 2  # a string for a boolean, members missing
+
+
+def test_an_apply_of_several_regions_validates_as_a_result_set(tmp_path: Path) -> None:
+    validator = Draft202012Validator(json.loads(run_cli("schema", "result")[1]))
+    folder = tmp_path / "desired"
+    _desired(folder, "ap-guangzhou")
+    _desired(folder, "ap-shanghai")
+    data = _apply_json(folder, fleet=_two_region_fleet(tmp_path, status=4))
+    assert data["kind"] == "cvmkeys-result-set"
+    assert not list(validator.iter_errors(data))
+    assert [(r["region"], r["summary"]["done"]) for r in data["results"]] == [
+        ("ap-guangzhou", 2),
+        ("ap-shanghai", 2),
+    ]
+    # Each member is held to the one-region definition; the set needs its kind.
+    del data["results"][1]["summary"]
+    assert not validator.is_valid(data)
+    del data["kind"]
+    data["results"][1]["summary"] = data["results"][0]["summary"]
+    assert not validator.is_valid(data)
