@@ -765,6 +765,13 @@ def load_plan(text: str, source: str, *, schema: SchemaValidator) -> Plan:
     Order of checks: JSON syntax, an object, a readable ``format_version``, the integrity
     digest, the schema, batch consistency. The first failure raises ``PlanIntegrityError``.
     """
+    return plan_from_data(parse_checked(text, source), schema=schema, source=source)
+
+
+def parse_checked(text: str, source: str) -> dict[str, Any]:
+    """A plan file's text as its JSON object, once the syntax, the object, the ``format_version``
+    and the integrity digest have been checked (what a plan and a plan set share; the first
+    failure raises ``PlanIntegrityError``)."""
     data = _parse(text, source)
     if not isinstance(data, dict):
         raise PlanIntegrityError(
@@ -773,7 +780,7 @@ def load_plan(text: str, source: str, *, schema: SchemaValidator) -> Plan:
         )
     _check_version(data, source)
     _check_integrity(data, source)
-    return plan_from_data(data, schema=schema, source=source)
+    return data
 
 
 # --------------------------------------------------------------------------- apply results
