@@ -533,24 +533,7 @@ def render_plan_markdown(
         )
     sections = _detail_sections(plan, where)
     details_title = "#### Details\n\n" if sections and plan.changes else ""
-
-    def assemble() -> str:
-        notice = _shortened_note(sections, keys, see, max_chars)
-        key_part = keys.render() if keys is not None else ""
-        body = "".join(s.render() for s in sections)
-        return fixed + notice + summary + key_part + details_title + body + footer
-
-    if keys is not None:
-        keys.in_table, keys.named = len(entries), 0
-    for section in sections:
-        section.shown = len(section.rows)
-    text = assemble()
-    if len(text) <= max_chars:
-        return text
-
-    reserved = len(fixed) + len(summary) + len(details_title) + len(footer)
-    _cut(keys, sections, max_chars - reserved, lambda: _shortened_note(sections, keys, see, max_chars))
-    return _hard_cut(assemble(), max_chars)
+    return _Comment(fixed, summary, keys, details_title, sections, footer, see).fit(max_chars)
 
 
 def _cut(keys: _KeySummary | None, sections: Sequence[_Section], room: int, note: Callable[[], str]) -> None:
@@ -576,6 +559,43 @@ def _hard_cut(text: str, max_chars: int) -> str:
         return text
     keep = max(max_chars - len(_TRUNCATED), 0)
     return (text[:keep] + _TRUNCATED)[:max_chars]
+
+
+@dataclass
+class _Comment:
+    """A comment's parts, in the order it shows them: ``head`` (title, headline, banners) and
+    the titles and ``footer`` are kept whole; ``keys`` and ``sections`` give up rows to fit."""
+
+    head: str
+    summary: str
+    keys: _KeySummary | None
+    details_title: str
+    sections: Sequence[_Section]
+    footer: str
+    see: str  # where to see what the comment leaves out
+    keys_noun: str = "keys that change"
+
+    def _note(self, max_chars: int) -> str:
+        return _shortened_note(self.sections, self.keys, self.see, max_chars, self.keys_noun)
+
+    def _assemble(self, max_chars: int) -> str:
+        key_part = self.keys.render() if self.keys is not None else ""
+        body = "".join(s.render() for s in self.sections)
+        notice = self._note(max_chars)
+        return self.head + notice + self.summary + key_part + self.details_title + body + self.footer
+
+    def fit(self, max_chars: int) -> str:
+        """The comment whole if it fits in ``max_chars``, else cut (``_cut``) to fit."""
+        if self.keys is not None:
+            self.keys.in_table, self.keys.named = len(self.keys.key_ids), 0
+        for section in self.sections:
+            section.shown = len(section.rows)
+        text = self._assemble(max_chars)
+        if len(text) <= max_chars:
+            return text
+        reserved = len(self.head) + len(self.summary) + len(self.details_title) + len(self.footer)
+        _cut(self.keys, self.sections, max_chars - reserved, lambda: self._note(max_chars))
+        return _hard_cut(self._assemble(max_chars), max_chars)
 
 
 # --------------------------------------------------------------------------- apply results
@@ -666,23 +686,6 @@ def render_result_markdown(
             for r in items
         ]
         sections.append(_Section(head, rows, _FOLD_END, noun, nouns, f"see them all in {see}"))
-    summary = "#### Summary\n\n"
-    details_title = "#### Details\n\n"
-
-    def assemble() -> str:
-        notice = _shortened_note(sections, keys, see, max_chars, "keys")
-        body = "".join(s.render() for s in sections)
-        return title + notice + summary + keys.render() + details_title + body + footer
-
-    keys.in_table = len(ranked)
-    for section in sections:
-        section.shown = len(section.rows)
-    text = assemble()
-    if len(text) <= max_chars:
-        return text
-    reserved = len(title) + len(summary) + len(details_title) + len(footer)
-    _cut(
-        keys, sections, max_chars - reserved, lambda: _shortened_note(sections, keys, see, max_chars, "keys")
-    )
-    return _hard_cut(assemble(), max_chars)
+    comment = _Comment(title, "#### Summary\n\n", keys, "#### Details\n\n", sections, footer, see, "keys")
+    return comment.fit(max_chars)
 
