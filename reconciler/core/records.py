@@ -49,7 +49,9 @@ def _converters(hint: Any) -> tuple[_Convert | None, _Convert | None]:
         to, back = _converters(args[0])
         return (None if to is None else _optional(to)), (None if back is None else _optional(back))
     if origin is tuple:
-        item = get_args(hint)[0]
+        item, *rest = get_args(hint)
+        if rest != [Ellipsis]:  # only tuple[X, ...]: the model's sequences
+            raise TypeError(f"no record conversion for {hint!r}")
         item_to, item_back = _converters(item)
         if item_to is None and item_back is None:
             return list, tuple
@@ -91,7 +93,10 @@ def _codec(cls: type[Any]) -> _Codec:
 
 def _make_codec(cls: type[Any]) -> _Codec:
     hints = get_type_hints(cls)
-    names = tuple(f.name for f in dataclasses.fields(cls))
+    fields = dataclasses.fields(cls)
+    if any(not f.init or f.kw_only for f in fields):  # read back positionally: every field in order
+        raise TypeError(f"{cls.__name__}: a record's fields are all positional __init__ arguments")
+    names = tuple(f.name for f in fields)
     if len(names) < 2:  # attrgetter and itemgetter return a bare value for one name
         raise TypeError(f"{cls.__name__}: a record needs two or more fields")
     converters = [_converters(hints[name]) for name in names]
