@@ -3,7 +3,9 @@
 Called by ``operations`` (``plan --out`` writes ``dump_plan``), by ``render.json`` (plans and
 ``result_to_data``) and by ``reconciler.planfile`` (``load_plan``, which passes in the plan
 schema's validator: the core never loads a schema file). The form is specified by
-``schemas/plan.schema.json`` and described in ``docs/plan-format.md``.
+``schemas/plan.schema.json`` and described in ``docs/plan-format.md``. The records it holds as
+the model has them (changes, findings, batches, the stop schedule, results...) are written and
+read field by field by ``core.records``; what differs from the model is written here.
 
 Reading refuses, with a ``PlanIntegrityError`` that names the file, anything that is not exactly
 a plan this version can carry out: text that is not JSON (``FILE:LINE:COL``), a newer major
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 
 from reconciler.common import canonical_sha256, plural, short_repr
 from reconciler.core.diff import LAST_KEY_WARNING
+from reconciler.core.records import record_from_data, record_to_data
 from reconciler.core.safety import check_safety
 from reconciler.errors import PlanIntegrityError
 from reconciler.model import (
@@ -36,21 +39,14 @@ from reconciler.model import (
     ChangeStatus,
     Finding,
     Fingerprint,
-    InstanceStopResult,
-    Location,
     Outcome,
-    PhaseDurations,
     Plan,
     Premise,
     SafetyLimits,
-    ScheduledStop,
     Scope,
-    Severity,
     SourceFile,
-    StopRound,
     StopSchedule,
     StopsResult,
-    StopType,
     Summary,
 )
 
@@ -77,45 +73,12 @@ _RERUN_HINT = "run `cvmkeys plan --out FILE` again and review the new plan"
 # --------------------------------------------------------------------------- writing
 
 
-def _location_to_data(location: Location | None) -> dict[str, Any] | None:
-    if location is None:
-        return None
-    return {"file": location.file, "line": location.line, "column": location.column}
-
-
-def _change_to_data(change: Change) -> dict[str, Any]:
-    return {
-        "action": change.action,
-        "key_id": change.key_id,
-        "key_name": change.key_name,
-        "instance_id": change.instance_id,
-        "instance_name": change.instance_name,
-        "instance_state": change.instance_state,
-        "status": change.status.value,
-        "reason": change.reason,
-        "warnings": list(change.warnings),
-    }
-
-
-def _finding_to_data(finding: Finding) -> dict[str, Any]:
-    return {
-        "severity": finding.severity.value,
-        "code": finding.code,
-        "message": finding.message,
-        "key_id": finding.key_id,
-        "instance_id": finding.instance_id,
-        "location": _location_to_data(finding.location),
-    }
-
-
 def plan_to_data(plan: Plan) -> dict[str, Any]:
     """The plan as JSON-ready data (no ``integrity`` member); enums as their values.
 
     Every member is always present (``null`` when unknown), so readers never guess. The written
     ``format_version`` is always this version's: the data holds exactly what this version knows.
     """
-    summary = plan.summary
-    safety = plan.safety
     return {
         "format_version": PLAN_FORMAT_VERSION,
         "region": plan.region,
@@ -123,46 +86,19 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
         "endpoint": plan.endpoint,
         "api": plan.api.value,
         "created_at": plan.created_at,
-        "changes": [_change_to_data(c) for c in plan.changes],
-        "batches": [
-            {"wave": b.wave, "key_ids": list(b.key_ids), "instance_ids": list(b.instance_ids)}
-            for b in plan.batches
-        ],
-        "findings": [_finding_to_data(f) for f in plan.findings],
-        "summary": {
-            "to_unbind": summary.to_unbind,
-            "blocked": summary.blocked,
-            "protected": summary.protected,
-            "missing": summary.missing,
-            "owned_bindings": summary.owned_bindings,
-            "errors": summary.errors,
-            "warnings": summary.warnings,
-            "waves": summary.waves,
-            "calls": summary.calls,
-        },
-        "safety": {
-            "safe": safety.safe,
-            "unbinds": safety.unbinds,
-            "owned_bindings": safety.owned_bindings,
-            "max_unbinds": safety.max_unbinds,
-            "max_unbind_percent": safety.max_unbind_percent,
-            "percent_checked": safety.percent_checked,
-            "violations": list(safety.violations),
-        },
-        "sources": [{"path": s.path, "sha256": s.sha256} for s in plan.sources],
-        "fingerprint": {
-            "digest": plan.fingerprint.digest,
-            "key_ids": list(plan.fingerprint.key_ids),
-            "instance_ids": list(plan.fingerprint.instance_ids),
-        },
+        "changes": [record_to_data(c) for c in plan.changes],
+        "batches": [record_to_data(b) for b in plan.batches],
+        "findings": [record_to_data(f) for f in plan.findings],
+        "summary": record_to_data(plan.summary),
+        "safety": record_to_data(plan.safety),
+        "sources": [record_to_data(s) for s in plan.sources],
+        "fingerprint": record_to_data(plan.fingerprint),
         "observed_digest": plan.observed_digest,
+        # Not record_to_data: the plan records the account and the ARN, not the whole identity.
         "caller": None
         if plan.caller is None
         else {"account_id": plan.caller.account_id, "arn": plan.caller.arn},
-        "premises": [
-            {"instance_id": p.instance_id, "instance_state": p.instance_state, "key_ids": list(p.key_ids)}
-            for p in plan.premises
-        ],
+        "premises": [record_to_data(p) for p in plan.premises],
         # Present only with a disruption block: plans without one stay byte-identical to
         # those of earlier 2.x versions (and their goldens and digests).
         **({"stops": stops_to_data(plan.stops)} if plan.stops is not None else {}),
@@ -174,104 +110,12 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
 
 def stops_to_data(schedule: StopSchedule | None) -> dict[str, Any] | None:
     """The stop schedule as JSON-ready data (``null`` without a ``disruption`` block)."""
-    if schedule is None:
-        return None
-    d = schedule.durations
-    return {
-        "enabled": schedule.enabled,
-        "stop_type": schedule.stop_type.value if schedule.stop_type else None,
-        "stop_timeout": schedule.stop_timeout,
-        "budget": schedule.budget,
-        "budget_reason": schedule.budget_reason,
-        "running_in_scope": schedule.running_in_scope,
-        "max_stops": schedule.max_stops,
-        "stops": [
-            {
-                "instance_id": st.instance_id,
-                "instance_name": st.instance_name,
-                "prior_state": st.prior_state,
-                "key_ids": list(st.key_ids),
-                "round": st.round,
-                "unbind_calls": st.unbind_calls,
-                "downtime": st.downtime,
-                "worst_downtime": st.worst_downtime,
-                "removes_last_key": st.removes_last_key,
-            }
-            for st in schedule.stops
-        ],
-        "rounds": [
-            {
-                "index": r.index,
-                "instance_ids": list(r.instance_ids),
-                "stop_calls": r.stop_calls,
-                "start_calls": r.start_calls,
-                "duration": r.duration,
-                "worst_duration": r.worst_duration,
-            }
-            for r in schedule.rounds
-        ],
-        "durations": {
-            "soft_stop": d.soft_stop,
-            "hard_stop": d.hard_stop,
-            "unbind": d.unbind,
-            "start": d.start,
-        },
-        "total_downtime": schedule.total_downtime,
-        "wall_time": schedule.wall_time,
-        "worst_wall_time": schedule.worst_wall_time,
-        "rolling_estimate": schedule.rolling_estimate,
-    }
+    return None if schedule is None else record_to_data(schedule)
 
 
 def stops_from_data(data: Mapping[str, Any] | None) -> StopSchedule | None:
     """The inverse of ``stops_to_data`` (the data already validated by the schema)."""
-    if data is None:
-        return None
-    d = data["durations"]
-    return StopSchedule(
-        enabled=data["enabled"],
-        stop_type=None if data["stop_type"] is None else StopType(data["stop_type"]),
-        stop_timeout=data["stop_timeout"],
-        budget=data["budget"],
-        budget_reason=data["budget_reason"],
-        running_in_scope=data["running_in_scope"],
-        max_stops=data["max_stops"],
-        stops=tuple(
-            ScheduledStop(
-                instance_id=st["instance_id"],
-                instance_name=st["instance_name"],
-                prior_state=st["prior_state"],
-                key_ids=tuple(st["key_ids"]),
-                round=st["round"],
-                unbind_calls=st["unbind_calls"],
-                downtime=float(st["downtime"]),
-                worst_downtime=float(st["worst_downtime"]),
-                removes_last_key=st["removes_last_key"],
-            )
-            for st in data["stops"]
-        ),
-        rounds=tuple(
-            StopRound(
-                index=r["index"],
-                instance_ids=tuple(r["instance_ids"]),
-                stop_calls=r["stop_calls"],
-                start_calls=r["start_calls"],
-                duration=float(r["duration"]),
-                worst_duration=float(r["worst_duration"]),
-            )
-            for r in data["rounds"]
-        ),
-        durations=PhaseDurations(
-            soft_stop=float(d["soft_stop"]),
-            hard_stop=float(d["hard_stop"]),
-            unbind=float(d["unbind"]),
-            start=float(d["start"]),
-        ),
-        total_downtime=float(data["total_downtime"]),
-        wall_time=float(data["wall_time"]),
-        worst_wall_time=float(data["worst_wall_time"]),
-        rolling_estimate=float(data["rolling_estimate"]),
-    )
+    return None if data is None else record_from_data(StopSchedule, data)
 
 
 def _check_stops(changes: tuple[Change, ...], schedule: StopSchedule | None, source: str) -> None:
@@ -433,12 +277,6 @@ def _schema_problems(data: Mapping[str, Any], schema: SchemaValidator) -> list[s
     return [f"{_json_path(e.absolute_path)}: {_short(e.message)}" for e in errors]
 
 
-def _location_from_data(data: Mapping[str, Any] | None) -> Location | None:
-    if data is None:
-        return None
-    return Location(file=data["file"], line=data["line"], column=data["column"])
-
-
 def _check_batches(
     api: ApiVersion, changes: tuple[Change, ...], batches: tuple[Batch, ...], source: str
 ) -> None:
@@ -556,46 +394,16 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
             hint=_RERUN_HINT,
         )
     _check_ids(data, source)
-    changes = tuple(
-        Change(
-            key_id=c["key_id"],
-            instance_id=c["instance_id"],
-            status=ChangeStatus(c["status"]),
-            reason=c["reason"],
-            warnings=tuple(c["warnings"]),
-            key_name=c["key_name"],
-            instance_name=c["instance_name"],
-            instance_state=c["instance_state"],
-            action=c["action"],
-        )
-        for c in data["changes"]
-    )
-    batches = tuple(
-        Batch(wave=b["wave"], key_ids=tuple(b["key_ids"]), instance_ids=tuple(b["instance_ids"]))
-        for b in data["batches"]
-    )
+    changes = tuple(record_from_data(Change, c) for c in data["changes"])
+    batches = tuple(record_from_data(Batch, b) for b in data["batches"])
     api = ApiVersion(data["api"])
     _check_batches(api, changes, batches, source)
-    premises = tuple(
-        Premise(p["instance_id"], p["instance_state"], tuple(p["key_ids"])) for p in data["premises"]
-    )
+    premises = tuple(record_from_data(Premise, p) for p in data["premises"])
     _check_premises(changes, premises, source)
     stops = stops_from_data(data.get("stops"))
     _check_stops(changes, stops, source)
-    findings = tuple(
-        Finding(
-            severity=Severity(f["severity"]),
-            code=f["code"],
-            message=f["message"],
-            key_id=f["key_id"],
-            instance_id=f["instance_id"],
-            location=_location_from_data(f["location"]),
-        )
-        for f in data["findings"]
-    )
-    s = data["summary"]
+    findings = tuple(record_from_data(Finding, f) for f in data["findings"])
     v = data["safety"]
-    fp = data["fingerprint"]
     percent = v["max_unbind_percent"]
     # The verdict is recomputed from the plan's own limits and ready changes, never trusted: a
     # resealed plan must not call itself safe.
@@ -612,22 +420,10 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         changes=changes,
         batches=batches,
         findings=findings,
-        summary=Summary(
-            to_unbind=s["to_unbind"],
-            blocked=s["blocked"],
-            protected=s["protected"],
-            missing=s["missing"],
-            owned_bindings=s["owned_bindings"],
-            errors=s["errors"],
-            warnings=s["warnings"],
-            waves=s["waves"],
-            calls=s["calls"],
-        ),
+        summary=record_from_data(Summary, data["summary"]),
         safety=verdict,
-        sources=tuple(SourceFile(path=x["path"], sha256=x["sha256"]) for x in data["sources"]),
-        fingerprint=Fingerprint(
-            digest=fp["digest"], key_ids=tuple(fp["key_ids"]), instance_ids=tuple(fp["instance_ids"])
-        ),
+        sources=tuple(record_from_data(SourceFile, x) for x in data["sources"]),
+        fingerprint=record_from_data(Fingerprint, data["fingerprint"]),
         observed_digest=data["observed_digest"],
         created_at=data["created_at"],
         format_version=data["format_version"],
@@ -765,6 +561,13 @@ def load_plan(text: str, source: str, *, schema: SchemaValidator) -> Plan:
     Order of checks: JSON syntax, an object, a readable ``format_version``, the integrity
     digest, the schema, batch consistency. The first failure raises ``PlanIntegrityError``.
     """
+    return plan_from_data(parse_checked(text, source), schema=schema, source=source)
+
+
+def parse_checked(text: str, source: str) -> dict[str, Any]:
+    """A plan file's text as its JSON object, once the syntax, the object, the ``format_version``
+    and the integrity digest have been checked (what a plan and a plan set share; the first
+    failure raises ``PlanIntegrityError``)."""
     data = _parse(text, source)
     if not isinstance(data, dict):
         raise PlanIntegrityError(
@@ -773,7 +576,7 @@ def load_plan(text: str, source: str, *, schema: SchemaValidator) -> Plan:
         )
     _check_version(data, source)
     _check_integrity(data, source)
-    return plan_from_data(data, schema=schema, source=source)
+    return data
 
 
 # --------------------------------------------------------------------------- apply results
@@ -787,17 +590,7 @@ def result_to_data(result: ApplyResult) -> dict[str, Any]:
         "interrupted": result.interrupted,
         "stopped_reason": result.stopped_reason,
         "calls": {action: result.calls[action] for action in sorted(result.calls)},
-        "results": [
-            {
-                "key_id": r.key_id,
-                "instance_id": r.instance_id,
-                "outcome": r.outcome.value,
-                "reason": r.reason,
-                "api_code": r.api_code,
-                "attempts": r.attempts,
-            }
-            for r in result.results
-        ],
+        "results": [record_to_data(r) for r in result.results],
         "summary": {outcome.value: result.count(outcome) for outcome in Outcome},
         **({"stops": stops_result_to_data(result.stops)} if result.stops is not None else {}),
     }
@@ -807,19 +600,4 @@ def stops_result_to_data(stops: StopsResult | None) -> dict[str, Any] | None:
     """What apply did to the scheduled instances; ``still_down`` first (``null``: no schedule)."""
     if stops is None:
         return None
-
-    def one(i: InstanceStopResult) -> dict[str, Any]:
-        return {
-            "instance_id": i.instance_id,
-            "instance_name": i.instance_name,
-            "stopped": i.stopped,
-            "running_again": i.running_again,
-            "final_state": i.final_state,
-            "note": i.note,
-        }
-
-    return {
-        "still_down": [one(i) for i in stops.still_down],
-        "max_down_at_once": stops.max_down_at_once,
-        "instances": [one(i) for i in stops.instances],
-    }
+    return {**record_to_data(stops), "still_down": [record_to_data(i) for i in stops.still_down]}

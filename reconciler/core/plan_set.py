@@ -26,9 +26,9 @@ from reconciler.core.document import (
     SchemaValidator,
     _check_integrity,
     _check_version,
-    _parse,
     canonical_digest,
     dump_plan,
+    parse_checked,
     plan_from_data,
 )
 from reconciler.errors import PlanIntegrityError
@@ -67,14 +67,7 @@ def load_plans(text: str, source: str, *, schema: SchemaValidator) -> tuple[Plan
     """A plan file's text as its plans: one for a plan document (``core.document.load_plan``'s
     checks), every region's for a set (the envelope's version and digest, then each member's
     version, digest, schema and batches, named ``SOURCE[region]`` in messages)."""
-    data = _parse(text, source)
-    if not isinstance(data, dict):
-        raise PlanIntegrityError(
-            f"{source}: not a cvmkeys plan (expected a JSON object, got {type(data).__name__})",
-            hint=_RERUN_HINT,
-        )
-    _check_version(data, source)
-    _check_integrity(data, source)
+    data = parse_checked(text, source)
     if not is_plan_set(data):
         return (plan_from_data(data, schema=schema, source=source),)
     members = data.get("plans")

@@ -36,15 +36,14 @@ from reconciler.common import plural
 from reconciler.core.diff import LAST_KEY_WARNING
 from reconciler.model import (
     ApplyResult,
-    BindingResult,
     Change,
     ChangeStatus,
     Finding,
     Outcome,
     Plan,
-    Severity,
 )
 from reconciler.render._sanitize import clean
+from reconciler.render._shared import binding_detail, error_count, plan_names, split_findings, status_counts
 from reconciler.render.stops import plan_stops_markdown, result_stops_markdown
 from reconciler.render.text import plan_line, result_line, waves_summary
 
@@ -241,11 +240,8 @@ _STATUS_COLUMNS = (
 
 
 def _region_table(plan: Plan, keys: Sequence[_KeyCounts], keyless: int) -> str:
-    counts = dict.fromkeys(ChangeStatus, 0)
-    for change in plan.changes:
-        counts[change.status] += 1
-    errors = sum(1 for f in plan.findings if f.severity is Severity.ERROR)
-    cells = [f"{counts[s]:,}" for s in _STATUS_COLUMNS] + [f"{keyless:,}", f"{errors:,}"]
+    counts = status_counts(plan.changes)
+    cells = [f"{counts[s]:,}" for s in _STATUS_COLUMNS] + [f"{keyless:,}", f"{error_count(plan):,}"]
     return (
         _table("Region", "Keys", *_COUNT_HEADERS, "Errors", numeric=7)
         + _row(code(plan.region), f"{len(keys):,}", *cells)
@@ -363,7 +359,7 @@ def _change_row(change: Change) -> str:
 
 def _detail_sections(plan: Plan, where: str) -> list[_Section]:
     sections: list[_Section] = []
-    errors = [f for f in plan.findings if f.severity is Severity.ERROR]
+    errors, others = split_findings(plan.findings)
     if errors:
         sections.append(
             _Section(
@@ -421,9 +417,7 @@ def _detail_sections(plan: Plan, where: str) -> list[_Section]:
         title, noun, nouns, notes = titles[status]
         head = _fold(title, len(changes), _table("Key", "Instance", "Instance name", notes))
         sections.append(_Section(head, [_change_row(c) for c in changes], _FOLD_END, noun, nouns, where))
-    others = [f for f in plan.findings if f.severity is not Severity.ERROR]
     if others:
-        others.sort(key=lambda f: f.severity is not Severity.WARNING)  # stable: warnings, then info
         sections.append(
             _Section(
                 _fold("Other findings", len(others), ""),
@@ -450,7 +444,7 @@ def _banner(plan: Plan) -> str:
         )
         text += "".join(f"> - {escape(v)}\n" for v in plan.safety.violations[:10])
         text += "\n"
-    errors = sum(1 for f in plan.findings if f.severity is Severity.ERROR)
+    errors = error_count(plan)
     if errors:
         text += (
             f"> [!WARNING]\n> **This plan has {plural(errors, 'error', thousands=True)}** "
@@ -539,24 +533,7 @@ def render_plan_markdown(
         )
     sections = _detail_sections(plan, where)
     details_title = "#### Details\n\n" if sections and plan.changes else ""
-
-    def assemble() -> str:
-        notice = _shortened_note(sections, keys, see, max_chars)
-        key_part = keys.render() if keys is not None else ""
-        body = "".join(s.render() for s in sections)
-        return fixed + notice + summary + key_part + details_title + body + footer
-
-    if keys is not None:
-        keys.in_table, keys.named = len(entries), 0
-    for section in sections:
-        section.shown = len(section.rows)
-    text = assemble()
-    if len(text) <= max_chars:
-        return text
-
-    reserved = len(fixed) + len(summary) + len(details_title) + len(footer)
-    _cut(keys, sections, max_chars - reserved, lambda: _shortened_note(sections, keys, see, max_chars))
-    return _hard_cut(assemble(), max_chars)
+    return _Comment(fixed, summary, keys, details_title, sections, footer, see).fit(max_chars)
 
 
 def _cut(keys: _KeySummary | None, sections: Sequence[_Section], room: int, note: Callable[[], str]) -> None:
@@ -582,6 +559,43 @@ def _hard_cut(text: str, max_chars: int) -> str:
         return text
     keep = max(max_chars - len(_TRUNCATED), 0)
     return (text[:keep] + _TRUNCATED)[:max_chars]
+
+
+@dataclass
+class _Comment:
+    """A comment's parts, in the order it shows them: ``head`` (title, headline, banners) and
+    the titles and ``footer`` are kept whole; ``keys`` and ``sections`` give up rows to fit."""
+
+    head: str
+    summary: str
+    keys: _KeySummary | None
+    details_title: str
+    sections: Sequence[_Section]
+    footer: str
+    see: str  # where to see what the comment leaves out
+    keys_noun: str = "keys that change"
+
+    def _note(self, max_chars: int) -> str:
+        return _shortened_note(self.sections, self.keys, self.see, max_chars, self.keys_noun)
+
+    def _assemble(self, max_chars: int) -> str:
+        key_part = self.keys.render() if self.keys is not None else ""
+        body = "".join(s.render() for s in self.sections)
+        notice = self._note(max_chars)
+        return self.head + notice + self.summary + key_part + self.details_title + body + self.footer
+
+    def fit(self, max_chars: int) -> str:
+        """The comment whole if it fits in ``max_chars``, else cut (``_cut``) to fit."""
+        if self.keys is not None:
+            self.keys.in_table, self.keys.named = len(self.keys.key_ids), 0
+        for section in self.sections:
+            section.shown = len(section.rows)
+        text = self._assemble(max_chars)
+        if len(text) <= max_chars:
+            return text
+        reserved = len(self.head) + len(self.summary) + len(self.details_title) + len(self.footer)
+        _cut(self.keys, self.sections, max_chars - reserved, lambda: self._note(max_chars))
+        return _hard_cut(self._assemble(max_chars), max_chars)
 
 
 # --------------------------------------------------------------------------- apply results
@@ -632,13 +646,7 @@ def render_result_markdown(
         footer = f"API calls: {calls}\n"
     if not result.results:
         return _hard_cut(title + footer, max_chars)
-    key_names: dict[str, str] = {}
-    instance_names: dict[str, str] = {}
-    for change in plan.changes if plan is not None else ():
-        if change.key_name:
-            key_names.setdefault(change.key_id, change.key_name)
-        if change.instance_name:
-            instance_names.setdefault(change.instance_id, change.instance_name)
+    key_names, instance_names = plan_names(plan)
 
     counts: dict[str, dict[Outcome, int]] = {}
     for item in result.results:
@@ -673,36 +681,11 @@ def render_result_markdown(
                 code(r.instance_id),
                 escape(instance_names.get(r.instance_id, ""), NAME_LIMIT),
                 r.outcome.value,
-                escape(_detail(r)),
+                escape(binding_detail(r)),
             )
             for r in items
         ]
         sections.append(_Section(head, rows, _FOLD_END, noun, nouns, f"see them all in {see}"))
-    summary = "#### Summary\n\n"
-    details_title = "#### Details\n\n"
+    comment = _Comment(title, "#### Summary\n\n", keys, "#### Details\n\n", sections, footer, see, "keys")
+    return comment.fit(max_chars)
 
-    def assemble() -> str:
-        notice = _shortened_note(sections, keys, see, max_chars, "keys")
-        body = "".join(s.render() for s in sections)
-        return title + notice + summary + keys.render() + details_title + body + footer
-
-    keys.in_table = len(ranked)
-    for section in sections:
-        section.shown = len(section.rows)
-    text = assemble()
-    if len(text) <= max_chars:
-        return text
-    reserved = len(title) + len(summary) + len(details_title) + len(footer)
-    _cut(
-        keys, sections, max_chars - reserved, lambda: _shortened_note(sections, keys, see, max_chars, "keys")
-    )
-    return _hard_cut(assemble(), max_chars)
-
-
-def _detail(item: BindingResult) -> str:
-    detail = item.reason
-    if item.api_code is not None:
-        detail = f"API code {item.api_code}: {detail}" if detail else f"API code {item.api_code}"
-    if item.outcome is Outcome.FAILED and item.attempts > 1 and "attempts" not in detail:
-        detail += f" (after {item.attempts} attempts)"
-    return detail

@@ -29,6 +29,7 @@ from reconciler.model import (
     Severity,
 )
 from reconciler.render._sanitize import clean, display_width, pad
+from reconciler.render._shared import binding_detail, error_count, plan_names, split_findings, status_counts
 from reconciler.render.stops import plan_stops_lines, result_stops_lines, still_down_lines
 
 _BOLD, _DIM, _RED, _GREEN, _YELLOW, _CYAN = "bold", "dim", "red", "green", "yellow", "cyan"
@@ -49,7 +50,6 @@ _SIGN_STYLE = {
     ChangeStatus.UNCHANGEABLE: _DIM,
 }
 _SEVERITY_STYLE = {Severity.ERROR: _RED, Severity.WARNING: _YELLOW, Severity.INFO: _CYAN}
-_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 _OUTCOME_STYLE = {
     Outcome.DONE: _GREEN,
     Outcome.FAILED: _RED,
@@ -158,7 +158,8 @@ def _finding_line(finding: Finding, color: bool) -> str:
 
 
 def _findings_lines(findings: Iterable[Finding], color: bool) -> list[str]:
-    ordered = sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity])  # stable: plan order
+    errors, others = split_findings(findings)
+    ordered = errors + others
     if not ordered:
         return []
     return ["", _styled("Findings:", color, _BOLD)] + [_finding_line(f, color) for f in ordered]
@@ -192,13 +193,6 @@ def waves_summary(batches: Iterable[Batch], api: ApiVersion = ApiVersion.V2) -> 
     )
 
 
-def _counts(changes: Iterable[Change]) -> dict[ChangeStatus, int]:
-    counts = dict.fromkeys(ChangeStatus, 0)
-    for change in changes:
-        counts[change.status] += 1
-    return counts
-
-
 def plan_line(plan: Plan) -> str:
     """The last line of a plan: ``"Plan: 12 to unbind, 2 blocked, 1 protected."`` or the
     no-changes sentence. Counted from the changes themselves."""
@@ -206,7 +200,7 @@ def plan_line(plan: Plan) -> str:
         if plan.has_errors:  # e.g. a region with nothing in it: the errors, not "match"
             return "No unbinds found, but the plan has errors (see Findings): it is not a result."
         return "No changes. The live bindings match the file."
-    counts = _counts(plan.changes)
+    counts = status_counts(plan.changes)
     unchangeable = counts[ChangeStatus.UNCHANGEABLE]
     return (
         f"Plan: {counts[ChangeStatus.READY]} to unbind, {counts[ChangeStatus.BLOCKED]} blocked, "
@@ -229,7 +223,7 @@ def _verdict_lines(plan: Plan, color: bool) -> list[str]:
             ),
         ]
         lines += [f"  - {clean(v)}" for v in plan.safety.violations]
-    errors = sum(1 for f in plan.findings if f.severity is Severity.ERROR)
+    errors = error_count(plan)
     if errors:
         lines += [
             "",
@@ -281,29 +275,12 @@ def result_line(result: ApplyResult) -> str:
     return f"{head}: {', '.join(parts)}."
 
 
-def _result_detail(item: BindingResult) -> str:
-    detail = clean(item.reason)
-    if item.api_code is not None:
-        detail = f"API code {item.api_code}: {detail}" if detail else f"API code {item.api_code}"
-    if item.outcome is Outcome.FAILED and item.attempts > 1:
-        detail += f" (after {item.attempts} attempts)"
-    return detail
-
-
 def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = None) -> str:
     """What apply did to every binding, grouped by key, then the ``Apply ...:`` line.
 
     ``plan`` (optional) supplies key and instance names for the bindings it lists.
     """
-    key_names: dict[str, str] = {}
-    instance_names: dict[str, str] = {}
-    if plan is not None:
-        for change in plan.changes:
-            if change.key_name:
-                key_names.setdefault(change.key_id, change.key_name)
-            if change.instance_name:
-                instance_names.setdefault(change.instance_id, change.instance_name)
-
+    key_names, instance_names = plan_names(plan)
     lines = [_styled(f"cvmkeys apply in {clean(result.region)}", color, _BOLD)]
     lines += [_styled(line, color, _BOLD, _RED) for line in still_down_lines(result)]
     groups: dict[str, list[BindingResult]] = {}
@@ -319,7 +296,7 @@ def render_result_text(result: ApplyResult, *, color: bool, plan: Plan | None = 
             style = _OUTCOME_STYLE[item.outcome]
             label = _styled(pad(_OUTCOME_LABEL[item.outcome], label_width), color, style)
             line = f"    {label}  {pad(clean(item.instance_id), id_width)}  {pad(name, width)}"
-            detail = _result_detail(item)
+            detail = binding_detail(item)
             if detail:
                 line += f"  {detail}"
             lines.append(line.rstrip())
