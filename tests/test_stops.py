@@ -374,6 +374,20 @@ def test_cli_plan_shows_the_stops(tmp_path: Path) -> None:
     assert json.loads(out)["stops"]["budget"] == 2
 
 
+def test_cli_plan_of_stops_only_does_not_say_nothing_is_ready(tmp_path: Path) -> None:
+    """Every change behind a stop: no unbind waves, but the plan must not read "nothing is ready
+    to unbind" above "Plan: 3 to unbind"."""
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps(fleet_data(3, 0)))
+    path = tmp_path / "bindings.yaml"
+    path.write_text(desired_text("max_stopped: 2"))
+    code, out, err = run_cli("plan", str(path), "--emulator", str(fleet))
+    assert code == 0, out + err
+    assert "nothing is ready" not in out
+    assert "Calls: no unbind waves; the stopped instances are unbound in their rounds (Stops)." in out
+    assert "Plan: 3 to unbind" in out
+
+
 @pytest.mark.parametrize("api", APIS, ids=["2.0", "3.0"])
 def test_a_start_that_fails_for_good_is_reported_first_and_stops_no_further_instance(
     api: ApiVersion, tmp_path: Path

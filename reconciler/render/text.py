@@ -246,6 +246,9 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
     lines += plan_stops_lines(plan)
     if plan.batches:
         lines += ["", "Calls: " + waves_summary(plan.batches, plan.api) + "."]
+    elif plan.stops is not None and plan.stops.stops:
+        # Every change waits for its stop: "nothing is ready" would contradict the Plan line.
+        lines += ["", "Calls: no unbind waves; the stopped instances are unbound in their rounds (Stops)."]
     elif plan.changes:
         lines += ["", "Calls: none; nothing is ready to unbind."]
     lines += _verdict_lines(plan, color)
