@@ -16,16 +16,16 @@ The client is thread-safe; multi-page and multi-batch reads run concurrently on 
 
 from __future__ import annotations
 
-import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
+
 from reconciler.cloud.base import (
-    AttemptRecord,
     CallResult,
     PooledClient,
     checked_region,
@@ -39,7 +39,7 @@ from reconciler.cloud.client import (
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
 from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, check_endpoint
-from reconciler.cloud.retry import RetryPolicy
+from reconciler.cloud.retry import ClientTuning, TuningArgs
 from reconciler.cloud.tc3call import (
     Tc3Auth,
     Tc3Caller,
@@ -150,7 +150,9 @@ class Api3Client(PooledClient):
     ``https://cvm.tencentcloudapi.com/`` (``reconciler.cloud.endpoint.api3_endpoint`` builds the
     regional and international ones). ``rate_limits`` overrides the documented per-action
     figures (:data:`DEFAULT_RATE_LIMITS`); ``None`` disables client-side limiting (the in-process
-    emulator). ``transport``, ``clock``, ``sleep`` and ``rng`` are for tests, as in the 2.0 client.
+    emulator). ``transport`` replaces the network; the other keywords (attempts, backoff,
+    timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``, ``on_attempt``) are
+    ``retry.TuningArgs``, as the 2.0 client's.
     """
 
     api = ApiVersion.V3
@@ -164,15 +166,7 @@ class Api3Client(PooledClient):
         endpoint: str = API3_ENDPOINT,
         transport: httpx.BaseTransport | None = None,
         rate_limits: Mapping[str, float] | None = DEFAULT_RATE_LIMITS,
-        max_attempts: int = 5,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        max_workers: int = 8,
-        on_attempt: Callable[[AttemptRecord], None] | None = None,
+        **tuning: Unpack[TuningArgs],
     ) -> None:
         provider = as_provider(credentials)
         self.region = checked_region(region, normalize_region)
@@ -182,26 +176,21 @@ class Api3Client(PooledClient):
                 if not rate > 0:
                     raise ConfigError(f"the rate limit of {action} must be a positive number a second")
             rate_limits = {**DEFAULT_RATE_LIMITS, **rate_limits}
-        retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
+        settings = ClientTuning(**tuning)
         self.credentials_source = provider.source
         self._caller = Tc3Caller(
             service=SERVICE,
             version=VERSION,
             endpoint=self.endpoint,
             region=self.region,
-            auth=Tc3Auth(provider, service=SERVICE, clock=clock),
+            auth=Tc3Auth(provider, service=SERVICE, clock=settings.clock),
             mutating_actions=MUTATING_ACTIONS,
             transport=transport,
-            timeout=timeout,
-            retry=retry,
+            tuning=settings,
             rate_limits=rate_limits,
             default_rate=DEFAULT_RATE_LIMIT,
-            clock=clock,
-            sleep=sleep,
-            rng=rng,
-            on_attempt=on_attempt,
         )
-        self._init_pool(max_workers)
+        self._init_pool(settings.max_workers)
 
     @property
     def calls(self) -> Counter[str]:

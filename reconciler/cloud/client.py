@@ -24,14 +24,15 @@ small thread pool owned by the client (``max_workers``); ``close()`` (or ``with`
 from __future__ import annotations
 
 import logging
-import random
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+
+if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
 
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
@@ -52,13 +53,13 @@ from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, http_cli
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
     Attempt,
-    AttemptReporter,
-    RetryPolicy,
+    ClientTuning,
+    Retrier,
+    TuningArgs,
     is_mutating,
     json_answer,
     may_retry,
     request_failure,
-    send_with_retries,
 )
 from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
@@ -299,12 +300,11 @@ def _parse_empty(body: dict[str, Any]) -> None:
 class CvmClient(PooledClient):
     """A synchronous, thread-safe CVM API 2.0 client for one region.
 
-    ``transport`` replaces the network (e.g. the emulator's in-process transport); ``clock``
-    gives the signed Timestamp, the attempt times and the rate limiter's time; ``sleep`` is used
-    for backoff and rate limiting; ``rng`` draws backoff jitter. ``rate_limit`` is requests per
-    second per action: one rate for all, or a table by action (default: the documented figures,
-    ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. ``on_attempt`` receives every
-    attempt's record; it is called from worker threads but never concurrently. Implements
+    ``transport`` replaces the network (e.g. the emulator's in-process transport). ``rate_limit``
+    is requests per second per action: one rate for all, or a table by action (default: the
+    documented figures, ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. The other
+    keywords (attempts, backoff, timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``,
+    ``on_attempt``) are ``retry.TuningArgs``, as the 3.0 client's. Implements
     ``cloud.base.CloudClient``.
     """
 
@@ -321,15 +321,7 @@ class CvmClient(PooledClient):
         http_method: str = "GET",
         signature_method: str = signing.HMAC_SHA256,
         rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
-        max_attempts: int = 5,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        max_workers: int = 8,
-        on_attempt: Callable[[AttemptRecord], None] | None = None,
+        **tuning: Unpack[TuningArgs],
     ) -> None:
         credentials = as_provider(credentials)
         # Open-ended, as the loader's: a region newer than this version's table still works.
@@ -343,23 +335,21 @@ class CvmClient(PooledClient):
                 f"signature method must be one of {', '.join(signing.SIGNATURE_METHODS)}, "
                 f"not {_show(signature_method)}"
             )
-        self._retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
+        settings = ClientTuning(**tuning)
+        self._retrier = Retrier(settings, logger)
 
         self.signature_method = signature_method
         self.credentials_source = credentials.source
-        self._clock = clock
-        self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
-        self._report = AttemptReporter(logger, self._retry.max_attempts, on_attempt)
-        self._init_pool(max_workers)
+        self._init_pool(settings.max_workers)
         try:
-            self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
+            self._limiter = ActionRateLimiter(rate_limit, clock=settings.clock, sleep=settings.sleep)
         except ValueError:
             raise ConfigError("rate_limit must be a non-negative number of requests per second") from None
         self._calls: Counter[str] = Counter()
 
+        clock = settings.clock
         self._auth = Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock)
-        self._http = http_client(self.endpoint, self._auth, transport, timeout)
+        self._http = http_client(self.endpoint, self._auth, transport, settings.timeout)
 
     @property
     def calls(self) -> Counter[str]:
@@ -496,18 +486,14 @@ class CvmClient(PooledClient):
                 attempt.message = detail
                 raise TransportError(action, detail, retryable=False, ambiguous=True) from None
 
-        def report(attempt: Attempt) -> None:
-            self._report(attempt.record(action, self.region, key_id=key_id, instance_ids=instance_ids))
+        def record(attempt: Attempt) -> AttemptRecord:
+            return attempt.record(action, self.region, key_id=key_id, instance_ids=instance_ids)
 
-        result, last = send_with_retries(
+        result, last = self._retrier.run(
             send,
-            policy=self._retry,
             retryable=lambda error: may_retry(error, mutating=mutating),
-            report=report,
+            record=record,
             wait=lambda: self._limiter.acquire(action),
-            clock=self._clock,
-            sleep=self._sleep,
-            rng=self._rng,
         )
         return result, last.number
 
