@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpac
 from reconciler.cloud.base import (
     CallResult,
     PooledClient,
-    checked_region,
     unasked_or_miscounted,
 )
 from reconciler.cloud.client import (
@@ -37,8 +36,8 @@ from reconciler.cloud.client import (
     _check_key_id,
     _id_list,
 )
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
-from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, check_endpoint
+from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH
 from reconciler.cloud.retry import ClientTuning, TuningArgs
 from reconciler.cloud.tc3call import (
     Tc3Auth,
@@ -51,7 +50,7 @@ from reconciler.cloud.tc3call import (
 )
 from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError
-from reconciler.ids import is_instance_id, is_key_id, normalize_region
+from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     DEFAULT_RATE_LIMIT,
     DOCUMENTED_RATE_LIMITS,
@@ -168,16 +167,13 @@ class Api3Client(PooledClient):
         rate_limits: Mapping[str, float] | None = DEFAULT_RATE_LIMITS,
         **tuning: Unpack[TuningArgs],
     ) -> None:
-        provider = as_provider(credentials)
-        self.region = checked_region(region, normalize_region)
-        self.endpoint = check_endpoint(endpoint, default_path=API3_PATH)
+        provider = self._init_place(credentials, region, endpoint, API3_PATH)
         if rate_limits is not None:
             for action, rate in rate_limits.items():
                 if not rate > 0:
                     raise ConfigError(f"the rate limit of {action} must be a positive number a second")
             rate_limits = {**DEFAULT_RATE_LIMITS, **rate_limits}
         settings = ClientTuning(**tuning)
-        self.credentials_source = provider.source
         self._caller = Tc3Caller(
             service=SERVICE,
             version=VERSION,

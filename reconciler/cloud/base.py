@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
+from reconciler.cloud.endpoint import check_endpoint
 from reconciler.common import short_repr
 from reconciler.errors import ConfigError, TransportError
+from reconciler.ids import normalize_region
 from reconciler.model import ApiVersion, Instance, KeyPair
 
 T = TypeVar("T")
@@ -212,6 +215,18 @@ class PooledClient(Closing):
             f"{type(self).__name__}(region={self.region!r}, endpoint={self.endpoint!r}, "
             f"credentials={self.credentials_source!r})"
         )
+
+    def _init_place(
+        self, credentials: Credentials | CredentialsProvider, region: str, endpoint: str, default_path: str
+    ) -> CredentialsProvider:
+        """Where the client goes (``region``, ``endpoint``) and with whose credentials, checked: a
+        ConfigError for an unknown region or a refused endpoint. The credentials, as a provider."""
+        provider = as_provider(credentials)
+        # Open-ended, as the loader's: a region newer than a version's table still works.
+        self.region = checked_region(region, normalize_region)
+        self.endpoint = check_endpoint(endpoint, default_path=default_path)
+        self.credentials_source = provider.source
+        return provider
 
     def _init_pool(self, max_workers: int) -> None:
         if max_workers < 1:

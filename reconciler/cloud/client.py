@@ -41,15 +41,14 @@ from reconciler.cloud.base import (
     AttemptRecord,
     CallResult,
     PooledClient,
-    checked_region,
     field_dict,
     field_int,
     field_list,
     hide,
     unasked_or_miscounted,
 )
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
-from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, http_client
+from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, DEFAULT_PATH, check_endpoint, http_client
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
     Attempt,
@@ -63,7 +62,7 @@ from reconciler.cloud.retry import (
 )
 from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
-from reconciler.ids import is_instance_id, is_key_id, normalize_region
+from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     DOCUMENTED_RATE_LIMITS,
     INSTANCE_STATUS_NAMES,
@@ -323,10 +322,7 @@ class CvmClient(PooledClient):
         rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
         **tuning: Unpack[TuningArgs],
     ) -> None:
-        credentials = as_provider(credentials)
-        # Open-ended, as the loader's: a region newer than this version's table still works.
-        self.region = checked_region(region, normalize_region)
-        self.endpoint = check_endpoint(endpoint)
+        credentials = self._init_place(credentials, region, endpoint, DEFAULT_PATH)
         self.http_method = http_method.upper()
         if self.http_method not in ("GET", "POST"):
             raise ConfigError(f"http_method must be GET or POST, not {_show(http_method)}")
@@ -339,7 +335,6 @@ class CvmClient(PooledClient):
         self._retrier = Retrier(settings, logger)
 
         self.signature_method = signature_method
-        self.credentials_source = credentials.source
         self._init_pool(settings.max_workers)
         try:
             self._limiter = ActionRateLimiter(rate_limit, clock=settings.clock, sleep=settings.sleep)
