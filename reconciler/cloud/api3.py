@@ -28,14 +28,11 @@ if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpac
 from reconciler.cloud.base import (
     CallResult,
     PooledClient,
+    check_key_id,
+    id_list,
     unasked_or_miscounted,
 )
-from reconciler.cloud.client import (
-    _batch_ids,
-    _check_instance_id,
-    _check_key_id,
-    _id_list,
-)
+from reconciler.cloud.client import _batch_ids
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH
 from reconciler.cloud.retry import ClientTuning, TuningArgs
@@ -133,7 +130,7 @@ def _parse_instance(entry: object) -> Instance:
     )
 
 
-def _key_page(response: dict[str, Any]) -> tuple[int, list[KeyPair]]:
+def _parse_key_page(response: dict[str, Any]) -> tuple[int, list[KeyPair]]:
     total = field_int(response, "TotalCount")
     keys = [_parse_key(entry) for entry in field_list(response, "KeyPairSet", optional=True)]
     if total < 0 or len(keys) > PAGE_SIZE:
@@ -198,28 +195,13 @@ class Api3Client(PooledClient):
 
     # ----------------------------------------------------------------- reads
 
-    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]:
-        """Key pairs of the region: all (``key_ids`` None, pages of 100, the first page's
-        ``TotalCount`` says how many more), or those with these IDs (100 a call; unknown IDs are
-        absent). Raises a retryable ``TransportError`` if the list changed while it was paged."""
-        if key_ids is not None:
-            ids = _id_list(key_ids, _check_key_id, "key_ids")
-            return self._keys_by_id(ids, self._key_batch, MAX_IDS_PER_CALL)
-        return self._all_keys(self._page, PAGE_SIZE)
-
-    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
-        """The instances with these IDs that exist; 100 a call, concurrently. An empty list
-        makes no call; an ID absent from the result does not exist (or is not this account's)."""
-        ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
-        return self._instances_by_id(ids, self._instance_batch, MAX_IDS_PER_CALL)
-
-    def _page(self, offset: int) -> tuple[int, list[KeyPair]]:
+    def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"Offset": offset, "Limit": PAGE_SIZE}
-        return self._caller.call("DescribeKeyPairs", params, _key_page)[0]
+        return self._caller.call("DescribeKeyPairs", params, _parse_key_page)[0]
 
     def _key_batch(self, batch: Sequence[str]) -> list[KeyPair]:
         def parse(response: dict[str, Any]) -> list[KeyPair]:
-            total, keys = _key_page(response)
+            total, keys = _parse_key_page(response)
             problem = unasked_or_miscounted(batch, [key.key_id for key in keys], total, "key", "TotalCount")
             if problem is not None:
                 raise shape_error(problem)
@@ -246,7 +228,7 @@ class Api3Client(PooledClient):
     def unbind(self, key_ids: Sequence[str], instance_ids: Sequence[str]) -> CallResult:
         """DisassociateInstancesKeyPairs: every key off every instance (1..100 of each, all
         STOPPED); ``ForceStop`` is always false. The whole call fails if one instance is refused."""
-        keys = _id_list(key_ids, _check_key_id, "key_ids")
+        keys = id_list(key_ids, check_key_id, "key_ids")
         if len(keys) != len(key_ids):
             raise ValueError("key_ids contains duplicates")
         if not 1 <= len(keys) <= MAX_IDS_PER_CALL:

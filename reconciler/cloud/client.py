@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -41,10 +41,13 @@ from reconciler.cloud.base import (
     AttemptRecord,
     CallResult,
     PooledClient,
+    check_instance_id,
+    check_key_id,
     field_dict,
     field_int,
     field_list,
     hide,
+    id_list,
     unasked_or_miscounted,
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
@@ -163,33 +166,9 @@ def classify(code: int, message: str, *, mutating: bool) -> ApiErrorKind:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_key_id(value: object) -> str:
-    if not is_key_id(value):
-        raise ValueError(f"invalid key ID {_show(value)}: expected skey- and 8 lower-case letters/digits")
-    assert isinstance(value, str)
-    return value
-
-
-def _check_instance_id(value: object) -> str:
-    if not is_instance_id(value):
-        raise ValueError(f"invalid instance ID {_show(value)}: expected ins- and 8 lower-case letters/digits")
-    assert isinstance(value, str)
-    return value
-
-
-def _id_list(values: Iterable[str] | str, check: Callable[[object], str], what: str) -> list[str]:
-    """Validated IDs with duplicates removed, first occurrence first."""
-    if isinstance(values, str):
-        raise ValueError(f"{what} must be a list of IDs, not the string {_show(values)}")
-    unique: dict[str, None] = {}
-    for value in values:
-        unique[check(value)] = None
-    return list(unique)
-
-
 def _batch_ids(instance_ids: Sequence[str]) -> list[str]:
     """Instance IDs of one mutating call: 1..100 valid, distinct IDs."""
-    ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
+    ids = id_list(instance_ids, check_instance_id, "instance_ids")
     if len(ids) != len(instance_ids):
         raise ValueError("instance_ids contains duplicates")
     if not 1 <= len(ids) <= MAX_IDS_PER_CALL:
@@ -357,33 +336,11 @@ class CvmClient(PooledClient):
 
     # ----------------------------------------------------------------- reads
 
-    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]:
-        """Key pairs of the region: all of them (``key_ids`` None), or those with these IDs.
-
-        All keys: the first page (limit 100) gives ``totalCount``; the other pages are fetched
-        concurrently. With ``key_ids``: one call per 100 IDs (concurrent), unknown IDs are simply
-        absent from the result; an empty list makes no call. Raises ``TransportError`` (retryable)
-        when the key list changed while it was paged through.
-        """
-        if key_ids is not None:
-            ids = _id_list(key_ids, _check_key_id, "key_ids")
-            return self._keys_by_id(ids, self._key_chunk, MAX_IDS_PER_CALL)
-        return self._all_keys(self._key_page, PAGE_SIZE)
-
-    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
-        """The instances with these IDs that exist; one call per 100 IDs, run concurrently.
-
-        An ID absent from the result does not exist (or is not this account's). An empty list
-        makes no call.
-        """
-        ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
-        return self._instances_by_id(ids, self._instance_chunk, MAX_IDS_PER_CALL)
-
     def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"offset": str(offset), "limit": str(PAGE_SIZE)}
         return self._call("DescribeKeyPairs", params, _parse_key_page)
 
-    def _key_chunk(self, chunk: Sequence[str]) -> list[KeyPair]:
+    def _key_batch(self, chunk: Sequence[str]) -> list[KeyPair]:
         params = {**_list_params("keyIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
 
         def parse(body: dict[str, Any]) -> list[KeyPair]:
@@ -395,7 +352,7 @@ class CvmClient(PooledClient):
 
         return self._call("DescribeKeyPairs", params, parse, instance_ids=())
 
-    def _instance_chunk(self, chunk: Sequence[str]) -> list[Instance]:
+    def _instance_batch(self, chunk: Sequence[str]) -> list[Instance]:
         params = {**_list_params("instanceIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
 
         def parse(body: dict[str, Any]) -> list[Instance]:
@@ -436,7 +393,7 @@ class CvmClient(PooledClient):
         return self._mutate("StartInstances", _list_params("instanceIds", ids), None, ids)
 
     def _key_call(self, action: str, key_id: str, instance_ids: Sequence[str]) -> CallResult:
-        key = _check_key_id(key_id)
+        key = check_key_id(key_id)
         ids = _batch_ids(instance_ids)
         params = {"keyId": key, **_list_params("instanceIds", ids)}
         return self._mutate(action, params, key, ids)
