@@ -172,24 +172,23 @@ def checked_region(region: str, normalize: Callable[[str], str]) -> str:
         ) from None
 
 
-def check_key_id(value: object) -> str:
-    """``value`` if it is a key ID; a ValueError naming it if not (checked before anything is sent)."""
-    if not is_key_id(value):
+def _checked_id(value: object, is_id: Callable[[object], bool], what: str, prefix: str) -> str:
+    if not is_id(value):
         raise ValueError(
-            f"invalid key ID {short_repr(value)}: expected skey- and 8 lower-case letters/digits"
+            f"invalid {what} {short_repr(value)}: expected {prefix}- and 8 lower-case letters/digits"
         )
     assert isinstance(value, str)
     return value
+
+
+def check_key_id(value: object) -> str:
+    """``value`` if it is a key ID; a ValueError naming it if not (checked before anything is sent)."""
+    return _checked_id(value, is_key_id, "key ID", "skey")
 
 
 def check_instance_id(value: object) -> str:
     """``value`` if it is an instance ID; a ValueError naming it if not."""
-    if not is_instance_id(value):
-        raise ValueError(
-            f"invalid instance ID {short_repr(value)}: expected ins- and 8 lower-case letters/digits"
-        )
-    assert isinstance(value, str)
-    return value
+    return _checked_id(value, is_instance_id, "instance ID", "ins")
 
 
 def id_list(values: Iterable[str] | str, check: Callable[[object], str], what: str) -> list[str]:
