@@ -57,6 +57,7 @@ from reconciler.cloud.endpoint import (
     check_endpoint,
     is_loopback_host,
 )
+from reconciler.cloud.retry import TuningArgs
 from reconciler.errors import CloudError, ConfigError
 from reconciler.model import DOCUMENTED_RATE_LIMITS, ApiVersion, CallerIdentity, Plan
 
@@ -273,6 +274,8 @@ def connect(
     in_process = options.emulator is not None
     default_rate = None if in_process else DEFAULT_RATE_LIMIT
     rate_limit = options.rate_limit if options.rate_limit is not None else default_rate
+    # What both APIs' clients are given alike, whichever is made.
+    tuning = TuningArgs(timeout=options.timeout, max_attempts=options.max_attempts, on_attempt=on_attempt)
 
     def make_client(
         credentials: CredentialsProvider, endpoint: str, via: httpx.BaseTransport | None
@@ -287,26 +290,12 @@ def connect(
             else:
                 limits = None if in_process else dict(DEFAULT_RATE_LIMITS)
             return Api3Client(
-                credentials,
-                region,
-                endpoint=endpoint,
-                transport=via,
-                rate_limits=limits,
-                timeout=options.timeout,
-                max_attempts=options.max_attempts,
-                on_attempt=on_attempt,
+                credentials, region, endpoint=endpoint, transport=via, rate_limits=limits, **tuning
             )
         from reconciler.cloud.client import CvmClient
 
         return CvmClient(
-            credentials,
-            region,
-            endpoint=endpoint,
-            transport=via,
-            rate_limit=rate_limit,
-            timeout=options.timeout,
-            max_attempts=options.max_attempts,
-            on_attempt=on_attempt,
+            credentials, region, endpoint=endpoint, transport=via, rate_limit=rate_limit, **tuning
         )
 
     environ = options.environ

@@ -16,30 +16,26 @@ The client is thread-safe; multi-page and multi-batch reads run concurrently on 
 
 from __future__ import annotations
 
-import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
+
 from reconciler.cloud.base import (
-    AttemptRecord,
     CallResult,
     PooledClient,
-    checked_region,
+    check_key_id,
+    id_list,
     unasked_or_miscounted,
 )
-from reconciler.cloud.client import (
-    _batch_ids,
-    _check_instance_id,
-    _check_key_id,
-    _id_list,
-)
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
-from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH, check_endpoint
-from reconciler.cloud.retry import RetryPolicy
+from reconciler.cloud.client import _batch_ids
+from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH
+from reconciler.cloud.retry import ClientTuning, TuningArgs
 from reconciler.cloud.tc3call import (
     Tc3Auth,
     Tc3Caller,
@@ -51,7 +47,7 @@ from reconciler.cloud.tc3call import (
 )
 from reconciler.common import short_repr as _show
 from reconciler.errors import ConfigError
-from reconciler.ids import is_instance_id, is_key_id, normalize_region
+from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     DEFAULT_RATE_LIMIT,
     DOCUMENTED_RATE_LIMITS,
@@ -134,7 +130,7 @@ def _parse_instance(entry: object) -> Instance:
     )
 
 
-def _key_page(response: dict[str, Any]) -> tuple[int, list[KeyPair]]:
+def _parse_key_page(response: dict[str, Any]) -> tuple[int, list[KeyPair]]:
     total = field_int(response, "TotalCount")
     keys = [_parse_key(entry) for entry in field_list(response, "KeyPairSet", optional=True)]
     if total < 0 or len(keys) > PAGE_SIZE:
@@ -150,7 +146,9 @@ class Api3Client(PooledClient):
     ``https://cvm.tencentcloudapi.com/`` (``reconciler.cloud.endpoint.api3_endpoint`` builds the
     regional and international ones). ``rate_limits`` overrides the documented per-action
     figures (:data:`DEFAULT_RATE_LIMITS`); ``None`` disables client-side limiting (the in-process
-    emulator). ``transport``, ``clock``, ``sleep`` and ``rng`` are for tests, as in the 2.0 client.
+    emulator). ``transport`` replaces the network; the other keywords (attempts, backoff,
+    timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``, ``on_attempt``) are
+    ``retry.TuningArgs``, as the 2.0 client's.
     """
 
     api = ApiVersion.V3
@@ -164,44 +162,28 @@ class Api3Client(PooledClient):
         endpoint: str = API3_ENDPOINT,
         transport: httpx.BaseTransport | None = None,
         rate_limits: Mapping[str, float] | None = DEFAULT_RATE_LIMITS,
-        max_attempts: int = 5,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        max_workers: int = 8,
-        on_attempt: Callable[[AttemptRecord], None] | None = None,
+        **tuning: Unpack[TuningArgs],
     ) -> None:
-        provider = as_provider(credentials)
-        self.region = checked_region(region, normalize_region)
-        self.endpoint = check_endpoint(endpoint, default_path=API3_PATH)
+        provider = self._init_place(credentials, region, endpoint, API3_PATH)
         if rate_limits is not None:
             for action, rate in rate_limits.items():
                 if not rate > 0:
                     raise ConfigError(f"the rate limit of {action} must be a positive number a second")
             rate_limits = {**DEFAULT_RATE_LIMITS, **rate_limits}
-        retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
-        self.credentials_source = provider.source
+        settings = ClientTuning(**tuning)
         self._caller = Tc3Caller(
             service=SERVICE,
             version=VERSION,
             endpoint=self.endpoint,
             region=self.region,
-            auth=Tc3Auth(provider, service=SERVICE, clock=clock),
+            auth=Tc3Auth(provider, service=SERVICE, clock=settings.clock),
             mutating_actions=MUTATING_ACTIONS,
             transport=transport,
-            timeout=timeout,
-            retry=retry,
+            tuning=settings,
             rate_limits=rate_limits,
             default_rate=DEFAULT_RATE_LIMIT,
-            clock=clock,
-            sleep=sleep,
-            rng=rng,
-            on_attempt=on_attempt,
         )
-        self._init_pool(max_workers)
+        self._init_pool(settings.max_workers)
 
     @property
     def calls(self) -> Counter[str]:
@@ -213,28 +195,13 @@ class Api3Client(PooledClient):
 
     # ----------------------------------------------------------------- reads
 
-    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]:
-        """Key pairs of the region: all (``key_ids`` None, pages of 100, the first page's
-        ``TotalCount`` says how many more), or those with these IDs (100 a call; unknown IDs are
-        absent). Raises a retryable ``TransportError`` if the list changed while it was paged."""
-        if key_ids is not None:
-            ids = _id_list(key_ids, _check_key_id, "key_ids")
-            return self._keys_by_id(ids, self._key_batch, MAX_IDS_PER_CALL)
-        return self._all_keys(self._page, PAGE_SIZE)
-
-    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
-        """The instances with these IDs that exist; 100 a call, concurrently. An empty list
-        makes no call; an ID absent from the result does not exist (or is not this account's)."""
-        ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
-        return self._instances_by_id(ids, self._instance_batch, MAX_IDS_PER_CALL)
-
-    def _page(self, offset: int) -> tuple[int, list[KeyPair]]:
+    def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"Offset": offset, "Limit": PAGE_SIZE}
-        return self._caller.call("DescribeKeyPairs", params, _key_page)[0]
+        return self._caller.call("DescribeKeyPairs", params, _parse_key_page)[0]
 
     def _key_batch(self, batch: Sequence[str]) -> list[KeyPair]:
         def parse(response: dict[str, Any]) -> list[KeyPair]:
-            total, keys = _key_page(response)
+            total, keys = _parse_key_page(response)
             problem = unasked_or_miscounted(batch, [key.key_id for key in keys], total, "key", "TotalCount")
             if problem is not None:
                 raise shape_error(problem)
@@ -261,7 +228,7 @@ class Api3Client(PooledClient):
     def unbind(self, key_ids: Sequence[str], instance_ids: Sequence[str]) -> CallResult:
         """DisassociateInstancesKeyPairs: every key off every instance (1..100 of each, all
         STOPPED); ``ForceStop`` is always false. The whole call fails if one instance is refused."""
-        keys = _id_list(key_ids, _check_key_id, "key_ids")
+        keys = id_list(key_ids, check_key_id, "key_ids")
         if len(keys) != len(key_ids):
             raise ValueError("key_ids contains duplicates")
         if not 1 <= len(keys) <= MAX_IDS_PER_CALL:

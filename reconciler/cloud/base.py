@@ -1,9 +1,11 @@
 """The one client interface every CVM API client implements, and what its mutating calls return.
 
 The executor, the observers and the importer talk to a ``CloudClient`` and never to one API's
-wire format: the 2.0 client (``cloud.api2``) and the 3.0 client (``cloud.api3``) implement it.
+wire format: the 2.0 client (``cloud.client``) and the 3.0 client (``cloud.api3``) implement it.
 Both map their instance states into ``model.InstanceState`` and their error codes into
-``errors.ApiErrorKind``, and share :class:`PooledClient` (their lifetime and thread pool).
+``errors.ApiErrorKind``, and share :class:`PooledClient` (their checked region, endpoint and
+credentials, lifetime, thread pool, and the ``describe_*`` reads over their one-call reads) and
+the ID checks (:func:`check_key_id`, :func:`check_instance_id`, :func:`id_list`).
 :class:`Closing` is the one ``with`` block for everything here and above that has a ``close()``.
 """
 
@@ -11,15 +13,18 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
+from reconciler.cloud.endpoint import check_endpoint
 from reconciler.common import short_repr
 from reconciler.errors import ConfigError, TransportError
-from reconciler.model import ApiVersion, Instance, KeyPair
+from reconciler.ids import is_instance_id, is_key_id, normalize_region
+from reconciler.model import MAX_IDS_PER_CALL, PAGE_SIZE, ApiVersion, Instance, KeyPair
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -167,6 +172,35 @@ def checked_region(region: str, normalize: Callable[[str], str]) -> str:
         ) from None
 
 
+def _checked_id(value: object, is_id: Callable[[object], bool], what: str, prefix: str) -> str:
+    if not is_id(value):
+        raise ValueError(
+            f"invalid {what} {short_repr(value)}: expected {prefix}- and 8 lower-case letters/digits"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def check_key_id(value: object) -> str:
+    """``value`` if it is a key ID; a ValueError naming it if not (checked before anything is sent)."""
+    return _checked_id(value, is_key_id, "key ID", "skey")
+
+
+def check_instance_id(value: object) -> str:
+    """``value`` if it is an instance ID; a ValueError naming it if not."""
+    return _checked_id(value, is_instance_id, "instance ID", "ins")
+
+
+def id_list(values: Iterable[str] | str, check: Callable[[object], str], what: str) -> list[str]:
+    """Validated IDs with duplicates removed, first occurrence first."""
+    if isinstance(values, str):
+        raise ValueError(f"{what} must be a list of IDs, not the string {short_repr(values)}")
+    unique: dict[str, None] = {}
+    for value in values:
+        unique[check(value)] = None
+    return list(unique)
+
+
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """``items`` cut into runs of ``size`` (the last one shorter)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -194,8 +228,10 @@ def _unique_keys(keys: list[KeyPair]) -> list[KeyPair]:
 
 
 class PooledClient(Closing):
-    """What both API clients share: a lock, a ``closed`` flag, and a small thread pool, made on
-    first use, on which multi-page and multi-batch reads run; and those reads' merging and
+    """What both API clients share: their checked place (``_init_place``), a lock, a ``closed``
+    flag, and a small thread pool, made on first use, on which multi-page and multi-batch reads
+    run; and those reads (``describe_key_pairs``, ``describe_instances``) over the subclass's
+    one-call reads (``_key_page``, ``_key_batch``, ``_instance_batch``), with their merging and
     consistency checks. ``close`` (idempotent) shuts the pool down, then the subclass's
     ``_close_http``."""
 
@@ -212,6 +248,18 @@ class PooledClient(Closing):
             f"{type(self).__name__}(region={self.region!r}, endpoint={self.endpoint!r}, "
             f"credentials={self.credentials_source!r})"
         )
+
+    def _init_place(
+        self, credentials: Credentials | CredentialsProvider, region: str, endpoint: str, default_path: str
+    ) -> CredentialsProvider:
+        """Where the client goes (``region``, ``endpoint``) and with whose credentials, checked: a
+        ConfigError for an unknown region or a refused endpoint. The credentials, as a provider."""
+        provider = as_provider(credentials)
+        # Open-ended, as the loader's: a region newer than a version's table still works.
+        self.region = checked_region(region, normalize_region)
+        self.endpoint = check_endpoint(endpoint, default_path=default_path)
+        self.credentials_source = provider.source
+        return provider
 
     def _init_pool(self, max_workers: int) -> None:
         if max_workers < 1:
@@ -256,30 +304,54 @@ class PooledClient(Closing):
             for future in futures:
                 future.cancel()
 
+    # ----------------------------------------------------------------- reads, one call each
+
+    def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
+        """One page of every key (up to ``PAGE_SIZE`` from ``offset``): its total and keys."""
+        raise NotImplementedError
+
+    def _key_batch(self, batch: Sequence[str]) -> list[KeyPair]:
+        """The keys of these (valid, distinct, at most ``MAX_IDS_PER_CALL``) IDs that exist."""
+        raise NotImplementedError
+
+    def _instance_batch(self, batch: Sequence[str]) -> list[Instance]:
+        """The instances of these (valid, distinct, at most ``MAX_IDS_PER_CALL``) IDs that exist."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- reads, merged
 
-    def _keys_by_id(
-        self, ids: Sequence[str], batch: Callable[[Sequence[str]], list[KeyPair]], size: int
-    ) -> list[KeyPair]:
-        """The keys of these (valid, distinct) IDs, ``size`` a call, concurrently."""
-        found = self._concurrently(batch, chunks(ids, size))
+    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]:
+        """Key pairs of the region: all of them (``key_ids`` None), or those with these IDs.
+
+        All keys: the first page (100 keys) gives the total; the other pages are fetched
+        concurrently. With ``key_ids``: one call per 100 IDs (concurrent), unknown IDs are simply
+        absent from the result; an empty list makes no call. Raises ``TransportError`` (retryable)
+        when the key list changed while it was paged through.
+        """
+        if key_ids is None:
+            return self._all_keys()
+        ids = id_list(key_ids, check_key_id, "key_ids")
+        found = self._concurrently(self._key_batch, chunks(ids, MAX_IDS_PER_CALL))
         return _unique_keys([key for keys in found for key in keys])
 
-    def _instances_by_id(
-        self, ids: Sequence[str], batch: Callable[[Sequence[str]], list[Instance]], size: int
-    ) -> list[Instance]:
-        """The instances of these (valid, distinct) IDs, ``size`` a call, concurrently."""
+    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
+        """The instances with these IDs that exist; one call per 100 IDs, run concurrently.
+
+        An ID absent from the result does not exist (or is not this account's). An empty list
+        makes no call.
+        """
+        ids = id_list(instance_ids, check_instance_id, "instance_ids")
         merged: dict[str, Instance] = {}
-        for instances in self._concurrently(batch, chunks(ids, size)):
+        for instances in self._concurrently(self._instance_batch, chunks(ids, MAX_IDS_PER_CALL)):
             for instance in instances:
                 merged.setdefault(instance.instance_id, instance)
         return list(merged.values())
 
-    def _all_keys(self, page: Callable[[int], tuple[int, list[KeyPair]]], size: int) -> list[KeyPair]:
-        """Every key, in pages of ``size`` (``page(offset)``: the total and the page's keys): the
-        first page's total says how many more, read concurrently. A retryable ``TransportError``
-        when the list changed while it was paged through."""
-        action, name = "DescribeKeyPairs", self._total_name
+    def _all_keys(self) -> list[KeyPair]:
+        """Every key, in pages of ``PAGE_SIZE``: the first page's total says how many more, read
+        concurrently. A retryable ``TransportError`` when the list changed while it was paged
+        through."""
+        action, name, page, size = "DescribeKeyPairs", self._total_name, self._key_page, PAGE_SIZE
         total, first = page(0)
         offsets = list(range(size, total, size))
         pages = [(total, first), *self._concurrently(page, offsets)]

@@ -24,14 +24,15 @@ small thread pool owned by the client (``max_workers``); ``close()`` (or ``with`
 from __future__ import annotations
 
 import logging
-import random
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+
+if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
 
 from reconciler.cloud import signing
 from reconciler.cloud.auth import PARAMS_EXTENSION, Api2Auth
@@ -40,29 +41,31 @@ from reconciler.cloud.base import (
     AttemptRecord,
     CallResult,
     PooledClient,
-    checked_region,
+    check_instance_id,
+    check_key_id,
     field_dict,
     field_int,
     field_list,
     hide,
+    id_list,
     unasked_or_miscounted,
 )
-from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
-from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, check_endpoint, http_client
+from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, DEFAULT_PATH, check_endpoint, http_client
 from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
     Attempt,
-    AttemptReporter,
-    RetryPolicy,
+    ClientTuning,
+    Retrier,
+    TuningArgs,
     is_mutating,
     json_answer,
     may_retry,
     request_failure,
-    send_with_retries,
 )
 from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
-from reconciler.ids import is_instance_id, is_key_id, normalize_region
+from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
     DOCUMENTED_RATE_LIMITS,
     INSTANCE_STATUS_NAMES,
@@ -163,33 +166,9 @@ def classify(code: int, message: str, *, mutating: bool) -> ApiErrorKind:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_key_id(value: object) -> str:
-    if not is_key_id(value):
-        raise ValueError(f"invalid key ID {_show(value)}: expected skey- and 8 lower-case letters/digits")
-    assert isinstance(value, str)
-    return value
-
-
-def _check_instance_id(value: object) -> str:
-    if not is_instance_id(value):
-        raise ValueError(f"invalid instance ID {_show(value)}: expected ins- and 8 lower-case letters/digits")
-    assert isinstance(value, str)
-    return value
-
-
-def _id_list(values: Iterable[str] | str, check: Callable[[object], str], what: str) -> list[str]:
-    """Validated IDs with duplicates removed, first occurrence first."""
-    if isinstance(values, str):
-        raise ValueError(f"{what} must be a list of IDs, not the string {_show(values)}")
-    unique: dict[str, None] = {}
-    for value in values:
-        unique[check(value)] = None
-    return list(unique)
-
-
 def _batch_ids(instance_ids: Sequence[str]) -> list[str]:
     """Instance IDs of one mutating call: 1..100 valid, distinct IDs."""
-    ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
+    ids = id_list(instance_ids, check_instance_id, "instance_ids")
     if len(ids) != len(instance_ids):
         raise ValueError("instance_ids contains duplicates")
     if not 1 <= len(ids) <= MAX_IDS_PER_CALL:
@@ -299,12 +278,11 @@ def _parse_empty(body: dict[str, Any]) -> None:
 class CvmClient(PooledClient):
     """A synchronous, thread-safe CVM API 2.0 client for one region.
 
-    ``transport`` replaces the network (e.g. the emulator's in-process transport); ``clock``
-    gives the signed Timestamp, the attempt times and the rate limiter's time; ``sleep`` is used
-    for backoff and rate limiting; ``rng`` draws backoff jitter. ``rate_limit`` is requests per
-    second per action: one rate for all, or a table by action (default: the documented figures,
-    ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. ``on_attempt`` receives every
-    attempt's record; it is called from worker threads but never concurrently. Implements
+    ``transport`` replaces the network (e.g. the emulator's in-process transport). ``rate_limit``
+    is requests per second per action: one rate for all, or a table by action (default: the
+    documented figures, ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. The other
+    keywords (attempts, backoff, timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``,
+    ``on_attempt``) are ``retry.TuningArgs``, as the 3.0 client's. Implements
     ``cloud.base.CloudClient``.
     """
 
@@ -321,20 +299,9 @@ class CvmClient(PooledClient):
         http_method: str = "GET",
         signature_method: str = signing.HMAC_SHA256,
         rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
-        max_attempts: int = 5,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        max_workers: int = 8,
-        on_attempt: Callable[[AttemptRecord], None] | None = None,
+        **tuning: Unpack[TuningArgs],
     ) -> None:
-        credentials = as_provider(credentials)
-        # Open-ended, as the loader's: a region newer than this version's table still works.
-        self.region = checked_region(region, normalize_region)
-        self.endpoint = check_endpoint(endpoint)
+        credentials = self._init_place(credentials, region, endpoint, DEFAULT_PATH)
         self.http_method = http_method.upper()
         if self.http_method not in ("GET", "POST"):
             raise ConfigError(f"http_method must be GET or POST, not {_show(http_method)}")
@@ -343,23 +310,20 @@ class CvmClient(PooledClient):
                 f"signature method must be one of {', '.join(signing.SIGNATURE_METHODS)}, "
                 f"not {_show(signature_method)}"
             )
-        self._retry = RetryPolicy.checked(max_attempts, backoff_base, backoff_cap, timeout=timeout)
+        settings = ClientTuning(**tuning)
+        self._retrier = Retrier(settings, logger)
 
         self.signature_method = signature_method
-        self.credentials_source = credentials.source
-        self._clock = clock
-        self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
-        self._report = AttemptReporter(logger, self._retry.max_attempts, on_attempt)
-        self._init_pool(max_workers)
+        self._init_pool(settings.max_workers)
         try:
-            self._limiter = ActionRateLimiter(rate_limit, clock=clock, sleep=sleep)
+            self._limiter = ActionRateLimiter(rate_limit, clock=settings.clock, sleep=settings.sleep)
         except ValueError:
             raise ConfigError("rate_limit must be a non-negative number of requests per second") from None
         self._calls: Counter[str] = Counter()
 
+        clock = settings.clock
         self._auth = Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock)
-        self._http = http_client(self.endpoint, self._auth, transport, timeout)
+        self._http = http_client(self.endpoint, self._auth, transport, settings.timeout)
 
     @property
     def calls(self) -> Counter[str]:
@@ -372,33 +336,11 @@ class CvmClient(PooledClient):
 
     # ----------------------------------------------------------------- reads
 
-    def describe_key_pairs(self, key_ids: Sequence[str] | None = None) -> list[KeyPair]:
-        """Key pairs of the region: all of them (``key_ids`` None), or those with these IDs.
-
-        All keys: the first page (limit 100) gives ``totalCount``; the other pages are fetched
-        concurrently. With ``key_ids``: one call per 100 IDs (concurrent), unknown IDs are simply
-        absent from the result; an empty list makes no call. Raises ``TransportError`` (retryable)
-        when the key list changed while it was paged through.
-        """
-        if key_ids is not None:
-            ids = _id_list(key_ids, _check_key_id, "key_ids")
-            return self._keys_by_id(ids, self._key_chunk, MAX_IDS_PER_CALL)
-        return self._all_keys(self._key_page, PAGE_SIZE)
-
-    def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
-        """The instances with these IDs that exist; one call per 100 IDs, run concurrently.
-
-        An ID absent from the result does not exist (or is not this account's). An empty list
-        makes no call.
-        """
-        ids = _id_list(instance_ids, _check_instance_id, "instance_ids")
-        return self._instances_by_id(ids, self._instance_chunk, MAX_IDS_PER_CALL)
-
     def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"offset": str(offset), "limit": str(PAGE_SIZE)}
         return self._call("DescribeKeyPairs", params, _parse_key_page)
 
-    def _key_chunk(self, chunk: Sequence[str]) -> list[KeyPair]:
+    def _key_batch(self, chunk: Sequence[str]) -> list[KeyPair]:
         params = {**_list_params("keyIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
 
         def parse(body: dict[str, Any]) -> list[KeyPair]:
@@ -410,7 +352,7 @@ class CvmClient(PooledClient):
 
         return self._call("DescribeKeyPairs", params, parse, instance_ids=())
 
-    def _instance_chunk(self, chunk: Sequence[str]) -> list[Instance]:
+    def _instance_batch(self, chunk: Sequence[str]) -> list[Instance]:
         params = {**_list_params("instanceIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
 
         def parse(body: dict[str, Any]) -> list[Instance]:
@@ -451,7 +393,7 @@ class CvmClient(PooledClient):
         return self._mutate("StartInstances", _list_params("instanceIds", ids), None, ids)
 
     def _key_call(self, action: str, key_id: str, instance_ids: Sequence[str]) -> CallResult:
-        key = _check_key_id(key_id)
+        key = check_key_id(key_id)
         ids = _batch_ids(instance_ids)
         params = {"keyId": key, **_list_params("instanceIds", ids)}
         return self._mutate(action, params, key, ids)
@@ -496,18 +438,14 @@ class CvmClient(PooledClient):
                 attempt.message = detail
                 raise TransportError(action, detail, retryable=False, ambiguous=True) from None
 
-        def report(attempt: Attempt) -> None:
-            self._report(attempt.record(action, self.region, key_id=key_id, instance_ids=instance_ids))
+        def record(attempt: Attempt) -> AttemptRecord:
+            return attempt.record(action, self.region, key_id=key_id, instance_ids=instance_ids)
 
-        result, last = send_with_retries(
+        result, last = self._retrier.run(
             send,
-            policy=self._retry,
             retryable=lambda error: may_retry(error, mutating=mutating),
-            report=report,
+            record=record,
             wait=lambda: self._limiter.acquire(action),
-            clock=self._clock,
-            sleep=self._sleep,
-            rng=self._rng,
         )
         return result, last.number
 

@@ -1,9 +1,9 @@
 """When the client retries a failed API call, and how long it waits first.
 
-Used by both API clients (``cloud.client``, ``cloud.tc3call``), which also share its attempt loop
-(:func:`send_with_retries`), attempt logging and rule for httpx errors (:func:`request_failure`);
-the executor relies on the rule for mutating
-calls below, so it is spelled out here once:
+Used by both API clients (``cloud.client``, ``cloud.tc3call``), which also share their tuning
+(:class:`ClientTuning`, the keywords :class:`TuningArgs`), their attempt loop (:class:`Retrier`),
+attempt logging and rule for httpx errors (:func:`request_failure`); the executor relies on the
+rule for mutating calls below, so it is spelled out here once:
 
 - Reads (``Describe*``) are retried on every retryable error: API errors of kind ``RETRYABLE``
   (2.0 codes 4400, 6000, 6200), HTTP 5xx, timeouts, connection errors.
@@ -28,8 +28,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from typing import TypedDict, TypeVar
 
 import httpx
 
@@ -65,20 +65,56 @@ class RetryPolicy:
         if self.base_s < 0 or self.cap_s < 0:
             raise ValueError("backoff base and cap must not be negative")
 
-    @classmethod
-    def checked(cls, max_attempts: int, base_s: float, cap_s: float, *, timeout: float) -> RetryPolicy:
-        """A client's policy from its arguments, checked with its ``timeout``: a ConfigError."""
-        if not timeout > 0:
-            raise ConfigError("timeout must be positive")
-        try:
-            return cls(max_attempts, base_s, cap_s)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-
     def delay(self, failed_attempt: int, rng: random.Random) -> float:
         """Seconds to sleep after attempt number ``failed_attempt`` (1-based) failed."""
         ceiling = min(self.cap_s, self.base_s * 2.0 ** (failed_attempt - 1))
         return rng.uniform(0.0, ceiling)
+
+
+class TuningArgs(TypedDict, total=False):
+    """The keywords every API client takes for how it sends, retries and reports its calls; the
+    defaults are :class:`ClientTuning`'s. ``clock`` gives the signed timestamp, the attempt times
+    and the rate limiter's time; ``sleep`` is used for backoff and rate limiting; ``rng`` draws
+    backoff jitter; ``on_attempt`` receives every attempt's record (from worker threads, never
+    concurrently); ``max_workers`` is the size of the client's read pool."""
+
+    max_attempts: int
+    backoff_base: float
+    backoff_cap: float
+    timeout: float
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    rng: random.Random | None
+    max_workers: int
+    on_attempt: Callable[[AttemptRecord], None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTuning:
+    """:class:`TuningArgs` with their defaults, checked: a ConfigError when a number is out of
+    range (``max_workers`` is checked by the pool that uses it)."""
+
+    max_attempts: int = 5
+    backoff_base: float = 0.2
+    backoff_cap: float = 5.0
+    timeout: float = 10.0
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random | None = None
+    max_workers: int = 8
+    on_attempt: Callable[[AttemptRecord], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ConfigError("timeout must be positive")
+        try:
+            self.policy()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    def policy(self) -> RetryPolicy:
+        """The retry policy these settings give."""
+        return RetryPolicy(self.max_attempts, self.backoff_base, self.backoff_cap)
 
 
 def is_mutating(action: str) -> bool:
@@ -126,56 +162,62 @@ class Attempt:
         instance_ids: tuple[str, ...],
     ) -> AttemptRecord:
         """This attempt as the audit log's record, for a call of ``action`` on these IDs."""
+        # Every field of an attempt is one of its record's; only these two are named otherwise.
+        answer = asdict(self)
         return AttemptRecord(
-            time=self.started,
+            time=answer.pop("started"),
+            attempt=answer.pop("number"),
             action=action,
             region=region,
             key_id=key_id,
             key_ids=key_ids,
             instance_ids=instance_ids,
-            attempt=self.number,
-            code=self.code,
-            message=self.message,
-            duration_s=self.duration_s,
-            http_status=self.http_status,
-            retry_in_s=self.retry_in_s,
-            request_id=self.request_id,
+            **answer,
         )
 
 
-def send_with_retries(
-    send: Callable[[Attempt], T],
-    *,
-    policy: RetryPolicy,
-    retryable: Callable[[CloudError], bool],
-    report: Callable[[Attempt], None],
-    wait: Callable[[], object],
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-    rng: random.Random,
-) -> tuple[T, Attempt]:
-    """Call ``send`` until it succeeds, fails permanently, or ``retryable`` says no (the one
-    attempt loop of both APIs). ``wait`` is the rate limit before each attempt; every attempt is
-    given to ``report``, then the backoff is slept. Returns the result and its (last) attempt."""
-    for number in range(1, policy.max_attempts + 1):
-        wait()
-        attempt = Attempt(number, clock())
-        t0 = time.perf_counter()
-        error: CloudError | None = None
-        try:
-            result = send(attempt)
-        except CloudError as failure:
-            error = failure
-        attempt.duration_s = time.perf_counter() - t0
-        if error is not None and number < policy.max_attempts and retryable(error):
-            attempt.retry_in_s = policy.delay(number, rng)
-        report(attempt)
-        if error is None:
-            return result, attempt
-        if attempt.retry_in_s is None:
-            raise error
-        sleep(attempt.retry_in_s)
-    raise AssertionError("unreachable: the last attempt either returns or raises")
+class Retrier:
+    """One client's attempt loop (the one of both APIs), with what it keeps across calls: the
+    retry policy, the clock and sleep, one source of backoff jitter and the attempt reporter."""
+
+    def __init__(self, tuning: ClientTuning, logger: logging.Logger) -> None:
+        self.policy = tuning.policy()
+        self._clock = tuning.clock
+        self._sleep = tuning.sleep
+        self._rng = tuning.rng if tuning.rng is not None else random.Random()
+        self._report = AttemptReporter(logger, self.policy.max_attempts, tuning.on_attempt)
+
+    def run(
+        self,
+        send: Callable[[Attempt], T],
+        *,
+        retryable: Callable[[CloudError], bool],
+        record: Callable[[Attempt], AttemptRecord],
+        wait: Callable[[], object],
+    ) -> tuple[T, Attempt]:
+        """Call ``send`` until it succeeds, fails permanently, or ``retryable`` says no. ``wait``
+        is the rate limit before each attempt; every attempt's ``record`` is reported, then the
+        backoff is slept. Returns the result and its (last) attempt."""
+        policy = self.policy
+        for number in range(1, policy.max_attempts + 1):
+            wait()
+            attempt = Attempt(number, self._clock())
+            t0 = time.perf_counter()
+            error: CloudError | None = None
+            try:
+                result = send(attempt)
+            except CloudError as failure:
+                error = failure
+            attempt.duration_s = time.perf_counter() - t0
+            if error is not None and number < policy.max_attempts and retryable(error):
+                attempt.retry_in_s = policy.delay(number, self._rng)
+            self._report(record(attempt))
+            if error is None:
+                return result, attempt
+            if attempt.retry_in_s is None:
+                raise error
+            self._sleep(attempt.retry_in_s)
+        raise AssertionError("unreachable: the last attempt either returns or raises")
 
 
 class AttemptReporter:

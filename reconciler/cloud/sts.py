@@ -19,7 +19,7 @@ import httpx
 from reconciler.cloud.base import AttemptRecord
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, StsOptions
 from reconciler.cloud.endpoint import API3_PATH, STS_ENDPOINT, check_endpoint
-from reconciler.cloud.retry import RetryPolicy
+from reconciler.cloud.retry import ClientTuning
 from reconciler.cloud.tc3call import Tc3Auth, Tc3Caller, field_dict, field_int, field_str
 from reconciler.errors import ApiError
 from reconciler.model import CallerIdentity
@@ -83,13 +83,11 @@ class StsClient:
         on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         self.endpoint = check_endpoint(endpoint or STS_ENDPOINT, default_path=API3_PATH)
-        self._on_attempt = on_attempt
         self._transport = transport
         self._region = region
-        self._timeout = timeout
-        self._retry = RetryPolicy(max_attempts)
-        self._clock = clock
-        self._sleep = sleep
+        self._tuning = ClientTuning(
+            max_attempts=max_attempts, timeout=timeout, clock=clock, sleep=sleep, on_attempt=on_attempt
+        )
 
     def __repr__(self) -> str:
         return f"StsClient(endpoint={self.endpoint!r})"
@@ -100,14 +98,10 @@ class StsClient:
             version=VERSION,
             endpoint=self.endpoint,
             region=self._region,
-            auth=Tc3Auth(provider, service=SERVICE, clock=self._clock),
+            auth=Tc3Auth(provider, service=SERVICE, clock=self._tuning.clock),
             transport=self._transport,
-            timeout=self._timeout,
-            retry=self._retry,
+            tuning=self._tuning,
             rate_limits=None,
-            clock=self._clock,
-            sleep=self._sleep,
-            on_attempt=self._on_attempt,
         )
 
     def get_caller_identity(self, provider: CredentialsProvider) -> CallerIdentity:

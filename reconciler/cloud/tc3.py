@@ -20,6 +20,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
 
 ALGORITHM = "TC3-HMAC-SHA256"
 SIGNED_HEADERS = ("content-type", "host")
@@ -74,21 +78,35 @@ def signature(secret_key: str, timestamp: int, service: str, text_to_sign: str) 
     return hmac.new(secret_signing, text_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def authorization(
-    secret_id: str,
-    secret_key: str,
-    *,
-    service: str,
-    timestamp: int,
-    method: str,
-    headers: Mapping[str, str],
-    payload: bytes,
-    query: str = "",
+class _Request(TypedDict):
+    timestamp: int
+    method: str
+    headers: Mapping[str, str]
+    payload: bytes
+
+
+class SignedRequest(_Request, total=False):
+    """What of a request the signature covers, besides the service: the keywords of both
+    :func:`authorization` and :func:`verify` (``query`` defaults to empty)."""
+
+    query: str
+
+
+def _request_signature(
+    secret_key: str, service: str, request: SignedRequest, signed_headers: tuple[str, ...] = SIGNED_HEADERS
 ) -> str:
+    """Steps 1-3 for ``request``: the one computation of the signer and the verifier."""
+    timestamp = request["timestamp"]
+    canonical = canonical_request(
+        request["method"], request.get("query", ""), request["headers"], request["payload"], signed_headers
+    )
+    return signature(secret_key, timestamp, service, string_to_sign(timestamp, service, canonical))
+
+
+def authorization(secret_id: str, secret_key: str, *, service: str, **request: Unpack[SignedRequest]) -> str:
     """The ``Authorization`` header value for a request (steps 1-4)."""
-    canonical = canonical_request(method, query, headers, payload)
-    sig = signature(secret_key, timestamp, service, string_to_sign(timestamp, service, canonical))
-    scope = f"{utc_date(timestamp)}/{service}/tc3_request"
+    sig = _request_signature(secret_key, service, request)
+    scope = f"{utc_date(request['timestamp'])}/{service}/tc3_request"
     return (
         f"{ALGORITHM} Credential={secret_id}/{scope}, "
         f"SignedHeaders={';'.join(sorted(SIGNED_HEADERS))}, Signature={sig}"
@@ -120,23 +138,14 @@ def parse_authorization(value: str) -> ParsedAuthorization | None:
     )
 
 
-def verify(
-    secret_key: str,
-    parsed: ParsedAuthorization,
-    *,
-    timestamp: int,
-    method: str,
-    headers: Mapping[str, str],
-    payload: bytes,
-    query: str = "",
-) -> bool:
+def verify(secret_key: str, parsed: ParsedAuthorization, **request: Unpack[SignedRequest]) -> bool:
     """True if ``parsed.signature`` signs this request (constant-time comparison).
 
     The scope's date must be the timestamp's UTC date, as the algorithm defines it.
     """
-    if parsed.date != utc_date(timestamp) or not {"content-type", "host"} <= set(parsed.signed_headers):
+    if parsed.date != utc_date(request["timestamp"]) or not {"content-type", "host"} <= set(
+        parsed.signed_headers
+    ):
         return False
-    canonical = canonical_request(method, query, headers, payload, parsed.signed_headers)
-    text = string_to_sign(timestamp, parsed.service, canonical)
-    expected = signature(secret_key, timestamp, parsed.service, text)
+    expected = _request_signature(secret_key, parsed.service, request, parsed.signed_headers)
     return hmac.compare_digest(expected.encode("ascii"), parsed.signature.encode("ascii"))

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, TypeVar
@@ -37,12 +35,11 @@ from reconciler.cloud.endpoint import http_client
 from reconciler.cloud.ratelimit import TokenBucket
 from reconciler.cloud.retry import (
     Attempt,
-    AttemptReporter,
-    RetryPolicy,
+    ClientTuning,
+    Retrier,
     json_answer,
     may_retry,
     request_failure,
-    send_with_retries,
 )
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, TransportError
 
@@ -188,7 +185,8 @@ class Tc3Caller:
 
     ``rate_limits`` maps actions to requests a second (client-side token buckets, burst half the
     rate, as ``ratelimit.ActionRateLimiter`` explains); actions not in it get ``default_rate``;
-    ``rate_limits=None`` disables limiting.
+    ``rate_limits=None`` disables limiting. ``tuning``: attempts, backoff, timeout, clock, sleep,
+    jitter and the attempt callback (``max_workers`` is not used here).
     """
 
     def __init__(
@@ -201,14 +199,9 @@ class Tc3Caller:
         auth: Tc3Auth,
         mutating_actions: frozenset[str] = frozenset(),
         transport: httpx.BaseTransport | None = None,
-        timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
+        tuning: ClientTuning | None = None,
         rate_limits: Mapping[str, float] | None = None,
         default_rate: float | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         self.service = service
         self.version = version
@@ -216,18 +209,15 @@ class Tc3Caller:
         self.region = region
         self.auth = auth
         self._mutating = mutating_actions
-        self._retry = retry or RetryPolicy()
+        self._tuning = tuning if tuning is not None else ClientTuning()
+        self._retrier = Retrier(self._tuning, logger)
         self._rates = None if rate_limits is None else dict(rate_limits)
         self._default_rate = default_rate
-        self._clock = clock
-        self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
-        self._report = AttemptReporter(logger, self._retry.max_attempts, on_attempt)
         self._lock = threading.Lock()
         self._buckets: dict[str, TokenBucket | None] = {}
         self._calls: Counter[str] = Counter()
         self._closed = False
-        self._http = http_client(endpoint, auth, transport, timeout)
+        self._http = http_client(endpoint, auth, transport, self._tuning.timeout)
 
     @property
     def calls(self) -> Counter[str]:
@@ -243,8 +233,9 @@ class Tc3Caller:
         with self._lock:
             if action not in self._buckets:
                 rate = None if self._rates is None else self._rates.get(action, self._default_rate)
+                tuning = self._tuning
                 self._buckets[action] = (
-                    TokenBucket(rate, max(1.0, rate / 2), clock=self._clock, sleep=self._sleep)
+                    TokenBucket(rate, max(1.0, rate / 2), clock=tuning.clock, sleep=tuning.sleep)
                     if rate
                     else None
                 )
@@ -290,22 +281,17 @@ class Tc3Caller:
                 attempt.message = failure.detail
                 raise
 
-        def report(attempt: Attempt) -> None:
+        def record(attempt: Attempt) -> AttemptRecord:
             key_id = key_ids[0] if len(key_ids) == 1 else None
-            record = attempt.record(
+            return attempt.record(
                 action, self.region or "", key_id=key_id, key_ids=key_ids, instance_ids=instance_ids
             )
-            self._report(record)
 
-        result, last = send_with_retries(
+        result, last = self._retrier.run(
             send,
-            policy=self._retry,
             retryable=lambda error: may_retry3(error, mutating=mutating),
-            report=report,
+            record=record,
             wait=lambda: self._wait(action),
-            clock=self._clock,
-            sleep=self._sleep,
-            rng=self._rng,
         )
         return result, last.number, last.request_id
 

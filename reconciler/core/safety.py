@@ -7,6 +7,8 @@ plan is still shown in full with the numbers that tripped it; apply refuses it w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from reconciler.common import plural
 from reconciler.model import (
     DEFAULT_MAX_UNBIND_PERCENT,
@@ -81,18 +83,9 @@ def recheck_safety(
     if override.max_unbinds is None and override.max_unbind_percent is None and override.max_stops is None:
         return verdict
     if override.max_unbinds is None and override.max_unbind_percent is None:
-        result = verdict
         # the recorded stop violation is replaced by the command line's
         kept = tuple(v for v in verdict.violations if "over max_stops" not in v)
-        result = SafetyVerdict(
-            safe=not kept,
-            unbinds=verdict.unbinds,
-            owned_bindings=verdict.owned_bindings,
-            max_unbinds=verdict.max_unbinds,
-            max_unbind_percent=verdict.max_unbind_percent,
-            percent_checked=verdict.percent_checked,
-            violations=kept,
-        )
+        result = replace(verdict, safe=not kept, violations=kept)
     else:
         recorded = SafetyLimits(verdict.max_unbinds, verdict.max_unbind_percent)
         result = check_safety(verdict.unbinds, verdict.owned_bindings, merge_limits(recorded, override))
@@ -100,12 +93,4 @@ def recheck_safety(
     extra = check_stops(stops, SafetyLimits(max_stops=limit))
     if not extra:
         return result
-    return SafetyVerdict(
-        safe=False,
-        unbinds=result.unbinds,
-        owned_bindings=result.owned_bindings,
-        max_unbinds=result.max_unbinds,
-        max_unbind_percent=result.max_unbind_percent,
-        percent_checked=result.percent_checked,
-        violations=(*result.violations, *extra),
-    )
+    return replace(result, safe=False, violations=(*result.violations, *extra))

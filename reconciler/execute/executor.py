@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -53,7 +52,8 @@ from reconciler.common import plural, short_repr
 from reconciler.core.diff import blocked_reason
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, PlanIntegrityError
 from reconciler.execute.freshness import Freshness, check_fresh, regroup, remaining_batches
-from reconciler.execute.operation_wait import DEFAULT_LAG_ALLOWANCE, Verdict, decide
+from reconciler.execute.operation_wait import Verdict, decide
+from reconciler.execute.options import ExecOptions as ExecOptions  # its home before; callers import it here
 from reconciler.execute.rolling import RollingStops
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
@@ -95,20 +95,6 @@ class ExecEvent:
     message: str
     bindings_done: int = 0
     calls: int = 0
-
-
-@dataclass
-class ExecOptions:
-    parallelism: int = 4
-    max_attempts: int = 3  # per binding, counting the first call
-    wait_timeout: float = 600.0  # seconds a wave may wait for status 20 to clear
-    poll_initial: float = 0.5
-    poll_max: float = 5.0
-    # 3.0: how long an instance may still show its previous operation after a call (Terraform's
-    # 10 s); after it, an operation not found is observed through the binding itself.
-    lag_allowance: float = DEFAULT_LAG_ALLOWANCE
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
 
 
 class _OpTimer:
@@ -318,19 +304,13 @@ class Executor:
             if outcome is not None:
                 self._set_outcome(track, outcome)
 
-        options = self.options
         rolling = RollingStops(
             self.client,
             self.plan,
             record=record,
             emit=lambda message: self._emit(EventKind.CALL_DONE, -1, message),
             stop=self.stop,
-            clock=options.clock,
-            sleep=options.sleep,
-            max_attempts=options.max_attempts,
-            poll_initial=options.poll_initial,
-            poll_max=options.poll_max,
-            wait_timeout=options.wait_timeout,
+            options=self.options,
         )
         rolling.begin()
         return rolling

@@ -39,6 +39,7 @@ from enum import Enum
 from reconciler.cloud.base import CloudClient
 from reconciler.cloud.observe import observe_subset
 from reconciler.errors import CloudError
+from reconciler.execute.options import ExecOptions
 from reconciler.model import (
     MAX_IDS_PER_CALL,
     ApiVersion,
@@ -136,12 +137,7 @@ class RollingStops:
         record: Record,
         emit: Emit,
         stop: threading.Event,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        max_attempts: int = 3,
-        poll_initial: float = 0.5,
-        poll_max: float = 5.0,
-        wait_timeout: float = 600.0,
+        options: ExecOptions,
     ) -> None:
         assert plan.stops is not None
         self.client = client
@@ -150,12 +146,7 @@ class RollingStops:
         self.record = record
         self.emit = emit
         self.interrupt = stop
-        self.clock = clock
-        self.sleep = sleep
-        self.max_attempts = max_attempts
-        self.poll_initial = poll_initial
-        self.poll_max = poll_max
-        self.wait_timeout = wait_timeout
+        self.options = options
         self.insts = [_Inst(s) for s in self.schedule.stops]
         self._winding_down = threading.Event()
         self._why_winding = ""
@@ -213,7 +204,7 @@ class RollingStops:
 
     def _run(self) -> None:
         self._first_look()
-        delay = self.poll_initial
+        delay = self.options.poll_initial
         failures = 0
         while True:
             acted = self._admit() | self._act()
@@ -222,8 +213,8 @@ class RollingStops:
             ):
                 break
             if acted:
-                delay = self.poll_initial
-            self.sleep(delay)
+                delay = self.options.poll_initial
+            self.options.sleep(delay)
             try:
                 self._observe([i for i in self.insts if i.phase in _DOWN])
                 failures = 0
@@ -236,7 +227,7 @@ class RollingStops:
                             self._abandon(inst, f"state unknown: could not observe it ({error.message})")
                     break
             self._count_down()
-            delay = min(delay * 1.5, self.poll_max)
+            delay = min(delay * 1.5, self.options.poll_max)
         for inst in self.insts:
             if inst.phase is _Phase.WAITING:
                 inst.note = f"not stopped: {self._why_winding or 'interrupted'}"
@@ -257,8 +248,8 @@ class RollingStops:
                 # and only then give up (nothing is stopped without it).
                 if attempt == READ_FAILURES - 1:
                     raise
-                self.sleep(min(self.poll_max, self.poll_initial * 2**attempt))
-        now = self.clock()
+                self.options.sleep(min(self.options.poll_max, self.options.poll_initial * 2**attempt))
+        now = self.options.clock()
         for inst in self.insts:
             instance = observed.instances.get(inst.iid)
             inst.latest = instance
@@ -327,7 +318,7 @@ class RollingStops:
 
     def _send_stop(self, insts: list[_Inst], *, hard: bool) -> None:
         ids = [i.iid for i in insts]
-        now = self.clock()
+        now = self.options.clock()
         for inst in insts:  # counted down from the call on: it may be carried out unanswered
             inst.phase, inst.since, inst.stopped_by_us, inst.where = _Phase.STOPPING, now, True, None
             inst.stop_attempts += 1
@@ -350,7 +341,7 @@ class RollingStops:
         for inst in insts:
             if inst.where in ("stopping", "stopped", "busy"):
                 continue  # carried out after all
-            if inst.where == "running" and inst.stop_attempts < self.max_attempts:
+            if inst.where == "running" and inst.stop_attempts < self.options.max_attempts:
                 inst.phase, inst.stopped_by_us = _Phase.WAITING, False  # the next free slot retries it
                 continue
             self._give_up_running(inst, f"could not be stopped: {error.message}")
@@ -390,8 +381,8 @@ class RollingStops:
         if inst.where == "gone":
             self._gone(inst, "stopping")
             return True
-        if now - inst.since > self.schedule.stop_timeout + self.wait_timeout:
-            waited = self.schedule.stop_timeout + self.wait_timeout
+        if now - inst.since > self.schedule.stop_timeout + self.options.wait_timeout:
+            waited = self.schedule.stop_timeout + self.options.wait_timeout
             self._abandon(inst, f"still {inst.final_state} after {waited:g} s")
             return True
         return False
@@ -420,7 +411,8 @@ class RollingStops:
     # ------------------------------------------------------------------ unbinds and starts
 
     def _act(self) -> bool:
-        now = self.clock()
+        now = self.options.clock()
+        wait_timeout = self.options.wait_timeout
         acted = False
         for inst in self.insts:
             if inst.phase is _Phase.STOPPING and inst.where is not None:
@@ -463,9 +455,9 @@ class RollingStops:
             elif (
                 inst.phase is _Phase.STARTING
                 and inst.where in ("starting", "busy")
-                and now - inst.since > self.wait_timeout
+                and now - inst.since > wait_timeout
             ):
-                self._abandon(inst, f"still {inst.final_state} {self.wait_timeout:g} s after its start")
+                self._abandon(inst, f"still {inst.final_state} {wait_timeout:g} s after its start")
         return acted
 
     def _send_unbinds(self, insts: list[_Inst]) -> None:
@@ -518,14 +510,14 @@ class RollingStops:
                 if pair is None or inst.iid not in pair.bound_instance_ids:
                     self.record((key_id, inst.iid), Outcome.DONE, "", attempts)
                     inst.keys_left.remove(key_id)
-                elif attempts >= self.max_attempts:
+                elif attempts >= self.options.max_attempts:
                     reason = f"{error.message} (after {attempts} attempts)"
                     self.record((key_id, inst.iid), Outcome.FAILED, reason, attempts)
                     inst.keys_left.remove(key_id)
 
     def _send_start(self, insts: list[_Inst]) -> None:
         ids = [i.iid for i in insts]
-        now = self.clock()
+        now = self.options.clock()
         for inst in insts:
             inst.start_attempts += 1
             inst.phase, inst.since, inst.where = _Phase.STARTING, now, None
@@ -545,11 +537,12 @@ class RollingStops:
                         inst, f"StartInstances failed ({error.message}) after {inst.start_attempts} attempts"
                     )
                 else:
-                    inst.next_start = self.clock() + min(self.poll_max * 2, 2.0**inst.start_attempts)
+                    backoff = min(self.options.poll_max * 2, 2.0**inst.start_attempts)
+                    inst.next_start = self.options.clock() + backoff
             return
         for inst in insts:
             # A cloud may report the instance stopped a moment longer: resend only after this.
-            inst.next_start = now + 2 * self.poll_max
+            inst.next_start = now + 2 * self.options.poll_max
         self.emit(f"starting {', '.join(ids)}")
 
     # ------------------------------------------------------------------ result
