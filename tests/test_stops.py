@@ -362,27 +362,27 @@ def test_fake_clock_rolling_schedule_never_exceeds_the_budget(tmp_path: Path) ->
     check_final(app, ApiVersion.V2, 9, 1, clock=fake.clock)
 
 
-def test_cli_plan_shows_the_stops(tmp_path: Path) -> None:
+def _cli_plan(tmp_path: Path, running: int, stopped: int, *options: str) -> str:
+    """``cvmkeys plan`` of ``desired_text("max_stopped: 2")`` over ``fleet_data(running, stopped)``."""
     fleet = tmp_path / "fleet.json"
-    fleet.write_text(json.dumps(fleet_data(3, 1)))
+    fleet.write_text(json.dumps(fleet_data(running, stopped)))
     path = tmp_path / "bindings.yaml"
     path.write_text(desired_text("max_stopped: 2"))
-    code, out, err = run_cli("plan", str(path), "--emulator", str(fleet))
+    code, out, err = run_cli("plan", str(path), "--emulator", str(fleet), *options)
     assert code == 0, out + err
+    return out
+
+
+def test_cli_plan_shows_the_stops(tmp_path: Path) -> None:
+    out = _cli_plan(tmp_path, 3, 1)
     assert "Stops" in out and "3 instances go down, at most 2 at once" in out
-    code, out, _ = run_cli("plan", str(path), "--emulator", str(fleet), "--format", "json")
-    assert json.loads(out)["stops"]["budget"] == 2
+    assert json.loads(_cli_plan(tmp_path, 3, 1, "--format", "json"))["stops"]["budget"] == 2
 
 
 def test_cli_plan_of_stops_only_does_not_say_nothing_is_ready(tmp_path: Path) -> None:
     """Every change behind a stop: no unbind waves, but the plan must not read "nothing is ready
     to unbind" above "Plan: 3 to unbind"."""
-    fleet = tmp_path / "fleet.json"
-    fleet.write_text(json.dumps(fleet_data(3, 0)))
-    path = tmp_path / "bindings.yaml"
-    path.write_text(desired_text("max_stopped: 2"))
-    code, out, err = run_cli("plan", str(path), "--emulator", str(fleet))
-    assert code == 0, out + err
+    out = _cli_plan(tmp_path, 3, 0)
     assert "nothing is ready" not in out
     assert "Calls: no unbind waves; the stopped instances are unbound in their rounds (Stops)." in out
     assert "Plan: 3 to unbind" in out
