@@ -23,7 +23,7 @@ from reconciler.api2_states import status_name as status_name
 # 2.0: ``api``, instance states by name, batches with ``key_ids``. 3.0: ``premises`` (what each
 # instance the plan unbinds from looked like: its keys and state), checked by apply instead of the
 # fingerprint, so a plan is resumable and never leaves an instance keyless unwarned.
-PLAN_FORMAT_VERSION = "3.0"
+PLAN_FORMAT_VERSION = "3.1"
 
 
 class ApiVersion(str, Enum):
@@ -371,6 +371,9 @@ class Plan:
     # The stop schedule (docs/disruption.md); None without a ``disruption`` block. Every
     # instance in it was running when the plan was made: the plan is the record of prior state.
     stops: StopSchedule | None = None
+    # The files and folders plan was given, as typed (3.1): apply searches the folders again, so
+    # a desired-state file added there since the plan is noticed like a changed one.
+    inputs: tuple[str, ...] = ()
 
     @property
     def has_errors(self) -> bool:

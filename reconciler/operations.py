@@ -123,10 +123,11 @@ def read_plans(planfile: Path, region: str | None = None) -> tuple[Plan, ...]:
 
 
 def check_sources(the_plan: Plan, base: Path) -> None:
-    """Refuse a plan whose desired-state files changed or are gone since it was made: the plan
-    carries out what those files said, and only then (this closes replay: a plan applied again
-    after the file was changed to allow its bindings). Paths are where plan read them, relative
-    to the directory it ran in; ``base`` is where apply looks for them (its own directory)."""
+    """Refuse a plan whose desired-state files changed or are gone since it was made, or when a
+    folder plan searched now holds another file of its region: the plan carries out what those
+    files said, and only then (this closes replay: a plan applied again after the file was
+    changed to allow its bindings). Paths are where plan read them, relative to the directory it
+    ran in; ``base`` is where apply looks for them (its own directory)."""
     import hashlib
 
     from reconciler.desired.yaml_nodes import MAX_FILE_BYTES
@@ -134,9 +135,7 @@ def check_sources(the_plan: Plan, base: Path) -> None:
 
     problems: list[str] = []
     for source in the_plan.sources:
-        path = Path(source.path)
-        if not path.is_absolute():
-            path = base / path
+        path = _at(base, source.path)
         try:
             digest = hashlib.sha256(read_bounded(path, MAX_FILE_BYTES, "file", source.path)).hexdigest()
         except FileReadError as error:
@@ -144,12 +143,47 @@ def check_sources(the_plan: Plan, base: Path) -> None:
             continue
         if digest != source.sha256:
             problems.append(f"{source.path} changed since the plan was made")
+    if not problems:
+        problems = _added_sources(the_plan, base)
     if problems:
         raise PlanRefusedError(
             "the plan's desired-state files are not as they were: " + "; ".join(problems),
             hint="plan again from the files as they are now; or, to apply the plan as reviewed "
             "anyway, run apply from the directory plan ran in, or add --ignore-changed-sources",
         )
+
+
+def _at(base: Path, recorded: str) -> Path:
+    """A path as plan recorded it (relative to the directory plan ran in), found from ``base``."""
+    path = Path(recorded)
+    return path if path.is_absolute() else base / path
+
+
+def _added_sources(the_plan: Plan, base: Path) -> list[str]:
+    """The desired-state files of the plan's region that plan would read now and did not read
+    then: added since to a folder it was given. Only folders gain files, so a plan given only
+    files (or a 3.0 plan, which recorded no inputs) searches nothing."""
+    from reconciler.desired.loader import load_paths
+
+    given = [_at(base, recorded) for recorded in the_plan.inputs]
+    if not any(path.is_dir() for path in given):
+        return []
+    try:
+        loaded = load_paths(given)
+    except InputError as error:  # e.g. a broken file added: plan would refuse now
+        return [f"the files given to plan no longer load ({error.problems[0]})"]
+    now = loaded.by_region.get(the_plan.region)
+    known = {_at(base, source.path).resolve() for source in the_plan.sources}
+    added = [Path(s.path) for s in (now.sources if now else ()) if Path(s.path).resolve() not in known]
+    return [f"{_shown(path, base)} was added since the plan was made" for path in added]
+
+
+def _shown(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when inside it, as plan would have named it."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
 
 
 def check_age(the_plan: Plan, max_age: float, now: dt.datetime | None = None) -> None:
@@ -306,9 +340,11 @@ def _connected(
         audit_failures.append(audit.failure)
 
 
-def _build_plan(desired: Desired, connection: Connection, limits: SafetyLimits) -> Plan:
+def _build_plan(
+    desired: Desired, connection: Connection, limits: SafetyLimits, inputs: Sequence[Path]
+) -> Plan:
     """Check the account (``account:`` in the files), observe, plan; the plan records who it
-    ran as."""
+    ran as and the paths it was given."""
     from reconciler.cloud.observe import observe_for_plan
     from reconciler.connect import check_account
     from reconciler.core.plan import build_plan
@@ -324,7 +360,7 @@ def _build_plan(desired: Desired, connection: Connection, limits: SafetyLimits) 
         limits_override=limits,
         created_at=_now(),
     )
-    return dataclasses.replace(the_plan, caller=caller)
+    return dataclasses.replace(the_plan, caller=caller, inputs=tuple(str(path) for path in inputs))
 
 
 def _account_source(desired: Desired) -> str:
@@ -417,7 +453,7 @@ def plan(request: PlanRequest) -> PlanResult:
 
     def one(desired: Desired) -> Plan:
         with _connected(desired.region, request.cloud) as connection:
-            return _build_plan(desired, connection, request.limits)
+            return _build_plan(desired, connection, request.limits, request.paths)
 
     try:
         plans = _each_region(by_region, one)
@@ -650,7 +686,7 @@ def apply_fresh(
         (desired,) = by_region.values()
         failures: list[str] = []
         with _connected(desired.region, request.cloud, failures) as connection:
-            the_plan = _build_plan(desired, connection, request.limits)
+            the_plan = _build_plan(desired, connection, request.limits, request.paths)
             hooks.planned(the_plan)
             if the_plan.has_errors:
                 raise _plan_errors(the_plan)
@@ -664,7 +700,7 @@ def apply_fresh(
     def prepare(
         desired: Desired, connection: Connection, region_hooks: ApplyHooks
     ) -> tuple[Plan, Connection]:
-        return _build_plan(desired, connection, request.limits), connection
+        return _build_plan(desired, connection, request.limits, request.paths), connection
 
     def go_on(planned: Sequence[tuple[Plan, Connection]]) -> None:
         plans = [p for p, _ in planned]

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from reconciler.cli import _hoist_global_options, app
 from reconciler.cli.views import Terminal
+from reconciler.model import PLAN_FORMAT_VERSION
 
 
 class _Tty(io.StringIO):
@@ -100,5 +101,5 @@ def test_plan_out_keeps_the_permissions_of_the_file_it_replaces(
     plan_file.chmod(0o600)  # a plan names the fleet's IDs: someone chose to keep it private
     saved_plan(example, plan_file)
     assert plan_file.stat().st_mode & 0o777 == 0o600
-    assert json.loads(plan_file.read_text())["format_version"] == "3.0"
+    assert json.loads(plan_file.read_text())["format_version"] == PLAN_FORMAT_VERSION
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left

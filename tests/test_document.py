@@ -21,6 +21,7 @@ from reconciler.core.document import (
 from reconciler.core.plan import build_plan
 from reconciler.errors import PlanIntegrityError
 from reconciler.model import (
+    PLAN_FORMAT_VERSION,
     ChangeStatus,
     Desired,
     DesiredKey,
@@ -277,7 +278,17 @@ def test_newer_minor_version_with_unknown_members_is_read() -> None:
     data["changes"][0]["future_detail"] = "ignored"
     plan = load_plan(_resealed(data), "plan.json")
     assert plan.format_version == "3.7"
-    assert dataclasses.replace(plan, format_version="3.0") == full_plan()
+    assert dataclasses.replace(plan, format_version=PLAN_FORMAT_VERSION) == full_plan()
+
+
+def test_a_3_0_plan_without_inputs_is_read_with_none() -> None:
+    """Format 3.1 added ``inputs``; a 3.0 plan has none, and apply then searches no folder."""
+    data = json.loads(dump_plan(dataclasses.replace(full_plan(), inputs=("desired",))))
+    assert data["format_version"] == "3.1" and data["inputs"] == ["desired"]
+    assert load_plan(_resealed(data), "plan.json").inputs == ("desired",)
+    data["format_version"] = "3.0"
+    del data["inputs"]
+    assert load_plan(_resealed(data), "plan.json").inputs == ()
 
 
 def test_schema_violations_name_their_json_path() -> None:

@@ -92,6 +92,7 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
         "summary": record_to_data(plan.summary),
         "safety": record_to_data(plan.safety),
         "sources": [record_to_data(s) for s in plan.sources],
+        "inputs": list(plan.inputs),
         "fingerprint": record_to_data(plan.fingerprint),
         "observed_digest": plan.observed_digest,
         # Not record_to_data: the plan records the account and the ARN, not the whole identity.
@@ -433,6 +434,7 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         else CallerIdentity(data["caller"]["account_id"], data["caller"]["arn"]),
         premises=premises,
         stops=stops,
+        inputs=tuple(data.get("inputs", ())),  # 3.0 plans have none: no folder to search again
     )
 
 

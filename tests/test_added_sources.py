@@ -1,0 +1,94 @@
+"""A saved plan made from a folder is refused when a desired-state file of its region was added
+to that folder since (plan format 3.1 records the paths plan was given): the new file may
+protect or allow bindings the plan unbinds. Through the real CLI and the in-process emulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from support import run_cli
+
+from reconciler.emulator.state import FleetState
+
+REGION = "ap-guangzhou"
+OLD, SPARE = "skey-01d01d01", "skey-5pare5pa"
+STOPPED = ["ins-s0000001", "ins-s0000002"]
+
+
+def _fleet(tmp_path: Path) -> Path:
+    fleet = tmp_path / "fleet.json"
+    instances = [{"id": i, "name": i[-4:], "os": "centos7.6x86_64", "status": 4} for i in STOPPED]
+    keys = [{"id": OLD, "name": "old", "bound": STOPPED}, {"id": SPARE, "name": "spare", "bound": STOPPED}]
+    data = {
+        "credentials": [{"secret_id": "AKIDADDED000000000000000000000000000", "secret_key": "added"}],
+        "regions": {REGION: {"instances": instances, "keys": keys}},
+    }
+    fleet.write_text(json.dumps(data), encoding="utf-8")
+    return fleet
+
+
+def _desired(path: Path, key_id: str, allowed: list[str], region: str = REGION) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = f"keys:\n  {key_id}:\n    instances: {json.dumps(allowed)}\n"
+    safety = "safety:\n  max_unbind_percent: 100\n"
+    path.write_text(f"version: 1\nregion: {region}\nscope: keys\n{keys}{safety}", encoding="utf-8")
+    return path
+
+
+def _bindings(fleet: Path) -> set[tuple[str, str]]:
+    return FleetState.from_file(fleet, persist=False).bindings(REGION)
+
+
+def _planned(tmp_path: Path, *given: Path) -> tuple[Path, Path]:
+    """The fleet and a saved plan of ``given`` (every file takes OLD off both instances)."""
+    fleet = _fleet(tmp_path)
+    plan = tmp_path / "plan.json"
+    code, _, err = run_cli("plan", *map(str, given), "--emulator", str(fleet), "--out", str(plan))
+    assert code == 0, err
+    return fleet, plan
+
+
+def test_a_file_of_the_region_added_to_the_folder_refuses_the_plan(tmp_path: Path) -> None:
+    folder = tmp_path / "desired"
+    _desired(folder / "a.yaml", OLD, [])
+    fleet, plan = _planned(tmp_path, folder)
+    assert json.loads(plan.read_text())["inputs"] == [str(folder)]
+    before = _bindings(fleet)
+    # Merged after the plan: a second team's file for the same region.
+    _desired(folder / "team-b.yaml", SPARE, STOPPED)
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 1
+    assert f"{folder / 'team-b.yaml'} was added since the plan was made" in err
+    assert "--ignore-changed-sources" in err
+    assert _bindings(fleet) == before  # refused before any call that changes anything
+    # The reviewer may still apply the plan as reviewed.
+    assert run_cli("apply", str(plan), "--ignore-changed-sources")[0] == 0
+    assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
+
+
+def test_a_broken_file_added_refuses_and_a_file_of_another_region_does_not(tmp_path: Path) -> None:
+    folder = tmp_path / "desired"
+    _desired(folder / "a.yaml", OLD, [])
+    fleet, plan = _planned(tmp_path, folder)
+    broken = folder / "broken.yaml"
+    broken.write_text("version: 1\nregion: ap-guangzhou\nscope: [\n", encoding="utf-8")
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 1 and "the files given to plan no longer load" in err and "broken.yaml" in err
+    broken.unlink()
+    # Another region's file is another plan's business: this region's files are as they were.
+    _desired(folder / "shanghai.yaml", OLD, [], region="ap-shanghai")
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 0, err
+    assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
+
+
+def test_a_plan_of_files_searches_no_folder(tmp_path: Path) -> None:
+    """Named files cannot gain a neighbour: a file added beside them is not the plan's input."""
+    folder = tmp_path / "desired"
+    named = _desired(folder / "a.yaml", OLD, [])
+    fleet, plan = _planned(tmp_path, named)
+    _desired(folder / "team-b.yaml", SPARE, STOPPED)
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 0, err
+    assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
