@@ -87,29 +87,34 @@ def mutated_pairs(mutation: Mutation) -> list[tuple[str, str]]:
     return [(key, iid) for key in keys for iid in mutation.instance_ids]
 
 
+def api_client(
+    api: str,
+    credentials: Credentials,
+    region: str,
+    *,
+    endpoint: str | None = None,
+    rate_limit: float | None = None,
+    **options: Any,
+) -> CloudClient:
+    """A real client of ``api`` (2.0: ``CvmClient``, 3.0: ``Api3Client``) for ``region`` at
+    ``endpoint`` (the in-process emulator's URL of that API unless given), ``rate_limit`` calls a
+    second for every action on the client's side (None: no client-side limit). ``options`` go to
+    the client as they are, but for 2.0's ``http_method``, which 3.0 has not."""
+    if api == "3.0":
+        options.pop("http_method", None)
+        rates = None if rate_limit is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate_limit)
+        kind, url, limits = Api3Client, EMULATOR_URL3, {"rate_limits": rates}
+    else:
+        kind, url, limits = CvmClient, EMULATOR_URL, {"rate_limit": rate_limit}
+    return kind(credentials, region, endpoint=endpoint or url, **limits, **options)
+
+
 def emulator_client(emulator: EmulatorApp, region: str, api: str = "2.0", **options: Any) -> CloudClient:
     """A real client of ``api`` talking to ``emulator`` in-process with the fleet's first
     credentials and, unless ``options`` say otherwise, no client-side rate limit."""
     first = emulator.state.credentials[0]
-    if api == "3.0":
-        rate = options.pop("rate_limit", None)
-        options.pop("http_method", None)
-        return Api3Client(
-            Credentials(first.secret_id, first.secret_key),
-            region,
-            endpoint=EMULATOR_URL3,
-            transport=transport(emulator),
-            rate_limits=None if rate is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate),
-            **options,
-        )
-    options.setdefault("rate_limit", None)
-    return CvmClient(
-        Credentials(first.secret_id, first.secret_key),
-        region,
-        endpoint=EMULATOR_URL,
-        transport=transport(emulator),
-        **options,
-    )
+    credentials = Credentials(first.secret_id, first.secret_key)
+    return api_client(api, credentials, region, transport=transport(emulator), **options)
 
 
 def live_state(fleet: Path) -> dict[str, Any]:
