@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -143,6 +144,17 @@ def serve_fleet(
     em.secret_id, em.secret_key = lines[1].split()[-1], lines[2].split()[-1]
     em.region, em.url = region, url.group(1)
     return process, em
+
+
+def stop_served(process: subprocess.Popen[str]) -> None:
+    """Stop a ``serve_fleet`` process as Ctrl-C does (killed if it has not stopped in 10 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 class FakeTime:

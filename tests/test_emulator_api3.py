@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import EXAMPLE_FLEET, SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory, FakeClock
-from support import BASTION, BATCH1, CI, DB1, OLD, OPS, UNMANAGED, WEB1, WEB2, WIN1, serve_fleet
+from support import BASTION, BATCH1, CI, DB1, OLD, OPS, UNMANAGED, WEB1, WEB2, WIN1, serve_fleet, stop_served
 from typer.testing import CliRunner
 
 from reconciler.cloud import signing, tc3
@@ -726,16 +724,6 @@ def test_identity_block_is_read_from_the_fixture_and_kept_in_the_live_state(emul
 # --------------------------------------------------------------------------- the live state, shared
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-
-
 def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_reset(tmp_path: Path) -> None:
     """A served emulator (another process) and an in-process one on the same fixture: what 3.0
     and STS calls leave behind (latest operations, ForceStop phases, STOP_CHARGING, temporary
@@ -800,7 +788,7 @@ def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_re
         clock.advance(-clock.offset)
 
         # A restart of the served emulator keeps all of it.
-        _stop(process)
+        stop_served(process)
         process, served = serve_fleet(fleet, GZ)
         url3 = served.url[: -len("v2/index.php")]
         assert ok(tc3_call(local, "DescribeKeyPairs", token=creds["Token"], url=url3, **tmp))
@@ -820,6 +808,6 @@ def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_re
             refused = tc3_call(local, "DescribeKeyPairs", token=creds["Token"], url=url, **tmp)
             assert error_code(refused) == "AuthFailure.SecretIdNotFound"
     finally:
-        _stop(process)
+        stop_served(process)
         state.close()
     assert fleet.read_bytes() == EXAMPLE_FLEET.read_bytes()  # a fixture: never written
