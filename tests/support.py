@@ -24,6 +24,7 @@ from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState, Mutation
+from reconciler.model import Desired, DesiredKey, Instance, KeyPair, Observed, Scope
 
 APIS = ("2.0", "3.0")
 # The unbind action of each API, and its throttling answer's code.
@@ -116,6 +117,29 @@ def emulator_client(emulator: EmulatorApp, region: str, api: str = "2.0", **opti
     first = emulator.state.credentials[0]
     credentials = Credentials(first.secret_id, first.secret_key)
     return api_client(api, credentials, region, transport=transport(emulator), **options)
+
+
+def observed(
+    bindings: Mapping[str, Sequence[str]],
+    instances: Sequence[Instance],
+    names: Mapping[str, str] | None = None,
+    region: str = "ap-guangzhou",
+) -> Observed:
+    """What the observer would read: key ``k`` bound to ``bindings[k]`` and named
+    ``names[k]`` (``name-k`` by default), and ``instances``."""
+    names = names or {}
+    return Observed(
+        region,
+        {k: KeyPair(k, names.get(k, f"name-{k}"), tuple(v)) for k, v in bindings.items()},
+        {i.instance_id: i for i in instances},
+    )
+
+
+def desired(
+    keys: Mapping[str, Sequence[str]], scope: Scope = Scope.KEYS, region: str = "ap-guangzhou", **kw: Any
+) -> Desired:
+    """A desired state allowing key ``k`` on ``keys[k]``; ``kw`` are the other ``Desired`` fields."""
+    return Desired(region, scope, {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()}, **kw)
 
 
 def live_state(fleet: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import run_cli
+from support import desired, observed, run_cli
 
 from reconciler import ids
 from reconciler.cloud.client import instance_state
@@ -47,18 +47,6 @@ def instance(iid: str, *, os_name: str = "centos7.6x86_64", stopped: bool = True
     # Built in one place: the Instance fields are changing (status -> state), this keeps the
     # tests to one line to adjust.
     return Instance(iid, f"name-{iid}", *instance_state(4 if stopped else 2), os_name)
-
-
-def observed(bindings: dict[str, list[str]], instances: list[Instance]) -> Observed:
-    return Observed(
-        REGION,
-        {k: KeyPair(k, f"name-{k}", tuple(v)) for k, v in bindings.items()},
-        {i.instance_id: i for i in instances},
-    )
-
-
-def desired(keys: dict[str, list[str]], scope: Scope = Scope.KEYS, **kw: object) -> Desired:
-    return Desired(REGION, scope, {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()}, **kw)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- a typo in an ID
