@@ -47,7 +47,6 @@ from reconciler.model import (
     StopType,
 )
 
-REGION = "ap-guangzhou"
 RUNNING, STOPPED, STARTING, BUSY = "running", "stopped", "starting", "busy"
 # The API-neutral states (both APIs map into them); the API's own word is the state's name here.
 _STATE = {
