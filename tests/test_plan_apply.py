@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import THROTTLED, UNBIND, emulator_client, live_state, mutated_pairs, run_cli
+from support import THROTTLED, UNBIND, FakeTime, emulator_client, live_state, mutated_pairs, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.base import AttemptRecord, CloudClient
@@ -267,7 +267,11 @@ def test_3_0_waits_for_its_own_operation_and_makes_no_more_calls_than_2_0(tmp_pa
 
 def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path, api: str) -> None:
     gen = generate(80, 20, seed=3, remove_fraction=0.5)
-    state = FleetState.from_data(gen.fleet)
+    # The emulator's rate limit and the client's backoff on one fake clock: what is throttled
+    # and retried is the same however loaded the machine is (on real time, a slow one stayed
+    # under the limit, or ran out of attempts).
+    fake = FakeTime()
+    state = FleetState.from_data(gen.fleet, clock=fake.clock)
     emulator = EmulatorApp(state, rate_limit=5)
     attempts: list[AttemptRecord] = []
     client = emulator_client(
@@ -277,6 +281,8 @@ def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path, api: str) -
         backoff_base=0.05,
         max_attempts=8,
         on_attempt=attempts.append,
+        clock=fake.clock,
+        sleep=fake.sleep,
     )
     path = tmp_path / "b.yaml"
     path.write_text(gen.desired_text)
@@ -288,6 +294,8 @@ def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path, api: str) -
     throttled = [a for a in attempts if a.code == THROTTLED[api]]
     assert throttled, "the emulator's rate limit should have answered 4400 at least once"
     assert all(a.retry_in_s is not None and a.retry_in_s > 0 for a in throttled)  # backed off, then retried
+    # Each backoff was slept, on the client's (injected) sleep.
+    assert Counter(a.retry_in_s for a in throttled) <= Counter(fake.sleeps)
 
 
 def test_a_saved_emulator_plan_applies_from_another_directory(tmp_path: Path) -> None:
