@@ -25,7 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.cloud.signing import sign
+from reconciler.cloud.auth import Api2Auth
+from reconciler.cloud.credentials import Credentials
+from reconciler.cloud.signing import HMAC_SHA256, sign
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.faults import FaultProfile
 from reconciler.emulator.server import RunningServer, serve_in_thread
@@ -38,6 +40,32 @@ REGION = "ap-guangzhou"
 # What in-process requests are addressed to; the host is part of what gets signed.
 IN_PROCESS_URL = "https://cvm.api.qcloud.com/v2/index.php"
 _nonces = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
+
+
+def signed_params(
+    credentials: Credentials,
+    action: str,
+    params: Mapping[str, str] | None = None,
+    *,
+    region: str,
+    url: str,
+    method: str = "GET",
+    clock: Callable[[], float] = time.time,
+    signature_method: str = HMAC_SHA256,
+    version: str | None = None,
+) -> dict[str, str]:
+    """A complete v1-signed (API 2.0 style) parameter set for ``action`` sent to ``url``: the
+    public parameters as the client's own signer makes them (``Api2Auth.public_params``), then
+    ``params``, which may override them, all signed for ``url``'s host and path."""
+    signer = Api2Auth(
+        credentials, region, signature_method=signature_method, clock=clock, nonce=lambda: next(_nonces)
+    )
+    full = {"Action": action} if version is None else {"Action": action, "Version": version}
+    full.update(signer.public_params())
+    full.update(params or {})
+    target = httpx.URL(url)
+    full["Signature"] = sign(credentials.secret_key, method, target.netloc.decode(), target.path, full)
+    return full
 
 
 class FakeClock:
@@ -87,19 +115,9 @@ class Emulator:
         region: str | None = None,
     ) -> dict[str, str]:
         """A complete, correctly signed parameter set for ``action``."""
-        target = httpx.URL(url or self.url)
-        full = {
-            "Action": action,
-            "Region": region or self.region,
-            "Timestamp": str(int(time.time())),
-            "Nonce": str(next(_nonces)),
-            "SecretId": self.secret_id,
-            "SignatureMethod": "HmacSHA256",
-            **(params or {}),
-        }
-        host = target.host if target.port is None else f"{target.host}:{target.port}"
-        full["Signature"] = sign(self.secret_key, method, host, target.path, full)
-        return full
+        credentials = Credentials(self.secret_id, self.secret_key)
+        region = region or self.region
+        return signed_params(credentials, action, params, region=region, method=method, url=url or self.url)
 
     def call(
         self,

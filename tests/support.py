@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState, Mutation
+from reconciler.model import Desired, DesiredKey, Instance, KeyPair, Observed, Scope
 
 APIS = ("2.0", "3.0")
 # The unbind action of each API, and its throttling answer's code.
@@ -87,29 +89,57 @@ def mutated_pairs(mutation: Mutation) -> list[tuple[str, str]]:
     return [(key, iid) for key in keys for iid in mutation.instance_ids]
 
 
+def api_client(
+    api: str,
+    credentials: Credentials,
+    region: str,
+    *,
+    endpoint: str | None = None,
+    rate_limit: float | None = None,
+    **options: Any,
+) -> CloudClient:
+    """A real client of ``api`` (2.0: ``CvmClient``, 3.0: ``Api3Client``) for ``region`` at
+    ``endpoint`` (the in-process emulator's URL of that API unless given), ``rate_limit`` calls a
+    second for every action on the client's side (None: no client-side limit). ``options`` go to
+    the client as they are, but for 2.0's ``http_method``, which 3.0 has not."""
+    if api == "3.0":
+        options.pop("http_method", None)
+        rates = None if rate_limit is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate_limit)
+        kind, url, limits = Api3Client, EMULATOR_URL3, {"rate_limits": rates}
+    else:
+        kind, url, limits = CvmClient, EMULATOR_URL, {"rate_limit": rate_limit}
+    return kind(credentials, region, endpoint=endpoint or url, **limits, **options)
+
+
 def emulator_client(emulator: EmulatorApp, region: str, api: str = "2.0", **options: Any) -> CloudClient:
     """A real client of ``api`` talking to ``emulator`` in-process with the fleet's first
     credentials and, unless ``options`` say otherwise, no client-side rate limit."""
     first = emulator.state.credentials[0]
-    if api == "3.0":
-        rate = options.pop("rate_limit", None)
-        options.pop("http_method", None)
-        return Api3Client(
-            Credentials(first.secret_id, first.secret_key),
-            region,
-            endpoint=EMULATOR_URL3,
-            transport=transport(emulator),
-            rate_limits=None if rate is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate),
-            **options,
-        )
-    options.setdefault("rate_limit", None)
-    return CvmClient(
-        Credentials(first.secret_id, first.secret_key),
+    credentials = Credentials(first.secret_id, first.secret_key)
+    return api_client(api, credentials, region, transport=transport(emulator), **options)
+
+
+def observed(
+    bindings: Mapping[str, Sequence[str]],
+    instances: Sequence[Instance],
+    names: Mapping[str, str] | None = None,
+    region: str = "ap-guangzhou",
+) -> Observed:
+    """What the observer would read: key ``k`` bound to ``bindings[k]`` and named
+    ``names[k]`` (``name-k`` by default), and ``instances``."""
+    names = names or {}
+    return Observed(
         region,
-        endpoint=EMULATOR_URL,
-        transport=transport(emulator),
-        **options,
+        {k: KeyPair(k, names.get(k, f"name-{k}"), tuple(v)) for k, v in bindings.items()},
+        {i.instance_id: i for i in instances},
     )
+
+
+def desired(
+    keys: Mapping[str, Sequence[str]], scope: Scope = Scope.KEYS, region: str = "ap-guangzhou", **kw: Any
+) -> Desired:
+    """A desired state allowing key ``k`` on ``keys[k]``; ``kw`` are the other ``Desired`` fields."""
+    return Desired(region, scope, {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()}, **kw)
 
 
 def live_state(fleet: Path) -> dict[str, Any]:
@@ -138,6 +168,17 @@ def serve_fleet(
     em.secret_id, em.secret_key = lines[1].split()[-1], lines[2].split()[-1]
     em.region, em.url = region, url.group(1)
     return process, em
+
+
+def stop_served(process: subprocess.Popen[str]) -> None:
+    """Stop a ``serve_fleet`` process as Ctrl-C does (killed if it has not stopped in 10 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 class FakeTime:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import live_state, run_cli
+from support import live_state, run_cli, serve_fleet, stop_served
 
 from reconciler.cloud.credentials import Credentials, StaticProvider
 from reconciler.cloud.sts import StsClient
@@ -87,24 +85,12 @@ def served(tmp_path: Path) -> Iterator[Served]:
     shutil.copy(EXAMPLES / "fleet.yaml", fleet)
     desired = tmp_path / "bindings.yaml"
     shutil.copy(EXAMPLES / "bindings.yaml", desired)
-    command = [sys.executable, "-m", "reconciler", "emulator", "serve", "--fleet", str(fleet), "--port", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process, em = serve_fleet(fleet)
     try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(3)]
-        found = re.search(r"at (http://127\.0\.0\.1:\d+)/v2/index\.php", lines[0])
-        if found is None:
-            process.kill()
-            pytest.fail(f"no endpoint printed: {lines}; stderr: {process.communicate()[1]}")
-        yield Served(found.group(1), lines[1].split()[-1], lines[2].split()[-1], fleet, desired)
+        base = em.url.removesuffix("/v2/index.php")
+        yield Served(base, em.secret_id, em.secret_key, fleet, desired)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_served(process)
 
 
 def _ready(plan_json: str) -> list[dict[str, object]]:

@@ -54,12 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import UNBIND, mutated_pairs
+from support import UNBIND, api_client, mutated_pairs
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, Generated, generate
-from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
-from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
 from reconciler.core.plan import build_plan
@@ -78,8 +76,6 @@ SEEDS = int(os.environ.get("CVMKEYS_CHAOS_SEEDS", str(DEFAULT_SEEDS)))
 FIRST_SEED = int(os.environ.get("CVMKEYS_CHAOS_FIRST_SEED", "1"))
 MAX_RUNS = 6  # applies per seed, each of a fresh plan
 MAX_FAULT_RATE = 0.30
-ENDPOINT = "http://localhost/v2/index.php"
-ENDPOINT3 = "http://localhost/"
 # The fault kinds of each API (2.0 has partial success; 3.0 has the latest operation lagging).
 KINDS = {"2.0": FAULT_KINDS, "3.0": tuple(k for k in ALL_FAULT_KINDS if k not in ("partial", "stuck_stop"))}
 
@@ -233,23 +229,11 @@ def make_client(
     state: FleetState, clock: VirtualClock, faults: FaultProfile | None, api: str = "2.0"
 ) -> tuple[CloudClient, EmulatorApp]:
     app = EmulatorApp(state, clock=clock, faults=faults)
-    if api == "3.0":
-        return Api3Client(
-            Credentials(SECRET_ID, SECRET_KEY),
-            "ap-guangzhou",
-            endpoint=ENDPOINT3,
-            transport=transport(app),
-            rate_limits=None,
-            clock=clock,
-            sleep=clock.sleep,
-            rng=random.Random(0),
-        ), app
-    client = CvmClient(
+    client = api_client(
+        api,
         Credentials(SECRET_ID, SECRET_KEY),
         "ap-guangzhou",
-        endpoint=ENDPOINT,
         transport=transport(app),
-        rate_limit=None,
         clock=clock,
         sleep=clock.sleep,
         rng=random.Random(0),

@@ -520,7 +520,12 @@ def _gitlab_snippet(containing: str) -> str:
     return body
 
 
-def _run_snippet(body: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run_snippet(body: str, cwd: Path, files: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    """The pipeline's Python ``body`` run in a new directory ``cwd`` holding copies of ``files``
+    (their name there: where to copy them from), as the job's checkout would."""
+    cwd.mkdir()
+    for name, source in files.items():
+        shutil.copy(source, cwd / name)
     return subprocess.run(
         [sys.executable, "-c", body],
         cwd=cwd,
@@ -536,11 +541,8 @@ def test_gitlab_apply_compares_the_changes(tmp_path: Path, example: tuple[Path, 
     plans = _plans(tmp_path, example)
     compare = _gitlab_snippet('reviewed-plan.json"), changes("main-plan.json")')
     for main, equal in (("same", True), ("changed", False)):
-        work = tmp_path / main
-        work.mkdir()
-        shutil.copy(plans["reviewed"], work / "reviewed-plan.json")
-        shutil.copy(plans[main], work / "main-plan.json")
-        result = _run_snippet(compare, work)
+        files = {"reviewed-plan.json": plans["reviewed"], "main-plan.json": plans[main]}
+        result = _run_snippet(compare, tmp_path / main, files)
         assert (result.returncode == 0) is equal, result.stdout + result.stderr
         if not equal:
             assert "differs from the plan reviewed" in result.stderr and "ins-5e6f7a8b" in result.stdout
@@ -550,10 +552,7 @@ def test_gitlab_plan_fails_over_the_safety_limits(tmp_path: Path, example: tuple
     plans = _plans(tmp_path, example)
     check = _gitlab_snippet('["safety"]')
     for name, safe in (("reviewed", True), ("unsafe", False)):
-        work = tmp_path / name
-        work.mkdir()
-        shutil.copy(plans[name], work / "plan.json")
-        result = _run_snippet(check, work)
+        result = _run_snippet(check, tmp_path / name, {"plan.json": plans[name]})
         assert (result.returncode == 0) is safe, result.stderr
     assert "over max_unbinds 1" in result.stderr
 

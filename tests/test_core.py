@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import desired, observed
 
 from reconciler.cloud.client import instance_state
 from reconciler.core.batching import make_batches, wave_count
@@ -21,7 +22,6 @@ from reconciler.model import (
     DesiredKey,
     Instance,
     InstanceState,
-    KeyPair,
     Observed,
     SafetyLimits,
     Scope,
@@ -41,26 +41,6 @@ def key(n: int) -> str:
 
 def linux(iid: str, status: int = 4, name: str = "") -> Instance:
     return Instance(iid, name or iid, *instance_state(status), "centos7.6x86_64")
-
-
-def observed(
-    bindings: dict[str, list[str]], instances: list[Instance], names: dict[str, str] | None = None
-) -> Observed:
-    names = names or {}
-    return Observed(
-        REGION,
-        {k: KeyPair(k, names.get(k, f"name-{k}"), tuple(v)) for k, v in bindings.items()},
-        {i.instance_id: i for i in instances},
-    )
-
-
-def desired(keys: dict[str, list[str]], scope: Scope = Scope.KEYS, **kw: object) -> Desired:
-    return Desired(
-        REGION,
-        scope,
-        {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()},
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def test_scope_keys_unbinds_only_declared_keys_not_allowed() -> None:

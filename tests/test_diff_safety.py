@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import run_cli
+from support import desired, observed, run_cli
 
 from reconciler import ids
 from reconciler.cloud.client import instance_state
 from reconciler.core.diff import (
+    Diff,
     allowed_bindings,
     diff,
     is_protected,
@@ -47,18 +49,6 @@ def instance(iid: str, *, os_name: str = "centos7.6x86_64", stopped: bool = True
     # Built in one place: the Instance fields are changing (status -> state), this keeps the
     # tests to one line to adjust.
     return Instance(iid, f"name-{iid}", *instance_state(4 if stopped else 2), os_name)
-
-
-def observed(bindings: dict[str, list[str]], instances: list[Instance]) -> Observed:
-    return Observed(
-        REGION,
-        {k: KeyPair(k, f"name-{k}", tuple(v)) for k, v in bindings.items()},
-        {i.instance_id: i for i in instances},
-    )
-
-
-def desired(keys: dict[str, list[str]], scope: Scope = Scope.KEYS, **kw: object) -> Desired:
-    return Desired(REGION, scope, {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()}, **kw)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- a typo in an ID
@@ -210,13 +200,9 @@ def worlds(draw: st.DrawFn) -> tuple[Desired, Observed]:
     return want, observed(bindings, instances)
 
 
-@settings(max_examples=300, deadline=None)
-@given(worlds())
-def test_no_ready_unbind_from_an_instance_the_file_names_only_by_a_near_miss(
-    world: tuple[Desired, Observed],
+def no_ready_unbind_from_an_instance_the_file_names_only_by_a_near_miss(
+    want: Desired, obs: Observed, result: Diff
 ) -> None:
-    want, obs = world
-    result = diff(want, obs)
     absent = want.declared_instances - obs.instances.keys()
     named_by_near_miss = {
         iid
@@ -238,13 +224,9 @@ def test_no_ready_unbind_from_an_instance_the_file_names_only_by_a_near_miss(
         assert finding.severity is (Severity.WARNING if lenient else Severity.ERROR)
 
 
-@settings(max_examples=300, deadline=None)
-@given(worlds())
-def test_unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangeable(
-    world: tuple[Desired, Observed],
+def unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangeable(
+    want: Desired, obs: Observed, result: Diff
 ) -> None:
-    want, obs = world
-    result = diff(want, obs)
     owned = owned_bindings(want, live_bindings(obs.keys))
     candidates = owned - allowed_bindings(want)
     protected = {b for b in candidates if is_protected(want, b)}
@@ -257,6 +239,23 @@ def test_unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangea
     unbinds = by_status[ChangeStatus.READY] | by_status[ChangeStatus.BLOCKED]
     assert unbinds == candidates - protected - unchangeable
     assert len(result.changes) == len(candidates)  # each binding once
+
+
+@pytest.mark.parametrize(
+    "holds",
+    [
+        no_ready_unbind_from_an_instance_the_file_names_only_by_a_near_miss,
+        unbinds_are_exactly_owned_minus_allowed_minus_protected_minus_unchangeable,
+    ],
+    ids=lambda check: check.__name__,
+)
+@settings(max_examples=300, deadline=None)
+@given(world=worlds())
+def test_diff_of_random_worlds(
+    holds: Callable[[Desired, Observed, Diff], None], world: tuple[Desired, Observed]
+) -> None:
+    want, obs = world
+    holds(want, obs, diff(want, obs))
 
 
 def _as_file(want: Desired) -> str:

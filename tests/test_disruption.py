@@ -13,10 +13,13 @@ import math
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
+import support
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import observed
 
 from reconciler.core.diff import diff
 from reconciler.core.disruption import (
@@ -35,18 +38,15 @@ from reconciler.errors import InputError
 from reconciler.model import (
     ChangeStatus,
     Desired,
-    DesiredKey,
     Disruption,
     Instance,
     InstanceState,
-    KeyPair,
     Observed,
     SafetyLimits,
     Scope,
     StopType,
 )
 
-REGION = "ap-guangzhou"
 RUNNING, STOPPED, STARTING, BUSY = "running", "stopped", "starting", "busy"
 # The API-neutral states (both APIs map into them); the API's own word is the state's name here.
 _STATE = {
@@ -70,30 +70,9 @@ def stopped_copy(inst: Instance) -> Instance:
     return replace(inst, state=InstanceState.STOPPED, api_state=STOPPED)
 
 
-def observed(bindings: dict[str, list[str]], instances: list[Instance]) -> Observed:
-    return Observed(
-        REGION,
-        {k: KeyPair(k, f"name-{k}", tuple(v)) for k, v in bindings.items()},
-        {i.instance_id: i for i in instances},
-    )
-
-
-def desired(
-    keys: dict[str, list[str]],
-    disruption: Disruption | None,
-    *,
-    scope: Scope = Scope.KEYS,
-    protected_instances: frozenset[str] = frozenset(),
-    protected_keys: frozenset[str] = frozenset(),
-) -> Desired:
-    return Desired(
-        REGION,
-        scope,
-        {k: DesiredKey(k, frozenset(v)) for k, v in keys.items()},
-        protected_keys=protected_keys,
-        protected_instances=protected_instances,
-        disruption=disruption,
-    )
+def desired(keys: dict[str, list[str]], disruption: Disruption | None, **kw: Any) -> Desired:
+    """``support.desired`` with a ``disruption`` block (or none)."""
+    return support.desired(keys, disruption=disruption, **kw)
 
 
 def schedule(d: Desired, o: Observed, **kw: object) -> StopSchedule:

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import support
 from test_render_samples import check_golden, empty_plan, full_plan, full_result
 
 from reconciler.cloud.client import instance_state
@@ -26,8 +27,6 @@ from reconciler.model import (
     Desired,
     DesiredKey,
     Instance,
-    KeyPair,
-    Observed,
     Plan,
     Scope,
     SourceFile,
@@ -46,18 +45,14 @@ def core_plan() -> Plan:
         protected_instances=frozenset({"ins-aaaa0004"}),
         sources=(SourceFile("bindings.yaml", hashlib.sha256(b"x").hexdigest()),),
     )
-    observed = Observed(
-        region="ap-guangzhou",
-        keys={
-            "skey-aaaa0001": KeyPair(
-                "skey-aaaa0001", "ci", ("ins-aaaa0001", "ins-aaaa0002", "ins-aaaa0003", "ins-aaaa0004")
-            )
-        },
-        instances={
-            "ins-aaaa0001": Instance("ins-aaaa0001", "one", *instance_state(4), "centos7.2x86_64"),
-            "ins-aaaa0002": Instance("ins-aaaa0002", "two", *instance_state(4), "centos7.2x86_64"),
-            "ins-aaaa0003": Instance("ins-aaaa0003", "three", *instance_state(2), "ubuntu"),
-        },
+    observed = support.observed(
+        {"skey-aaaa0001": ["ins-aaaa0001", "ins-aaaa0002", "ins-aaaa0003", "ins-aaaa0004"]},
+        [
+            Instance("ins-aaaa0001", "one", *instance_state(4), "centos7.2x86_64"),
+            Instance("ins-aaaa0002", "two", *instance_state(4), "centos7.2x86_64"),
+            Instance("ins-aaaa0003", "three", *instance_state(2), "ubuntu"),
+        ],
+        names={"skey-aaaa0001": "ci"},
     )
     return build_plan(desired, observed, endpoint="https://cvm.api.qcloud.com/v2/index.php")
 

@@ -8,21 +8,18 @@ against the served emulator is ``test_emulator_sdk3.py``.
 
 from __future__ import annotations
 
-import itertools
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import EXAMPLE_FLEET, SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory, FakeClock
-from support import BASTION, BATCH1, CI, DB1, OLD, OPS, UNMANAGED, WEB1, WEB2, WIN1, serve_fleet
+from conftest import EXAMPLE_FLEET, SECRET_ID, SECRET_KEY, Emulator, EmulatorFactory, FakeClock, signed_params
+from support import BASTION, BATCH1, CI, DB1, OLD, OPS, UNMANAGED, WEB1, WEB2, WIN1, serve_fleet, stop_served
 from typer.testing import CliRunner
 
-from reconciler.cloud import signing, tc3
+from reconciler.cloud import tc3
+from reconciler.cloud.credentials import Credentials
 from reconciler.emulator.api3 import DOCUMENTED_LIMITS
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.cli import emulator_app
@@ -33,7 +30,6 @@ GZ = "ap-guangzhou"
 URL3 = "https://cvm.tencentcloudapi.com/"
 STS_URL = "https://sts.tencentcloudapi.com/"
 ROLE_ARN = "qcs::cam::uin/100000000001:roleName/cvmkeys-apply"
-_nonces = itertools.count(int(time.time()) % 1_000_000 * 1000 + 7)
 
 
 def _client(em: Emulator, url: str) -> httpx.Client:
@@ -83,30 +79,17 @@ def v1_params(
     action: str,
     params: dict[str, str] | None = None,
     *,
-    method: str = "GET",
-    url: str = URL3,
-    version: str = "2017-03-12",
-    signature_method: str = "HmacSHA256",
     secret_id: str = SECRET_ID,
     secret_key: str = SECRET_KEY,
     token: str | None = None,
-    nonce: int | None = None,
+    **options: Any,
 ) -> dict[str, str]:
-    full = {
-        "Action": action,
-        "Region": GZ,
-        "Timestamp": str(int(em.clock())),
-        "Nonce": str(next(_nonces) if nonce is None else nonce),
-        "SecretId": secret_id,
-        "Version": version,
-        "SignatureMethod": signature_method,
-        **(params or {}),
-    }
-    if token is not None:
-        full["Token"] = token
-    target = httpx.URL(url)
-    full["Signature"] = signing.sign(secret_key, method, target.netloc.decode(), "/", full)
-    return full
+    """v1-signed parameters for ``action`` at the emulator's time, by default for the 3.0
+    endpoint and 3.0's Version; ``options`` as ``signed_params`` takes them (``method``,
+    ``url``, ``version``, ``signature_method``)."""
+    credentials = Credentials(secret_id, secret_key, token=token)
+    options = {"url": URL3, "version": "2017-03-12", **options}
+    return signed_params(credentials, action, params, region=GZ, clock=em.clock, **options)
 
 
 def v1_call(em: Emulator, action: str, params: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
@@ -726,16 +709,6 @@ def test_identity_block_is_read_from_the_fixture_and_kept_in_the_live_state(emul
 # --------------------------------------------------------------------------- the live state, shared
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-
-
 def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_reset(tmp_path: Path) -> None:
     """A served emulator (another process) and an in-process one on the same fixture: what 3.0
     and STS calls leave behind (latest operations, ForceStop phases, STOP_CHARGING, temporary
@@ -800,7 +773,7 @@ def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_re
         clock.advance(-clock.offset)
 
         # A restart of the served emulator keeps all of it.
-        _stop(process)
+        stop_served(process)
         process, served = serve_fleet(fleet, GZ)
         url3 = served.url[: -len("v2/index.php")]
         assert ok(tc3_call(local, "DescribeKeyPairs", token=creds["Token"], url=url3, **tmp))
@@ -820,6 +793,6 @@ def test_3_0_operations_and_sts_credentials_are_shared_across_processes_until_re
             refused = tc3_call(local, "DescribeKeyPairs", token=creds["Token"], url=url, **tmp)
             assert error_code(refused) == "AuthFailure.SecretIdNotFound"
     finally:
-        _stop(process)
+        stop_served(process)
         state.close()
     assert fleet.read_bytes() == EXAMPLE_FLEET.read_bytes()  # a fixture: never written

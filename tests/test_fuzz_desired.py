@@ -35,7 +35,9 @@ SETTINGS = settings(
 
 def load(path: Path, data: bytes, *, seconds: float = 5.0) -> LoadedDesired | InputError:
     path.write_bytes(data)
-    start = time.perf_counter()
+    # CPU seconds of this process, not wall time: a loaded machine stretches the one, hardly
+    # the other, and the loader is single-threaded and does no waiting.
+    start = time.process_time()
     try:
         return load_paths([path])
     except InputError as error:
@@ -45,7 +47,7 @@ def load(path: Path, data: bytes, *, seconds: float = 5.0) -> LoadedDesired | In
             assert "\n" not in problem.message and len(problem.message) < 600, problem.message
         return error
     finally:
-        assert time.perf_counter() - start < seconds
+        assert time.process_time() - start < seconds
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_text
 from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.state import FleetState
-from reconciler.model import ChangeStatus, Finding, Plan, Severity
+from reconciler.model import Change, ChangeStatus, Finding, Plan, Severity
 from reconciler.render.markdown import GITHUB_COMMENT_LIMIT, render_plan_markdown
 
 _CELL_BAR = re.compile(r"(?<!\\)\|")
@@ -159,13 +159,20 @@ def test_no_changes() -> None:
     assert "|" not in md and "CAUTION" not in md and "<details" not in md
 
 
-def test_keys_that_do_not_fit_the_table_are_still_named() -> None:
-    # 3,000 keys with one unbind each: the per-key table cannot fit in 40,000 characters.
+def _one_key_each_rendered(max_chars: int) -> tuple[tuple[Change, ...], str]:
+    """3,000 unbinds, each of its own key, and their Markdown in at most ``max_chars``
+    characters (which is checked, with the structure)."""
     plan = big_plan(3_000)
     spread = tuple(dataclasses.replace(c, key_id=f"skey-k{n:07d}") for n, c in enumerate(plan.changes))
-    md = render_plan_markdown(dataclasses.replace(plan, changes=spread), max_chars=65_000)
-    assert len(md) <= 65_000
+    md = render_plan_markdown(dataclasses.replace(plan, changes=spread), max_chars=max_chars)
+    assert len(md) <= max_chars
     assert_valid_structure(md)
+    return spread, md
+
+
+def test_keys_that_do_not_fit_the_table_are_still_named() -> None:
+    # 3,000 keys with one unbind each: the per-key table cannot fit in 40,000 characters.
+    spread, md = _one_key_each_rendered(max_chars=65_000)
     assert "No room for their rows, but these keys change too:" in md
     for change in spread:
         assert f"`{change.key_id}`" in md
@@ -173,11 +180,7 @@ def test_keys_that_do_not_fit_the_table_are_still_named() -> None:
 
 
 def test_when_not_even_the_ids_fit_the_count_left_out_is_said() -> None:
-    plan = big_plan(3_000)
-    spread = tuple(dataclasses.replace(c, key_id=f"skey-k{n:07d}") for n, c in enumerate(plan.changes))
-    md = render_plan_markdown(dataclasses.replace(plan, changes=spread), max_chars=20_000)
-    assert len(md) <= 20_000
-    assert_valid_structure(md)
+    spread, md = _one_key_each_rendered(max_chars=20_000)
     match = re.search(r"\.\.\. and ([\d,]+) more keys not named", md)
     assert match is not None
     named = sum(1 for c in spread if f"`{c.key_id}`" in md)

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import THROTTLED, UNBIND, emulator_client, live_state, mutated_pairs, run_cli
+from support import THROTTLED, UNBIND, FakeTime, emulator_client, live_state, mutated_pairs, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cloud.base import AttemptRecord, CloudClient
@@ -24,7 +24,7 @@ from reconciler.emulator.app import EmulatorApp
 from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
 from reconciler.execute.executor import ExecOptions, Executor
-from reconciler.model import ChangeStatus, Outcome
+from reconciler.model import ChangeStatus, Desired, Outcome
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -198,44 +198,9 @@ def test_stale_plan_is_refused_before_any_mutation(tmp_path: Path, api: str) -> 
     assert FleetState.from_file(fleet, persist=False).bindings("ap-guangzhou") == before
 
 
-def test_instances_with_several_keys_are_unbound_in_waves_with_waiting(tmp_path: Path) -> None:
-    fleet = {
-        "credentials": [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY}],
-        "regions": {
-            "ap-guangzhou": {
-                "instances": [
-                    {"id": "ins-aaaaaaa1", "name": "a", "os": "centos", "status": 4},
-                    {"id": "ins-aaaaaaa2", "name": "b", "os": "centos", "status": 4},
-                ],
-                "keys": [
-                    {"id": f"skey-kkkkkkk{n}", "name": f"k{n}", "bound": ["ins-aaaaaaa1", "ins-aaaaaaa2"]}
-                    for n in (1, 2, 3)
-                ],
-            }
-        },
-    }
-    state = FleetState.from_data(fleet, op_seconds=0.15)
-    client = emulator_client(EmulatorApp(state), "gz")
-    path = tmp_path / "bindings.yaml"
-    path.write_text(
-        "version: 1\nregion: gz\nkeys:\n  skey-kkkkkkk1: {instances: [ins-aaaaaaa1]}\n"
-        "  skey-kkkkkkk2: {instances: []}\n  skey-kkkkkkk3: {instances: []}\n"
-    )
-    desired = load_paths([path]).by_region["ap-guangzhou"]
-    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
-    # ins-aaaaaaa2 loses three keys: three waves, one call each (each call covers both instances
-    # where it can); every change on ins-aaaaaaa2 carries the last-key warning.
-    assert (plan.summary.waves, plan.summary.calls, plan.summary.to_unbind) == (3, 3, 5)
-    assert sorted(c.instance_id for c in plan.changes if c.warnings) == ["ins-aaaaaaa2"] * 3
-    result = Executor(client, plan, options=ExecOptions(poll_initial=0.05)).run()
-    assert result.count(Outcome.DONE) == 5 and result.count(Outcome.FAILED) == 0
-    assert state.bindings("ap-guangzhou") == {("skey-kkkkkkk1", "ins-aaaaaaa1")}
-    assert client.calls["UnBindInstanceKey"] == 3
-    assert client.calls["DescribeInstances"] >= 3  # polled while the instances were in status 20
-
-
 def _several_keys_world(api: str, op_seconds: float = 0.15) -> tuple[FleetState, CloudClient]:
-    """Two instances losing two and three keys (of three): three waves over 2.0."""
+    """Two instances with three keys each, about to lose two and three of them: three waves over
+    2.0."""
     fleet = {
         "credentials": [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY}],
         "regions": {
@@ -255,13 +220,33 @@ def _several_keys_world(api: str, op_seconds: float = 0.15) -> tuple[FleetState,
     return state, emulator_client(EmulatorApp(state), "gz", api)
 
 
-def test_3_0_waits_for_its_own_operation_and_makes_no_more_calls_than_2_0(tmp_path: Path) -> None:
+def _several_keys_desired(tmp_path: Path) -> Desired:
+    """The file of that world: skey-kkkkkkk1 stays on ins-aaaaaaa1, nothing else is allowed."""
     path = tmp_path / "bindings.yaml"
     path.write_text(
         "version: 1\nregion: gz\nkeys:\n  skey-kkkkkkk1: {instances: [ins-aaaaaaa1]}\n"
         "  skey-kkkkkkk2: {instances: []}\n  skey-kkkkkkk3: {instances: []}\n"
     )
-    desired = load_paths([path]).by_region["ap-guangzhou"]
+    return load_paths([path]).by_region["ap-guangzhou"]
+
+
+def test_instances_with_several_keys_are_unbound_in_waves_with_waiting(tmp_path: Path) -> None:
+    state, client = _several_keys_world("2.0")
+    desired = _several_keys_desired(tmp_path)
+    plan = build_plan(desired, observe_for_plan(client, desired), endpoint="test")
+    # ins-aaaaaaa2 loses three keys: three waves, one call each (each call covers both instances
+    # where it can); every change on ins-aaaaaaa2 carries the last-key warning.
+    assert (plan.summary.waves, plan.summary.calls, plan.summary.to_unbind) == (3, 3, 5)
+    assert sorted(c.instance_id for c in plan.changes if c.warnings) == ["ins-aaaaaaa2"] * 3
+    result = Executor(client, plan, options=ExecOptions(poll_initial=0.05)).run()
+    assert result.count(Outcome.DONE) == 5 and result.count(Outcome.FAILED) == 0
+    assert state.bindings("ap-guangzhou") == {("skey-kkkkkkk1", "ins-aaaaaaa1")}
+    assert client.calls["UnBindInstanceKey"] == 3
+    assert client.calls["DescribeInstances"] >= 3  # polled while the instances were in status 20
+
+
+def test_3_0_waits_for_its_own_operation_and_makes_no_more_calls_than_2_0(tmp_path: Path) -> None:
+    desired = _several_keys_desired(tmp_path)
     calls: dict[str, int] = {}
     for api in ("2.0", "3.0"):
         state, client = _several_keys_world(api)
@@ -282,7 +267,11 @@ def test_3_0_waits_for_its_own_operation_and_makes_no_more_calls_than_2_0(tmp_pa
 
 def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path, api: str) -> None:
     gen = generate(80, 20, seed=3, remove_fraction=0.5)
-    state = FleetState.from_data(gen.fleet)
+    # The emulator's rate limit and the client's backoff on one fake clock: what is throttled
+    # and retried is the same however loaded the machine is (on real time, a slow one stayed
+    # under the limit, or ran out of attempts).
+    fake = FakeTime()
+    state = FleetState.from_data(gen.fleet, clock=fake.clock)
     emulator = EmulatorApp(state, rate_limit=5)
     attempts: list[AttemptRecord] = []
     client = emulator_client(
@@ -292,6 +281,8 @@ def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path, api: str) -
         backoff_base=0.05,
         max_attempts=8,
         on_attempt=attempts.append,
+        clock=fake.clock,
+        sleep=fake.sleep,
     )
     path = tmp_path / "b.yaml"
     path.write_text(gen.desired_text)
@@ -303,6 +294,8 @@ def test_throttling_slows_apply_but_does_not_fail_it(tmp_path: Path, api: str) -
     throttled = [a for a in attempts if a.code == THROTTLED[api]]
     assert throttled, "the emulator's rate limit should have answered 4400 at least once"
     assert all(a.retry_in_s is not None and a.retry_in_s > 0 for a in throttled)  # backed off, then retried
+    # Each backoff was slept, on the client's (injected) sleep.
+    assert Counter(a.retry_in_s for a in throttled) <= Counter(fake.sleeps)
 
 
 def test_a_saved_emulator_plan_applies_from_another_directory(tmp_path: Path) -> None:

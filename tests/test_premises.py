@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from reconciler import operations
 from reconciler.connect import ConnectOptions
 from reconciler.core.document import canonical_digest
 from reconciler.emulator.app import EmulatorApp
-from reconciler.emulator.server import serve_in_thread
+from reconciler.emulator.server import RunningServer, serve_in_thread
 from reconciler.emulator.state import FleetState
 from reconciler.execute.executor import EventKind, ExecEvent
 from reconciler.model import Outcome, Plan
@@ -72,12 +74,52 @@ def _plan(desired: Path, fleet: Path, out: Path, *extra: str) -> tuple[int, str,
     return run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(out), *extra)
 
 
+# A CLI run against a served emulator: the fleet's credentials in the environment.
+ENV = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
+
+
+@contextmanager
+def _served(fleet: Path) -> Iterator[tuple[FleetState, RunningServer]]:
+    """``fleet``'s live state, and an emulator serving it over a real socket."""
+    state = FleetState.from_file(fleet, persist=True)
+    with serve_in_thread(EmulatorApp(state)) as server:
+        yield state, server
+
+
+TWO_KEYS = {TEAM_A: [SHARED], TEAM_B: [SHARED]}  # TEAM_A and TEAM_B both on SHARED
+DROP_A = {TEAM_A: []}  # the desired file: TEAM_A on nothing
+
+
+def _planned(
+    tmp_path: Path,
+    keys: dict[str, list[str]] = TWO_KEYS,
+    want: dict[str, list[str]] = DROP_A,
+    instances: tuple[str, ...] = (SHARED,),
+) -> tuple[Path, Path, Path]:
+    """The fleet of ``keys``, the desired file a.yaml of ``want``, and a.json: the plan of the
+    two, made with ``cvmkeys plan --out`` (which must succeed)."""
+    fleet = _fleet(tmp_path, keys, instances)
+    desired = _desired(tmp_path / "a.yaml", want)
+    plan = tmp_path / "a.json"
+    assert _plan(desired, fleet, plan)[0] == 0
+    return fleet, desired, plan
+
+
+def _warned_and_applied_as_reviewed(desired: Path, fleet: Path, plan: Path) -> None:
+    """Planned, the reviewer is told the last key of an instance goes; applying what was
+    reviewed is allowed, and leaves nothing bound."""
+    code, stdout, _ = _plan(desired, fleet, plan)
+    assert code == 0 and "removes the last key of" in stdout
+    assert run_cli("apply", str(plan))[0] == 0
+    assert _bindings(fleet) == set()
+
+
 # --------------------------------------------------------------------------- the last key
 
 
 def test_two_plans_made_apart_never_leave_an_instance_keyless_unwarned(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    a = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    a = _desired(tmp_path / "a.yaml", DROP_A)
     b = _desired(tmp_path / "b.yaml", {TEAM_B: []})
     plan_a, plan_b = tmp_path / "a.json", tmp_path / "b.json"
     for desired, out in ((a, plan_a), (b, plan_b)):
@@ -90,34 +132,26 @@ def test_two_plans_made_apart_never_leave_an_instance_keyless_unwarned(tmp_path:
     assert "plan is stale" in err and f"{SHARED} would be left with no key" in err and TEAM_A in err
     assert _unbinds(audit) == 0 and (TEAM_B, SHARED) in _bindings(fleet)
     # Planned again, the reviewer is told, and applying what was reviewed is allowed.
-    code, stdout, _ = _plan(b, fleet, plan_b)
-    assert code == 0 and "removes the last key of" in stdout
-    assert run_cli("apply", str(plan_b))[0] == 0
-    assert _bindings(fleet) == set()
+    _warned_and_applied_as_reviewed(b, fleet, plan_b)
 
 
 def test_two_plans_made_apart_over_a_socket(tmp_path: Path) -> None:
     """The same, against a served emulator (a real socket), the way CI would run it."""
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    a = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    a = _desired(tmp_path / "a.yaml", DROP_A)
     b = _desired(tmp_path / "b.yaml", {TEAM_B: []})
-    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
-    state = FleetState.from_file(fleet, persist=True)
-    with serve_in_thread(EmulatorApp(state)) as server:
+    with _served(fleet) as (state, server):
         for desired in (a, b):
             out = str(desired.with_suffix(".json"))
-            assert run_cli("plan", str(desired), "--endpoint", server.url, "--out", out, env=env)[0] == 0
-        assert run_cli("apply", str(a.with_suffix(".json")), "--endpoint", server.url, env=env)[0] == 0
-        code, _, err = run_cli("apply", str(b.with_suffix(".json")), "--endpoint", server.url, env=env)
+            assert run_cli("plan", str(desired), "--endpoint", server.url, "--out", out, env=ENV)[0] == 0
+        assert run_cli("apply", str(a.with_suffix(".json")), "--endpoint", server.url, env=ENV)[0] == 0
+        code, _, err = run_cli("apply", str(b.with_suffix(".json")), "--endpoint", server.url, env=ENV)
         assert code == 1 and "would be left with no key" in err
         assert state.bindings(REGION) == {(TEAM_B, SHARED)}
 
 
 def test_an_outside_unbind_between_plan_and_apply_makes_the_plan_stale(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], ADMIN: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path, {TEAM_A: [SHARED], ADMIN: [SHARED]})
     FleetState.from_file(fleet, persist=True).set_binding(REGION, ADMIN, SHARED, False)  # the console
     code, _, err = run_cli("apply", str(plan))
     assert code == 1 and "would be left with no key" in err and ADMIN in err
@@ -125,10 +159,7 @@ def test_an_outside_unbind_between_plan_and_apply_makes_the_plan_stale(tmp_path:
 
 
 def test_a_key_bound_since_the_plan_changes_nothing_the_reviewer_was_told(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED], ADMIN: []})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED], ADMIN: []})
     FleetState.from_file(fleet, persist=True).set_binding(REGION, ADMIN, SHARED, True)
     assert run_cli("apply", str(plan))[0] == 0
     assert _bindings(fleet) == {(TEAM_B, SHARED), (ADMIN, SHARED)}
@@ -136,19 +167,11 @@ def test_a_key_bound_since_the_plan_changes_nothing_the_reviewer_was_told(tmp_pa
 
 def test_a_warned_lockout_is_carried_out_as_reviewed(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path, {TEAM_A: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    code, stdout, _ = _plan(desired, fleet, plan)
-    assert code == 0 and "removes the last key of" in stdout
-    assert run_cli("apply", str(plan))[0] == 0
-    assert _bindings(fleet) == set()
+    _warned_and_applied_as_reviewed(_desired(tmp_path / "a.yaml", DROP_A), fleet, tmp_path / "a.json")
 
 
 def test_a_state_change_is_said_once(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: [], TEAM_B: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path, TWO_KEYS, {TEAM_A: [], TEAM_B: []})
     FleetState.from_file(fleet, persist=True).set_instance_status(REGION, SHARED, 2)
     code, _, err = run_cli("apply", str(plan))
     # In the words of the API the plan was made with (3.0, the default).
@@ -156,10 +179,7 @@ def test_a_state_change_is_said_once(tmp_path: Path) -> None:
 
 
 def test_a_renamed_key_makes_the_plan_stale(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path)
     data = yaml.safe_load(fleet.read_text())
     data["regions"][REGION]["keys"][0]["name"] = "someone-else"
     fleet.write_text(yaml.safe_dump(data))
@@ -172,10 +192,7 @@ def test_a_renamed_key_makes_the_plan_stale(tmp_path: Path) -> None:
 
 def test_a_plan_applied_part_way_is_applied_again_to_finish_it(tmp_path: Path) -> None:
     shared = [f"ins-web0000{n}" for n in range(1, 5)]
-    fleet = _fleet(tmp_path, {TEAM_A: shared, ADMIN: shared}, tuple(shared))
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path, {TEAM_A: shared, ADMIN: shared}, DROP_A, tuple(shared))
     # The first apply got as far as two instances (the executor's own effect, as a crash leaves it).
     state = FleetState.from_file(fleet, persist=True)
     for iid in shared[:2]:
@@ -193,10 +210,7 @@ def test_a_plan_applied_part_way_is_applied_again_to_finish_it(tmp_path: Path) -
 
 
 def test_a_finished_plan_applied_again_says_so_sends_nothing_and_exits_0(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    *_, plan = _planned(tmp_path)
     assert run_cli("apply", str(plan))[0] == 0
     audit = tmp_path / "audit.jsonl"
     code, _, err = run_cli("apply", str(plan), "--audit-log", str(audit))
@@ -214,10 +228,7 @@ def test_the_example_plan_applied_again_exits_0(example: tuple[Path, Path], tmp_
 
 
 def test_replay_after_the_file_changed_is_refused(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, desired, plan = _planned(tmp_path)
     assert run_cli("apply", str(plan))[0] == 0
     # Re-bound from the console, and the file now allows exactly that binding.
     FleetState.from_file(fleet, persist=True).set_binding(REGION, TEAM_A, SHARED, True)
@@ -235,7 +246,7 @@ def test_replay_after_the_file_changed_is_refused(tmp_path: Path) -> None:
 
 
 def test_sources_are_looked_for_where_plan_ran(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
+    fleet = _fleet(tmp_path, TWO_KEYS)
     repo = tmp_path / "repo"
     repo.mkdir()
     _desired(repo / "a.yaml", {TEAM_A: []})
@@ -257,10 +268,7 @@ def test_sources_are_looked_for_where_plan_ran(tmp_path: Path) -> None:
 
 
 def test_plan_out_with_errors_leaves_nothing_appliable(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, desired, plan = _planned(tmp_path)
     _desired(desired, {TEAM_A: [], "skey-absent01": []})  # an error: the key does not exist
     code, _, err = _plan(desired, fleet, plan)
     assert code == 1 and "apply refuses it" in err
@@ -271,10 +279,7 @@ def test_plan_out_with_errors_leaves_nothing_appliable(tmp_path: Path) -> None:
 
 
 def test_max_age(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    *_, plan = _planned(tmp_path)
     data = json.loads(plan.read_text())
     data["created_at"] = "2020-01-01T00:00:00+00:00"
     data["integrity"]["digest"] = canonical_digest(data)
@@ -308,10 +313,9 @@ class _Hooks:
 
 def test_an_unexpected_exception_after_real_unbinds_still_reports_them(tmp_path: Path) -> None:
     shared = [f"ins-web0000{n}" for n in range(1, 4)]
-    fleet = _fleet(tmp_path, {TEAM_A: shared, TEAM_B: shared, ADMIN: shared}, tuple(shared))
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: [], TEAM_B: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(
+        tmp_path, {TEAM_A: shared, TEAM_B: shared, ADMIN: shared}, {TEAM_A: [], TEAM_B: []}, tuple(shared)
+    )
     request = operations.ApplyRequest((plan,), operations.CloudRequest(ConnectOptions()))
     outcome = operations.apply(request, _Hooks(), threading.Event())
     result = outcome.result
@@ -339,10 +343,7 @@ def test_audit_log_escapes_lone_surrogates_and_a_failing_log_keeps_the_result(tm
     assert line["message"] == "bad \udc80 name" and log.failure is None
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path)
     code, out, err = run_cli("apply", str(plan), "--audit-log", "/dev/full")
     assert code == 1 and "Apply complete: 1 done" in out and "audit log /dev/full could not be written" in err
     assert (TEAM_A, SHARED) not in _bindings(fleet)
@@ -360,8 +361,8 @@ def test_audit_log_escapes_lone_surrogates_and_a_failing_log_keeps_the_result(tm
     ],
 )
 def test_numeric_options_are_bounded(tmp_path: Path, option: str, value: str) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    desired = _desired(tmp_path / "a.yaml", DROP_A)
     code, _, err = run_cli("apply", str(desired), "--emulator", str(fleet), "--auto-approve", option, value)
     assert code == 1 and option in err
     assert len(_bindings(fleet)) == 2
@@ -387,10 +388,7 @@ def test_a_resealed_plan_cannot_call_itself_safe(tmp_path: Path) -> None:
 
 
 def test_an_emulator_plan_opens_only_a_fleet_file(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    *_, plan = _planned(tmp_path)
     secret = tmp_path / "token"
     secret.write_text("api_token: s3cr3t-t0ken-value\nother: 1\n")
     data = json.loads(plan.read_text())
@@ -403,10 +401,7 @@ def test_an_emulator_plan_opens_only_a_fleet_file(tmp_path: Path) -> None:
 
 
 def test_emulator_named_another_way_is_the_same_fleet(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, _, plan = _planned(tmp_path)
     (tmp_path / "sub").mkdir()
     roundabout = tmp_path / "sub" / ".." / "fleet.yaml"
     assert run_cli("apply", str(plan), "--emulator", str(roundabout))[0] == 0
@@ -417,18 +412,16 @@ def test_emulator_named_another_way_is_the_same_fleet(tmp_path: Path) -> None:
 
 
 def test_the_url_given_to_plan_works_for_apply(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    desired = _desired(tmp_path / "a.yaml", DROP_A)
     plan = tmp_path / "a.json"
-    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
-    state = FleetState.from_file(fleet, persist=True)
-    with serve_in_thread(EmulatorApp(state)) as server:
+    with _served(fleet) as (state, server):
         base = server.url.removesuffix("/v2/index.php")
-        code, _, err = run_cli("plan", str(desired), "--endpoint", base, "--out", str(plan), env=env)
+        code, _, err = run_cli("plan", str(desired), "--endpoint", base, "--out", str(plan), env=ENV)
         assert code == 0, err
         # An endpoint without a path is API 3.0's (the default): its root.
         assert json.loads(plan.read_text())["endpoint"] == f"{base}/"
-        code, _, err = run_cli("apply", str(plan), "--endpoint", base + "/", env=env)
+        code, _, err = run_cli("apply", str(plan), "--endpoint", base + "/", env=ENV)
         assert code == 0, err
         assert state.bindings(REGION) == {(TEAM_B, SHARED)}
 
@@ -441,8 +434,8 @@ def test_plan_files_are_read_bounded(tmp_path: Path) -> None:
 
 
 def test_plan_out_slash_is_a_clean_error(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    desired = _desired(tmp_path / "a.yaml", DROP_A)
     code, _, err = _plan(desired, fleet, Path("/"))
     assert code == 1 and "is a directory" in err and "internal error" not in err
 
@@ -473,8 +466,8 @@ def test_import_region_did_you_mean_and_empty_region_warning(tmp_path: Path) -> 
 
 
 def test_plural_and_attempts_are_said_right(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    desired = _desired(tmp_path / "a.yaml", DROP_A)
     _, out, _ = run_cli("plan", str(desired), "--emulator", str(fleet), "--max-unbinds", "0")
     assert "1 unbind is over max_unbinds 0" in out and "1 unbinds" not in out
 
@@ -527,16 +520,14 @@ def _mangling_proxy(target: str, action: str) -> tuple[Any, str]:
 
 
 def test_a_broken_content_encoding_mid_apply_is_observed_not_an_internal_error(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
+    fleet = _fleet(tmp_path, TWO_KEYS)
+    desired = _desired(tmp_path / "a.yaml", DROP_A)
     plan = tmp_path / "a.json"
-    env = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
-    state = FleetState.from_file(fleet, persist=True)
-    with serve_in_thread(EmulatorApp(state)) as server:
+    with _served(fleet) as (state, server):
         proxy, url = _mangling_proxy(server.url, "UnBindInstanceKey")
         try:
-            assert run_cli("plan", str(desired), "--endpoint", url, "--out", str(plan), env=env)[0] == 0
-            code, out, err = run_cli("apply", str(plan), "--endpoint", url, "--format", "json", env=env)
+            assert run_cli("plan", str(desired), "--endpoint", url, "--out", str(plan), env=ENV)[0] == 0
+            code, out, err = run_cli("apply", str(plan), "--endpoint", url, "--format", "json", env=ENV)
         finally:
             proxy.shutdown()
     assert "internal error" not in err
@@ -547,10 +538,7 @@ def test_a_broken_content_encoding_mid_apply_is_observed_not_an_internal_error(t
 
 
 def test_a_plan_that_fails_removes_the_older_plan_from_out(tmp_path: Path) -> None:
-    fleet = _fleet(tmp_path, {TEAM_A: [SHARED], TEAM_B: [SHARED]})
-    desired = _desired(tmp_path / "a.yaml", {TEAM_A: []})
-    plan = tmp_path / "a.json"
-    assert _plan(desired, fleet, plan)[0] == 0
+    fleet, desired, plan = _planned(tmp_path)
     env = {"NO_COLOR": "1", "HOME": str(tmp_path)}
     code, _, err = run_cli(
         "plan", str(desired), "--emulator", str(fleet), "--profile", "nosuch", "--out", str(plan), env=env

@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import serve_fleet, served_url
+from support import api_client, serve_fleet, served_url
 from test_stops import KEEP, OLD, PROTECTED, REGION, desired_text, fleet_data, only, running_ids, stopped_ids
 
-from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
-from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.model import ApiVersion
 
@@ -58,9 +56,7 @@ class Served:
     def client(self) -> CloudClient:
         """The poller's and the assertions' own client, over the same API as the CLI."""
         credentials = Credentials(self.em.secret_id, self.em.secret_key)
-        if self.api is ApiVersion.V2:
-            return CvmClient(credentials, REGION, endpoint=self.url, rate_limit=None)
-        return Api3Client(credentials, REGION, endpoint=self.url, rate_limits=None)
+        return api_client(self.api.value, credentials, REGION, endpoint=self.url)
 
     def plan(self, disruption: str | None = f"max_stopped: {BUDGET}") -> Path:
         """``cvmkeys plan bindings.yaml --endpoint URL --out plan.json``: the API comes from the
@@ -83,9 +79,25 @@ class Served:
         pipe = subprocess.PIPE
         return subprocess.Popen(command, env=self.env, stdout=pipe, stderr=pipe, text=True)
 
+    def watched_apply(
+        self, disruption: str | None = f"max_stopped: {BUDGET}"
+    ) -> tuple[Path, Poller, subprocess.Popen[str]]:
+        """The saved plan, a poller watching the instances, and ``cvmkeys apply`` of the plan
+        started: how every run here begins."""
+        plan = self.plan(disruption)
+        poller = Poller(self.client())
+        poller.start()
+        return plan, poller, self.apply(plan)
+
     def close(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Poller(threading.Thread):
@@ -114,6 +126,16 @@ class Poller(threading.Thread):
             self.polls += 1
             time.sleep(0.005)
 
+    def wait_down(self, count: int, proc: subprocess.Popen[str]) -> None:
+        """Until the poller has seen ``count`` instances go down, or apply has ended (60 s at most)."""
+        deadline = time.monotonic() + 60
+        while len(self.seen_down) < count and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
 
 def states_and_bindings(client: CloudClient) -> tuple[dict[str, str], set[tuple[str, str]]]:
     ids = [*running_ids(RUNNING), *stopped_ids(STOPPED), PROTECTED]
@@ -139,21 +161,13 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
     api: ApiVersion, seed: int, tmp_path: Path
 ) -> None:
     rng = random.Random(seed * 10 + (api is ApiVersion.V3))
-    served = Served(tmp_path, api)
-    try:
+    with Served(tmp_path, api) as served:
         client = served.client()
-        plan = served.plan()
-        poller = Poller(served.client())
-        poller.start()
-
-        proc = served.apply(plan)
+        plan, poller, proc = served.watched_apply()
         if seed == 1:  # during start-up, the stale check, or the first stops
             time.sleep(rng.uniform(0.2, 1.0))
         else:  # once the poller has seen n instances go down, at a random moment after that
-            n = rng.randint(1, RUNNING - 1)
-            deadline = time.monotonic() + 60
-            while len(poller.seen_down) < n and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.002)
+            poller.wait_down(rng.randint(1, RUNNING - 1), proc)
             time.sleep(rng.uniform(0.0, 0.3))
         killed = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
@@ -168,8 +182,7 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
         again = served.apply(plan)
         out, err = again.communicate(timeout=120)
         assert again.returncode in (0, 3), out + err  # 3: nothing failed, protected/blocked remain
-        poller.done.set()
-        poller.join()
+        poller.stop()
 
         states, bound = states_and_bindings(client)
         assert only(states, running_ids(RUNNING)) == dict.fromkeys(running_ids(RUNNING), "running")
@@ -181,52 +194,34 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
         assert poller.max_down <= BUDGET, poller.max_down
         assert poller.protected == {"running"}
         assert killed, "apply finished before it was killed"
-    finally:
-        served.close()
 
 
 def test_served_apply_without_disruption_stops_nothing(tmp_path: Path) -> None:
-    served = Served(tmp_path, ApiVersion.V2)
-    try:
-        out = served.plan(None)
-        poller = Poller(served.client())
-        poller.start()
-        proc = served.apply(out)
+    with Served(tmp_path, ApiVersion.V2) as served:
+        _, poller, proc = served.watched_apply(None)
         stdout, stderr = proc.communicate(timeout=60)
-        poller.done.set()
-        poller.join()
+        poller.stop()
         assert proc.returncode == 3, stdout + stderr  # the running instances' unbinds stay blocked
         assert poller.max_down == 0 and poller.polls > 0
         states, bound = states_and_bindings(served.client())
         assert all(states[iid] == "running" for iid in running_ids(RUNNING))
         assert {(OLD, iid) for iid in running_ids(RUNNING)} <= bound
-    finally:
-        served.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_starts_what_apply_stopped_before_it_exits(
     sig: signal.Signals, tmp_path: Path
 ) -> None:
-    served = Served(tmp_path, ApiVersion.V2)
-    try:
+    with Served(tmp_path, ApiVersion.V2) as served:
         client = served.client()
-        plan = served.plan()
-        poller = Poller(served.client())
-        poller.start()
-        proc = served.apply(plan)
-        deadline = time.monotonic() + 60
-        while not poller.seen_down and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
+        _, poller, proc = served.watched_apply()
+        poller.wait_down(1, proc)
         assert proc.poll() is None, "apply finished before the signal"
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-        poller.done.set()
-        poller.join()
+        poller.stop()
         assert proc.returncode == 130, out + err
         states, _ = states_and_bindings(client)
         assert only(states, running_ids(RUNNING)) == dict.fromkeys(running_ids(RUNNING), "running")
         assert poller.max_down <= BUDGET
         assert 1 <= len(poller.seen_down) < RUNNING  # it stopped some, then no new ones
-    finally:
-        served.close()
