@@ -4,7 +4,7 @@
 the single-region plan document (``core.document``, its own integrity digest included), inside
 a small envelope::
 
-    {"format_version": "3.0", "kind": "cvmkeys-plan-set",
+    {"format_version": "3.1", "kind": "cvmkeys-plan-set",
      "plans": [<plan>, <plan>, ...], "integrity": {"algorithm": "sha256", "digest": "..."}}
 
 The plans are sorted by region, at least two, no region twice; the envelope's digest covers
