@@ -494,18 +494,13 @@ def run_inprocess(p: Prepared, settings: Settings, *, tool_alone: bool = True) -
 def _peer_client(api: str, url: str, region: str, rate: float | None) -> Any:
     """Our own client for the peers (same signing and rate limits as the tool: ``rate`` for
     every action, or None: the documented ones)."""
+    from reconciler.cloud.api3 import Api3Client
+    from reconciler.cloud.client import CvmClient
     from reconciler.cloud.credentials import Credentials
 
-    if api == "2.0":
-        from reconciler.cloud.client import CvmClient
-
-        limits = DOCUMENTED_RATE_LIMITS if rate is None else rate
-        return CvmClient(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limit=limits)
-    from reconciler.cloud.api3 import Api3Client
-
-    # The tool's limits: the documented ones (None), or one rate for every action.
-    rates = DOCUMENTED_RATE_LIMITS if rate is None else dict.fromkeys(DOCUMENTED_RATE_LIMITS, rate)
-    return Api3Client(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limits=rates)
+    client_class = CvmClient if api == "2.0" else Api3Client
+    limits = DOCUMENTED_RATE_LIMITS if rate is None else rate
+    return client_class(Credentials(SECRET_ID, SECRET_KEY), region, endpoint=url, rate_limit=limits)
 
 
 def _scaled(run: PeerResult, done: int, total: int) -> dict[str, Any]:

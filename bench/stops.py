@@ -71,7 +71,7 @@ def client_for(api: ApiVersion, url: str) -> CloudClient:
     credentials = Credentials(SECRET_ID, SECRET_KEY)
     if api is ApiVersion.V2:
         return CvmClient(credentials, REGION, endpoint=url + "v2/index.php", rate_limit=None)
-    return Api3Client(credentials, REGION, endpoint=url, rate_limits=None)
+    return Api3Client(credentials, REGION, endpoint=url, rate_limit=None)
 
 
 class DownPoller(threading.Thread):

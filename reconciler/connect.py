@@ -66,7 +66,6 @@ if TYPE_CHECKING:  # imported lazily below: only --emulator needs the emulator
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_RATE_LIMIT = DOCUMENTED_RATE_LIMITS  # per action: DescribeInstances 40 a second, the rest 10
 # In-process requests carry these URLs; loopback, so the http:// rule is satisfied honestly.
 EMULATOR_URL = "http://localhost/v2/index.php"
 EMULATOR_URL3 = "http://localhost/"
@@ -271,30 +270,26 @@ def connect(
         raise ConfigError("give --emulator or --endpoint, not both")
     api = choose_api(options)
     # The in-process emulator has no rate limit to respect: throttling it would only slow demos.
-    in_process = options.emulator is not None
-    default_rate = None if in_process else DEFAULT_RATE_LIMIT
-    rate_limit = options.rate_limit if options.rate_limit is not None else default_rate
+    # Otherwise each action's documented figure, or --rate-limit's one rate (0: none), either API.
+    documented = None if options.emulator is not None else DOCUMENTED_RATE_LIMITS
+    rate_limit = options.rate_limit if options.rate_limit is not None else documented
     # What both APIs' clients are given alike, whichever is made.
     tuning = TuningArgs(timeout=options.timeout, max_attempts=options.max_attempts, on_attempt=on_attempt)
 
     def make_client(
         credentials: CredentialsProvider, endpoint: str, via: httpx.BaseTransport | None
     ) -> CloudClient:
+        client_class: Callable[..., CloudClient]
         if api is ApiVersion.V3:
-            from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client
+            from reconciler.cloud.api3 import Api3Client
 
-            if options.rate_limit is not None:
-                # --rate-limit caps every action (0: none); otherwise the documented figures.
-                rate = options.rate_limit
-                limits = None if not rate else dict.fromkeys(DEFAULT_RATE_LIMITS, rate)
-            else:
-                limits = None if in_process else dict(DEFAULT_RATE_LIMITS)
-            return Api3Client(
-                credentials, region, endpoint=endpoint, transport=via, rate_limits=limits, **tuning
-            )
-        from reconciler.cloud.client import CvmClient
+            client_class = Api3Client
+        else:
+            from reconciler.cloud.client import CvmClient
 
-        return CvmClient(
+            client_class = CvmClient
+        # Both take the same keywords for these (cloud.retry.TuningArgs for the rest).
+        return client_class(
             credentials, region, endpoint=endpoint, transport=via, rate_limit=rate_limit, **tuning
         )
 

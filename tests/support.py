@@ -17,7 +17,7 @@ from conftest import Emulator
 from typer.testing import CliRunner
 
 from reconciler.cli import app
-from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client
+from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
 from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
@@ -104,11 +104,10 @@ def api_client(
     the client as they are, but for 2.0's ``http_method``, which 3.0 has not."""
     if api == "3.0":
         options.pop("http_method", None)
-        rates = None if rate_limit is None else dict.fromkeys(DEFAULT_RATE_LIMITS, rate_limit)
-        kind, url, limits = Api3Client, EMULATOR_URL3, {"rate_limits": rates}
+        kind, url = Api3Client, EMULATOR_URL3
     else:
-        kind, url, limits = CvmClient, EMULATOR_URL, {"rate_limit": rate_limit}
-    return kind(credentials, region, endpoint=endpoint or url, **limits, **options)
+        kind, url = CvmClient, EMULATOR_URL
+    return kind(credentials, region, endpoint=endpoint or url, rate_limit=rate_limit, **options)
 
 
 def emulator_client(emulator: EmulatorApp, region: str, api: str = "2.0", **options: Any) -> CloudClient:

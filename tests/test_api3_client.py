@@ -18,11 +18,12 @@ import pytest
 from support import FakeTime
 from support_api3 import FakeTencent
 
-from reconciler.cloud.api3 import DEFAULT_RATE_LIMITS, Api3Client, instance_state
+from reconciler.cloud.api3 import Api3Client, instance_state
 from reconciler.cloud.client import AttemptRecord
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.endpoint import api3_endpoint
 from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
+from reconciler.model import DOCUMENTED_RATE_LIMITS as LIMITS
 from reconciler.model import ApiVersion, InstanceState
 
 SECRET_ID = "AKIDapi3test000000000000000000000000"
@@ -43,7 +44,7 @@ class Env:
         self.server = FakeTencent(self.time.clock)
         self.server.add_secret(SECRET_ID, SECRET_KEY)
         self.records: list[AttemptRecord] = []
-        options.setdefault("rate_limits", None)
+        options.setdefault("rate_limit", None)
         self.options = options
 
     def client(self, credentials: Credentials | None = None, **more: Any) -> Api3Client:
@@ -69,11 +70,9 @@ def test_it_is_a_3_0_client_with_the_documented_defaults(env: Env) -> None:
         assert client.api is ApiVersion.V3
         assert client.endpoint == "https://cvm.tencentcloudapi.com/"
         assert SECRET_KEY not in repr(client) and SECRET_ID not in repr(client)
-    assert DEFAULT_RATE_LIMITS["DescribeInstances"] == 40
-    assert (
-        DEFAULT_RATE_LIMITS["DescribeKeyPairs"] == DEFAULT_RATE_LIMITS["DisassociateInstancesKeyPairs"] == 10
-    )
-    assert DEFAULT_RATE_LIMITS["StopInstances"] == DEFAULT_RATE_LIMITS["StartInstances"] == 10
+    assert LIMITS["DescribeInstances"] == 40
+    assert LIMITS["DescribeKeyPairs"] == LIMITS["DisassociateInstancesKeyPairs"] == 10
+    assert LIMITS["StopInstances"] == LIMITS["StartInstances"] == 10
 
 
 def test_all_key_pairs_in_pages_of_100_with_their_bindings(env: Env) -> None:
@@ -269,7 +268,7 @@ def test_connection_refused_is_a_transport_error_not_sent() -> None:
         endpoint=f"http://127.0.0.1:{port}/",
         clock=time.clock,
         sleep=time.sleep,
-        rate_limits=None,
+        rate_limit=None,
         max_attempts=2,
     )
     with client, pytest.raises(TransportError) as info:
@@ -302,7 +301,7 @@ def test_a_clock_off_by_more_than_5_minutes_is_signature_expire(env: Env) -> Non
         transport=env.server.transport(),
         clock=skewed.clock,
         sleep=skewed.sleep,
-        rate_limits=None,
+        rate_limit=None,
     )
     with client, pytest.raises(ApiError) as info:
         client.describe_instances([ins(1)])
@@ -368,7 +367,7 @@ def test_limits_and_bad_ids_are_refused_before_any_call(env: Env) -> None:
 
 
 def test_per_action_rate_limits_from_the_documented_figures() -> None:
-    env = Env(rate_limits={})  # {}: the documented defaults
+    env = Env(rate_limit={})  # {}: the documented defaults
     for n in range(3):
         env.server.add_key(key(n), bound=[ins(n)])
     with env.client() as client:
@@ -398,7 +397,7 @@ def test_endpoints_regional_international_and_checked(env: Env) -> None:
     with pytest.raises(ConfigError, match="user info"):
         env.client(endpoint="https://u:p@cvm.tencentcloudapi.com/")
     with pytest.raises(ConfigError, match="rate limit"):
-        env.client(rate_limits={"DescribeInstances": 0})
+        env.client(rate_limit={"DescribeInstances": 0})
 
 
 
@@ -423,7 +422,7 @@ def test_answers_of_the_wrong_shape_are_transport_errors(env: Env) -> None:
         Credentials(SECRET_ID, SECRET_KEY),
         "ap-guangzhou",
         transport=httpx.WSGITransport(app=app),
-        rate_limits=None,
+        rate_limit=None,
     )
     with client, pytest.raises(TransportError, match="not an instance ID") as info:
         client.describe_instances([ins(1)])
@@ -449,7 +448,7 @@ def test_over_a_real_socket_and_from_many_threads(env: Env) -> None:
             Credentials(SECRET_ID, SECRET_KEY),
             "ap-guangzhou",
             endpoint=url,
-            rate_limits=None,
+            rate_limit=None,
             clock=env.time.clock,
         )
         with client, ThreadPoolExecutor(6) as pool:

@@ -38,7 +38,7 @@ def app(tmp_path: Path) -> EmulatorApp:
 
 def _client(app: EmulatorApp, key: str = SECRET_KEY, secret_id: str = SECRET_ID) -> Api3Client:
     return Api3Client(
-        Credentials(secret_id, key), "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limits=None
+        Credentials(secret_id, key), "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limit=None
     )
 
 
@@ -107,12 +107,12 @@ def test_sts_caller_identity_and_an_assumed_role(app: EmulatorApp) -> None:
     temporary = sts.assume_role(base, role_arn=role, session_name="t1", duration_s=900)
     assert temporary.temporary
     with Api3Client(
-        temporary, "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limits=None
+        temporary, "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limit=None
     ) as client:
         assert client.describe_instances(["ins-1a2b3c4d"])
     without_token = Credentials(temporary.secret_id, temporary.secret_key)
     with Api3Client(
-        without_token, "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limits=None
+        without_token, "ap-guangzhou", endpoint=URL, transport=transport(app), rate_limit=None
     ) as c, pytest.raises(ApiError) as info:
         c.describe_instances(["ins-1a2b3c4d"])
     assert info.value.kind is ApiErrorKind.AUTH

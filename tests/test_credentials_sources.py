@@ -67,7 +67,7 @@ class World:
             transport=self.server.transport(),
             clock=self.time.clock,
             sleep=self.time.sleep,
-            rate_limits=None,
+            rate_limit=None,
         )
 
     def profile(self, name: str, content: dict[str, Any], folder: Path | None = None) -> Path:

@@ -155,6 +155,12 @@ def test_the_client_goes_at_the_documented_rate_of_each_action() -> None:
     assert ActionRateLimiter(DOCUMENTED_RATE_LIMITS).rate_of("SomethingNew") == 10.0
     with pytest.raises(ValueError):
         ActionRateLimiter({"DescribeInstances": 0.0})
+    # A table overrides the documented figures for the actions it names (both clients, one rule);
+    # one number is every action's rate, named or not.
+    partial = ActionRateLimiter({"DescribeKeyPairs": 2.0})
+    assert partial.rate_of("DescribeKeyPairs") == 2.0 and partial.rate_of("DescribeInstances") == 40.0
+    assert ActionRateLimiter(3.0).rate_of("SomethingNew") == 3.0
+    assert not ActionRateLimiter(0).enabled and not ActionRateLimiter(None).enabled
 
 
 def test_the_served_emulator_enforces_the_documented_limits_by_default(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def make_client(app: EmulatorApp, api: ApiVersion, **options: Any) -> CloudClien
         return CvmClient(
             credentials, REGION, endpoint=EMULATOR_URL, transport=transport(app), rate_limit=None, **options
         )
-    return Api3Client(credentials, REGION, endpoint=EMULATOR3_URL, transport=transport(app), rate_limits=None)
+    return Api3Client(credentials, REGION, endpoint=EMULATOR3_URL, transport=transport(app), rate_limit=None)
 
 
 def plan_for(app: EmulatorApp, api: ApiVersion, tmp_path: Path, text: str, **options: Any) -> Plan:

@@ -35,6 +35,7 @@ from reconciler.cloud.base import (
 from reconciler.cloud.client import _batch_ids
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH
+from reconciler.cloud.ratelimit import client_rate_limiter
 from reconciler.cloud.retry import ClientTuning, TuningArgs
 from reconciler.cloud.tc3call import (
     Tc3Auth,
@@ -46,10 +47,8 @@ from reconciler.cloud.tc3call import (
     shape_error,
 )
 from reconciler.common import short_repr as _show
-from reconciler.errors import ConfigError
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
-    DEFAULT_RATE_LIMIT,
     DOCUMENTED_RATE_LIMITS,
     ApiVersion,
     Instance,
@@ -64,7 +63,6 @@ MAX_IDS_PER_CALL = 100  # InstanceIds and KeyIds of every action
 DISASSOCIATE = "DisassociateInstancesKeyPairs"
 MUTATING_ACTIONS = frozenset({DISASSOCIATE, "AssociateInstancesKeyPairs", "StopInstances", "StartInstances"})
 # Requests a second per action, as documented (cvm-api-3.0.md section 6): the one table.
-DEFAULT_RATE_LIMITS: Mapping[str, float] = DOCUMENTED_RATE_LIMITS
 
 # The one map from 3.0's InstanceState to the API-neutral state; anything else is OTHER.
 INSTANCE_STATES: Mapping[str, InstanceState] = {
@@ -144,11 +142,12 @@ class Api3Client(PooledClient):
     ``credentials`` may be fixed :class:`Credentials` or a provider asked on every attempt
     (temporary credentials renewed before they expire). ``endpoint`` is the default
     ``https://cvm.tencentcloudapi.com/`` (``reconciler.cloud.endpoint.api3_endpoint`` builds the
-    regional and international ones). ``rate_limits`` overrides the documented per-action
-    figures (:data:`DEFAULT_RATE_LIMITS`); ``None`` disables client-side limiting (the in-process
-    emulator). ``transport`` replaces the network; the other keywords (attempts, backoff,
-    timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``, ``on_attempt``) are
-    ``retry.TuningArgs``, as the 2.0 client's.
+    regional and international ones). ``rate_limit`` is as the 2.0 client's
+    (``ratelimit.ActionRateLimiter``): by default the documented per-action figures
+    (``model.DOCUMENTED_RATE_LIMITS``), one rate for all, or a table over them; ``None`` disables
+    client-side limiting (the in-process emulator). ``transport`` replaces the network; the other
+    keywords (attempts, backoff, timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``,
+    ``on_attempt``) are ``retry.TuningArgs``, as the 2.0 client's.
     """
 
     api = ApiVersion.V3
@@ -161,15 +160,10 @@ class Api3Client(PooledClient):
         *,
         endpoint: str = API3_ENDPOINT,
         transport: httpx.BaseTransport | None = None,
-        rate_limits: Mapping[str, float] | None = DEFAULT_RATE_LIMITS,
+        rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
         **tuning: Unpack[TuningArgs],
     ) -> None:
         provider = self._init_place(credentials, region, endpoint, API3_PATH)
-        if rate_limits is not None:
-            for action, rate in rate_limits.items():
-                if not rate > 0:
-                    raise ConfigError(f"the rate limit of {action} must be a positive number a second")
-            rate_limits = {**DEFAULT_RATE_LIMITS, **rate_limits}
         settings = ClientTuning(**tuning)
         self._caller = Tc3Caller(
             service=SERVICE,
@@ -180,8 +174,7 @@ class Api3Client(PooledClient):
             mutating_actions=MUTATING_ACTIONS,
             transport=transport,
             tuning=settings,
-            rate_limits=rate_limits,
-            default_rate=DEFAULT_RATE_LIMIT,
+            limiter=client_rate_limiter(rate_limit, clock=settings.clock, sleep=settings.sleep),
         )
         self._init_pool(settings.max_workers)
 

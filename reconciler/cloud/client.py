@@ -52,7 +52,7 @@ from reconciler.cloud.base import (
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, DEFAULT_PATH, check_endpoint, http_client
-from reconciler.cloud.ratelimit import ActionRateLimiter
+from reconciler.cloud.ratelimit import client_rate_limiter
 from reconciler.cloud.retry import (
     Attempt,
     ClientTuning,
@@ -315,10 +315,7 @@ class CvmClient(PooledClient):
 
         self.signature_method = signature_method
         self._init_pool(settings.max_workers)
-        try:
-            self._limiter = ActionRateLimiter(rate_limit, clock=settings.clock, sleep=settings.sleep)
-        except ValueError:
-            raise ConfigError("rate_limit must be a non-negative number of requests per second") from None
+        self._limiter = client_rate_limiter(rate_limit, clock=settings.clock, sleep=settings.sleep)
         self._calls: Counter[str] = Counter()
 
         clock = settings.clock

@@ -1,10 +1,11 @@
 """Client-side rate limiting: a thread-safe token bucket per API action.
 
-Used by :class:`reconciler.cloud.client.CvmClient` before every HTTP attempt, so the client stays
-under the API's quota instead of collecting 4400 answers: by default the documented figure of
-each action (``model.DOCUMENTED_RATE_LIMITS``: DescribeInstances 40 a second, the key-pair and
-stop/start actions 10), or one rate for every action (``--rate-limit``). The clock and sleep are
-injected so tests never wait.
+Used by both API clients (``cloud.client``, ``cloud.api3`` through ``cloud.tc3call``) before
+every HTTP attempt, so the client stays under the API's quota instead of collecting 4400 (2.0)
+or RequestLimitExceeded (3.0) answers: by default the documented figure of each action
+(``model.DOCUMENTED_RATE_LIMITS``: DescribeInstances 40 a second, the key-pair and stop/start
+actions 10), or one rate for every action (``--rate-limit``). The clock and sleep are injected
+so tests never wait.
 
 A caller that finds the bucket empty reserves the next token (the count goes negative) and sleeps
 outside the lock for exactly its share, so concurrent callers queue fairly without spinning.
@@ -16,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from reconciler.model import DEFAULT_RATE_LIMIT
+from reconciler.errors import ConfigError
+from reconciler.model import DEFAULT_RATE_LIMIT, DOCUMENTED_RATE_LIMITS
 
 
 class TokenBucket:
@@ -60,28 +62,27 @@ class TokenBucket:
 class ActionRateLimiter:
     """One :class:`TokenBucket` per action name (burst: half its rate, at least 1).
 
-    ``rate`` is one rate for every action, or a table by action (actions it does not name get
-    ``default_rate``); ``None`` or 0 disables limiting."""
+    ``rate`` is one rate for every action, or a table by action over the documented figures
+    (``model.DOCUMENTED_RATE_LIMITS``; an action in neither gets ``DEFAULT_RATE_LIMIT``); ``None``
+    or 0 disables limiting. Both clients take their ``rate_limit`` keyword in this form."""
 
     def __init__(
         self,
         rate: float | Mapping[str, float] | None,
         *,
-        default_rate: float = DEFAULT_RATE_LIMIT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         table: dict[str, float] | None
         if isinstance(rate, Mapping):
-            if any(not value > 0 for value in rate.values()) or not default_rate > 0:
+            if any(not value > 0 for value in rate.values()):
                 raise ValueError("every rate must be a positive number a second")
-            table, single = dict(rate), None
+            table, single = {**DOCUMENTED_RATE_LIMITS, **rate}, None
         else:
             if rate is not None and not rate >= 0:
                 raise ValueError("rate must not be negative")
             table, single = None, rate or None
         self._table = table
-        self._default_rate = default_rate
         self.rate = single  # the one rate of every action, or None (a table, or no limit)
         # Half the rate as burst: the server's bucket (burst = rate, started by our first
         # request) then always holds half a second of tokens in reserve. With a full burst it
@@ -96,7 +97,7 @@ class ActionRateLimiter:
     def rate_of(self, action: str) -> float | None:
         """Requests a second allowed for ``action`` (None: no limit)."""
         if self._table is not None:
-            return self._table.get(action, self._default_rate)
+            return self._table.get(action, DEFAULT_RATE_LIMIT)
         return self.rate
 
     @property
@@ -115,3 +116,19 @@ class ActionRateLimiter:
                 bucket = TokenBucket(rate, max(1.0, rate / 2), clock=self._clock, sleep=self._sleep)
                 self._buckets[action] = bucket
         return bucket.acquire()
+
+
+def client_rate_limiter(
+    rate: float | Mapping[str, float] | None,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> ActionRateLimiter:
+    """A client's limiter from its ``rate_limit`` keyword; a ConfigError when a rate is out of range."""
+    try:
+        return ActionRateLimiter(rate, clock=clock, sleep=sleep)
+    except ValueError:
+        raise ConfigError(
+            "rate_limit: a rate limit is a number of requests a second, positive in a table by "
+            "action, 0 or none for no limit"
+        ) from None

@@ -101,7 +101,6 @@ class StsClient:
             auth=Tc3Auth(provider, service=SERVICE, clock=self._tuning.clock),
             transport=self._transport,
             tuning=self._tuning,
-            rate_limits=None,
         )
 
     def get_caller_identity(self, provider: CredentialsProvider) -> CallerIdentity:

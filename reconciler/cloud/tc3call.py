@@ -32,7 +32,7 @@ from reconciler.cloud.base import AnswerShapeError as _Shape
 from reconciler.cloud.base import AttemptRecord, field_dict, field_int, field_list, field_str, hide
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import http_client
-from reconciler.cloud.ratelimit import TokenBucket
+from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
     Attempt,
     ClientTuning,
@@ -183,9 +183,8 @@ class Tc3Auth(httpx.Auth):
 class Tc3Caller:
     """Sends 3.0 calls of one service to one endpoint; thread-safe.
 
-    ``rate_limits`` maps actions to requests a second (client-side token buckets, burst half the
-    rate, as ``ratelimit.ActionRateLimiter`` explains); actions not in it get ``default_rate``;
-    ``rate_limits=None`` disables limiting. ``tuning``: attempts, backoff, timeout, clock, sleep,
+    ``limiter`` is the client's rate limiter (``ratelimit.ActionRateLimiter``), asked before every
+    attempt; ``None``: no limit. ``tuning``: attempts, backoff, timeout, clock, sleep,
     jitter and the attempt callback (``max_workers`` is not used here).
     """
 
@@ -200,8 +199,7 @@ class Tc3Caller:
         mutating_actions: frozenset[str] = frozenset(),
         transport: httpx.BaseTransport | None = None,
         tuning: ClientTuning | None = None,
-        rate_limits: Mapping[str, float] | None = None,
-        default_rate: float | None = None,
+        limiter: ActionRateLimiter | None = None,
     ) -> None:
         self.service = service
         self.version = version
@@ -211,10 +209,8 @@ class Tc3Caller:
         self._mutating = mutating_actions
         self._tuning = tuning if tuning is not None else ClientTuning()
         self._retrier = Retrier(self._tuning, logger)
-        self._rates = None if rate_limits is None else dict(rate_limits)
-        self._default_rate = default_rate
+        self._limiter = limiter
         self._lock = threading.Lock()
-        self._buckets: dict[str, TokenBucket | None] = {}
         self._calls: Counter[str] = Counter()
         self._closed = False
         self._http = http_client(endpoint, auth, transport, self._tuning.timeout)
@@ -228,18 +224,6 @@ class Tc3Caller:
         with self._lock:
             self._closed = True
         self._http.close()
-
-    def _bucket(self, action: str) -> TokenBucket | None:
-        with self._lock:
-            if action not in self._buckets:
-                rate = None if self._rates is None else self._rates.get(action, self._default_rate)
-                tuning = self._tuning
-                self._buckets[action] = (
-                    TokenBucket(rate, max(1.0, rate / 2), clock=tuning.clock, sleep=tuning.sleep)
-                    if rate
-                    else None
-                )
-            return self._buckets[action]
 
     def call(
         self,
@@ -296,9 +280,8 @@ class Tc3Caller:
         return result, last.number, last.request_id
 
     def _wait(self, action: str) -> None:
-        bucket = self._bucket(action)
-        if bucket is not None:
-            bucket.acquire()
+        if self._limiter is not None:
+            self._limiter.acquire(action)
 
     def _send(self, action: str, body: bytes, answer: Attempt) -> dict[str, Any]:
         """One HTTP exchange; the ``Response`` object of an HTTP 200 JSON answer."""
