@@ -273,12 +273,18 @@ def connect(
     # Otherwise each action's documented figure, or --rate-limit's one rate (0: none), either API.
     documented = None if options.emulator is not None else DOCUMENTED_RATE_LIMITS
     rate_limit = options.rate_limit if options.rate_limit is not None else documented
-    # What both APIs' clients are given alike, whichever is made.
-    tuning = TuningArgs(timeout=options.timeout, max_attempts=options.max_attempts, on_attempt=on_attempt)
 
     def make_client(
         credentials: CredentialsProvider, endpoint: str, via: httpx.BaseTransport | None
     ) -> CloudClient:
+        # What both APIs' clients are given alike, whichever is made.
+        tuning = TuningArgs(
+            transport=via,
+            rate_limit=rate_limit,
+            timeout=options.timeout,
+            max_attempts=options.max_attempts,
+            on_attempt=on_attempt,
+        )
         client_class: Callable[..., CloudClient]
         if api is ApiVersion.V3:
             from reconciler.cloud.api3 import Api3Client
@@ -288,10 +294,7 @@ def connect(
             from reconciler.cloud.client import CvmClient
 
             client_class = CvmClient
-        # Both take the same keywords for these (cloud.retry.TuningArgs for the rest).
-        return client_class(
-            credentials, region, endpoint=endpoint, transport=via, rate_limit=rate_limit, **tuning
-        )
+        return client_class(credentials, region, endpoint=endpoint, **tuning)
 
     environ = options.environ
     if options.emulator is not None:

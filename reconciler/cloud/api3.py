@@ -18,25 +18,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
-
-if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
-    from typing_extensions import Unpack
-
+from reconciler.cloud.base import AnswerShapeError as _Shape
 from reconciler.cloud.base import (
     CallResult,
-    PooledClient,
+    check_answered,
     check_key_id,
     id_list,
-    unasked_or_miscounted,
 )
 from reconciler.cloud.client import _batch_ids
-from reconciler.cloud.credentials import Credentials, CredentialsProvider
+from reconciler.cloud.credentials import CredentialsProvider
 from reconciler.cloud.endpoint import API3_ENDPOINT, API3_PATH
-from reconciler.cloud.ratelimit import client_rate_limiter
-from reconciler.cloud.retry import ClientTuning, TuningArgs
+from reconciler.cloud.pooled import PooledClient
+from reconciler.cloud.retry import ClientTuning
 from reconciler.cloud.tc3call import (
     Tc3Auth,
     Tc3Caller,
@@ -44,12 +39,10 @@ from reconciler.cloud.tc3call import (
     field_int,
     field_list,
     field_str,
-    shape_error,
 )
 from reconciler.common import short_repr as _show
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
-    DOCUMENTED_RATE_LIMITS,
     ApiVersion,
     Instance,
     InstanceState,
@@ -85,7 +78,7 @@ def _required_id(item: Mapping[str, Any], name: str, is_id: Callable[[object], b
     """The ID field ``name`` of an answer's entry, which must be an ID (``is_id``)."""
     value = field_str(item, name)
     if not is_id(value):
-        raise shape_error(f"{name} {_show(value)} is not {what}")
+        raise _Shape(f"{name} {_show(value)} is not {what}")
     assert value is not None
     return value
 
@@ -96,7 +89,7 @@ def _parse_key(entry: object) -> KeyPair:
     bound = field_list(item, "AssociatedInstanceIds", optional=True)
     for instance_id in bound:
         if not is_instance_id(instance_id):
-            raise shape_error(f"AssociatedInstanceIds of {key_id} holds {_show(instance_id)}")
+            raise _Shape(f"AssociatedInstanceIds of {key_id} holds {_show(instance_id)}")
     return KeyPair(
         key_id=key_id,
         name=field_str(item, "KeyName", optional=True) or "",
@@ -113,7 +106,7 @@ def _parse_instance(entry: object) -> Instance:
         # Only associated keys are listed here; checked so a malformed answer is not trusted.
         for key_id in field_list(field_dict(login, "LoginSettings"), "KeyIds", optional=True):
             if not is_key_id(key_id):
-                raise shape_error(f"LoginSettings.KeyIds of {instance_id} holds {_show(key_id)}")
+                raise _Shape(f"LoginSettings.KeyIds of {instance_id} holds {_show(key_id)}")
     operation_state = field_str(item, "LatestOperationState", optional=True)
     return Instance(
         instance_id=instance_id,
@@ -132,7 +125,7 @@ def _parse_key_page(response: dict[str, Any]) -> tuple[int, list[KeyPair]]:
     total = field_int(response, "TotalCount")
     keys = [_parse_key(entry) for entry in field_list(response, "KeyPairSet", optional=True)]
     if total < 0 or len(keys) > PAGE_SIZE:
-        raise shape_error("TotalCount or KeyPairSet size out of range")
+        raise _Shape("TotalCount or KeyPairSet size out of range")
     return total, keys
 
 
@@ -142,29 +135,20 @@ class Api3Client(PooledClient):
     ``credentials`` may be fixed :class:`Credentials` or a provider asked on every attempt
     (temporary credentials renewed before they expire). ``endpoint`` is the default
     ``https://cvm.tencentcloudapi.com/`` (``reconciler.cloud.endpoint.api3_endpoint`` builds the
-    regional and international ones). ``rate_limit`` is as the 2.0 client's
-    (``ratelimit.ActionRateLimiter``): by default the documented per-action figures
-    (``model.DOCUMENTED_RATE_LIMITS``), one rate for all, or a table over them; ``None`` disables
-    client-side limiting (the in-process emulator). ``transport`` replaces the network; the other
-    keywords (attempts, backoff, timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``,
-    ``on_attempt``) are ``retry.TuningArgs``, as the 2.0 client's.
+    regional and international ones). The other keywords are ``retry.TuningArgs``, as the 2.0
+    client's: ``transport`` replaces the network; ``rate_limit`` is by default the documented
+    per-action figures (``model.DOCUMENTED_RATE_LIMITS``), one rate for all, or a table over
+    them, ``None`` for no client-side limit (the in-process emulator); attempts, backoff,
+    timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``, ``on_attempt``.
     """
 
     api = ApiVersion.V3
     _thread_prefix = "cvmkeys-api3"
 
-    def __init__(
-        self,
-        credentials: Credentials | CredentialsProvider,
-        region: str,
-        *,
-        endpoint: str = API3_ENDPOINT,
-        transport: httpx.BaseTransport | None = None,
-        rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
-        **tuning: Unpack[TuningArgs],
-    ) -> None:
-        provider = self._init_place(credentials, region, endpoint, API3_PATH)
-        settings = ClientTuning(**tuning)
+    default_endpoint = API3_ENDPOINT
+    default_path = API3_PATH
+
+    def _open(self, provider: CredentialsProvider, settings: ClientTuning) -> None:
         self._caller = Tc3Caller(
             service=SERVICE,
             version=VERSION,
@@ -172,11 +156,8 @@ class Api3Client(PooledClient):
             region=self.region,
             auth=Tc3Auth(provider, service=SERVICE, clock=settings.clock),
             mutating_actions=MUTATING_ACTIONS,
-            transport=transport,
             tuning=settings,
-            limiter=client_rate_limiter(rate_limit, clock=settings.clock, sleep=settings.sleep),
         )
-        self._init_pool(settings.max_workers)
 
     @property
     def calls(self) -> Counter[str]:
@@ -195,9 +176,7 @@ class Api3Client(PooledClient):
     def _key_batch(self, batch: Sequence[str]) -> list[KeyPair]:
         def parse(response: dict[str, Any]) -> list[KeyPair]:
             total, keys = _parse_key_page(response)
-            problem = unasked_or_miscounted(batch, [key.key_id for key in keys], total, "key", "TotalCount")
-            if problem is not None:
-                raise shape_error(problem)
+            check_answered(batch, [key.key_id for key in keys], total, "key", self._total_name)
             return keys
 
         params = {"KeyIds": list(batch), "Offset": 0, "Limit": PAGE_SIZE}
@@ -208,9 +187,7 @@ class Api3Client(PooledClient):
             total = field_int(response, "TotalCount")
             instances = [_parse_instance(e) for e in field_list(response, "InstanceSet", optional=True)]
             found = [instance.instance_id for instance in instances]
-            problem = unasked_or_miscounted(batch, found, total, "instance", "TotalCount")
-            if problem is not None:
-                raise shape_error(problem)
+            check_answered(batch, found, total, "instance", self._total_name)
             return instances
 
         params = {"InstanceIds": list(batch), "Offset": 0, "Limit": PAGE_SIZE}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -40,7 +40,7 @@ from reconciler.cloud.base import AnswerShapeError as _Shape
 from reconciler.cloud.base import (
     AttemptRecord,
     CallResult,
-    PooledClient,
+    check_answered,
     check_instance_id,
     check_key_id,
     field_dict,
@@ -48,16 +48,14 @@ from reconciler.cloud.base import (
     field_list,
     hide,
     id_list,
-    unasked_or_miscounted,
 )
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import DEFAULT_ENDPOINT, DEFAULT_PATH, check_endpoint, http_client
-from reconciler.cloud.ratelimit import client_rate_limiter
+from reconciler.cloud.pooled import ClientArgs, PooledClient
 from reconciler.cloud.retry import (
     Attempt,
     ClientTuning,
     Retrier,
-    TuningArgs,
     is_mutating,
     json_answer,
     may_retry,
@@ -67,7 +65,6 @@ from reconciler.common import short_repr as _show
 from reconciler.errors import ApiError, ApiErrorKind, ConfigError, TransportError
 from reconciler.ids import is_instance_id, is_key_id
 from reconciler.model import (
-    DOCUMENTED_RATE_LIMITS,
     INSTANCE_STATUS_NAMES,
     MAX_IDS_PER_CALL,
     PAGE_SIZE,
@@ -278,30 +275,30 @@ def _parse_empty(body: dict[str, Any]) -> None:
 class CvmClient(PooledClient):
     """A synchronous, thread-safe CVM API 2.0 client for one region.
 
-    ``transport`` replaces the network (e.g. the emulator's in-process transport). ``rate_limit``
-    is requests per second per action: one rate for all, or a table by action (default: the
-    documented figures, ``model.DOCUMENTED_RATE_LIMITS``); 0 or None: unlimited. The other
-    keywords (attempts, backoff, timeout, ``clock``, ``sleep``, ``rng``, ``max_workers``,
-    ``on_attempt``) are ``retry.TuningArgs``, as the 3.0 client's. Implements
+    ``http_method`` and ``signature_method`` are 2.0's own; the other keywords are
+    ``retry.TuningArgs``, as the 3.0 client's: ``transport`` replaces the network (e.g. the
+    emulator's in-process transport); ``rate_limit`` is requests per second per action, one rate
+    for all or a table over the documented figures (the default,
+    ``model.DOCUMENTED_RATE_LIMITS``), 0 or None unlimited; attempts, backoff, timeout,
+    ``clock``, ``sleep``, ``rng``, ``max_workers``, ``on_attempt``. Implements
     ``cloud.base.CloudClient``.
     """
 
     api = ApiVersion.V2
     _total_name = "totalCount"
 
+    default_endpoint = DEFAULT_ENDPOINT
+    default_path = DEFAULT_PATH
+
     def __init__(
         self,
         credentials: Credentials | CredentialsProvider,
         region: str,
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
-        transport: httpx.BaseTransport | None = None,
         http_method: str = "GET",
         signature_method: str = signing.HMAC_SHA256,
-        rate_limit: float | Mapping[str, float] | None = DOCUMENTED_RATE_LIMITS,
-        **tuning: Unpack[TuningArgs],
+        **place_and_tuning: Unpack[ClientArgs],
     ) -> None:
-        credentials = self._init_place(credentials, region, endpoint, DEFAULT_PATH)
         self.http_method = http_method.upper()
         if self.http_method not in ("GET", "POST"):
             raise ConfigError(f"http_method must be GET or POST, not {_show(http_method)}")
@@ -310,17 +307,16 @@ class CvmClient(PooledClient):
                 f"signature method must be one of {', '.join(signing.SIGNATURE_METHODS)}, "
                 f"not {_show(signature_method)}"
             )
-        settings = ClientTuning(**tuning)
-        self._retrier = Retrier(settings, logger)
-
         self.signature_method = signature_method
-        self._init_pool(settings.max_workers)
-        self._limiter = client_rate_limiter(rate_limit, clock=settings.clock, sleep=settings.sleep)
-        self._calls: Counter[str] = Counter()
+        super().__init__(credentials, region, **place_and_tuning)
 
-        clock = settings.clock
-        self._auth = Api2Auth(credentials, self.region, signature_method=signature_method, clock=clock)
-        self._http = http_client(self.endpoint, self._auth, transport, settings.timeout)
+    def _open(self, provider: CredentialsProvider, settings: ClientTuning) -> None:
+        self._retrier = Retrier(settings, logger)
+        self._limiter = settings.limiter()
+        self._calls: Counter[str] = Counter()
+        method, clock = self.signature_method, settings.clock
+        self._auth = Api2Auth(provider, self.region, signature_method=method, clock=clock)
+        self._http = http_client(self.endpoint, self._auth, settings.transport, settings.timeout)
 
     @property
     def calls(self) -> Counter[str]:
@@ -342,9 +338,7 @@ class CvmClient(PooledClient):
 
         def parse(body: dict[str, Any]) -> list[KeyPair]:
             total, keys = _parse_key_page(body)
-            problem = unasked_or_miscounted(chunk, [key.key_id for key in keys], total, "key", "totalCount")
-            if problem is not None:
-                raise _Shape(problem)
+            check_answered(chunk, [key.key_id for key in keys], total, "key", self._total_name)
             return keys
 
         return self._call("DescribeKeyPairs", params, parse, instance_ids=())
@@ -355,9 +349,7 @@ class CvmClient(PooledClient):
         def parse(body: dict[str, Any]) -> list[Instance]:
             total, instances = _parse_instances(body)
             found = [instance.instance_id for instance in instances]
-            problem = unasked_or_miscounted(chunk, found, total, "instance", "totalCount")
-            if problem is not None:
-                raise _Shape(problem)
+            check_answered(chunk, found, total, "instance", self._total_name)
             return instances
 
         return self._call("DescribeInstances", params, parse, instance_ids=tuple(chunk))

@@ -27,14 +27,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import TypedDict, TypeVar
 
 import httpx
 
 from reconciler.cloud.base import AttemptRecord
+from reconciler.cloud.ratelimit import ActionRateLimiter, client_rate_limiter
 from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
+from reconciler.model import DOCUMENTED_RATE_LIMITS
 
 # The one list of actions that change the cloud, of both APIs.
 MUTATING_ACTIONS = frozenset(
@@ -73,11 +75,16 @@ class RetryPolicy:
 
 class TuningArgs(TypedDict, total=False):
     """The keywords every API client takes for how it sends, retries and reports its calls; the
-    defaults are :class:`ClientTuning`'s. ``clock`` gives the signed timestamp, the attempt times
-    and the rate limiter's time; ``sleep`` is used for backoff and rate limiting; ``rng`` draws
-    backoff jitter; ``on_attempt`` receives every attempt's record (from worker threads, never
+    defaults are :class:`ClientTuning`'s. ``transport`` replaces the network (the emulator's
+    in-process transport); ``rate_limit`` is the client-side limit (``ratelimit.ActionRateLimiter``:
+    by default each action's documented figure, one rate for all, a table over the figures, or
+    None/0 for none); ``clock`` gives the signed timestamp, the attempt times and the rate
+    limiter's time; ``sleep`` is used for backoff and rate limiting; ``rng`` draws backoff
+    jitter; ``on_attempt`` receives every attempt's record (from worker threads, never
     concurrently); ``max_workers`` is the size of the client's read pool."""
 
+    transport: httpx.BaseTransport | None
+    rate_limit: float | Mapping[str, float] | None
     max_attempts: int
     backoff_base: float
     backoff_cap: float
@@ -94,6 +101,8 @@ class ClientTuning:
     """:class:`TuningArgs` with their defaults, checked: a ConfigError when a number is out of
     range (``max_workers`` is checked by the pool that uses it)."""
 
+    transport: httpx.BaseTransport | None = None
+    rate_limit: float | Mapping[str, float] | None = field(default_factory=lambda: DOCUMENTED_RATE_LIMITS)
     max_attempts: int = 5
     backoff_base: float = 0.2
     backoff_cap: float = 5.0
@@ -111,10 +120,15 @@ class ClientTuning:
             self.policy()
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        self.limiter()  # a rate out of range is a ConfigError now, not at the first call
 
     def policy(self) -> RetryPolicy:
         """The retry policy these settings give."""
         return RetryPolicy(self.max_attempts, self.backoff_base, self.backoff_cap)
+
+    def limiter(self) -> ActionRateLimiter:
+        """The rate limiter these settings give (one per client: its buckets are the client's)."""
+        return client_rate_limiter(self.rate_limit, clock=self.clock, sleep=self.sleep)
 
 
 def is_mutating(action: str) -> bool:

@@ -83,10 +83,16 @@ class StsClient:
         on_attempt: Callable[[AttemptRecord], None] | None = None,
     ) -> None:
         self.endpoint = check_endpoint(endpoint or STS_ENDPOINT, default_path=API3_PATH)
-        self._transport = transport
         self._region = region
+        # STS calls are rare (once per credentials lifetime): no client-side rate limit.
         self._tuning = ClientTuning(
-            max_attempts=max_attempts, timeout=timeout, clock=clock, sleep=sleep, on_attempt=on_attempt
+            transport=transport,
+            rate_limit=None,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            clock=clock,
+            sleep=sleep,
+            on_attempt=on_attempt,
         )
 
     def __repr__(self) -> str:
@@ -99,7 +105,6 @@ class StsClient:
             endpoint=self.endpoint,
             region=self._region,
             auth=Tc3Auth(provider, service=SERVICE, clock=self._tuning.clock),
-            transport=self._transport,
             tuning=self._tuning,
         )
 

@@ -32,7 +32,6 @@ from reconciler.cloud.base import AnswerShapeError as _Shape
 from reconciler.cloud.base import AttemptRecord, field_dict, field_int, field_list, field_str, hide
 from reconciler.cloud.credentials import Credentials, CredentialsProvider
 from reconciler.cloud.endpoint import http_client
-from reconciler.cloud.ratelimit import ActionRateLimiter
 from reconciler.cloud.retry import (
     Attempt,
     ClientTuning,
@@ -183,8 +182,8 @@ class Tc3Auth(httpx.Auth):
 class Tc3Caller:
     """Sends 3.0 calls of one service to one endpoint; thread-safe.
 
-    ``limiter`` is the client's rate limiter (``ratelimit.ActionRateLimiter``), asked before every
-    attempt; ``None``: no limit. ``tuning``: attempts, backoff, timeout, clock, sleep,
+    ``tuning`` gives the transport, the rate limiter (asked before every attempt), attempts,
+    backoff, timeout, clock, sleep,
     jitter and the attempt callback (``max_workers`` is not used here).
     """
 
@@ -197,9 +196,7 @@ class Tc3Caller:
         region: str | None,
         auth: Tc3Auth,
         mutating_actions: frozenset[str] = frozenset(),
-        transport: httpx.BaseTransport | None = None,
         tuning: ClientTuning | None = None,
-        limiter: ActionRateLimiter | None = None,
     ) -> None:
         self.service = service
         self.version = version
@@ -209,11 +206,11 @@ class Tc3Caller:
         self._mutating = mutating_actions
         self._tuning = tuning if tuning is not None else ClientTuning()
         self._retrier = Retrier(self._tuning, logger)
-        self._limiter = limiter
+        self._limiter = self._tuning.limiter()
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._closed = False
-        self._http = http_client(endpoint, auth, transport, self._tuning.timeout)
+        self._http = http_client(endpoint, auth, self._tuning.transport, self._tuning.timeout)
 
     @property
     def calls(self) -> Counter[str]:
@@ -280,8 +277,7 @@ class Tc3Caller:
         return result, last.number, last.request_id
 
     def _wait(self, action: str) -> None:
-        if self._limiter is not None:
-            self._limiter.acquire(action)
+        self._limiter.acquire(action)
 
     def _send(self, action: str, body: bytes, answer: Attempt) -> dict[str, Any]:
         """One HTTP exchange; the ``Response`` object of an HTTP 200 JSON answer."""
@@ -326,11 +322,6 @@ def _error_fields(failure: object) -> tuple[str, str]:
     return code, message if isinstance(message, str) else ""
 
 
-def shape_error(message: str) -> Exception:
-    """An answer-shape error for parsers outside this module."""
-    return _Shape(message)
-
-
 __all__ = [
     "Tc3Auth",
     "Tc3Caller",
@@ -341,5 +332,4 @@ __all__ = [
     "field_str",
     "hint_for",
     "may_retry3",
-    "shape_error",
 ]
