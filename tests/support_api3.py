@@ -77,6 +77,7 @@ class FakeTencent:
         self.key_names: dict[str, str] = {}
         self.instances: dict[str, FakeInstance] = {}
         self.web_tokens: set[str] = set()
+        self.oidc_providers: set[str] = {"OIDC"}  # identity providers STS knows
         self.role_credentials: dict[str, tuple[str, str, str, int]] = {}  # metadata: role -> creds
         self.seen: list[Seen] = []
         self.metadata_gets: list[str] = []
@@ -338,7 +339,8 @@ class FakeTencent:
         return self._issue(arn, body["RoleSessionName"], body.get("DurationSeconds", 7200))
 
     def _do_AssumeRoleWithWebIdentity(self, body: dict[str, Any], headers: dict[str, str], rid: str) -> Any:
-        if body.get("WebIdentityToken") not in self.web_tokens or body.get("ProviderId") != "OIDC":
+        known = body.get("ProviderId") in self.oidc_providers
+        if body.get("WebIdentityToken") not in self.web_tokens or not known:
             return _error("InvalidParameter.WebIdentityTokenError", "token not accepted")
         return self._issue(body["RoleArn"], body["RoleSessionName"], body.get("DurationSeconds", 7200))
 

@@ -490,3 +490,75 @@ def test_caller_identity_helper(world: World) -> None:
     assert (
         world.server.seen[-1].headers["x-tc-region"] and world.server.seen[-1].action == "GetCallerIdentity"
     )
+
+
+# --------------------------------------------------------------------------- TKE pod identity
+
+
+def _tke_env(world: World, token_file: Path, **more: str) -> dict[str, str]:
+    """What TKE's pod identity webhook injects (and ``more``)."""
+    token_file.write_text(OIDC_TOKEN, encoding="utf-8")
+    world.server.web_tokens.add(OIDC_TOKEN)
+    world.server.oidc_providers.add("tke-cls-abc123")  # the cluster's identity provider
+    injected = {
+        "TKE_ROLE_ARN": ROLE,
+        "TKE_WEB_IDENTITY_TOKEN_FILE": str(token_file),
+        "TKE_PROVIDER_ID": "tke-cls-abc123",
+        "TKE_REGION": "ap-shanghai",
+    }
+    return world.env(**{**injected, **more})
+
+
+def test_a_tke_pod_identity_is_used_when_nothing_else_is_there(world: World, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    provider = world.resolve(_tke_env(world, token_file))
+    assert "TKE pod identity" in provider.source and OIDC_TOKEN not in provider.source
+    with world.client(provider) as client:
+        assert len(client.describe_instances(["ins-00000001"])) == 1
+    oidc = world.server.seen[0]
+    assert oidc.action == "AssumeRoleWithWebIdentity" and oidc.headers["authorization"] == "SKIP"
+    assert oidc.headers["x-tc-region"] == "ap-shanghai"  # TKE_REGION
+    assert oidc.body["ProviderId"] == "tke-cls-abc123" and oidc.body["RoleArn"] == ROLE
+    assert oidc.body["WebIdentityToken"] == OIDC_TOKEN
+    # TKE rotates the projected token: the file is read again at renewal.
+    world.server.web_tokens = {"rotated-token"}
+    token_file.write_text("rotated-token", encoding="utf-8")
+    world.time.sleep(7200)
+    provider.get()
+    assert world.server.seen[-1].body["WebIdentityToken"] == "rotated-token"
+
+
+def test_a_tke_pod_identity_is_the_last_resort_and_can_sign_a_role(world: World, tmp_path: Path) -> None:
+    """The webhook's variables are not the user's choice: keys set in the pod win, as in
+    Tencent's SDK; a role of TENCENTCLOUD_ASSUME_ROLE_ARN is assumed with the pod's identity."""
+    keys = {"TENCENTCLOUD_SECRET_ID": BASE_ID, "TENCENTCLOUD_SECRET_KEY": BASE_KEY}
+    assert isinstance(world.resolve(_tke_env(world, tmp_path / "token", **keys)), StaticProvider)
+    other = f"qcs::cam::uin/{ACCOUNT}:roleName/cvmkeys-plan"
+    chained = world.resolve(_tke_env(world, tmp_path / "token", TENCENTCLOUD_ASSUME_ROLE_ARN=other))
+    assert chained.source.startswith(f"role {other}") and "assumed with role" in chained.source
+    assert "TKE pod identity" in chained.source
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("TKE_ROLE_ARN", "TKE_ROLE_ARN not"),
+        ("TKE_WEB_IDENTITY_TOKEN_FILE", "TKE_WEB_IDENTITY_TOKEN_FILE not"),
+        ("TKE_PROVIDER_ID", "TKE_PROVIDER_ID not"),
+    ],
+)
+def test_a_partial_tke_pod_identity_names_what_is_missing(
+    world: World, tmp_path: Path, drop: str, message: str
+) -> None:
+    env = _tke_env(world, tmp_path / "token")
+    del env[drop]
+    with pytest.raises(ConfigError, match=message) as caught:
+        world.resolve(env)
+    _no_secret(caught.value)
+
+
+def test_a_tke_token_file_that_is_not_there_is_an_error_before_any_call(world: World, tmp_path: Path) -> None:
+    env = _tke_env(world, tmp_path / "token", TKE_WEB_IDENTITY_TOKEN_FILE=str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match="TKE_WEB_IDENTITY_TOKEN_FILE: cannot read"):
+        world.resolve(env)
+    assert world.server.seen == []

@@ -26,6 +26,11 @@ Sources, in the order and with the names of Terraform's tencentcloud provider
 6. ``TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN`` or ``..._TOKEN_FILE`` (+ the role ARN and
    session variables of 5, ``TENCENTCLOUD_ASSUME_ROLE_PROVIDER_ID``, default ``OIDC``): STS
    AssumeRoleWithWebIdentity, unsigned; needs no keys at all (GitHub Actions' OIDC).
+7. In a TKE pod: ``TKE_ROLE_ARN``, ``TKE_WEB_IDENTITY_TOKEN_FILE``, ``TKE_PROVIDER_ID`` (and
+   ``TKE_REGION``, the STS call's region), injected by TKE's pod identity webhook: the same
+   AssumeRoleWithWebIdentity. As in Tencent's SDK it is the last resort, used only when none of
+   1-4 and 6 is there (the webhook sets the variables, the user did not choose them); the
+   role of 5, if set, is then assumed with these credentials.
 
 A variable that is set but cannot be honoured is a ``ConfigError``, never ignored: two sources
 that would each pick an identity (keys and an instance role, say) are refused rather than one
@@ -37,6 +42,7 @@ The region default: ``TENCENTCLOUD_REGION``, then ``_sys_param.region`` of the p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -70,6 +76,12 @@ ENV_EXTERNAL_ID = "TENCENTCLOUD_ASSUME_ROLE_EXTERNAL_ID"
 ENV_WEB_IDENTITY_TOKEN = "TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN"
 ENV_WEB_IDENTITY_TOKEN_FILE = "TENCENTCLOUD_ASSUME_ROLE_WEB_IDENTITY_TOKEN_FILE"
 ENV_PROVIDER_ID = "TENCENTCLOUD_ASSUME_ROLE_PROVIDER_ID"
+# What TKE's pod identity webhook injects into a pod of a service account bound to a CAM role
+# (Tencent's Python SDK reads them in DefaultTkeOIDCRoleArnProvider).
+ENV_TKE_ROLE_ARN = "TKE_ROLE_ARN"
+ENV_TKE_TOKEN_FILE = "TKE_WEB_IDENTITY_TOKEN_FILE"
+ENV_TKE_PROVIDER_ID = "TKE_PROVIDER_ID"
+ENV_TKE_REGION = "TKE_REGION"
 # Names no Tencent tool reads but that users set believing they work: refused with the right name.
 MISTAKEN_NAMES: Mapping[str, str] = {
     "TENCENTCLOUD_TOKEN": ENV_SECURITY_TOKEN,
@@ -523,22 +535,54 @@ def _web_identity_token(environ: Mapping[str, str]) -> tuple[Callable[[], str], 
         return (lambda: inline), ENV_WEB_IDENTITY_TOKEN
     if path is None:
         return None
+    return _token_file(ENV_WEB_IDENTITY_TOKEN_FILE, path)
+
+
+def _token_file(variable: str, path: str) -> tuple[Callable[[], str], str]:
+    """A function reading the token in the file ``variable`` names (checked once now, before
+    any call), and where it comes from."""
     token_path = Path(os.path.expanduser(path))
 
     def read() -> str:
         try:
             text = token_path.read_text(encoding="utf-8").strip()
         except OSError as error:
-            raise ConfigError(
-                f"{ENV_WEB_IDENTITY_TOKEN_FILE}: cannot read {token_path}: {error.strerror}"
-            ) from None
+            raise ConfigError(f"{variable}: cannot read {token_path}: {error.strerror}") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"{ENV_WEB_IDENTITY_TOKEN_FILE}: {token_path} is not text") from None
-        _check_value(f"{ENV_WEB_IDENTITY_TOKEN_FILE} ({token_path})", text)
+            raise ConfigError(f"{variable}: {token_path} is not text") from None
+        _check_value(f"{variable} ({token_path})", text)
         return text
 
     read()  # fail now, before any call, if the file is not there
-    return read, f"{ENV_WEB_IDENTITY_TOKEN_FILE} ({token_path})"
+    return read, f"{variable} ({token_path})"
+
+
+def _tke_provider(
+    environ: Mapping[str, str], sts: StsOptions, clock: Callable[[], float]
+) -> CredentialsProvider | None:
+    """Source 7, the TKE pod identity: None when the webhook's variables are not there; a
+    ConfigError naming what is missing when only some are."""
+    needed = (ENV_TKE_ROLE_ARN, ENV_TKE_TOKEN_FILE, ENV_TKE_PROVIDER_ID)
+    values = {name: _env(environ, name) for name in needed}
+    if not any(values.values()):
+        return None
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(name for name in needed if name not in missing)} set but "
+            f"{' and '.join(missing)} not: the TKE pod identity needs all of {', '.join(needed)}",
+            hint="check the pod's service account annotation (TKE injects these variables)",
+        )
+    role_arn, token_path, provider_id = (values[name] or "" for name in needed)
+    _check_role_arn(role_arn, ENV_TKE_ROLE_ARN)
+    _check_value(ENV_TKE_PROVIDER_ID, provider_id)
+    read_token, token_source = _token_file(ENV_TKE_TOKEN_FILE, token_path)
+    region = _env(environ, ENV_TKE_REGION)
+    if region is not None:
+        sts = dataclasses.replace(sts, region=region)
+    role = RoleRequest(role_arn, f"cvmkeys-{int(clock())}", DEFAULT_SESSION_DURATION, None, ENV_TKE_ROLE_ARN)
+    source = f"TKE pod identity, {token_source}"
+    return _web_identity_provider(role, provider_id, read_token, source, sts, clock)
 
 
 def resolve_credentials(
@@ -608,7 +652,7 @@ def _base_provider(
     sts: StsOptions,
     clock: Callable[[], float],
 ) -> CredentialsProvider:
-    """Sources 1-4: the credentials that sign (or are) the calls."""
+    """Sources 1-4, and 7 when none of them is there: the credentials that sign (or are) the calls."""
     if from_env is not None:
         if cam_role is not None:
             raise ConfigError(
@@ -627,12 +671,20 @@ def _base_provider(
         # The variable is an explicit choice; a default profile lying around is not.
         return _instance_role_provider(environ, cam_role, ENV_CAM_ROLE_NAME, sts, clock)
     found = read_profile(choice, environ)
+    if found is None and not choice.explicit:
+        tke = _tke_provider(environ, sts, clock)
+        if tke is not None:
+            return tke
     if found is None:
         credential_path, _ = profile_paths(choice.name, environ)
         looked = (
             []
             if choice.explicit
-            else [f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}: not set", f"{ENV_CAM_ROLE_NAME}: not set"]
+            else [
+                f"{ENV_SECRET_ID} / {ENV_SECRET_KEY}: not set",
+                f"{ENV_CAM_ROLE_NAME}: not set",
+                f"{ENV_TKE_ROLE_ARN} (a TKE pod identity): not set",
+            ]
         )
         looked.append(f"{credential_path}: no such file (tccli profile {choice.name!r}, {_why(choice)})")
         raise ConfigError(
