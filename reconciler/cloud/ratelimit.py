@@ -1,4 +1,4 @@
-"""Client-side rate limiting: a thread-safe token bucket per API action.
+"""Rate limiting: a thread-safe token bucket per API action (the clients' and the emulator's).
 
 Used by both API clients (``cloud.client``, ``cloud.api3`` through ``cloud.tc3call``) before
 every HTTP attempt, so the client stays under the API's quota instead of collecting 4400 (2.0)
@@ -44,19 +44,33 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock()
 
+    def _refill(self) -> None:
+        """Add the tokens earned since the last look (call with the lock held)."""
+        now = self._clock()
+        # max(0, ...): a wall clock that steps back must not drain the bucket.
+        elapsed = max(0.0, now - self._last)
+        self._last = now
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+
     def acquire(self) -> float:
         """Take one token, sleeping until it is available. Returns the time slept (seconds)."""
         with self._lock:
-            now = self._clock()
-            # max(0, ...): a wall clock that steps back must not drain the bucket.
-            elapsed = max(0.0, now - self._last)
-            self._last = now
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._refill()
             self._tokens -= 1.0
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
             self._sleep(wait)
         return wait
+
+    def try_take(self) -> bool:
+        """Take one token if there is one now, never waiting (a server refusing the request
+        instead: the emulator's side of the limit)."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
 
 
 class ActionRateLimiter:

@@ -110,7 +110,7 @@ class Api2Face(Face):
             action in ("UnBindInstanceKey", "BindInstanceKey")
             and len(set(params.listed("instanceIds") or [])) >= 2
         )
-        return self.app.draw_fault2(action, can_partial=can_partial)
+        return self.app.draw_fault(action, can_partial=can_partial)
 
     def _inject_before(self, fault: str, action: str, region: str, params: actions.Params) -> Answer | None:
         app = self.app

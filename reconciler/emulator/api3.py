@@ -262,7 +262,7 @@ class Api3Face(Face):
             raise errors.RequestLimitExceeded(f"request limit exceeded: at most {rate:g} {action} a second")
         self.state.refresh()
         context = Context(request_id)
-        fault = self.app.draw_fault(action)
+        fault = self.app.draw_fault(action, can_partial=False, api3=True)
         if fault is not None:
             early = self._inject_before(fault, action, context)
             if early is not None:

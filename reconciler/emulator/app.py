@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from reconciler.cloud.ratelimit import TokenBucket
 from reconciler.emulator import errors, metadata
 from reconciler.emulator.api2 import API_PATH, Api2Face
 from reconciler.emulator.faults import (
@@ -36,7 +37,7 @@ from reconciler.emulator.faults import (
     ResponseTimedOut,
 )
 from reconciler.emulator.state import FleetState, Secret
-from reconciler.emulator.wire import MAX_CLOCK_SKEW, Answer, TokenBucket, clock_skew, read_timeout
+from reconciler.emulator.wire import MAX_CLOCK_SKEW, Answer, clock_skew, read_timeout
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -123,7 +124,8 @@ class EmulatorApp:
         with self._lock:
             self.request_counts[action] += 1
 
-    def _check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
+    def check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
+        """An error text if the Timestamp is out of the window or the Nonce was used, else None."""
         now = self.clock()
         sent = int(timestamp)
         skew = clock_skew(now, sent)
@@ -153,10 +155,6 @@ class EmulatorApp:
         if secret.expires is not None and self.clock() >= secret.expires:
             raise errors.TokenFailure(f"the temporary credentials expired at {secret.expires:.0f}")
 
-    def check_replay(self, secret_id: str, timestamp: str, nonce: str) -> str | None:
-        """An error text if the Timestamp is out of the window or the Nonce was used, else None."""
-        return self._check_replay(secret_id, timestamp, nonce)
-
     def rate_for(self, action: str) -> float | None:
         """Requests a second allowed for ``action`` (None: no limit): the per-action table's
         figure, else ``rate_limit``."""
@@ -171,35 +169,27 @@ class EmulatorApp:
         with self._lock:
             bucket = self._buckets.get(action)
             if bucket is None:
-                bucket = self._buckets[action] = TokenBucket(rate, max(1.0, rate), self.clock)
-            return bucket.take()
-
-    def record_fault(self, action: str, kind: str, detail: str) -> None:
-        self._record(action, kind, detail)
-
-    def draw_fault(self, action: str) -> str | None:
-        """A fault for a 3.0 request (no partial success there), or None."""
-        return None if self._injector is None else self._injector.draw(action, can_partial=False, api3=True)
+                bucket = self._buckets[action] = TokenBucket(rate, max(1.0, rate), clock=self.clock)
+            return bucket.try_take()
 
     def inject_connection_fault(self, fault: str, action: str) -> Answer | None:
         """Faults both APIs answer alike, before the call: HTTP 502/503 (returned) and a dropped
         connection (``ConnectionDropped``); None for any other fault."""
         if fault == "http":
             status = "502 Bad Gateway" if self.coin() else "503 Service Unavailable"
-            self._record(action, fault, f"HTTP {status[:3]}")
+            self.record_fault(action, fault, f"HTTP {status[:3]}")
             return Answer.http(status)
         if fault == "drop":
-            self._record(action, fault, "connection closed before the call was carried out")
+            self.record_fault(action, fault, "connection closed before the call was carried out")
             raise ConnectionDropped("injected: connection dropped")
         return None
 
-    def inject_after(self, fault: str, action: str) -> None:
-        """Faults that strike after the call was carried out (lost and slow answers)."""
-        self._inject_after(fault, action)
-
-    def draw_fault2(self, action: str, *, can_partial: bool) -> str | None:
-        """A fault for a 2.0 request, or None."""
-        return None if self._injector is None else self._injector.draw(action, can_partial=can_partial)
+    def draw_fault(self, action: str, *, can_partial: bool, api3: bool = False) -> str | None:
+        """A fault for this request, or None (``FaultInjector.draw``: ``partial`` only where
+        ``can_partial``, as 2.0 batches; 3.0 has no partial success)."""
+        if self._injector is None:
+            return None
+        return self._injector.draw(action, can_partial=can_partial, api3=api3)
 
     def coin(self) -> bool:
         return self._injector.coin() if self._injector is not None else False
@@ -211,22 +201,25 @@ class EmulatorApp:
 
     # ------------------------------------------------------------------ faults
 
-    def _record(self, action: str, kind: str, detail: str) -> None:
+    def record_fault(self, action: str, kind: str, detail: str) -> None:
+        """Note a fault injected into ``action``'s answer (``injected_faults``)."""
         with self._lock:
             self.injected_faults.append(InjectedFault(self.clock(), action, kind, detail))
 
-    def _inject_after(self, fault: str, action: str) -> None:
+    def inject_after(self, fault: str, action: str) -> None:
+        """Faults that strike after the call was carried out (lost and slow answers)."""
         assert self._injector is not None
         if fault == "lost":
-            self._record(action, fault, "carried out, then the connection closed without an answer")
+            self.record_fault(action, fault, "carried out, then the connection closed without an answer")
             raise ConnectionDropped("injected: answer lost after the call was carried out")
         if fault == "slow":
             delay = self.faults.slow_seconds if self.faults is not None else 0.0
             timeout = _read_timeout.get()
             if timeout is not None and delay >= timeout:
-                self._record(action, fault, f"answer after {delay:g} s; the client gave up at {timeout:g} s")
+                gave_up = f"answer after {delay:g} s; the client gave up at {timeout:g} s"
+                self.record_fault(action, fault, gave_up)
                 raise ResponseTimedOut(f"injected: answer would take {delay:g} s")
-            self._record(action, fault, f"answer after {delay:g} s")
+            self.record_fault(action, fault, f"answer after {delay:g} s")
             time.sleep(delay)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -31,26 +31,6 @@ DEFAULT_PAGE = 20
 # The read timeout of the in-process request being served (set by ``transport``), so that a
 # slow answer can time out at once instead of sleeping.
 read_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("read_timeout", default=None)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, holding at most ``burst``; clocked by the injected clock."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self.tokens = burst
-        self.updated = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 # 2.0's codeDesc values (our choice: the 2.0 docs do not list them).
