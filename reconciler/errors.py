@@ -70,7 +70,8 @@ class ApiErrorKind(str, Enum):
     """What an API error means for the caller; each client maps its API's codes into it, so the
     executor branches on the kind, never on one API's codes."""
 
-    RETRYABLE = "retryable"  # rate limit / transient, certainly not carried out: retry may help
+    THROTTLED = "throttled"  # over the API's rate limit: refused unprocessed, retry after a pause
+    RETRYABLE = "retryable"  # transient, on a read: retry may help
     BUSY = "busy"  # the instance is busy with another operation: wait, then retry
     BLOCKED = "blocked"  # instance state / Windows / stopped-mode charging: not attempted again
     NOT_FOUND = "not-found"  # a resource is gone: observe again
@@ -106,7 +107,7 @@ class ApiError(CloudError):
             f"{action} failed: code {code}: {api_message}"
             + (f" (RequestId {request_id})" if request_id else ""),
             action=action,
-            retryable=kind is ApiErrorKind.RETRYABLE,
+            retryable=kind in (ApiErrorKind.RETRYABLE, ApiErrorKind.THROTTLED),
             hint=hint,
         )
         self.code = code

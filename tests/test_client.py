@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -259,6 +260,20 @@ def test_throttled_reads_are_retried_with_backoff_until_they_succeed(make_env: A
     assert sum(1 for r in env.records if r.code == 0) == 4
     assert env.app.request_counts["DescribeKeyPairs"] == len(env.records)
     assert env.client.calls["DescribeKeyPairs"] == len(env.records)
+
+
+def test_a_throttled_attempt_waits_at_least_a_second_so_the_default_attempts_get_through(
+    make_env: Any,
+) -> None:
+    """The quotas are per second: a throttled read retried sooner mostly meets the same full
+    bucket, and five quick attempts were spent in 1.5 s. With the client's limiter off against
+    a server allowing 1 a second, the four pages still get through on the default attempts."""
+    data, server_limit = fleet(n_instances=2, n_keys=400), {"rate_limit": 1.0}
+    env = make_env(data, app_options=server_limit, rate_limit=None, rng=random.Random(7))
+    assert len(env.client.describe_key_pairs()) == 400
+    throttled = [r for r in env.records if r.code == 4400]
+    assert throttled, "the emulator never throttled: the test proves nothing"
+    assert all(r.retry_in_s is not None and r.retry_in_s >= 1.0 for r in throttled)
 
 
 def test_throttled_mutation_is_retried(make_env: Any) -> None:

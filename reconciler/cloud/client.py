@@ -146,7 +146,7 @@ def classify(code: int, message: str, *, mutating: bool) -> ApiErrorKind:
     mutating call they may have been carried out (ambiguous); 5100 is a refusal for the
     instance's state, busy when the instance is in status 20."""
     if code == THROTTLED_CODE:
-        return ApiErrorKind.RETRYABLE
+        return ApiErrorKind.THROTTLED
     if code in _TRANSIENT_CODES:
         return ApiErrorKind.AMBIGUOUS if mutating else ApiErrorKind.RETRYABLE
     if code == PARTIAL_SUCCESS_CODE:

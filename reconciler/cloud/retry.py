@@ -5,20 +5,22 @@ Used by both API clients (``cloud.client``, ``cloud.tc3call``), which also share
 attempt logging and rule for httpx errors (:func:`request_failure`); the executor relies on the
 rule for mutating calls below, so it is spelled out here once:
 
-- Reads (``Describe*``) are retried on every retryable error: API errors of kind ``RETRYABLE``
-  (2.0 codes 4400, 6000, 6200), HTTP 5xx, timeouts, connection errors.
+- Reads (``Describe*``) are retried on every retryable error: API errors of kind ``THROTTLED``
+  (2.0 code 4400, 3.0 ``RequestLimitExceeded*``) or ``RETRYABLE`` (2.0 6000, 6200; 3.0
+  internal errors), HTTP 5xx, timeouts, connection errors.
 - Mutating calls (``UnBindInstanceKey``, ``BindInstanceKey``, ``StopInstances``,
   ``StartInstances``, ``DisassociateInstancesKeyPairs``, ...) are retried only when the call
-  certainly had no effect: API errors of kind ``RETRYABLE`` (the client classifies a mutating
-  call's 6000/6200 as ``AMBIGUOUS``, so this is 2.0's 4400: throttled, rejected before it was
-  carried out) and transport errors where the request was
+  certainly had no effect: API errors of kind ``THROTTLED`` (rejected before it was carried out;
+  the clients classify a mutating call's internal errors as ``AMBIGUOUS``) and transport errors
+  where the request was
   certainly not sent (``TransportError.ambiguous`` false: connect error, connect/pool timeout).
   Any other failure (6000, 6200, HTTP 5xx, read timeout, lost answer) may have taken effect, so
   it goes straight back to the caller, which re-reads the live state and decides.
 - Permanent errors (every other API code, HTTP 4xx, unreadable answers) are never retried.
 
 Backoff is capped exponential with full jitter: attempt ``n`` (1-based) that failed is followed by
-a sleep drawn uniformly from ``[0, min(cap, base * 2**(n-1))]``.
+a sleep drawn uniformly from ``[0, min(cap, base * 2**(n-1))]``; after a throttled attempt, from
+``[t, min(cap, t * 2**(n-1))]`` with ``t`` = ``throttled_base_s`` (1 s: the quotas are per second).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class RetryPolicy:
     max_attempts: int = 5
     base_s: float = 0.2
     cap_s: float = 5.0
+    # A refusal for the rate limit: the API's quotas are per second, so a retry sooner than a
+    # second later mostly meets the same full bucket (with the client's limiter off, or another
+    # process on the same quota).
+    throttled_base_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -67,8 +73,12 @@ class RetryPolicy:
         if self.base_s < 0 or self.cap_s < 0:
             raise ValueError("backoff base and cap must not be negative")
 
-    def delay(self, failed_attempt: int, rng: random.Random) -> float:
-        """Seconds to sleep after attempt number ``failed_attempt`` (1-based) failed."""
+    def delay(self, failed_attempt: int, rng: random.Random, *, throttled: bool = False) -> float:
+        """Seconds to sleep after attempt number ``failed_attempt`` (1-based) failed; after a
+        throttled one, at least ``throttled_base_s``."""
+        if throttled:
+            floor = min(self.cap_s, self.throttled_base_s)
+            return rng.uniform(floor, max(floor, min(self.cap_s, floor * 2.0 ** (failed_attempt - 1))))
         ceiling = min(self.cap_s, self.base_s * 2.0 ** (failed_attempt - 1))
         return rng.uniform(0.0, ceiling)
 
@@ -143,7 +153,7 @@ def may_retry(error: CloudError, *, mutating: bool) -> bool:
     if not mutating:
         return True
     if isinstance(error, ApiError):
-        return error.kind is ApiErrorKind.RETRYABLE
+        return error.kind is ApiErrorKind.THROTTLED
     if isinstance(error, TransportError):
         return not error.ambiguous
     return False
@@ -224,7 +234,8 @@ class Retrier:
                 error = failure
             attempt.duration_s = time.perf_counter() - t0
             if error is not None and number < policy.max_attempts and retryable(error):
-                attempt.retry_in_s = policy.delay(number, self._rng)
+                throttled = isinstance(error, ApiError) and error.kind is ApiErrorKind.THROTTLED
+                attempt.retry_in_s = policy.delay(number, self._rng, throttled=throttled)
             self._report(record(attempt))
             if error is None:
                 return result, attempt

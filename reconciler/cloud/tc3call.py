@@ -10,10 +10,10 @@ cvmkeys calls: CVM (``reconciler.cloud.api3``) and STS (``reconciler.cloud.sts``
 - Answers: HTTP 200 with ``{"Response": {...,"RequestId"}}``; an API error is
   ``Response.Error.Code`` (a string), classified by :func:`classify` into an
   ``ApiErrorKind``. Anything else is a ``TransportError``.
-- Retries follow ``reconciler.cloud.retry``'s policy and its rule for transport errors
-  (a mutating call only when the request was certainly not sent); for API errors, reads are
-  retried on every RETRYABLE code, mutating calls only on ``RequestLimitExceeded*`` (refused
-  before it was carried out). ``InternalError`` on a mutating call is AMBIGUOUS: never retried.
+- Retries follow ``reconciler.cloud.retry``'s policy and its one rule (``may_retry``, as the 2.0
+  client's): reads are retried on every THROTTLED (``RequestLimitExceeded*``) or RETRYABLE
+  code, mutating calls only on THROTTLED (refused before it was carried out) or when the request
+  was certainly not sent. ``InternalError`` on a mutating call is AMBIGUOUS: never retried.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from reconciler.cloud.retry import (
     may_retry,
     request_failure,
 )
-from reconciler.errors import ApiError, ApiErrorKind, CloudError, TransportError
+from reconciler.errors import ApiError, ApiErrorKind, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ _UNAUTHORIZED_HINT = "this identity is not allowed to do this; grant the CAM per
 def classify(code: str, *, mutating: bool) -> ApiErrorKind:
     """The kind of a 3.0 error code (CONTRACT.md), for a read or a mutating call."""
     if code.startswith(THROTTLE_PREFIX):
-        return ApiErrorKind.RETRYABLE
+        return ApiErrorKind.THROTTLED
     if code in INTERNAL_CODES or code.startswith("InternalError."):
         return ApiErrorKind.AMBIGUOUS if mutating else ApiErrorKind.RETRYABLE
     if code in BUSY_CODES:
@@ -103,15 +103,6 @@ def hint_for(code: str) -> str | None:
     if code.startswith("UnauthorizedOperation"):
         return _UNAUTHORIZED_HINT
     return None
-
-
-def may_retry3(error: CloudError, *, mutating: bool) -> bool:
-    """Whether a failed 3.0 attempt may be sent again (module docstring)."""
-    if isinstance(error, ApiError):
-        if error.kind is not ApiErrorKind.RETRYABLE:
-            return False
-        return not mutating or str(error.code).startswith(THROTTLE_PREFIX)
-    return may_retry(error, mutating=mutating)
 
 
 # --------------------------------------------------------------------------- signing
@@ -270,7 +261,7 @@ class Tc3Caller:
 
         result, last = self._retrier.run(
             send,
-            retryable=lambda error: may_retry3(error, mutating=mutating),
+            retryable=lambda error: may_retry(error, mutating=mutating),
             record=record,
             wait=lambda: self._wait(action),
         )
@@ -331,5 +322,4 @@ __all__ = [
     "field_list",
     "field_str",
     "hint_for",
-    "may_retry3",
 ]
