@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,7 +156,20 @@ def choose_api(options: ConnectOptions) -> ApiVersion:
     return options.api
 
 
-def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
+def apply_command(planfile: object, plans: Sequence[Plan]) -> str:
+    """The command that applies a saved plan file where it was made: ``--endpoint`` added when
+    ``options_for_plan`` would not take the plans' endpoint unasked (a served emulator, a
+    private endpoint)."""
+    told = sorted({p.endpoint for p in plans if not _goes_unasked(p.endpoint)})
+    return f"cvmkeys apply {planfile}" + (f" --endpoint {told[0]}" if len(told) == 1 else "")
+
+
+def _goes_unasked(endpoint: str) -> bool:
+    """Whether apply uses a plan's recorded endpoint without being told (``options_for_plan``)."""
+    return endpoint.startswith("emulator:") or endpoint in (DEFAULT_ENDPOINT, API3_ENDPOINT)
+
+
+def options_for_plan(plan: Plan, options: ConnectOptions, planfile: object = "PLANFILE") -> ConnectOptions:
     """Where to apply a saved plan: where it was made (and with its API) unless told otherwise,
     and never somewhere else.
 
@@ -178,11 +191,11 @@ def options_for_plan(plan: Plan, options: ConnectOptions) -> ConnectOptions:
             fleet = Path(plan.endpoint.removeprefix("emulator:"))
             _check_fleet_file(fleet)
             return dataclasses.replace(options, emulator=fleet)
-        if plan.endpoint in (DEFAULT_ENDPOINT, API3_ENDPOINT):
+        if _goes_unasked(plan.endpoint):
             return dataclasses.replace(options, endpoint=plan.endpoint)
         raise ConfigError(
             f"the plan was made against {plan.endpoint}",
-            hint=f"to apply it there, say so: cvmkeys apply PLANFILE --endpoint {plan.endpoint}",
+            hint=f"to apply it there, say so: {apply_command(planfile, [plan])}",
         )
     if options.emulator is not None:
         same = plan.endpoint.startswith("emulator:") and _same_file(

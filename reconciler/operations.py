@@ -653,7 +653,8 @@ def apply_saved(
             raise _in_region(the_plan.region, error) if several else error from None
     if not several:
         (the_plan,) = plans
-        cloud = dataclasses.replace(request.cloud, connect=options_for_plan(the_plan, request.cloud.connect))
+        connect = options_for_plan(the_plan, request.cloud.connect, request.paths[0])
+        cloud = dataclasses.replace(request.cloud, connect=connect)
         failures: list[str] = []
         with _connected(the_plan.region, cloud, failures) as connection:
             run = _prepare_saved(connection, the_plan, request, hooks, stop)
@@ -670,7 +671,9 @@ def apply_saved(
         return _run_saved(run, region_hooks, problems)
 
     clouds = {
-        p.region: dataclasses.replace(request.cloud, connect=options_for_plan(p, request.cloud.connect))
+        p.region: dataclasses.replace(
+            request.cloud, connect=options_for_plan(p, request.cloud.connect, request.paths[0])
+        )
         for p in plans
     }
     return _across_regions(plans, clouds, hooks, prepare, go_on, carry_out)

@@ -527,7 +527,7 @@ def plan(
         if result.refusal is not None:
             raise result.refusal
         if result.saved_to is not None:
-            view.saved(result.saved_to)
+            view.saved(result.saved_to, result.plans)
         raise typer.Exit(result.exit_code)
 
 

@@ -143,8 +143,11 @@ class PlanView:
         else:
             _out(render_plans_text(plans, color=self.terminal.color(sys.stdout)) + "\n")
 
-    def saved(self, path: object) -> None:
-        note(self.terminal, f"Saved the plan to {path}. To apply exactly this plan: cvmkeys apply {path}")
+    def saved(self, path: object, plans: Sequence[Plan]) -> None:
+        from reconciler.connect import apply_command
+
+        command = apply_command(path, plans)
+        note(self.terminal, f"Saved the plan to {path}. To apply exactly this plan: {command}")
 
 
 # --------------------------------------------------------------------------- validate

@@ -1,0 +1,46 @@
+"""What plan tells a reviewer to run next, and apply's refusal of an unnamed endpoint, name the
+real file and the endpoint a served plan needs (found by QA: the note said ``cvmkeys apply
+FILE`` for a plan apply then refused without ``--endpoint``). Through the CLI, against
+``cvmkeys emulator serve`` over HTTP."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from support import run_cli, serve_fleet, stop_served
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_the_saved_note_and_the_refusal_name_the_file_and_the_endpoint(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
+    process, em = serve_fleet(fleet)
+    try:
+        endpoint = em.url.removesuffix("v2/index.php")  # the 3.0 face, at /
+        env = {"TENCENTCLOUD_SECRET_ID": em.secret_id, "TENCENTCLOUD_SECRET_KEY": em.secret_key}
+        plan = tmp_path / "p.json"
+        desired = str(EXAMPLES / "bindings.yaml")
+        code, _, err = run_cli("plan", desired, "--endpoint", endpoint, "--out", str(plan), env=env)
+        assert code == 0, err
+        told = f"To apply exactly this plan: cvmkeys apply {plan} --endpoint {endpoint}"
+        assert told in err
+        code, _, err = run_cli("apply", str(plan), env=env)
+        assert code == 1 and f"cvmkeys apply {plan} --endpoint {endpoint}" in err
+        assert "PLANFILE" not in err
+        # The command it named is the one that works.
+        code, _, err = run_cli("apply", str(plan), "--endpoint", endpoint, env=env)
+        assert code in (0, 3), err
+    finally:
+        stop_served(process)
+
+
+def test_a_plan_of_the_in_process_emulator_needs_no_endpoint(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    shutil.copy(EXAMPLES / "fleet.yaml", fleet)
+    plan = tmp_path / "p.json"
+    desired = str(EXAMPLES / "bindings.yaml")
+    code, _, err = run_cli("plan", desired, "--emulator", str(fleet), "--out", str(plan))
+    assert code == 0, err
+    assert err.rstrip().endswith(f"To apply exactly this plan: cvmkeys apply {plan}")
