@@ -722,7 +722,7 @@ def _mount_emulator() -> None:
     app.add_typer(
         emulator_app,
         name="emulator",
-        help="Run the bundled emulator of the CVM API 2.0."
+        help="Run the bundled emulator of the CVM API 2.0 and 3.0 (no cloud account needed)."
         "\n\nExample: cvmkeys emulator serve --fleet fleet.yaml",
     )
 

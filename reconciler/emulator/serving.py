@@ -49,7 +49,8 @@ class Serving:
 
     def banner(self, url: str) -> list[str]:
         """What ``serve`` prints once it listens at ``url`` (the 2.0 endpoint)."""
-        lines = [f"CVM API 2.0 emulator serving {self.fleet} at {url}"]
+        # The 2.0 URL stays on the first line: scripts read it (and the credentials) from there.
+        lines = [f"CVM API emulator serving {self.fleet}: API 2.0 at {url}"]
         for cred in self.state.credentials:
             # Emulator-only credentials from the fleet file: shown on purpose.
             lines += [f"  SecretId:  {cred.secret_id}", f"  SecretKey: {cred.secret_key}"]
