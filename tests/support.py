@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Emulator
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from reconciler.cli import app
@@ -24,6 +25,7 @@ from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
 from reconciler.emulator.state import FleetState, Mutation
+from reconciler.errors import InputError
 from reconciler.model import Desired, DesiredKey, Instance, KeyPair, Observed, Scope
 
 APIS = ("2.0", "3.0")
@@ -42,10 +44,21 @@ WEB1, WEB2, DB1, BATCH1, BASTION, WIN1 = (
     "ins-7w7w7w7w",
 )
 
+# An environment for the CLI in which no ambient credentials, profile or region may leak into a
+# test (None removes the variable for the run).
+CLEAN_ENV: dict[str, str | None] = {
+    "NO_COLOR": "1",
+    "TENCENTCLOUD_SECRET_ID": None,
+    "TENCENTCLOUD_SECRET_KEY": None,
+    "TENCENTCLOUD_REGION": None,
+    "TENCENTCLOUD_PROFILE": None,
+    "TCCLI_PROFILE": None,
+}
+
 _runner = CliRunner()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None) -> tuple[int, str, str]:
     """Run ``cvmkeys ARGS`` in-process; (exit code, stdout, stderr). Never a traceback."""
     result = _runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
@@ -195,3 +208,45 @@ class FakeTime:
         with self._lock:
             self.sleeps.append(seconds)
             self.now += seconds
+
+
+# ----------------------------------------------------------------------- fuzzing the loaders
+
+# What a file may hold, for a loader's arbitrary-input test (parametrized over the kinds, so
+# each gets the full example budget): any bytes, or any text as UTF-8 (lone surrogates kept).
+ARBITRARY_INPUT: dict[str, st.SearchStrategy[bytes]] = {
+    "bytes": st.binary(max_size=400),
+    "text": st.text(max_size=400).map(lambda text: text.encode("utf-8", "surrogatepass")),
+}
+
+
+def check_placed(error: InputError, path: Path) -> None:
+    """``error`` names problems of the file at ``path``, each one short line, with a line and
+    column wherever it has a place."""
+    assert error.problems
+    for problem in error.problems:
+        assert problem.file == str(path)
+        assert problem.line is None or (problem.line >= 1 and (problem.column or 0) >= 1)
+        assert "\n" not in problem.message and len(problem.message) < 600, problem.message
+
+
+@st.composite
+def mutations(draw: st.DrawFn, base: bytes, tokens: Sequence[bytes], *, repeat: int, copies: int) -> bytes:
+    """``base`` with 1 to 4 edits at random places: random bytes or one of ``tokens`` inserted,
+    deleted over their length or written over it, or a stretch of up to ``repeat`` bytes
+    repeated 2 to ``copies`` times."""
+    data = bytearray(base)
+    for _ in range(draw(st.integers(1, 4))):
+        where = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "repeat"]))
+        chunk = draw(st.one_of(st.binary(min_size=1, max_size=6), st.sampled_from(list(tokens))))
+        if kind == "insert":
+            data[where:where] = chunk
+        elif kind == "delete":
+            del data[where : where + len(chunk)]
+        elif kind == "replace":
+            data[where : where + len(chunk)] = chunk
+        else:
+            stretch = data[where : where + draw(st.integers(1, repeat))]
+            data[where:where] = stretch * draw(st.integers(2, copies))
+    return bytes(data)
