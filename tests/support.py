@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from conftest import Emulator
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cli import app
 from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
@@ -24,6 +28,7 @@ from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState, Mutation
 from reconciler.errors import InputError
 from reconciler.model import Desired, DesiredKey, Instance, KeyPair, Observed, Scope
@@ -250,3 +255,57 @@ def mutations(draw: st.DrawFn, base: bytes, tokens: Sequence[bytes], *, repeat: 
             stretch = data[where : where + draw(st.integers(1, repeat))]
             data[where:where] = stretch * draw(st.integers(2, copies))
     return bytes(data)
+
+
+# ----------------------------------------------------------------------- a generated fleet, served
+
+Binding = tuple[str, str]
+# The CLI's environment for a fleet bench/fleetgen.py generated: its credentials.
+GENERATED_ENV: dict[str, str] = {
+    "NO_COLOR": "1",
+    "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+    "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+}
+
+
+def ready_in(plan_json: str) -> set[Binding]:
+    """The (key, instance) bindings a plan document (or ``plan --format json``) has ready."""
+    return {
+        (c["key_id"], c["instance_id"]) for c in json.loads(plan_json)["changes"] if c["status"] == "ready"
+    }
+
+
+@dataclass(frozen=True)
+class PlannedFleet:
+    """A generated fleet served over a real socket, and the saved plan ``cvmkeys plan`` made of it."""
+
+    region: str
+    fleet: Path
+    desired: Path
+    state: FleetState
+    initial: set[Binding]
+    plan_file: Path
+    url: str
+    planned: set[Binding]
+
+
+@contextmanager
+def planned_fleet(
+    tmp_path: Path, instances: int, keys: int, *, seed: int, api: str, op_seconds: float, latency_ms: float
+) -> Iterator[PlannedFleet]:
+    """Generate a fleet in ``tmp_path`` (half its bindings to remove, the scope picked by
+    ``seed``), persisted to its file, serve it over ``api`` while the block runs, and save its
+    plan to ``tmp_path/plan.json``. The state stays readable after the block."""
+    scope = ("keys", "account", "instances")[seed % 3]
+    gen = generate(instances, keys, seed=seed, remove_fraction=0.5, scope=scope)
+    fleet, desired = write(gen, tmp_path)
+    state = FleetState.from_file(fleet, persist=True, op_seconds=op_seconds)
+    initial = state.bindings(gen.region)
+    plan_file = tmp_path / "plan.json"
+    with serve_in_thread(EmulatorApp(state, latency_ms=latency_ms)) as server:
+        url = served_url(server.url, api)
+        args = ("plan", str(desired), "--endpoint", url, "--out", str(plan_file), "--rate-limit", "1000")
+        code, out, err = run_cli(*args, env=GENERATED_ENV)
+        assert code == 0, out + err
+        planned = ready_in(plan_file.read_text())
+        yield PlannedFleet(gen.region, fleet, desired, state, initial, plan_file, url, planned)
