@@ -1,4 +1,5 @@
-"""Small helpers every layer shares, written once: plurals, short reprs, canonical JSON. Pure.
+"""Small helpers every layer shares, written once: plurals, short reprs, canonical JSON, a
+mapping that refuses a repeated name. Pure.
 
 Part of the bottom layer (with ``model``, ``errors`` and ``ids``): imports nothing of the tool.
 """
@@ -7,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+V = TypeVar("V")
 
 SHORT_REPR_LIMIT = 60  # characters of a quoted value in a message: enough to recognise it
 
@@ -34,3 +38,14 @@ def canonical_sha256(data: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of ``data`` as UTF-8 (lone surrogates, which cloud
     JSON can carry, are encoded as-is)."""
     return hashlib.sha256(canonical_json(data).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def unique_mapping(pairs: Iterable[tuple[str, V]], repeated: Callable[[str], str]) -> dict[str, V]:
+    """``pairs`` as a dict; a name given twice raises ``ValueError(repeated(name))`` (where a
+    dict would silently keep the last one, and a request or a plan must mean one thing)."""
+    result: dict[str, V] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(repeated(name))
+        result[name] = value
+    return result

@@ -20,10 +20,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
 
 from reconciler.cloud.auth import Api2Auth
 from reconciler.cloud.credentials import Credentials
@@ -82,6 +85,20 @@ class FakeClock:
         self.offset += seconds
 
 
+class How(TypedDict, total=False):
+    """How ``Emulator.signed`` and ``Emulator.call`` send a request: ``method`` GET (the
+    default) or POST, to ``url`` (the emulator's own unless given), signed for ``region`` (the
+    emulator's unless given)."""
+
+    method: str
+    url: str | None
+    region: str | None
+
+
+def _method(how: How) -> str:
+    return how.get("method", "GET")
+
+
 @dataclass
 class Emulator:
     """An emulator under test, with what a test needs to talk to it."""
@@ -106,36 +123,24 @@ class Emulator:
         return serve_in_thread(self.app)
 
     def signed(
-        self,
-        action: str,
-        params: Mapping[str, str] | None = None,
-        *,
-        method: str = "GET",
-        url: str | None = None,
-        region: str | None = None,
+        self, action: str, params: Mapping[str, str] | None = None, **how: Unpack[How]
     ) -> dict[str, str]:
         """A complete, correctly signed parameter set for ``action``."""
         credentials = Credentials(self.secret_id, self.secret_key)
-        region = region or self.region
-        return signed_params(credentials, action, params, region=region, method=method, url=url or self.url)
+        region, url = how.get("region") or self.region, how.get("url") or self.url
+        return signed_params(credentials, action, params, region=region, method=_method(how), url=url)
 
     def call(
-        self,
-        action: str,
-        params: Mapping[str, str] | None = None,
-        *,
-        method: str = "GET",
-        url: str | None = None,
-        region: str | None = None,
+        self, action: str, params: Mapping[str, str] | None = None, **how: Unpack[How]
     ) -> httpx.Response:
         """Send one signed request (in-process unless ``url`` points at a served emulator)."""
-        target = url or self.url
-        signed = self.signed(action, params, method=method, url=target, region=region)
+        url = how.get("url")
+        signed = self.signed(action, params, **how)
         client = httpx.Client(transport=self.transport()) if url is None else httpx.Client()
         with client:
-            if method == "GET":
-                return client.get(target, params=signed)
-            return client.post(target, data=signed)
+            if _method(how) == "GET":
+                return client.get(url or self.url, params=signed)
+            return client.post(url or self.url, data=signed)
 
 
 EmulatorFactory = Callable[..., Emulator]

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Emulator
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
 from reconciler.cli import app
 from reconciler.cloud.api3 import Api3Client
 from reconciler.cloud.base import CloudClient
@@ -23,7 +28,9 @@ from reconciler.cloud.client import CvmClient
 from reconciler.cloud.credentials import Credentials
 from reconciler.connect import EMULATOR_URL, EMULATOR_URL3
 from reconciler.emulator.app import EmulatorApp, transport
+from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState, Mutation
+from reconciler.errors import InputError
 from reconciler.model import Desired, DesiredKey, Instance, KeyPair, Observed, Scope
 
 APIS = ("2.0", "3.0")
@@ -42,10 +49,21 @@ WEB1, WEB2, DB1, BATCH1, BASTION, WIN1 = (
     "ins-7w7w7w7w",
 )
 
+# An environment for the CLI in which no ambient credentials, profile or region may leak into a
+# test (None removes the variable for the run).
+CLEAN_ENV: dict[str, str | None] = {
+    "NO_COLOR": "1",
+    "TENCENTCLOUD_SECRET_ID": None,
+    "TENCENTCLOUD_SECRET_KEY": None,
+    "TENCENTCLOUD_REGION": None,
+    "TENCENTCLOUD_PROFILE": None,
+    "TCCLI_PROFILE": None,
+}
+
 _runner = CliRunner()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None) -> tuple[int, str, str]:
     """Run ``cvmkeys ARGS`` in-process; (exit code, stdout, stderr). Never a traceback."""
     result = _runner.invoke(app, list(args), env=env or {"NO_COLOR": "1"})
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
@@ -195,3 +213,99 @@ class FakeTime:
         with self._lock:
             self.sleeps.append(seconds)
             self.now += seconds
+
+
+# ----------------------------------------------------------------------- fuzzing the loaders
+
+# What a file may hold, for a loader's arbitrary-input test (parametrized over the kinds, so
+# each gets the full example budget): any bytes, or any text as UTF-8 (lone surrogates kept).
+ARBITRARY_INPUT: dict[str, st.SearchStrategy[bytes]] = {
+    "bytes": st.binary(max_size=400),
+    "text": st.text(max_size=400).map(lambda text: text.encode("utf-8", "surrogatepass")),
+}
+
+
+def check_placed(error: InputError, path: Path) -> None:
+    """``error`` names problems of the file at ``path``, each one short line, with a line and
+    column wherever it has a place."""
+    assert error.problems
+    for problem in error.problems:
+        assert problem.file == str(path)
+        assert problem.line is None or (problem.line >= 1 and (problem.column or 0) >= 1)
+        assert "\n" not in problem.message and len(problem.message) < 600, problem.message
+
+
+@st.composite
+def mutations(draw: st.DrawFn, base: bytes, tokens: Sequence[bytes], *, repeat: int, copies: int) -> bytes:
+    """``base`` with 1 to 4 edits at random places: random bytes or one of ``tokens`` inserted,
+    deleted over their length or written over it, or a stretch of up to ``repeat`` bytes
+    repeated 2 to ``copies`` times."""
+    data = bytearray(base)
+    for _ in range(draw(st.integers(1, 4))):
+        where = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "repeat"]))
+        chunk = draw(st.one_of(st.binary(min_size=1, max_size=6), st.sampled_from(list(tokens))))
+        if kind == "insert":
+            data[where:where] = chunk
+        elif kind == "delete":
+            del data[where : where + len(chunk)]
+        elif kind == "replace":
+            data[where : where + len(chunk)] = chunk
+        else:
+            stretch = data[where : where + draw(st.integers(1, repeat))]
+            data[where:where] = stretch * draw(st.integers(2, copies))
+    return bytes(data)
+
+
+# ----------------------------------------------------------------------- a generated fleet, served
+
+Binding = tuple[str, str]
+# The CLI's environment for a fleet bench/fleetgen.py generated: its credentials.
+GENERATED_ENV: dict[str, str] = {
+    "NO_COLOR": "1",
+    "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+    "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+}
+
+
+def ready_in(plan_json: str) -> set[Binding]:
+    """The (key, instance) bindings a plan document (or ``plan --format json``) has ready."""
+    return {
+        (c["key_id"], c["instance_id"]) for c in json.loads(plan_json)["changes"] if c["status"] == "ready"
+    }
+
+
+@dataclass(frozen=True)
+class PlannedFleet:
+    """A generated fleet served over a real socket, and the saved plan ``cvmkeys plan`` made of it."""
+
+    region: str
+    fleet: Path
+    desired: Path
+    state: FleetState
+    initial: set[Binding]
+    plan_file: Path
+    url: str
+    planned: set[Binding]
+
+
+@contextmanager
+def planned_fleet(
+    tmp_path: Path, instances: int, keys: int, *, seed: int, api: str, op_seconds: float, latency_ms: float
+) -> Iterator[PlannedFleet]:
+    """Generate a fleet in ``tmp_path`` (half its bindings to remove, the scope picked by
+    ``seed``), persisted to its file, serve it over ``api`` while the block runs, and save its
+    plan to ``tmp_path/plan.json``. The state stays readable after the block."""
+    scope = ("keys", "account", "instances")[seed % 3]
+    gen = generate(instances, keys, seed=seed, remove_fraction=0.5, scope=scope)
+    fleet, desired = write(gen, tmp_path)
+    state = FleetState.from_file(fleet, persist=True, op_seconds=op_seconds)
+    initial = state.bindings(gen.region)
+    plan_file = tmp_path / "plan.json"
+    with serve_in_thread(EmulatorApp(state, latency_ms=latency_ms)) as server:
+        url = served_url(server.url, api)
+        args = ("plan", str(desired), "--endpoint", url, "--out", str(plan_file), "--rate-limit", "1000")
+        code, out, err = run_cli(*args, env=GENERATED_ENV)
+        assert code == 0, out + err
+        planned = ready_in(plan_file.read_text())
+        yield PlannedFleet(gen.region, fleet, desired, state, initial, plan_file, url, planned)

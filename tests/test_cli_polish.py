@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from support import CLEAN_ENV
 from typer.testing import CliRunner
 
 from reconciler import __version__, cli
@@ -22,13 +23,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FLEET_SECRET_ID = "AKIDEMULATOR0000000000000000000000"
 FLEET_SECRET_KEY = "emulator-secret-key"
 runner = CliRunner()
-CLEAN_ENV: dict[str, str | None] = {
-    "NO_COLOR": "1",
-    "TENCENTCLOUD_SECRET_ID": None,
-    "TENCENTCLOUD_SECRET_KEY": None,
-    "TENCENTCLOUD_REGION": None,
-    "TENCENTCLOUD_PROFILE": None,
-}
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

@@ -21,23 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import UNBIND, mutated_pairs, served_url
-from typer.testing import CliRunner
+from support import GENERATED_ENV, UNBIND, mutated_pairs, planned_fleet
 
-from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
-from reconciler.cli import app
-from reconciler.emulator.app import EmulatorApp
-from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
-
-Binding = tuple[str, str]
-ENV = {"NO_COLOR": "1", "TENCENTCLOUD_SECRET_ID": SECRET_ID, "TENCENTCLOUD_SECRET_KEY": SECRET_KEY}
-
-
-def ready_in(plan_json: str) -> set[Binding]:
-    return {
-        (c["key_id"], c["instance_id"]) for c in json.loads(plan_json)["changes"] if c["status"] == "ready"
-    }
 
 
 @pytest.mark.parametrize(
@@ -46,29 +32,17 @@ def ready_in(plan_json: str) -> set[Binding]:
 def test_two_applies_of_one_plan_never_fail_because_of_each_other(
     seed: int, stagger: bool, api: str, tmp_path: Path
 ) -> None:
-    gen = generate(200, 40, seed=seed, remove_fraction=0.5, scope=("keys", "account", "instances")[seed % 3])
-    fleet, desired = write(gen, tmp_path)
-    state = FleetState.from_file(fleet, persist=True, op_seconds=0.1)
-    initial = state.bindings(gen.region)
-    plan_file = tmp_path / "plan.json"
-    with serve_in_thread(EmulatorApp(state, latency_ms=10)) as server:
-        url = served_url(server.url, api)
-        result = CliRunner().invoke(
-            app,
-            ["plan", str(desired), "--endpoint", url, "--out", str(plan_file), "--rate-limit", "1000"],
-            env=ENV,
-        )
-        assert result.exit_code == 0, result.output
-        planned = ready_in(plan_file.read_text())
+    with planned_fleet(tmp_path, 200, 40, seed=seed, api=api, op_seconds=0.1, latency_ms=10) as world:
+        state, planned = world.state, world.planned
         assert len(planned) > 20
         command = [
             sys.executable,
             "-m",
             "reconciler",
             "apply",
-            str(plan_file),
+            str(world.plan_file),
             "--endpoint",
-            url,
+            world.url,
             "--format",
             "json",
             "--rate-limit",
@@ -83,7 +57,7 @@ def test_two_applies_of_one_plan_never_fail_because_of_each_other(
             procs.append(
                 subprocess.Popen(
                     command,
-                    env={**os.environ, **ENV},
+                    env={**os.environ, **GENERATED_ENV},
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -106,5 +80,5 @@ def test_two_applies_of_one_plan_never_fail_because_of_each_other(
     mutated = {pair for m in state.mutations for pair in mutated_pairs(m)}
     assert all(m.action == UNBIND[api] for m in state.mutations)
     assert mutated == planned
-    assert state.bindings(gen.region) == initial - planned
-    assert FleetState.from_file(fleet, persist=False).bindings(gen.region) == initial - planned
+    assert state.bindings(world.region) == world.initial - planned
+    assert FleetState.from_file(world.fleet, persist=False).bindings(world.region) == world.initial - planned

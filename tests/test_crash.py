@@ -23,34 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support import UNBIND, mutated_pairs, served_url
-from typer.testing import CliRunner
+from support import GENERATED_ENV, UNBIND, Binding, mutated_pairs, planned_fleet, ready_in, run_cli
 
-from bench.fleetgen import SECRET_ID, SECRET_KEY, generate, write
-from reconciler.cli import app
-from reconciler.emulator.app import EmulatorApp
-from reconciler.emulator.server import serve_in_thread
 from reconciler.emulator.state import FleetState
-
-Binding = tuple[str, str]
-ENV = {
-    "NO_COLOR": "1",
-    "TENCENTCLOUD_SECRET_ID": SECRET_ID,
-    "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
-}
-runner = CliRunner()
 
 
 def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, [*args, "--rate-limit", "1000"], env=ENV)
-    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
-
-
-def ready_in(plan_json: str) -> set[Binding]:
-    return {
-        (c["key_id"], c["instance_id"]) for c in json.loads(plan_json)["changes"] if c["status"] == "ready"
-    }
+    return run_cli(*args, "--rate-limit", "1000", env=GENERATED_ENV)
 
 
 def unbound(state: FleetState, api: str) -> list[Binding]:
@@ -72,16 +51,8 @@ def test_apply_killed_at_a_random_point_then_plan_shows_the_rest_and_apply_conve
     seed: int, api: str, tmp_path: Path
 ) -> None:
     rng = random.Random(seed)
-    gen = generate(240, 60, seed=seed, remove_fraction=0.5, scope=("keys", "account", "instances")[seed % 3])
-    fleet, desired = write(gen, tmp_path)
-    state = FleetState.from_file(fleet, persist=True, op_seconds=0.05)
-    initial = state.bindings(gen.region)
-    plan_file = tmp_path / "plan.json"
-    with serve_in_thread(EmulatorApp(state, latency_ms=15)) as server:
-        url = served_url(server.url, api)
-        code, out, err = cli("plan", str(desired), "--endpoint", url, "--out", str(plan_file))
-        assert code == 0, out + err
-        planned = ready_in(plan_file.read_text())
+    with planned_fleet(tmp_path, 240, 60, seed=seed, api=api, op_seconds=0.05, latency_ms=15) as world:
+        state, planned, plan_file, url = world.state, world.planned, world.plan_file, world.url
         calls = len(json.loads(plan_file.read_text())["batches"])
         # (3.0 takes an instance's several keys in one call: fewer calls for the same plan.)
         assert calls >= (10 if api == "2.0" else 4), "the plan should take long enough to be killed mid-run"
@@ -104,7 +75,7 @@ def test_apply_killed_at_a_random_point_then_plan_shows_the_rest_and_apply_conve
                 "--audit-log",
                 str(tmp_path / "audit.jsonl"),
             ],
-            env={**os.environ, **ENV},
+            env={**os.environ, **GENERATED_ENV},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -126,12 +97,12 @@ def test_apply_killed_at_a_random_point_then_plan_shows_the_rest_and_apply_conve
         done = unbound(state, api)
         assert len(done) == len(set(done)), "a binding was unbound twice"
         assert set(done) <= planned
-        assert state.bindings(gen.region) == initial - set(done)
+        assert state.bindings(world.region) == world.initial - set(done)
         if kill_after:
             assert len(state.mutations) >= kill_after and set(done) < planned
 
         # plan shows exactly what remains: nothing done is planned again, nothing is forgotten.
-        code, out, err = cli("plan", str(desired), "--endpoint", url, "--format", "json")
+        code, out, err = cli("plan", str(world.desired), "--endpoint", url, "--format", "json")
         assert code == 0, err
         assert ready_in(out) == planned - set(done)
 
@@ -151,17 +122,17 @@ def test_apply_killed_at_a_random_point_then_plan_shows_the_rest_and_apply_conve
 
         # A fresh plan, applied, converges.
         plan2 = tmp_path / "plan2.json"
-        assert cli("plan", str(desired), "--endpoint", url, "--out", str(plan2))[0] == 0
+        assert cli("plan", str(world.desired), "--endpoint", url, "--out", str(plan2))[0] == 0
         code, out, err = cli("apply", str(plan2), "--endpoint", url)
         assert code in (0, 3), out + err  # 3: blocked changes (running instances) remain
-        code, out, _ = cli("plan", str(desired), "--endpoint", url, "--format", "json")
+        code, out, _ = cli("plan", str(world.desired), "--endpoint", url, "--format", "json")
         assert ready_in(out) == set()
 
     final_done = unbound(state, api)
     assert len(final_done) == len(set(final_done)) and set(final_done) == planned
-    assert state.bindings(gen.region) == initial - planned
+    assert state.bindings(world.region) == world.initial - planned
     # The fleet file holds the same as the emulator's memory.
-    assert FleetState.from_file(fleet, persist=False).bindings(gen.region) == initial - planned
+    assert FleetState.from_file(world.fleet, persist=False).bindings(world.region) == world.initial - planned
     # The audit log of the killed process: every complete line is a JSON record.
     audit = tmp_path / "audit.jsonl"
     lines = audit.read_text().split("\n") if audit.exists() else []

@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from support import CLEAN_ENV, run_cli
 
-from reconciler.cli import app
 from reconciler.cloud.credentials import (
     Credentials,
     choose_profile,
@@ -178,22 +177,8 @@ def test_region_default_environment_then_profile(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- through the CLI
 
-runner = CliRunner()
-
-
 def _cli(home: Path, *args: str, **env: str | None) -> tuple[int, str, str]:
-    base: dict[str, str | None] = {
-        "HOME": str(home),
-        "NO_COLOR": "1",
-        "TENCENTCLOUD_SECRET_ID": None,
-        "TENCENTCLOUD_SECRET_KEY": None,
-        "TENCENTCLOUD_REGION": None,
-        "TENCENTCLOUD_PROFILE": None,
-        "TCCLI_PROFILE": None,
-    }
-    result = runner.invoke(app, list(args), env={**base, **env})
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
+    return run_cli(*args, env={**CLEAN_ENV, "HOME": str(home), **env})
 
 
 def test_plan_with_a_profile_against_a_served_emulator(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ARBITRARY_INPUT, check_placed
 
 from reconciler.desired.loader import LoadedDesired, load_paths
 from reconciler.errors import InputError
@@ -84,24 +85,15 @@ def _load(path: Path, data: bytes) -> LoadedDesired | InputError:
     try:
         return load_paths([path])
     except InputError as error:
-        assert error.problems
-        for problem in error.problems:
-            assert problem.file == str(path)
-            assert problem.line is None or (problem.line >= 1 and (problem.column or 0) >= 1)
-            assert "\n" not in problem.message
+        check_placed(error, path)
         return error
 
 
+@pytest.mark.parametrize("kind", sorted(ARBITRARY_INPUT))
 @SETTINGS
-@given(data=st.binary(max_size=400))
-def test_arbitrary_bytes(scratch: Path, data: bytes) -> None:
-    _load(scratch, data)
-
-
-@SETTINGS
-@given(text=st.text(max_size=400))
-def test_arbitrary_text(scratch: Path, text: str) -> None:
-    _load(scratch, text.encode("utf-8", errors="surrogatepass"))
+@given(data=st.data())
+def test_arbitrary_input(scratch: Path, kind: str, data: st.DataObject) -> None:
+    _load(scratch, data.draw(ARBITRARY_INPUT[kind]))
 
 
 @SETTINGS

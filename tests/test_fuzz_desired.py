@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import check_placed, mutations
 
 from reconciler import ids
 from reconciler.desired.loader import LoadedDesired, load_paths
@@ -41,10 +42,7 @@ def load(path: Path, data: bytes, *, seconds: float = 5.0) -> LoadedDesired | In
     try:
         return load_paths([path])
     except InputError as error:
-        for problem in error.problems:
-            assert problem.file == str(path)
-            assert problem.line is None or (problem.line >= 1 and (problem.column or 0) >= 1)
-            assert "\n" not in problem.message and len(problem.message) < 600, problem.message
+        check_placed(error, path)
         return error
     finally:
         assert time.process_time() - start < seconds
@@ -143,33 +141,12 @@ def test_each_unicode_trick_is_refused_at_its_place(scratch: Path, trick: str, w
     assert "is not a valid" in result.problems[0].message
 
 
-@st.composite
-def mutated_example(draw: st.DrawFn) -> bytes:
-    data = bytearray(EXAMPLE)
-    for _ in range(draw(st.integers(1, 4))):
-        where = draw(st.integers(0, len(data)))
-        chunk = draw(
-            st.one_of(
-                st.binary(min_size=1, max_size=6),
-                st.sampled_from(
-                    [b"&a ", b"*a", b"<<: ", b"[", b"\n- ", b": ", b"\x00", b"!!", b"\t", b"\xff"]
-                ),
-            )
-        )
-        kind = draw(st.sampled_from(["insert", "delete", "replace", "repeat"]))
-        if kind == "insert":
-            data[where:where] = chunk
-        elif kind == "delete":
-            del data[where : where + len(chunk)]
-        elif kind == "replace":
-            data[where : where + len(chunk)] = chunk
-        else:
-            data[where:where] = data[where : where + draw(st.integers(1, 300))] * draw(st.integers(2, 4))
-    return bytes(data)
+# YAML's syntax, and bytes that are not UTF-8 or not allowed in it.
+TOKENS = [b"&a ", b"*a", b"<<: ", b"[", b"\n- ", b": ", b"\x00", b"!!", b"\t", b"\xff"]
 
 
 @SETTINGS
-@given(data=mutated_example())
+@given(data=mutations(EXAMPLE, TOKENS, repeat=300, copies=4))
 def test_the_example_mutated(scratch: Path, data: bytes) -> None:
     load(scratch, data)
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ARBITRARY_INPUT, check_placed, mutations
 
 from reconciler.emulator.state import FleetState
 from reconciler.errors import InputError
@@ -44,11 +45,7 @@ def load(path: Path, data: bytes) -> FleetState | InputError:
     try:
         state = FleetState.from_file(path, persist=False)
     except InputError as error:
-        assert error.problems
-        for problem in error.problems:
-            assert problem.file == str(path)
-            assert problem.line is None or (problem.line >= 1 and (problem.column or 0) >= 1)
-            assert "\n" not in problem.message and len(problem.message) < 600, problem.message
+        check_placed(error, path)
         return error
     finally:
         assert time.perf_counter() - start < 5
@@ -64,16 +61,11 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path / "fleet.yaml"
 
 
+@pytest.mark.parametrize("kind", sorted(ARBITRARY_INPUT))
 @SETTINGS
-@given(data=st.binary(max_size=400))
-def test_arbitrary_bytes(scratch: Path, data: bytes) -> None:
-    load(scratch, data)
-
-
-@SETTINGS
-@given(text=st.text(max_size=400))
-def test_arbitrary_text(scratch: Path, text: str) -> None:
-    load(scratch, text.encode("utf-8", "surrogatepass"))
+@given(data=st.data())
+def test_arbitrary_input(scratch: Path, kind: str, data: st.DataObject) -> None:
+    load(scratch, data.draw(ARBITRARY_INPUT[kind]))
 
 
 _values: st.SearchStrategy[Any] = st.recursive(
@@ -142,39 +134,18 @@ def test_fleet_shaped_documents(scratch: Path, fleet: dict[str, Any], as_json: b
     load(scratch, text.encode("utf-8", "surrogatepass"))
 
 
-@st.composite
-def mutations(draw: st.DrawFn, base: str) -> bytes:
-    data = bytearray(base.encode("utf-8"))
-    for _ in range(draw(st.integers(1, 4))):
-        where = draw(st.integers(0, len(data)))
-        kind = draw(st.sampled_from(["insert", "delete", "replace", "repeat"]))
-        chunk = draw(
-            st.one_of(
-                st.binary(min_size=1, max_size=6),
-                st.sampled_from(
-                    [b"&a ", b"*a", b"[", b"{", b"\n  ", b": ", b", ", b'"', b"\x00", b"!!", b"9" * 30]
-                ),
-            )
-        )
-        if kind == "insert":
-            data[where:where] = chunk
-        elif kind == "delete":
-            del data[where : where + len(chunk)]
-        elif kind == "replace":
-            data[where : where + len(chunk)] = chunk
-        else:
-            data[where:where] = data[where : where + draw(st.integers(1, 200))] * draw(st.integers(2, 5))
-    return bytes(data)
+# YAML's and JSON's syntax, a NUL and a number too long to read.
+TOKENS = [b"&a ", b"*a", b"[", b"{", b"\n  ", b": ", b", ", b'"', b"\x00", b"!!", b"9" * 30]
 
 
 @SETTINGS
-@given(data=mutations(EXAMPLE_TEXT))
+@given(data=mutations(EXAMPLE_TEXT.encode(), TOKENS, repeat=200, copies=5))
 def test_the_example_fleet_mutated(scratch: Path, data: bytes) -> None:
     load(scratch, data)
 
 
 @SETTINGS
-@given(data=mutations(WRITTEN_TEXT))
+@given(data=mutations(WRITTEN_TEXT.encode(), TOKENS, repeat=200, copies=5))
 def test_a_written_fleet_mutated(scratch: Path, data: bytes) -> None:
     load(scratch, data)
 

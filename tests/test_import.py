@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
+from support import CLEAN_ENV, run_cli
 
 from bench.fleetgen import SECRET_ID, SECRET_KEY, generate
 from reconciler import importer
-from reconciler.cli import app
 from reconciler.cloud.client import CvmClient, instance_state
 from reconciler.cloud.credentials import Credentials
 from reconciler.cloud.observe import observe_for_plan
@@ -29,22 +28,8 @@ from reconciler.errors import ConfigError
 from reconciler.model import Instance, KeyPair, Observed, Plan, Scope
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-runner = CliRunner()
-# No ambient credentials, profile or region may leak into these tests.
-CLEAN_ENV: dict[str, str | None] = {
-    "NO_COLOR": "1",
-    "TENCENTCLOUD_SECRET_ID": None,
-    "TENCENTCLOUD_SECRET_KEY": None,
-    "TENCENTCLOUD_REGION": None,
-    "TENCENTCLOUD_PROFILE": None,
-    "TCCLI_PROFILE": None,
-}
-
-
 def cli(*args: str, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env={**CLEAN_ENV, **(env or {})})
-    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
+    return run_cli(*args, env={**CLEAN_ENV, **(env or {})})
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import httpx
 
 from reconciler.cloud import signing
 from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_provider
+from reconciler.common import unique_mapping
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 PUBLIC_PARAMS = ("Timestamp", "Nonce", "SecretId", "SignatureMethod", "Region", "Signature", "Token")
@@ -59,12 +60,7 @@ def encode_params(params: Mapping[str, str]) -> str:
 
 def _decode(raw: str) -> dict[str, str]:
     pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False)
-    params: dict[str, str] = {}
-    for name, value in pairs:
-        if name in params:
-            raise ValueError(f"parameter {name!r} given twice")
-        params[name] = value
-    return params
+    return unique_mapping(pairs, lambda name: f"parameter {name!r} given twice")
 
 
 class Api2Auth(httpx.Auth):

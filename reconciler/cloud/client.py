@@ -331,7 +331,7 @@ class CvmClient(PooledClient):
 
     def _key_page(self, offset: int) -> tuple[int, list[KeyPair]]:
         params = {"offset": str(offset), "limit": str(PAGE_SIZE)}
-        return self._call("DescribeKeyPairs", params, _parse_key_page)
+        return self._call("DescribeKeyPairs", params, _parse_key_page)[0]
 
     def _key_batch(self, chunk: Sequence[str]) -> list[KeyPair]:
         params = {**_list_params("keyIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
@@ -341,7 +341,7 @@ class CvmClient(PooledClient):
             check_answered(chunk, [key.key_id for key in keys], total, "key", self._total_name)
             return keys
 
-        return self._call("DescribeKeyPairs", params, parse, instance_ids=())
+        return self._call("DescribeKeyPairs", params, parse, instance_ids=())[0]
 
     def _instance_batch(self, chunk: Sequence[str]) -> list[Instance]:
         params = {**_list_params("instanceIds", chunk), "offset": "0", "limit": str(PAGE_SIZE)}
@@ -352,7 +352,7 @@ class CvmClient(PooledClient):
             check_answered(chunk, found, total, "instance", self._total_name)
             return instances
 
-        return self._call("DescribeInstances", params, parse, instance_ids=tuple(chunk))
+        return self._call("DescribeInstances", params, parse, instance_ids=tuple(chunk))[0]
 
     # ----------------------------------------------------------------- mutations
 
@@ -388,23 +388,12 @@ class CvmClient(PooledClient):
         return self._mutate(action, params, key, ids)
 
     def _mutate(self, action: str, params: dict[str, str], key_id: str | None, ids: list[str]) -> CallResult:
-        _, attempts = self._call_counted(action, params, _parse_empty, key_id=key_id, instance_ids=tuple(ids))
+        _, attempts = self._call(action, params, _parse_empty, key_id=key_id, instance_ids=tuple(ids))
         return CallResult(action, attempts)
 
     # ----------------------------------------------------------------- one call, with retries
 
     def _call(
-        self,
-        action: str,
-        params: dict[str, str],
-        parse: Callable[[dict[str, Any]], T],
-        *,
-        key_id: str | None = None,
-        instance_ids: tuple[str, ...] = (),
-    ) -> T:
-        return self._call_counted(action, params, parse, key_id=key_id, instance_ids=instance_ids)[0]
-
-    def _call_counted(
         self,
         action: str,
         params: dict[str, str],

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from reconciler.common import canonical_sha256, plural, short_repr
+from reconciler.common import canonical_sha256, plural, short_repr, unique_mapping
 from reconciler.core.diff import LAST_KEY_WARNING
 from reconciler.core.records import record_from_data, record_to_data
 from reconciler.core.safety import check_safety
@@ -443,13 +443,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # json would silently keep the last one; a plan must mean one thing.
-            raise ValueError(f"duplicate member {key!r} in a JSON object")
-        result[key] = value
-    return result
+    return unique_mapping(pairs, lambda key: f"duplicate member {key!r} in a JSON object")
 
 
 def _finite_float(text: str) -> float:

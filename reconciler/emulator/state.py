@@ -698,6 +698,13 @@ class FleetState:
                 p.phases.pop(0)
         return pending
 
+    @contextmanager
+    def _now(self, region: str) -> Iterator[tuple[_Region, dict[str, _Pending]]]:
+        """Under the lock: ``region`` and the operations running in it now (what a read sees)."""
+        with self._lock:
+            r = self._region(region)
+            yield r, self._active_pending(r.long_name, self.clock())
+
     def settle(self) -> None:
         """Forget transient states whose time is up (the views are right without it too)."""
         with self._lock:
@@ -714,7 +721,7 @@ class FleetState:
         p = pending.get(iid)
         keys = p.keys if p is not None and p.keys is not None else r.instance_keys[iid]
         created = raw.get("created", DEFAULT_CREATED)
-        status = p.status if p is not None else int(raw["status"])
+        status = self._status(r, iid, pending)
         op = self._latest_operation(r.long_name, iid)
         now = self.clock()
         op_state = None if op is None else ("OPERATING" if now < op.due else op.outcome)
@@ -775,18 +782,12 @@ class FleetState:
 
     def observed_bindings(self, region: str) -> set[tuple[str, str]]:
         """The (key_id, instance_id) bindings the API reports now."""
-        with self._lock:
-            r = self._region(region)
-            pending = self._active_pending(r.long_name, self.clock())
+        with self._now(region) as (r, pending):
             return {(kid, iid) for kid in r.keys for iid in self._key_members(r, kid, pending)}
 
     def instance_status(self, region: str, instance_id: str) -> int:
         """The status the API reports now (transient 20/9/8 included). KeyError if unknown."""
-        with self._lock:
-            r = self._region(region)
-            if instance_id not in r.instances:
-                raise KeyError(instance_id)
-            return self._status(r, instance_id, self._active_pending(r.long_name, self.clock()))
+        return self.instance(region, instance_id).status
 
     def settled_status(self, region: str, instance_id: str) -> int:
         """The status once running operations have finished. KeyError if unknown."""
@@ -795,19 +796,17 @@ class FleetState:
 
     def instance(self, region: str, instance_id: str) -> InstanceView:
         """The instance as reported now. KeyError if unknown."""
-        with self._lock:
-            r = self._region(region)
+        with self._now(region) as (r, pending):
             if instance_id not in r.instances:
                 raise KeyError(instance_id)
-            return self._instance_view(r, instance_id, self._active_pending(r.long_name, self.clock()))
+            return self._instance_view(r, instance_id, pending)
 
     def key(self, region: str, key_id: str) -> KeyView:
         """The key pair as reported now. KeyError if unknown."""
-        with self._lock:
-            r = self._region(region)
+        with self._now(region) as (r, pending):
             if key_id not in r.keys:
                 raise KeyError(key_id)
-            return self._key_view(r, key_id, self._active_pending(r.long_name, self.clock()))
+            return self._key_view(r, key_id, pending)
 
     def instance_ids(self, region: str) -> tuple[str, ...]:
         with self._lock:
@@ -849,9 +848,7 @@ class FleetState:
         limit: int = 20,
     ) -> tuple[int, list[KeyView]]:
         """Total matching and one page of key pairs, ordered by key ID."""
-        with self._lock:
-            r = self._region(region)
-            pending = self._active_pending(r.long_name, self.clock())
+        with self._now(region) as (r, pending):
             if key_ids is not None:
                 wanted = set(key_ids)
                 ids = [kid for kid in sorted(wanted) if kid in r.keys]
@@ -875,9 +872,7 @@ class FleetState:
         limit: int = 20,
     ) -> tuple[int, list[InstanceView]]:
         """Total matching and one page of instances, ordered by instance ID."""
-        with self._lock:
-            r = self._region(region)
-            pending = self._active_pending(r.long_name, self.clock())
+        with self._now(region) as (r, pending):
             if instance_ids is not None:
                 ids = [iid for iid in sorted(set(instance_ids)) if iid in r.instances]
             else:
@@ -914,11 +909,9 @@ class FleetState:
 
     def check_key_operation(self, action: str, region: str, key_id: str, instance_ids: Iterable[str]) -> None:
         """Raise the ``ApiFault`` a bind/unbind of these instances would get now, if any."""
-        with self._lock:
-            r = self._region(region)
+        with self._now(region) as (r, pending):
             ids = list(dict.fromkeys(instance_ids))
             self._require(r, key_id, ids)
-            pending = self._active_pending(r.long_name, self.clock())
             refusals = []
             first: type[ApiError] | None = None
             for iid in ids:
@@ -1095,10 +1088,8 @@ class FleetState:
         force_stop: bool,
     ) -> None:
         """Raise the error a 3.0 (Dis)AssociateInstancesKeyPairs of these would get now, if any."""
-        with self._lock:
-            r = self._region(region)
+        with self._now(region) as (r, pending):
             self._require3(r, key_ids, instance_ids)
-            pending = self._active_pending(r.long_name, self.clock())
             refusals: list[tuple[type[ApiError], str]] = []
             for iid in instance_ids:
                 raw = r.instances[iid]
