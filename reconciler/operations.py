@@ -32,6 +32,7 @@ from reconciler.errors import (
     InputError,
     PlanIntegrityError,
     PlanRefusedError,
+    Problem,
     UnsafePlanError,
 )
 from reconciler.model import (
@@ -122,7 +123,7 @@ def read_plans(planfile: Path, region: str | None = None) -> tuple[Plan, ...]:
     return _pick_region(load_plans(_plan_text(planfile), str(planfile)), region, planfile)
 
 
-def check_sources(the_plan: Plan, base: Path) -> None:
+def check_sources(the_plan: Plan, base: Path, search: _FolderSearch | None = None) -> None:
     """Refuse a plan whose desired-state files changed or are gone since it was made, or when a
     folder plan searched now holds another file of its region: the plan carries out what those
     files said, and only then (this closes replay: a plan applied again after the file was
@@ -134,22 +135,26 @@ def check_sources(the_plan: Plan, base: Path) -> None:
     from reconciler.files import FileReadError, read_bounded
 
     problems: list[str] = []
+    unread = False
     for source in the_plan.sources:
         path = _at(base, source.path)
         try:
             digest = hashlib.sha256(read_bounded(path, MAX_FILE_BYTES, "file", source.path)).hexdigest()
         except FileReadError as error:
             problems.append(f"{source.path}: {error.problems[0].message}")
+            unread = True
             continue
         if digest != source.sha256:
             problems.append(f"{source.path} changed since the plan was made")
     if not problems:
-        problems = _added_sources(the_plan, base)
+        problems = (search or _FolderSearch(base)).added(the_plan)
     if problems:
+        # Only a file not found may mean apply runs elsewhere than plan did.
+        elsewhere = "run apply from the directory plan ran in, or " if unread else ""
         raise PlanRefusedError(
             "the plan's desired-state files are not as they were: " + "; ".join(problems),
             hint="plan again from the files as they are now; or, to apply the plan as reviewed "
-            "anyway, run apply from the directory plan ran in, or add --ignore-changed-sources",
+            f"anyway, {elsewhere}add --ignore-changed-sources",
         )
 
 
@@ -159,23 +164,52 @@ def _at(base: Path, recorded: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _added_sources(the_plan: Plan, base: Path) -> list[str]:
-    """The desired-state files of the plan's region that plan would read now and did not read
-    then: added since to a folder it was given. Only folders gain files, so a plan given only
-    files (or a 3.0 plan, which recorded no inputs) searches nothing."""
-    from reconciler.desired.loader import load_paths
+class _FolderSearch:
+    """What the folders a plan was given hold now, for the source check: the region of every
+    desired-state file the plan did not read, each file looked at once for all the plans of one
+    apply (a plan set's regions share their folders)."""
 
-    given = [_at(base, recorded) for recorded in the_plan.inputs]
-    if not any(path.is_dir() for path in given):
-        return []
-    try:
-        loaded = load_paths(given)
-    except InputError as error:  # e.g. a broken file added: plan would refuse now
-        return [f"the files given to plan no longer load ({error.problems[0]})"]
-    now = loaded.by_region.get(the_plan.region)
-    known = {_at(base, source.path).resolve() for source in the_plan.sources}
-    added = [Path(s.path) for s in (now.sources if now else ()) if Path(s.path).resolve() not in known]
-    return [f"{_shown(path, base)} was added since the plan was made" for path in added]
+    def __init__(self, base: Path, plans: Sequence[Plan] = ()) -> None:
+        self.base = base
+        # A plan's own sources are its region's (their digests are checked): never parsed here.
+        self._regions: dict[Path, str | Problem | None] = {
+            _at(base, source.path).resolve(): p.region for p in plans for source in p.sources
+        }
+
+    def added(self, the_plan: Plan) -> list[str]:
+        """The files of the plan's region that plan would read now and did not read then (added
+        since to a folder it was given), and the files whose region cannot be told. Only
+        folders gain files: a plan given only files (or a 3.0 plan, no inputs) searches nothing.
+        Files of other regions are other plans' business, whatever else is wrong with them."""
+        from reconciler.desired.loader import found_files
+
+        given = [_at(self.base, recorded) for recorded in the_plan.inputs]
+        if not any(path.is_dir() for path in given):
+            return []
+        known = {_at(self.base, source.path).resolve() for source in the_plan.sources}
+        problems: list[str] = []
+        for path, display in found_files(given):
+            resolved = path.resolve()
+            if resolved in known:
+                continue  # read by the plan: the digest check covers it
+            region = self._region(resolved, path, display)
+            shown = _shown(path, self.base)
+            if isinstance(region, Problem):
+                where = f"{shown}:{region.line}:{region.column}" if region.line else shown
+                problems.append(f"{where}: {region.message}; so which region it is for is unknown")
+            elif region == the_plan.region:
+                problems.append(f"{shown} was added since the plan was made")
+        return problems
+
+    def _region(self, resolved: Path, path: Path, display: str) -> str | Problem | None:
+        from reconciler.desired.loader import region_of_found_file
+
+        if resolved not in self._regions:
+            try:
+                self._regions[resolved] = region_of_found_file(path, display)
+            except InputError as error:
+                self._regions[resolved] = error.problems[0]
+        return self._regions[resolved]
 
 
 def _shown(path: Path, base: Path) -> str:
@@ -641,6 +675,7 @@ def apply_saved(
 
     plans = read_plans(request.paths[0], request.region)
     several = len(plans) > 1
+    search = _FolderSearch(request.base, plans)
     for the_plan in plans:
         try:
             if the_plan.has_errors:
@@ -648,7 +683,7 @@ def apply_saved(
             if request.max_age is not None:
                 check_age(the_plan, request.max_age)
             if not request.ignore_changed_sources:
-                check_sources(the_plan, request.base)
+                check_sources(the_plan, request.base, search)
         except CvmkeysError as error:
             raise _in_region(the_plan.region, error) if several else error from None
     if not several:

@@ -11,7 +11,7 @@ from support import run_cli
 
 from reconciler.emulator.state import FleetState
 
-REGION = "ap-guangzhou"
+REGION, SHANGHAI = "ap-guangzhou", "ap-shanghai"
 OLD, SPARE = "skey-01d01d01", "skey-5pare5pa"
 STOPPED = ["ins-s0000001", "ins-s0000002"]
 
@@ -20,9 +20,11 @@ def _fleet(tmp_path: Path) -> Path:
     fleet = tmp_path / "fleet.json"
     instances = [{"id": i, "name": i[-4:], "os": "centos7.6x86_64", "status": 4} for i in STOPPED]
     keys = [{"id": OLD, "name": "old", "bound": STOPPED}, {"id": SPARE, "name": "spare", "bound": STOPPED}]
+    # The same fleet in a second region, for plan sets.
+    regions = {name: {"instances": instances, "keys": keys} for name in (REGION, SHANGHAI)}
     data = {
         "credentials": [{"secret_id": "AKIDADDED000000000000000000000000000", "secret_key": "added"}],
-        "regions": {REGION: {"instances": instances, "keys": keys}},
+        "regions": regions,
     }
     fleet.write_text(json.dumps(data), encoding="utf-8")
     return fleet
@@ -36,8 +38,8 @@ def _desired(path: Path, key_id: str, allowed: list[str], region: str = REGION) 
     return path
 
 
-def _bindings(fleet: Path) -> set[tuple[str, str]]:
-    return FleetState.from_file(fleet, persist=False).bindings(REGION)
+def _bindings(fleet: Path, region: str = REGION) -> set[tuple[str, str]]:
+    return FleetState.from_file(fleet, persist=False).bindings(region)
 
 
 def _planned(tmp_path: Path, *given: Path) -> tuple[Path, Path]:
@@ -61,6 +63,7 @@ def test_a_file_of_the_region_added_to_the_folder_refuses_the_plan(tmp_path: Pat
     assert code == 1
     assert f"{folder / 'team-b.yaml'} was added since the plan was made" in err
     assert "--ignore-changed-sources" in err
+    assert "directory plan ran in" not in err  # the file is there: apply runs where plan did
     assert _bindings(fleet) == before  # refused before any call that changes anything
     # The reviewer may still apply the plan as reviewed.
     assert run_cli("apply", str(plan), "--ignore-changed-sources")[0] == 0
@@ -74,10 +77,11 @@ def test_a_broken_file_added_refuses_and_a_file_of_another_region_does_not(tmp_p
     broken = folder / "broken.yaml"
     broken.write_text("version: 1\nregion: ap-guangzhou\nscope: [\n", encoding="utf-8")
     code, _, err = run_cli("apply", str(plan))
-    assert code == 1 and "the files given to plan no longer load" in err and "broken.yaml" in err
+    assert code == 1 and "broken.yaml:4:1:" in err and "which region it is for is unknown" in err
     broken.unlink()
-    # Another region's file is another plan's business: this region's files are as they were.
-    _desired(folder / "shanghai.yaml", OLD, [], region="ap-shanghai")
+    # Another region's file is another plan's business, even one plan would refuse (an ID that
+    # is not one): this region's files are as they were.
+    _desired(folder / "shanghai.yaml", OLD, ["ins-NOT-AN-ID"], region=SHANGHAI)
     code, _, err = run_cli("apply", str(plan))
     assert code == 0, err
     assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
@@ -91,4 +95,20 @@ def test_a_plan_of_files_searches_no_folder(tmp_path: Path) -> None:
     _desired(folder / "team-b.yaml", SPARE, STOPPED)
     code, _, err = run_cli("apply", str(plan))
     assert code == 0, err
+    assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
+
+
+def test_a_plan_set_names_the_region_a_file_was_added_to_and_applies_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "desired"
+    _desired(folder / "gz.yaml", OLD, [])
+    _desired(folder / "sh.yaml", OLD, [], region=SHANGHAI)
+    fleet, plan = _planned(tmp_path, folder)
+    assert json.loads(plan.read_text())["kind"] == "cvmkeys-plan-set"
+    _desired(folder / "sh-team-b.yaml", SPARE, STOPPED, region=SHANGHAI)
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 1 and f"{SHANGHAI}:" in err and "sh-team-b.yaml was added since the plan was made" in err
+    everything = {(k, i) for k in (OLD, SPARE) for i in STOPPED}
+    assert _bindings(fleet) == everything and _bindings(fleet, SHANGHAI) == everything  # nothing sent
+    # --region picks ap-guangzhou's plan, whose files are as they were.
+    assert run_cli("apply", str(plan), "--region", REGION)[0] == 0
     assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}

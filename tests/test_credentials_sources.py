@@ -562,3 +562,12 @@ def test_a_tke_token_file_that_is_not_there_is_an_error_before_any_call(world: W
     with pytest.raises(ConfigError, match="TKE_WEB_IDENTITY_TOKEN_FILE: cannot read"):
         world.resolve(env)
     assert world.server.seen == []
+
+
+@pytest.mark.parametrize("region", ["ap-广州", "bad region", "ap-guangzhou\r\nX-Evil: 1"])
+def test_a_tke_region_that_is_not_one_is_an_error_before_any_call(
+    world: World, tmp_path: Path, region: str
+) -> None:
+    with pytest.raises(ConfigError, match="TKE_REGION"):
+        world.resolve(_tke_env(world, tmp_path / "token", TKE_REGION=region))
+    assert world.server.seen == []

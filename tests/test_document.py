@@ -363,3 +363,18 @@ def test_plan_file_escapes_invisible_characters_of_cloud_names() -> None:
     assert not any(ch in text for ch in "\x1b\x9b\x7f\u202e\u2028")
     assert "\\u009b" in text and "\\u202e" in text
     assert load_plan(text, "plan.json") == plan
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("safety", "owned_bindings"), 10**400),
+        (("summary", "calls"), -(10**30)),
+        (("safety", "max_unbind_percent"), 10**19),
+    ],
+)
+def test_a_number_no_plan_holds_is_refused_not_a_crash(where: tuple[str, str], value: int) -> None:
+    """A forged 400-digit integer once reached float() and crashed (OverflowError) as a bug."""
+    data = json.loads(dump_plan(full_plan()))
+    data[where[0]][where[1]] = value
+    assert "out of range" in _refusal(_resealed(data))

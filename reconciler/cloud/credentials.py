@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 import httpx
 
 from reconciler.errors import ConfigError
+from reconciler.ids import normalize_region
 
 if TYPE_CHECKING:
     from reconciler.cloud.base import AttemptRecord
@@ -579,7 +580,11 @@ def _tke_provider(
     read_token, token_source = _token_file(ENV_TKE_TOKEN_FILE, token_path)
     region = _env(environ, ENV_TKE_REGION)
     if region is not None:
-        sts = dataclasses.replace(sts, region=region)
+        _check_value(ENV_TKE_REGION, region)
+        try:
+            sts = dataclasses.replace(sts, region=normalize_region(region))
+        except KeyError:
+            raise ConfigError(f"{ENV_TKE_REGION} is {region!r}, which is not a region name") from None
     role = RoleRequest(role_arn, f"cvmkeys-{int(clock())}", DEFAULT_SESSION_DURATION, None, ENV_TKE_ROLE_ARN)
     source = f"TKE pod identity, {token_source}"
     return _web_identity_provider(role, provider_id, read_token, source, sts, clock)

@@ -75,7 +75,8 @@ class PooledClient(Closing):
         provider = as_provider(credentials)
         # Open-ended, as the loader's: a region newer than a version's table still works.
         self.region = checked_region(region, normalize_region)
-        self.endpoint = check_endpoint(endpoint or self.default_endpoint, default_path=self.default_path)
+        where = self.default_endpoint if endpoint is None else endpoint  # "" is refused, not defaulted
+        self.endpoint = check_endpoint(where, default_path=self.default_path)
         self.credentials_source = provider.source
         settings = ClientTuning(**tuning)
         if settings.max_workers < 1:

@@ -454,6 +454,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# No number a plan holds (counts, seconds, percentages) comes near this; a larger integer could
+# not become the float some members are read as (OverflowError) and says the file was forged.
+_MAX_PLAN_INT_DIGITS = 18
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_PLAN_INT_DIGITS:
+        raise ValueError(f"number {text[:40]}... is out of range")
+    return int(text)
+
+
 def _depth_at_most(data: Any, limit: int) -> bool:
     """True when ``data`` nests lists/objects at most ``limit`` deep (iterative: no recursion)."""
     stack: list[tuple[Any, int]] = [(data, 1)]
@@ -474,6 +485,7 @@ def _parse(text: str, source: str) -> Any:
             text,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
+            parse_int=_bounded_int,
             object_pairs_hook=_unique_keys,
         )
     except json.JSONDecodeError as error:

@@ -108,6 +108,44 @@ class LoadedDesired:
         return text
 
 
+def found_files(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """(path, name to show) of every file ``load_paths(paths)`` would read, found as it finds
+    them (folders searched, each file once); nothing is read. Folders that cannot be searched
+    are left out here: ``load_paths`` reports them."""
+    return [(path, display) for path, display, _ in _discover(paths, [])]
+
+
+def region_of_found_file(path: Path, display: str) -> str | None:
+    """The region (long name) of a file a folder search found, read from its top level; None
+    for YAML a search skips (a fleet file, a CI pipeline). Only the region is looked at, so a
+    file with other problems still says where it belongs. ``InputError`` when not even that
+    can be read (not YAML, no region)."""
+    source = read_source(path, display)
+    if isinstance(source, Problem):
+        raise InputError([source])
+    if _other_yaml_kind(source.text) is not None:
+        return None
+    root = compose(source.text, display)
+    if isinstance(root, Problem):
+        raise InputError([root])
+    if root is not None and top_level_keys(root) >= FLEET_FILE_KEYS:
+        return None
+    region = next(
+        (
+            value.value
+            for key, value in (root.value if isinstance(root, MappingNode) else ())
+            if isinstance(key, ScalarNode) and key.value == "region" and isinstance(value, ScalarNode)
+        ),
+        None,
+    )
+    if region is None:
+        raise InputError([Problem(display, "no top-level region: which region it is for is unknown", 1, 1)])
+    try:
+        return ids.normalize_region(str(region).strip())
+    except KeyError:
+        raise InputError([Problem(display, f"region {region!r} is not a region name", 1, 1)]) from None
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
