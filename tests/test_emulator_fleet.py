@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import EXAMPLE_FLEET, Emulator
-from support import BATCH1, CI, DB1, OLD, OPS, WEB1, WEB2, run_cli, serve_fleet
+from support import BATCH1, CI, DB1, OLD, OPS, WEB1, WEB2, run_cli, run_command, serve_fleet
 
 from reconciler.emulator.state import FleetState
 from reconciler.emulator.store import STATE_ENV
@@ -533,3 +533,23 @@ def test_a_big_fleet_loads_fast_and_a_call_costs_what_it_changes(tmp_path: Path)
     # Generous bounds (a loaded CI machine); the old whole-file save cost about 0.3 s a call.
     assert built < 30.0 and loaded < 3.0 and calls < 0.05, (built, loaded, calls)
     assert len(state.bindings(GZ)) == 100_000 - 1000
+
+
+def test_an_edited_fixture_says_its_live_state_was_rebuilt(tmp_path: Path) -> None:
+    """Editing the fixture (even a comment) rebuilds the live state, dropping what applies did:
+    said once, on the run that rebuilt it (QA found it silent)."""
+    fixture = tmp_path / "fleet.yaml"
+    fixture.write_bytes(EXAMPLE_FLEET.read_bytes())
+    desired = str(EXAMPLE_FLEET.parent / "bindings.yaml")
+
+    def plan_stderr() -> str:
+        command = [sys.executable, "-m", "reconciler", "plan", desired, "--emulator", str(fixture)]
+        done = run_command(command, cwd=tmp_path, env={"NO_COLOR": "1"})
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "rebuilt" not in plan_stderr()  # built the first time: nothing was lost
+    with fixture.open("a", encoding="utf-8") as handle:
+        handle.write("# an edit\n")
+    assert f"{fixture} changed since its live state" in plan_stderr()
+    assert "rebuilt" not in plan_stderr()  # once

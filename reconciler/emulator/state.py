@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -54,6 +55,8 @@ from reconciler.emulator.fleetfile import check_data, fixture_sha256, load_fleet
 from reconciler.emulator.store import CredentialRow, Phase, Snapshot, Store, default_state_path
 from reconciler.errors import ConfigError, InputError, Problem
 from reconciler.ids import KNOWN_REGIONS, canonical_region
+
+_log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
@@ -1384,7 +1387,15 @@ def _sync_with_fixture(store: Store, fixture: Path, sha: str, *, force: bool) ->
     (or ``force``). One write transaction, so two processes starting at once build it once."""
     try:
         with store.write():
-            if force or store.built_from() != sha:
+            built_from = store.built_from()
+            if force or built_from != sha:
+                if not force and built_from is not None:
+                    # Said, not silent: the emulator's changes (applies, imports) are gone now.
+                    _log.warning(
+                        "%s changed since its live state %s was built: rebuilt from the fixture",
+                        fixture,
+                        store.path,
+                    )
                 data, read_sha = load_fleet(fixture)
                 store.replace_all(data, fixture, read_sha)
             return store.load()
