@@ -100,11 +100,30 @@ def _plan_text(planfile: Path) -> str:
     except FileReadError as error:
         raise PlanIntegrityError(f"{error.problems[0].file}: {error.problems[0].message}") from None
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PlanIntegrityError(
             f"{planfile}: cannot read the plan file: not UTF-8 (byte {error.start})"
         ) from None
+    if not text.lstrip().startswith("{"):
+        _refuse_other_kinds(planfile, text)
+    return text
+
+
+def _refuse_other_kinds(planfile: Path, text: str) -> None:
+    """Name the kind of file given where a plan file was wanted, when it is one of ours."""
+    from reconciler.desired.yaml_nodes import DESIRED_FILE_KEYS, FLEET_FILE_KEYS, has_top_level_keys
+
+    if has_top_level_keys(text, FLEET_FILE_KEYS):
+        kind, hint = "an emulator fleet file", f"give it as --emulator {planfile}"
+    elif any(has_top_level_keys(text, frozenset({key})) for key in DESIRED_FILE_KEYS):
+        kind, hint = "a desired-state file", f"plan from it first: cvmkeys plan {planfile} --out plan.json"
+    else:
+        return  # the JSON parser says what is wrong
+    raise PlanIntegrityError(
+        f"{planfile}: this is {kind}, not a plan file",
+        hint=f"show and apply PLANFILE take what `cvmkeys plan --out FILE` writes; {hint}",
+    )
 
 
 def read_plan(planfile: Path) -> Plan:

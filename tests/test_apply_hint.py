@@ -44,3 +44,18 @@ def test_a_plan_of_the_in_process_emulator_needs_no_endpoint(tmp_path: Path) -> 
     code, _, err = run_cli("plan", desired, "--emulator", str(fleet), "--out", str(plan))
     assert code == 0, err
     assert err.rstrip().endswith(f"To apply exactly this plan: cvmkeys apply {plan}")
+
+
+def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """``show`` of a desired-state or fleet file, ``--emulator`` of a desired-state file: the
+    error says which kind of file it is and what to give instead (QA found them generic)."""
+    desired, fleet = EXAMPLES / "bindings.yaml", EXAMPLES / "fleet.yaml"
+    code, _, err = run_cli("show", str(desired))
+    assert code == 1 and "this is a desired-state file, not a plan file" in err
+    assert f"cvmkeys plan {desired} --out plan.json" in err
+    code, out, err = run_cli("apply", str(fleet), "--auto-approve")
+    assert code == 1 and "emulator fleet file" in out + err  # given as the desired state
+    code, _, err = run_cli("show", str(fleet))
+    assert code == 1 and "this is an emulator fleet file, not a plan file" in err and "--emulator" in err
+    code, out, err = run_cli("plan", str(desired), "--emulator", str(desired))
+    assert code == 1 and "not an emulator fleet file" in out + err

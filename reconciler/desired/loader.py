@@ -27,6 +27,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from reconciler import ids
 from reconciler.desired.validation import validate_document
 from reconciler.desired.yaml_nodes import (
+    DESIRED_FILE_KEYS,
+    FLEET_FILE_KEYS,
     NULL_TAG,
     NodeLocator,
     Source,
@@ -50,8 +52,6 @@ from reconciler.model import (
 )
 
 YAML_SUFFIXES = (".yaml", ".yml")
-# A file whose top level has all of these is an emulator fleet file, not a desired-state file.
-FLEET_FILE_KEYS = frozenset({"regions", "credentials"})
 # Other YAML a repository keeps beside its desired-state files, recognised by top-level keys
 # and skipped by directory searches (never when named explicitly): CI pipelines.
 OTHER_YAML_KINDS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -62,8 +62,6 @@ OTHER_YAML_KINDS: tuple[tuple[str, frozenset[str]], ...] = (
 # ``missing_instances``: what a declared instance that does not exist is (docs/desired-state.md).
 MISSING_ERROR = "error"
 MISSING_WARN = "warn"
-# A file found by a folder search with any of these at its top level is a desired-state file.
-DESIRED_FILE_KEYS = frozenset({"version", "region", "keys"})
 # More problems than this in one file are summarised in one line: the rest are likely echoes.
 MAX_PROBLEMS_PER_FILE = 100
 

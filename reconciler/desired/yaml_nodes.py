@@ -207,6 +207,12 @@ def has_top_level_keys(text: str, wanted: frozenset[str]) -> bool:
     return False
 
 
+# What tells the two kinds of YAML file apart, for both loaders: a top level with all of these
+# is an emulator fleet file; one with any of these is a desired-state file.
+FLEET_FILE_KEYS = frozenset({"regions", "credentials"})
+DESIRED_FILE_KEYS = frozenset({"version", "region", "keys"})
+
+
 def top_level_keys(node: Node) -> set[str]:
     """The string keys of a top-level mapping node (empty for anything else)."""
     if not isinstance(node, MappingNode):

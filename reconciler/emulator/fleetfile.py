@@ -22,7 +22,17 @@ from typing import Any
 from jsonschema.exceptions import ValidationError
 
 from reconciler import schemas
-from reconciler.desired.yaml_nodes import NodeLocator, Source, compose, construct, read_source
+from reconciler.desired.yaml_nodes import (
+    DESIRED_FILE_KEYS,
+    FLEET_FILE_KEYS,
+    NodeLocator,
+    Source,
+    compose,
+    construct,
+    node_position,
+    read_source,
+    top_level_keys,
+)
 from reconciler.errors import InputError, Problem
 from reconciler.ids import KNOWN_REGIONS, canonical_region
 
@@ -78,6 +88,15 @@ def _load_text(source: Source, display: str) -> dict[str, Any]:
         raise InputError([root], hint=_HINT)
     if root is None:
         raise InputError([Problem(display, "the fleet file is empty")], hint=_HINT)
+    found_keys = top_level_keys(root)
+    if found_keys & DESIRED_FILE_KEYS and not found_keys & FLEET_FILE_KEYS:
+        line, column = node_position(root)
+        wrong_kind = "this is a desired-state file (version, region, keys), not an emulator fleet file"
+        raise InputError(
+            [Problem(display, wrong_kind, line, column)],
+            hint="--emulator and --fleet take a fleet file such as examples/fleet.yaml; "
+            "the desired-state file is what plan and apply are given",
+        )
     problems: list[Problem] = []
     data = construct(root, display, problems)
     if problems:
