@@ -46,7 +46,7 @@ def test_golden(name: str, render: object) -> None:
 
 def test_text_plan_line_and_colour() -> None:
     plain = render_plan_text(full_plan(), color=False)
-    assert plain.endswith("\nPlan: 5 to unbind, 2 blocked, 1 protected.\n")
+    assert plain.endswith("\nPlan: 5 to unbind (1 with a warning), 2 blocked, 1 protected.\n")
     assert "\x1b" not in plain
     coloured = render_plan_text(full_plan(), color=True)
     assert "\x1b[31m-\x1b[0m" in coloured and "\x1b[33m!\x1b[0m" in coloured

@@ -194,16 +194,21 @@ def waves_summary(batches: Iterable[Batch], api: ApiVersion = ApiVersion.V2) -> 
 
 
 def plan_line(plan: Plan) -> str:
-    """The last line of a plan: ``"Plan: 12 to unbind, 2 blocked, 1 protected."`` or the
-    no-changes sentence. Counted from the changes themselves."""
+    """The last line of a plan: ``"Plan: 12 to unbind (1 with a warning), 2 blocked, 1
+    protected."`` or the no-changes sentence. Counted from the changes themselves."""
     if not plan.changes:
         if plan.has_errors:  # e.g. a region with nothing in it: the errors, not "match"
             return "No unbinds found, but the plan has errors (see Findings): it is not a result."
         return "No changes. The live bindings match the file."
     counts = status_counts(plan.changes)
     unchangeable = counts[ChangeStatus.UNCHANGEABLE]
+    # A reviewer who reads only this line must still learn that some unbinds carry a warning
+    # (a last key removed): the warnings themselves are above, at their changes.
+    warned = sum(1 for c in plan.changes if c.status is ChangeStatus.READY and c.warnings)
     return (
-        f"Plan: {counts[ChangeStatus.READY]} to unbind, {counts[ChangeStatus.BLOCKED]} blocked, "
+        f"Plan: {counts[ChangeStatus.READY]} to unbind"
+        + (f" ({warned} with a warning)" if warned else "")
+        + f", {counts[ChangeStatus.BLOCKED]} blocked, "
         f"{counts[ChangeStatus.PROTECTED]} protected"
         + (f", {unchangeable} unchangeable (no API can unbind them)" if unchangeable else "")
         + "."
