@@ -160,8 +160,12 @@ def apply_command(planfile: object, plans: Sequence[Plan]) -> str:
     """The command that applies a saved plan file where it was made: ``--endpoint`` added when
     ``options_for_plan`` would not take the plans' endpoint unasked (a served emulator, a
     private endpoint)."""
+    import shlex
+
     told = sorted({p.endpoint for p in plans if not _goes_unasked(p.endpoint)})
-    return f"cvmkeys apply {planfile}" + (f" --endpoint {told[0]}" if len(told) == 1 else "")
+    command = f"cvmkeys apply {shlex.quote(str(planfile))}"
+    # Quoted: a plan file is data, and its endpoint is printed for a person to paste.
+    return command + (f" --endpoint {shlex.quote(told[0])}" if len(told) == 1 else "")
 
 
 def _goes_unasked(endpoint: str) -> bool:

@@ -105,8 +105,7 @@ def _plan_text(planfile: Path) -> str:
         raise PlanIntegrityError(
             f"{planfile}: cannot read the plan file: not UTF-8 (byte {error.start})"
         ) from None
-    if not text.lstrip().startswith("{"):
-        _refuse_other_kinds(planfile, text)
+    _refuse_other_kinds(planfile, text)
     return text
 
 
@@ -114,8 +113,11 @@ def _refuse_other_kinds(planfile: Path, text: str) -> None:
     """Name the kind of file given where a plan file was wanted, when it is one of ours."""
     from reconciler.desired.yaml_nodes import DESIRED_FILE_KEYS, FLEET_FILE_KEYS, has_top_level_keys
 
-    if has_top_level_keys(text, FLEET_FILE_KEYS):
+    text = text.removeprefix("\ufeff")
+    if has_top_level_keys(text, FLEET_FILE_KEYS):  # YAML or JSON (JSON is YAML)
         kind, hint = "an emulator fleet file", f"give it as --emulator {planfile}"
+    elif text.lstrip().startswith("{") or has_top_level_keys(text, frozenset({"format_version"})):
+        return  # a plan, good or bad (its own checks say which), or some other JSON
     elif any(has_top_level_keys(text, frozenset({key})) for key in DESIRED_FILE_KEYS):
         kind, hint = "a desired-state file", f"plan from it first: cvmkeys plan {planfile} --out plan.json"
     else:
@@ -206,8 +208,11 @@ class _FolderSearch:
         if not any(path.is_dir() for path in given):
             return []
         known = {_at(self.base, source.path).resolve() for source in the_plan.sources}
-        problems: list[str] = []
-        for path, display in found_files(given):
+        found, refused = found_files(given)
+        # What plan itself would refuse in the search (a link out of the folder, say) may hide
+        # a file of this region.
+        problems = [f"{_shown(Path(p.file), self.base)}: {p.message}" for p in refused]
+        for path, display in found:
             resolved = path.resolve()
             if resolved in known:
                 continue  # read by the plan: the digest check covers it
@@ -215,7 +220,7 @@ class _FolderSearch:
             shown = _shown(path, self.base)
             if isinstance(region, Problem):
                 where = f"{shown}:{region.line}:{region.column}" if region.line else shown
-                problems.append(f"{where}: {region.message}; so which region it is for is unknown")
+                problems.append(f"{where}: {region.message}, so which region it is for is unknown")
             elif region == the_plan.region:
                 problems.append(f"{shown} was added since the plan was made")
         return problems

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from support import run_cli
 
 from reconciler.emulator.state import FleetState
@@ -75,13 +76,19 @@ def test_a_broken_file_added_refuses_and_a_file_of_another_region_does_not(tmp_p
     _desired(folder / "a.yaml", OLD, [])
     fleet, plan = _planned(tmp_path, folder)
     broken = folder / "broken.yaml"
+    # Broken after its region: still this region's file, so added.
     broken.write_text("version: 1\nregion: ap-guangzhou\nscope: [\n", encoding="utf-8")
     code, _, err = run_cli("apply", str(plan))
-    assert code == 1 and "broken.yaml:4:1:" in err and "which region it is for is unknown" in err
+    assert code == 1 and "broken.yaml was added since the plan was made" in err
+    # Broken before any region: it might be this region's.
+    broken.write_text("version: [1\nregion: ap-guangzhou\n", encoding="utf-8")
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 1 and "broken.yaml:" in err and "which region it is for is unknown" in err
     broken.unlink()
     # Another region's file is another plan's business, even one plan would refuse (an ID that
-    # is not one): this region's files are as they were.
+    # is not one, broken YAML after its region): this region's files are as they were.
     _desired(folder / "shanghai.yaml", OLD, ["ins-NOT-AN-ID"], region=SHANGHAI)
+    (folder / "shanghai-b.yaml").write_text(f"version: 1\nregion: {SHANGHAI}\nscope: [\n", encoding="utf-8")
     code, _, err = run_cli("apply", str(plan))
     assert code == 0, err
     assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
@@ -112,3 +119,38 @@ def test_a_plan_set_names_the_region_a_file_was_added_to_and_applies_nothing(tmp
     # --region picks ap-guangzhou's plan, whose files are as they were.
     assert run_cli("apply", str(plan), "--region", REGION)[0] == 0
     assert _bindings(fleet) == {(SPARE, i) for i in STOPPED}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("twice.yaml", f"version: 1\nregion: {SHANGHAI}\nregion: {REGION}\n", "region is given twice"),
+        ("mixed.yaml", f"version: 1\nregion: {REGION}\nregions: {{}}\ncredentials: []\n", "was added"),
+        ("short.yaml", "version: 1\nregion: gz\nkeys: {}\n", "was added"),
+        ("listed.yaml", "version: 1\nregion: [ap-guangzhou]\n", "region is not text"),
+        ("none.yaml", "version: 1\nkeys: {}\n", "no top-level region"),
+    ],
+)
+def test_files_plan_would_refuse_or_read_for_this_region_refuse_apply(
+    tmp_path: Path, name: str, text: str, said: str
+) -> None:
+    """What review found passing: a region given twice (YAML keeps the last), fleet keys beside
+    a region (still a desired-state file), a short code; and what cannot be told."""
+    folder = tmp_path / "desired"
+    _desired(folder / "a.yaml", OLD, [])
+    fleet, plan = _planned(tmp_path, folder)
+    (folder / name).write_text(text, encoding="utf-8")
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 1 and name in err and said in err
+    assert _bindings(fleet) == {(k, i) for k in (OLD, SPARE) for i in STOPPED}  # nothing sent
+
+
+def test_a_link_out_of_the_folder_refuses_as_plan_would(tmp_path: Path) -> None:
+    folder = tmp_path / "desired"
+    _desired(folder / "a.yaml", OLD, [])
+    fleet, plan = _planned(tmp_path, folder)
+    outside = _desired(tmp_path / "elsewhere" / "b.yaml", SPARE, STOPPED)
+    (folder / "b.yaml").symlink_to(outside)
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 1 and "b.yaml" in err and "outside" in err
+    assert _bindings(fleet) == {(k, i) for k in (OLD, SPARE) for i in STOPPED}

@@ -37,13 +37,14 @@ def test_the_saved_note_and_the_refusal_name_the_file_and_the_endpoint(tmp_path:
 
 
 def test_a_plan_of_the_in_process_emulator_needs_no_endpoint(tmp_path: Path) -> None:
+    """... and the command is quoted for the shell it will be pasted into."""
     fleet = tmp_path / "fleet.yaml"
     shutil.copy(EXAMPLES / "fleet.yaml", fleet)
-    plan = tmp_path / "p.json"
+    plan = tmp_path / "my plan.json"
     desired = str(EXAMPLES / "bindings.yaml")
     code, _, err = run_cli("plan", desired, "--emulator", str(fleet), "--out", str(plan))
     assert code == 0, err
-    assert err.rstrip().endswith(f"To apply exactly this plan: cvmkeys apply {plan}")
+    assert err.rstrip().endswith(f"To apply exactly this plan: cvmkeys apply '{plan}'")
 
 
 def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(tmp_path: Path) -> None:

@@ -132,8 +132,8 @@ def test_backoff_is_capped_full_jitter() -> None:
         draws = [policy.delay(attempt, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in draws)
         assert max(draws) > ceiling * 0.8  # jitter spreads over the whole range
-        # Throttled: never sooner than the quota's second, doubling from there up to the cap.
-        high = min(5.0, 1.0 * 2 ** (attempt - 1))
+        # Throttled: never sooner than the quota's second, up to twice that, doubling, capped.
+        high = min(5.0, 1.0 * 2**attempt)
         throttled = [policy.delay(attempt, rng, throttled=True) for _ in range(200)]
         assert all(1.0 <= d <= high for d in throttled)
     with pytest.raises(ValueError):

@@ -367,14 +367,19 @@ def test_plan_file_escapes_invisible_characters_of_cloud_names() -> None:
 
 @pytest.mark.parametrize(
     ("where", "value"),
-    [
-        (("safety", "owned_bindings"), 10**400),
-        (("summary", "calls"), -(10**30)),
-        (("safety", "max_unbind_percent"), 10**19),
-    ],
+    [(("safety", "owned_bindings"), 10**400), (("summary", "calls"), -(10**350))],
 )
 def test_a_number_no_plan_holds_is_refused_not_a_crash(where: tuple[str, str], value: int) -> None:
     """A forged 400-digit integer once reached float() and crashed (OverflowError) as a bug."""
     data = json.loads(dump_plan(full_plan()))
     data[where[0]][where[1]] = value
-    assert "out of range" in _refusal(_resealed(data))
+    assert "digits is out of range" in _refusal(_resealed(data))
+
+
+def test_a_large_limit_a_desired_file_may_give_still_reads() -> None:
+    """``max_unbinds: 10000000000000000000`` is allowed by the desired-state schema and
+    ``--max-unbinds``: the plan it gives must show and apply (a bound of 18 digits refused it)."""
+    plan = full_plan()
+    big = dataclasses.replace(plan.safety, max_unbinds=10**19)
+    text = dump_plan(dataclasses.replace(plan, safety=big))
+    assert load_plan(text, "plan.json").safety.max_unbinds == 10**19

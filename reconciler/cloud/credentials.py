@@ -584,7 +584,7 @@ def _tke_provider(
         try:
             sts = dataclasses.replace(sts, region=normalize_region(region))
         except KeyError:
-            raise ConfigError(f"{ENV_TKE_REGION} is {region!r}, which is not a region name") from None
+            raise ConfigError(f"{ENV_TKE_REGION} is not a region name (such as ap-guangzhou)") from None
     role = RoleRequest(role_arn, f"cvmkeys-{int(clock())}", DEFAULT_SESSION_DURATION, None, ENV_TKE_ROLE_ARN)
     source = f"TKE pod identity, {token_source}"
     return _web_identity_provider(role, provider_id, read_token, source, sts, clock)

@@ -20,7 +20,7 @@ rule for mutating calls below, so it is spelled out here once:
 
 Backoff is capped exponential with full jitter: attempt ``n`` (1-based) that failed is followed by
 a sleep drawn uniformly from ``[0, min(cap, base * 2**(n-1))]``; after a throttled attempt, from
-``[t, min(cap, t * 2**(n-1))]`` with ``t`` = ``throttled_base_s`` (1 s: the quotas are per second).
+``[t, min(cap, t * 2**n)]`` with ``t`` = ``throttled_base_s`` (1 s: the quotas are per second).
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ class RetryPolicy:
         """Seconds to sleep after attempt number ``failed_attempt`` (1-based) failed; after a
         throttled one, at least ``throttled_base_s``."""
         if throttled:
+            # From the floor up to twice it, doubling: callers throttled together spread out.
             floor = min(self.cap_s, self.throttled_base_s)
-            return rng.uniform(floor, max(floor, min(self.cap_s, floor * 2.0 ** (failed_attempt - 1))))
+            return rng.uniform(floor, max(floor, min(self.cap_s, floor * 2.0**failed_attempt)))
         ceiling = min(self.cap_s, self.base_s * 2.0 ** (failed_attempt - 1))
         return rng.uniform(0.0, ceiling)
 

@@ -454,14 +454,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# No number a plan holds (counts, seconds, percentages) comes near this; a larger integer could
-# not become the float some members are read as (OverflowError) and says the file was forged.
-_MAX_PLAN_INT_DIGITS = 18
+# An integer of more digits could not become the float some members are read as (a float
+# ends near 1.8e308: OverflowError). The schema bounds what each member may hold; this only
+# keeps a forged number from reaching float().
+_MAX_PLAN_INT_DIGITS = 300
+
+
+class _OutOfRange(ValueError):
+    """A number no float can hold."""
 
 
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_PLAN_INT_DIGITS:
-        raise ValueError(f"number {text[:40]}... is out of range")
+        raise _OutOfRange(f"a number of {len(text.lstrip('-')):,} digits is out of range")
     return int(text)
 
 
@@ -493,6 +498,8 @@ def _parse(text: str, source: str) -> Any:
             f"{source}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}",
             hint="a plan file is written by `cvmkeys plan --out FILE`; " + _RERUN_HINT,
         ) from None
+    except _OutOfRange as error:
+        raise PlanIntegrityError(f"{source}: not a cvmkeys plan: {error}", hint=_RERUN_HINT) from None
     except ValueError as error:
         raise PlanIntegrityError(f"{source}: not valid JSON: {error}", hint=_RERUN_HINT) from None
     except RecursionError:

@@ -22,9 +22,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler import ids
+from reconciler.common import short_repr
 from reconciler.desired.validation import validate_document
 from reconciler.desired.yaml_nodes import (
     DESIRED_FILE_KEYS,
@@ -37,6 +39,7 @@ from reconciler.desired.yaml_nodes import (
     has_top_level_keys,
     node_position,
     read_source,
+    top_level_entries,
     top_level_keys,
 )
 from reconciler.errors import InputError, Problem
@@ -106,42 +109,51 @@ class LoadedDesired:
         return text
 
 
-def found_files(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+def found_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, str]], list[Problem]]:
     """(path, name to show) of every file ``load_paths(paths)`` would read, found as it finds
-    them (folders searched, each file once); nothing is read. Folders that cannot be searched
-    are left out here: ``load_paths`` reports them."""
-    return [(path, display) for path, display, _ in _discover(paths, [])]
+    them (folders searched, each file once), and what the search itself refused (a link that
+    leaves the folder, a folder that cannot be read). No file is read."""
+    problems: list[Problem] = []
+    return [(path, display) for path, display, _ in _discover(paths, problems)], problems
 
 
 def region_of_found_file(path: Path, display: str) -> str | None:
-    """The region (long name) of a file a folder search found, read from its top level; None
-    for YAML a search skips (a fleet file, a CI pipeline). Only the region is looked at, so a
-    file with other problems still says where it belongs. ``InputError`` when not even that
-    can be read (not YAML, no region)."""
+    """The region (long name) of a file a folder search found, from its top-level ``region``
+    alone (parser events: nothing else is read or checked, so a file with other problems still
+    says where it belongs, and a large one costs little); None for YAML a search skips (a fleet
+    file, a CI pipeline). ``InputError`` when the region cannot be told: not YAML before any
+    ``region``, none, not text, not a region name, or given twice."""
     source = read_source(path, display)
     if isinstance(source, Problem):
         raise InputError([source])
     if _other_yaml_kind(source.text) is not None:
         return None
-    root = compose(source.text, display)
-    if isinstance(root, Problem):
-        raise InputError([root])
-    if root is not None and top_level_keys(root) >= FLEET_FILE_KEYS:
-        return None
-    region = next(
-        (
-            value.value
-            for key, value in (root.value if isinstance(root, MappingNode) else ())
-            if isinstance(key, ScalarNode) and key.value == "region" and isinstance(value, ScalarNode)
-        ),
-        None,
-    )
-    if region is None:
-        raise InputError([Problem(display, "no top-level region: which region it is for is unknown", 1, 1)])
+    values: list[yaml.Event | None] = []
     try:
-        return ids.normalize_region(str(region).strip())
+        for key, value in top_level_entries(source.text):
+            if key == "region":
+                values.append(value)
+    except yaml.YAMLError as error:
+        if not values:  # a region before the error still says where the file belongs
+            mark = getattr(error, "problem_mark", None)
+            at: tuple[int | None, int | None] = (None, None)
+            if mark is not None:
+                at = (mark.line + 1, mark.column + 1)
+            raise InputError([Problem(display, "not valid YAML before any top-level region", *at)]) from None
+    if not values:
+        raise InputError([Problem(display, "no top-level region")])
+    value = values[-1]
+    mark = value.start_mark if value is not None else None
+    where: tuple[int | None, int | None] = (None, None) if mark is None else (mark.line + 1, mark.column + 1)
+    if len(values) > 1:
+        raise InputError([Problem(display, "region is given twice", *where)])
+    if not isinstance(value, yaml.ScalarEvent):
+        raise InputError([Problem(display, "region is not text", *where)])
+    try:
+        return ids.normalize_region(value.value.strip())
     except KeyError:
-        raise InputError([Problem(display, f"region {region!r} is not a region name", 1, 1)]) from None
+        named = f"region {short_repr(value.value)} is not a region name"
+        raise InputError([Problem(display, named, *where)]) from None
 
 
 def _count(number: int, noun: str) -> str:

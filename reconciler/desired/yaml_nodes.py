@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,32 +179,52 @@ def has_top_level_keys(text: str, wanted: frozenset[str]) -> bool:
     if not all(word in text for word in wanted):  # the common case costs one substring search
         return False
     found: set[str] = set()
-    depth = 0
-    at_key = True
     try:
-        for event in yaml.parse(text, Loader=LOADER):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                if depth == 0 and not isinstance(event, yaml.MappingStartEvent):
-                    return False
-                depth += 1
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-                if depth == 0:
-                    return False
-                if depth == 1:  # a collection key or value of the top level ended
-                    at_key = not at_key
-            elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
-                if depth == 0:
-                    return False
-                if depth == 1:
-                    if at_key and isinstance(event, yaml.ScalarEvent):
-                        found.add(event.value)
-                        if found >= wanted:
-                            return True
-                    at_key = not at_key
+        for key, _ in top_level_entries(text):
+            if key is not None:
+                found.add(key)
+                if found >= wanted:
+                    return True
     except yaml.YAMLError:
         return False
     return False
+
+
+def top_level_entries(text: str) -> Iterator[tuple[str | None, yaml.Event | None]]:
+    """(key, value) of each top-level entry of the YAML mapping ``text``, from parser events
+    (nothing is composed: cheap on a large file, and the entries before a syntax error still
+    come). The key is its text (None when not a plain scalar); the value its scalar or alias
+    event (None when a collection, yielded where it starts). Ends at the first document's end,
+    or at once when the top level is not a mapping; ``yaml.YAMLError`` where the text stops
+    being YAML."""
+    depth = 0
+    key: str | None = None
+    at_key = True
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if depth == 0 and not isinstance(event, yaml.MappingStartEvent):
+                return
+            if depth == 1:
+                if at_key:
+                    key = None
+                else:
+                    yield key, None
+            depth += 1
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+            if depth == 0:
+                return
+            if depth == 1:  # a collection key or value of the top level ended
+                at_key = not at_key
+        elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
+            if depth == 0:
+                return
+            if depth == 1:
+                if at_key:
+                    key = event.value if isinstance(event, yaml.ScalarEvent) else None
+                else:
+                    yield key, event
+                at_key = not at_key
 
 
 # What tells the two kinds of YAML file apart, for both loaders: a top level with all of these

@@ -1389,6 +1389,8 @@ def _sync_with_fixture(store: Store, fixture: Path, sha: str, *, force: bool) ->
         with store.write():
             built_from = store.built_from()
             if force or built_from != sha:
+                data, read_sha = load_fleet(fixture)
+                store.replace_all(data, fixture, read_sha)
                 if not force and built_from is not None:
                     # Said, not silent: the emulator's changes (applies, imports) are gone now.
                     _log.warning(
@@ -1396,8 +1398,6 @@ def _sync_with_fixture(store: Store, fixture: Path, sha: str, *, force: bool) ->
                         fixture,
                         store.path,
                     )
-                data, read_sha = load_fleet(fixture)
-                store.replace_all(data, fixture, read_sha)
             return store.load()
     except sqlite3.DatabaseError as error:
         raise InputError(
