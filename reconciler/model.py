@@ -313,6 +313,7 @@ class Summary:
     warnings: int
     waves: int
     calls: int
+    unchangeable: int = 0  # format 3.1 (3.0 plans have none: read as 0)
 
 
 @dataclass(frozen=True, slots=True)

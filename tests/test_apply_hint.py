@@ -5,6 +5,7 @@ FILE`` for a plan apply then refused without ``--endpoint``). Through the CLI, a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def test_a_plan_of_the_in_process_emulator_needs_no_endpoint(tmp_path: Path) -> 
     code, _, err = run_cli("plan", desired, "--emulator", str(fleet), "--out", str(plan))
     assert code == 0, err
     assert err.rstrip().endswith(f"To apply exactly this plan: cvmkeys apply '{plan}'")
+    # The example's Windows instance, counted in the summary as in the Plan line (format 3.1).
+    assert json.loads(plan.read_text())["summary"]["unchangeable"] == 1
 
 
 def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(tmp_path: Path) -> None:

@@ -277,13 +277,16 @@ def test_newer_minor_version_with_unknown_members_is_read() -> None:
 
 
 def test_a_3_0_plan_without_inputs_is_read_with_none() -> None:
-    """Format 3.1 added ``inputs``; a 3.0 plan has none, and apply then searches no folder."""
+    """Format 3.1 added ``inputs`` and ``summary.unchangeable``; a 3.0 plan has neither: no
+    folder is searched again at apply, and the count reads 0."""
     data = json.loads(dump_plan(dataclasses.replace(full_plan(), inputs=("desired",))))
     assert data["format_version"] == "3.1" and data["inputs"] == ["desired"]
     assert load_plan(_resealed(data), "plan.json").inputs == ("desired",)
     data["format_version"] = "3.0"
     del data["inputs"]
-    assert load_plan(_resealed(data), "plan.json").inputs == ()
+    del data["summary"]["unchangeable"]
+    old = load_plan(_resealed(data), "plan.json")
+    assert old.inputs == () and old.summary.unchangeable == 0  # the member 3.1 added: its default
 
 
 def test_schema_violations_name_their_json_path() -> None:

@@ -152,6 +152,7 @@ def build_plan(
         to_unbind=len(ready),
         blocked=sum(1 for c in changes if c.status is ChangeStatus.BLOCKED),
         protected=sum(1 for c in changes if c.status is ChangeStatus.PROTECTED),
+        unchangeable=sum(1 for c in changes if c.status is ChangeStatus.UNCHANGEABLE),
         missing=result.missing_count,
         owned_bindings=result.owned_count,
         errors=sum(1 for f in result.findings if f.severity is Severity.ERROR),
