@@ -73,21 +73,23 @@ class Served:
         assert len((saved.get("stops") or {"stops": []})["stops"]) == (RUNNING if disruption else 0)
         return out
 
-    def apply(self, plan: Path) -> subprocess.Popen[str]:
-        """``cvmkeys apply PLANFILE --endpoint URL`` in a subprocess (the plan's own API)."""
+    def apply(self, plan: Path, *, merged: bool = False) -> subprocess.Popen[str]:
+        """``cvmkeys apply PLANFILE --endpoint URL`` in a subprocess (the plan's own API);
+        ``merged``: its standard error into its standard output, for an ``Output`` reader."""
         command = cvmkeys("apply", str(plan), "--endpoint", self.url)
         pipe = subprocess.PIPE
-        return subprocess.Popen(command, env=self.env, stdout=pipe, stderr=pipe, text=True)
+        errors = subprocess.STDOUT if merged else pipe
+        return subprocess.Popen(command, env=self.env, stdout=pipe, stderr=errors, text=True)
 
     def watched_apply(
-        self, disruption: str | None = f"max_stopped: {BUDGET}"
+        self, disruption: str | None = f"max_stopped: {BUDGET}", *, merged: bool = False
     ) -> tuple[Path, Poller, subprocess.Popen[str]]:
         """The saved plan, a poller watching the instances, and ``cvmkeys apply`` of the plan
         started: how every run here begins."""
         plan = self.plan(disruption)
         poller = Poller(self.client())
         poller.start()
-        return plan, poller, self.apply(plan)
+        return plan, poller, self.apply(plan, merged=merged)
 
     def close(self) -> None:
         self.process.kill()
@@ -137,6 +139,43 @@ class Poller(threading.Thread):
         self.join()
 
 
+class Output(threading.Thread):
+    """A running apply's output (``merged``), read as it comes: the moments to interrupt it
+    are taken from what apply itself says it began, not from a poller that can miss a short
+    stop on a loaded machine."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.lines: list[str] = []
+        self.ended = False
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def wait_stops(self, count: int, timeout: float = 60) -> None:
+        """Until apply said it is stopping its ``count``-th instance (a line names each round's
+        instances), or it ended."""
+
+        def stopping() -> int:
+            return sum(line.count("ins-") for line in self.lines if line.startswith("apply: stopping"))
+
+        with self._changed:
+            self._changed.wait_for(lambda: self.ended or stopping() >= count, timeout)
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+
 def states_and_bindings(client: CloudClient) -> tuple[dict[str, str], set[tuple[str, str]]]:
     ids = [*running_ids(RUNNING), *stopped_ids(STOPPED), PROTECTED]
     states = {i.instance_id: i.state.value for i in client.describe_instances(ids)}
@@ -163,15 +202,18 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
     rng = random.Random(seed * 10 + (api is ApiVersion.V3))
     with Served(tmp_path, api) as served:
         client = served.client()
-        plan, poller, proc = served.watched_apply()
+        plan, poller, proc = served.watched_apply(merged=True)
+        output = Output(proc)
+        output.start()
         if seed == 1:  # during start-up, the stale check, or the first stops
             time.sleep(rng.uniform(0.2, 1.0))
-        else:  # once the poller has seen n instances go down, at a random moment after that
-            poller.wait_down(rng.randint(1, RUNNING - 1), proc)
-            time.sleep(rng.uniform(0.0, 0.3))
+        else:  # once apply began its n-th stop, with at least one more round to come
+            output.wait_stops(rng.randint(1, RUNNING - BUDGET))
+            time.sleep(rng.uniform(0.0, 0.1))
         killed = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+        output.join(timeout=30)
+        proc.wait(timeout=30)
         settle(client)
         states, bound = states_and_bindings(client)
         assert states[PROTECTED] == "running"
@@ -193,7 +235,7 @@ def test_killed_apply_then_the_same_plan_again_leaves_nothing_down(
         assert not poller.errors and poller.polls > 20
         assert poller.max_down <= BUDGET, poller.max_down
         assert poller.protected == {"running"}
-        assert killed, "apply finished before it was killed"
+        assert killed, "apply finished before it was killed:\n" + output.text()
 
 
 def test_served_apply_without_disruption_stops_nothing(tmp_path: Path) -> None:
