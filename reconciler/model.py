@@ -425,6 +425,9 @@ class ApplyResult:
     interrupted: bool = False
     stopped_reason: str = ""  # why apply stopped before the end (a read that failed for good)
     stops: StopsResult | None = None  # what apply did to the scheduled instances (disruption)
+    # A saved plan found already carried out (an earlier apply did every ready unbind): nothing
+    # was sent, and its blocked unbinds were reported by the apply that did the work.
+    already_applied: bool = False
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)

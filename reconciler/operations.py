@@ -591,8 +591,12 @@ class ApplyRequest:
 class ApplyOutcome:
     plan: Plan
     result: ApplyResult
-    already_applied: bool = False  # a saved plan whose every ready unbind was already done
     problems: tuple[str, ...] = ()  # reported with the result: a failing audit log
+
+    @property
+    def already_applied(self) -> bool:
+        """A saved plan whose every ready unbind was already done (``ApplyResult.already_applied``)."""
+        return self.result.already_applied
 
     @property
     def exit_code(self) -> ExitCode:
@@ -686,7 +690,9 @@ def _run_saved(run: _SavedRun, hooks: ApplyHooks, problems: list[str]) -> ApplyO
         result = run.executor.run() if run.plan.stops is None else _run(run.executor, run.plan, hooks)
     else:
         result = _run(run.executor, run.plan, hooks)
-    return ApplyOutcome(run.plan, result, run.fresh.finished and bool(run.fresh.done), tuple(problems))
+    if run.fresh.finished and run.fresh.done:
+        result = dataclasses.replace(result, already_applied=True)
+    return ApplyOutcome(run.plan, result, tuple(problems))
 
 
 def apply_saved(

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from reconciler.cli import _hoist_global_options, app
 from reconciler.cli.views import Terminal
+from reconciler.core.document import RESULT_FORMAT_VERSION
 from reconciler.model import PLAN_FORMAT_VERSION
 
 
@@ -82,7 +83,7 @@ def test_apply_result_in_each_format(example: tuple[Path, Path], tmp_path: Path)
         "apply", str(desired), "--emulator", str(fleet), "--auto-approve", "--format", "json"
     )
     assert code in (0, 3)
-    assert json.loads(out)["format_version"] == "1.0"
+    assert json.loads(out)["format_version"] == RESULT_FORMAT_VERSION
 
 
 def test_term_dumb_gives_plain_progress_lines(example: tuple[Path, Path]) -> None:

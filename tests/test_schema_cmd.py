@@ -14,6 +14,7 @@ from support import emulator_client, run_cli
 
 from bench.fleetgen import generate
 from reconciler.cloud.observe import observe_for_plan
+from reconciler.core.document import RESULT_FORMAT_VERSION
 from reconciler.core.plan import build_plan
 from reconciler.desired.loader import load_text
 from reconciler.emulator.app import EmulatorApp
@@ -130,7 +131,7 @@ def test_a_real_apply_result_validates_against_its_schema() -> None:
         data = json.loads(render_result_json(result))
         errors = sorted(validator.iter_errors(data), key=str)
         assert not errors, errors[:3]
-        assert data["format_version"] == "1.0"
+        assert data["format_version"] == RESULT_FORMAT_VERSION
         assert sum(data["summary"].values()) == len(data["results"])
         seen |= {r.outcome for r in result.results}
         if {Outcome.DONE, Outcome.FAILED, Outcome.NOT_ATTEMPTED} <= seen:
@@ -233,3 +234,25 @@ def test_an_apply_of_several_regions_validates_as_a_result_set(tmp_path: Path) -
     del data["kind"]
     data["results"][1]["summary"] = data["results"][0]["summary"]
     assert not validator.is_valid(data)
+
+
+def test_an_already_applied_plan_says_so_in_its_json_and_markdown(tmp_path: Path) -> None:
+    """A finished plan applied again sends nothing and exits 0; the document CI posts says
+    why (result format 1.1), not only standard error."""
+    validator = Draft202012Validator(json.loads(run_cli("schema", "result")[1]))
+    fleet = _two_region_fleet(tmp_path, status=4)
+    plan = tmp_path / "plan.json"
+    desired = _desired(tmp_path / "d", "ap-guangzhou")
+    assert run_cli("plan", str(desired), "--emulator", str(fleet), "--out", str(plan))[0] == 0
+    documents = []
+    for _ in range(2):
+        code, out, err = run_cli("apply", str(plan), "--format", "json")
+        assert code == 0, err
+        documents.append(json.loads(out))
+    first, again = documents
+    assert not list(validator.iter_errors(first)) and not list(validator.iter_errors(again))
+    assert first["already_applied"] is False and first["summary"]["done"] == 2
+    assert again["already_applied"] is True and again["summary"]["done"] == 2
+    assert "UnBindInstanceKey" not in again["calls"] and "DisassociateInstancesKeyPairs" not in again["calls"]
+    code, out, _ = run_cli("apply", str(plan), "--format", "markdown")
+    assert code == 0 and "The plan was already applied" in out

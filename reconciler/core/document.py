@@ -57,7 +57,7 @@ class SchemaValidator(Protocol):
     def iter_errors(self, instance: Any) -> Iterator[Any]: ...
 
 INTEGRITY_ALGORITHM = "sha256"
-RESULT_FORMAT_VERSION = "1.0"
+RESULT_FORMAT_VERSION = "1.1"
 SUPPORTED_MAJOR = int(PLAN_FORMAT_VERSION.split(".")[0])
 # Schema problems listed in one error before "and N more"; the first few are what one fixes.
 _MAX_LISTED_PROBLEMS = 10
@@ -607,6 +607,7 @@ def result_to_data(result: ApplyResult) -> dict[str, Any]:
         "calls": {action: result.calls[action] for action in sorted(result.calls)},
         "results": [record_to_data(r) for r in result.results],
         "summary": {outcome.value: result.count(outcome) for outcome in Outcome},
+        "already_applied": result.already_applied,
         **({"stops": stops_result_to_data(result.stops)} if result.stops is not None else {}),
     }
 

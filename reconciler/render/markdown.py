@@ -637,6 +637,8 @@ def render_result_markdown(
     ``plan`` (optional) supplies key and instance names.
     """
     title = f"### cvmkeys apply: {code(result.region)}\n\n**{result_line(result)}**\n\n"
+    if result.already_applied:  # a re-run of a finished plan: the comment must not look like work
+        title += "The plan was already applied: every unbind in it was done before; nothing was sent.\n\n"
     title += result_stops_markdown(result)
     if result.stopped_reason:
         title += f"> [!WARNING]\n> Apply stopped early: {escape(result.stopped_reason)}\n\n"
