@@ -63,3 +63,18 @@ def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(tmp_path: Path) -> Non
     assert code == 1 and "this is an emulator fleet file, not a plan file" in err and "--emulator" in err
     code, out, err = run_cli("plan", str(desired), "--emulator", str(desired))
     assert code == 1 and "not an emulator fleet file" in out + err
+
+
+def test_a_wrong_fleet_for_two_regions_at_once_says_why_every_time(tmp_path: Path) -> None:
+    """Two regions plan in parallel, each opening the emulator state: a fixture that does not
+    load once made one remove the new state file under the other ("disk I/O error", QA)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "bindings.yaml", folder / "gz.yaml")
+    shutil.copy(EXAMPLES / "instances-scope.yaml", folder / "sh.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("", encoding="utf-8")
+    for wrong, said in [(folder / "gz.yaml", "not an emulator fleet file"), (empty, "empty")] * 5:
+        code, out, err = run_cli("plan", str(folder), "--emulator", str(wrong))
+        assert code == 1 and said in out + err and "disk I/O" not in out + err
+        assert not list(tmp_path.rglob("*.state.sqlite*"))  # nothing made for a fixture that does not load

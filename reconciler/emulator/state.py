@@ -429,15 +429,15 @@ class FleetState:
         sha = fixture_sha256(path)
         signature = _signature(path)
         if persist:
-            existed = state_path.exists()
+            # A state to be made is made only from a fixture that loads: checked before any file
+            # exists, so no half-made state is left (nor removed under another process, as two
+            # regions planned at once, each opening it, once did).
+            fixture = None if state_path.exists() else load_fleet(path)
             store = _open_store(state_path)
             try:
-                snapshot = _sync_with_fixture(store, path, sha, force=rebuild)
+                snapshot = _sync_with_fixture(store, path, sha, force=rebuild, loaded=fixture)
             except InputError:
                 store.close()
-                if not existed:  # leave no state behind for a fixture that does not load
-                    for leftover in (state_path, *(Path(f"{state_path}-{end}") for end in ("wal", "shm"))):
-                        leftover.unlink(missing_ok=True)
                 raise
             fleet = cls(snapshot.data, clock=clock, op_seconds=op_seconds, path=path, store=store)
         else:
@@ -1382,19 +1382,28 @@ def _open_store(state_path: Path) -> Store:
         ) from None
 
 
-def _sync_with_fixture(store: Store, fixture: Path, sha: str, *, force: bool) -> Snapshot:
+def _sync_with_fixture(
+    store: Store,
+    fixture: Path,
+    sha: str,
+    *,
+    force: bool,
+    loaded: tuple[dict[str, Any], str] | None = None,
+) -> Snapshot:
     """The store's state, rebuilt from ``fixture`` first if it was built from other bytes
-    (or ``force``). One write transaction, so two processes starting at once build it once."""
+    (or ``force``); ``loaded``: the fixture's data and digest, already read. One write
+    transaction, so two processes starting at once build it once."""
     try:
         with store.write():
             built_from = store.built_from()
             if force or built_from != sha:
-                data, read_sha = load_fleet(fixture)
+                data, read_sha = loaded if loaded is not None and loaded[1] == sha else load_fleet(fixture)
                 store.replace_all(data, fixture, read_sha)
                 if not force and built_from is not None:
                     # Said, not silent: the emulator's changes (applies, imports) are gone now.
                     _log.warning(
-                        "%s changed since its live state %s was built: rebuilt from the fixture",
+                        "%s changed since its live state %s was built: rebuilt from the fixture "
+                        "(what applies and imports did through the emulator is gone)",
                         fixture,
                         store.path,
                     )
