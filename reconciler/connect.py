@@ -163,7 +163,10 @@ def apply_command(planfile: object, plans: Sequence[Plan]) -> str:
     import shlex
 
     told = sorted({p.endpoint for p in plans if not _goes_unasked(p.endpoint)})
-    command = f"cvmkeys apply {shlex.quote(str(planfile))}"
+    path = str(planfile)
+    if path.startswith("-"):  # else read as an option
+        path = f"./{path}"
+    command = f"cvmkeys apply {shlex.quote(path)}"
     # Quoted: a plan file is data, and its endpoint is printed for a person to paste.
     return command + (f" --endpoint {shlex.quote(told[0])}" if len(told) == 1 else "")
 

@@ -171,7 +171,7 @@ def check_sources(the_plan: Plan, base: Path, search: _FolderSearch | None = Non
         problems = (search or _FolderSearch(base)).added(the_plan)
     if problems:
         # Only a file not found may mean apply runs elsewhere than plan did.
-        elsewhere = "run apply from the directory plan ran in, or " if unread else ""
+        elsewhere = "run apply from the directory plan ran in (if this is not it), or " if unread else ""
         raise PlanRefusedError(
             "the plan's desired-state files are not as they were: " + "; ".join(problems),
             hint="plan again from the files as they are now; or, to apply the plan as reviewed "

@@ -154,3 +154,20 @@ def test_a_link_out_of_the_folder_refuses_as_plan_would(tmp_path: Path) -> None:
     code, _, err = run_cli("apply", str(plan))
     assert code == 1 and "b.yaml" in err and "outside" in err
     assert _bindings(fleet) == {(k, i) for k in (OLD, SPARE) for i in STOPPED}
+
+
+def test_a_plan_saved_inside_the_folder_it_planned_is_not_a_desired_state_file(tmp_path: Path) -> None:
+    """``plan d --out d/plan.yaml``: the plan (JSON, so YAML, with a top-level region) was read
+    as a new desired-state file by the next apply and plan (QA); folder searches skip it."""
+    folder = tmp_path / "desired"
+    _desired(folder / "a.yaml", OLD, [])
+    fleet = _fleet(tmp_path)
+    plan = folder / "plan.yaml"
+    code, _, err = run_cli("plan", str(folder), "--emulator", str(fleet), "--out", str(plan))
+    assert code == 0, err
+    code, _, err = run_cli("apply", str(plan))
+    assert code == 0, err
+    code, out, err = run_cli("plan", str(folder), "--emulator", str(fleet))
+    assert code == 0 and "No changes" in out, out + err
+    code, out, err = run_cli("plan", str(folder), "--emulator", str(plan))
+    assert code == 1 and "this is a cvmkeys plan file, not an emulator fleet file" in out + err

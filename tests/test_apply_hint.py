@@ -78,3 +78,11 @@ def test_a_wrong_fleet_for_two_regions_at_once_says_why_every_time(tmp_path: Pat
         code, out, err = run_cli("plan", str(folder), "--emulator", str(wrong))
         assert code == 1 and said in out + err and "disk I/O" not in out + err
         assert not list(tmp_path.rglob("*.state.sqlite*"))  # nothing made for a fixture that does not load
+
+
+def test_the_printed_command_survives_pasting() -> None:
+    from reconciler.connect import apply_command
+
+    assert apply_command("-dash.json", []) == "cvmkeys apply ./-dash.json"  # not read as an option
+    assert apply_command("my plan.json", []) == "cvmkeys apply 'my plan.json'"
+    assert apply_command("/abs/-x.json", []) == "cvmkeys apply /abs/-x.json"

@@ -421,7 +421,7 @@ def plan_from_data(data: Mapping[str, Any], *, schema: SchemaValidator, source: 
         changes=changes,
         batches=batches,
         findings=findings,
-        summary=record_from_data(Summary, data["summary"]),
+        summary=_summary(data["summary"], changes),
         safety=verdict,
         sources=tuple(record_from_data(SourceFile, x) for x in data["sources"]),
         fingerprint=record_from_data(Fingerprint, data["fingerprint"]),
@@ -484,7 +484,24 @@ def _depth_at_most(data: Any, limit: int) -> bool:
     return True
 
 
+def _summary(data: Mapping[str, Any], changes: tuple[Change, ...]) -> Summary:
+    """The summary; a 3.0 plan's has no ``unchangeable``: counted from its changes, as the
+    Plan line counts it, rather than read as 0."""
+    if "unchangeable" not in data:
+        counted = sum(1 for c in changes if c.status is ChangeStatus.UNCHANGEABLE)
+        data = {**data, "unchangeable": counted}
+    return record_from_data(Summary, data)
+
+
 def _parse(text: str, source: str) -> Any:
+    if text.startswith("\ufeff"):  # json's own message would advise utf-8-sig
+        raise PlanIntegrityError(
+            f"{source}:1:1: not valid JSON: the file starts with a byte order mark (U+FEFF), "
+            "which cvmkeys never writes",
+            hint=_RERUN_HINT,
+        )
+    if not text.strip():
+        raise PlanIntegrityError(f"{source}:1:1: not valid JSON: the file is empty", hint=_RERUN_HINT)
     try:
         data = json.loads(
             text,

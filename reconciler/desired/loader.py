@@ -32,6 +32,7 @@ from reconciler.desired.yaml_nodes import (
     DESIRED_FILE_KEYS,
     FLEET_FILE_KEYS,
     NULL_TAG,
+    PLAN_FILE_KEYS,
     NodeLocator,
     Source,
     compose,
@@ -426,6 +427,8 @@ def _other_yaml_kind(text: str) -> str | None:
     scope ``account`` a skipped file's allowances would vanish and the plan would unbind them).
     Only a file without any of them is recognised as a fleet file or CI pipeline.
     """
+    if has_top_level_keys(text, PLAN_FILE_KEYS):  # has a region, but is no desired-state file
+        return "cvmkeys plan file"
     if any(word in text for word in DESIRED_FILE_KEYS) and _has_any_top_level_key(text, DESIRED_FILE_KEYS):
         return None
     for kind, keys in OTHER_YAML_KINDS:

@@ -231,6 +231,8 @@ def top_level_entries(text: str) -> Iterator[tuple[str | None, yaml.Event | None
 # is an emulator fleet file; one with any of these is a desired-state file.
 FLEET_FILE_KEYS = frozenset({"regions", "credentials"})
 DESIRED_FILE_KEYS = frozenset({"version", "region", "keys"})
+# ... and one with all of these is a saved plan (JSON is YAML; a plan may be saved as plan.yaml).
+PLAN_FILE_KEYS = frozenset({"format_version", "integrity"})
 
 
 def top_level_keys(node: Node) -> set[str]:

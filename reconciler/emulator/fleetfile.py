@@ -25,6 +25,7 @@ from reconciler import schemas
 from reconciler.desired.yaml_nodes import (
     DESIRED_FILE_KEYS,
     FLEET_FILE_KEYS,
+    PLAN_FILE_KEYS,
     NodeLocator,
     Source,
     compose,
@@ -91,7 +92,11 @@ def _load_text(source: Source, display: str) -> dict[str, Any]:
     found_keys = top_level_keys(root)
     if found_keys & DESIRED_FILE_KEYS and not found_keys & FLEET_FILE_KEYS:
         line, column = node_position(root)
-        wrong_kind = "this is a desired-state file (version, region, keys), not an emulator fleet file"
+        wrong_kind = (
+            "this is a cvmkeys plan file, not an emulator fleet file"
+            if found_keys >= PLAN_FILE_KEYS
+            else "this is a desired-state file (version, region, keys), not an emulator fleet file"
+        )
         raise InputError(
             [Problem(display, wrong_kind, line, column)],
             hint="--emulator and --fleet take a fleet file such as examples/fleet.yaml; "
