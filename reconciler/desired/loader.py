@@ -165,7 +165,8 @@ def load_paths(paths: Sequence[Path]) -> LoadedDesired:
     """Load, check and merge the desired-state files named by ``paths``.
 
     A directory is searched recursively for ``*.yaml`` / ``*.yml`` (sorted; folders whose name
-    starts with a dot are skipped); emulator fleet files found there are skipped silently.
+    starts with a dot are skipped); emulator fleet files, CI pipelines and saved plans found
+    there are skipped (the summary counts them).
     Files named explicitly are always checked. Raises ``InputError`` with every problem found.
     """
     if not paths:
