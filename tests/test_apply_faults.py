@@ -412,3 +412,20 @@ def test_3_0_one_refused_instance_fails_alone_and_the_others_of_its_call_go_thro
     # Which instance was refused is only in the message (never parsed): each is retried alone.
     sent = sorted(m.instance_ids for m in state.mutations if m.action == UNBIND["3.0"])
     assert sent == [(ids[0],), (ids[2],)]
+
+
+@pytest.mark.parametrize("api", ["2.0", "3.0"])
+def test_a_throttled_call_is_reported_as_not_carried_out(api: str, tmp_path: Path) -> None:
+    """Refused for the rate limit, a call did nothing: apply says so and sends it again, rather
+    than "checking what happened" as after a call that may have taken effect (QA)."""
+    unbind = frozenset({UNBIND[api]})
+    state, _, plan = _world(tmp_path, None, api=api)
+    throttling = FaultProfile(seed=6, throttle_rate=0.6, actions=unbind)
+    client = emulator_client(EmulatorApp(state, faults=throttling), plan.region, api, max_attempts=1)
+    messages: list[str] = []
+    options = ExecOptions(max_attempts=5, poll_initial=0)
+    result = Executor(client, plan, options=options, on_event=lambda e: messages.append(e.message)).run()
+    refused = [m for m in messages if "not carried out; retried while attempts remain" in m]
+    assert refused, "the emulator never throttled: the test proves nothing"
+    assert not any("checking what happened" in m for m in messages)
+    assert result.count(Outcome.DONE) == len(plan.ready_changes)

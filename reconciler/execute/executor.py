@@ -431,7 +431,12 @@ class Executor:
                     elif isinstance(error, CloudError):
                         failure = _Failure.of(error, len(call.instance_ids))
                         uncertain.extend((binding, failure) for binding in call.bindings)
-                        self._emit(EventKind.CALL_FAILED, wave, f"{error.message}; checking what happened")
+                        throttled = isinstance(error, ApiError) and error.kind is ApiErrorKind.THROTTLED
+                        # A throttled call was refused unprocessed: nothing to fear, only to redo.
+                        then = "checking what happened"
+                        if throttled:
+                            then = "not carried out; retried while attempts remain"
+                        self._emit(EventKind.CALL_FAILED, wave, f"{error.message}; {then}")
                     else:
                         raise error
         for call in queue:  # never sent (stopped): not an attempt
