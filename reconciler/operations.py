@@ -120,6 +120,8 @@ def _refuse_other_kinds(planfile: Path, text: str) -> None:
         return  # a plan, good or bad (its own checks say which), or some other JSON
     elif any(has_top_level_keys(text, frozenset({key})) for key in DESIRED_FILE_KEYS):
         kind, hint = "a desired-state file", f"plan from it first: cvmkeys plan {planfile} --out plan.json"
+    elif has_top_level_keys(text, frozenset()):  # a YAML mapping of someone else's (a CI file)
+        kind, hint = "a YAML file", "a plan file is JSON"
     else:
         return  # the JSON parser says what is wrong
     raise PlanIntegrityError(

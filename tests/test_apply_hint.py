@@ -63,6 +63,9 @@ def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(tmp_path: Path) -> Non
     assert code == 1 and "this is an emulator fleet file, not a plan file" in err and "--emulator" in err
     code, out, err = run_cli("plan", str(desired), "--emulator", str(desired))
     assert code == 1 and "not an emulator fleet file" in out + err
+    workflow = EXAMPLES / "ci" / "github" / "cvmkeys-plan.yml"
+    code, _, err = run_cli("show", str(workflow))
+    assert code == 1 and "this is a YAML file, not a plan file" in err
 
 
 def test_a_wrong_fleet_for_two_regions_at_once_says_why_every_time(tmp_path: Path) -> None:

@@ -261,7 +261,7 @@ EXPECTED = {
     "lone-surrogate.json": "no integrity digest",
     "long-number.json": "digits is out of range",
     "nan.json": "NaN is not a JSON number",
-    "not-json.json": ":1:1: not valid JSON",
+    "not-json.json": "this is a YAML file, not a plan file",
     "nul-byte.json": ":1:24: not valid JSON",
     "truncated.json": ":1:70: not valid JSON",
     "utf16.json": "cannot read the plan file",
