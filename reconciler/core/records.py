@@ -79,7 +79,6 @@ class _Codec:
     item: Callable[[Any], Any]  # the data -> the fields' members (likewise)
     to: tuple[tuple[int, _Convert], ...]
     back: tuple[tuple[int, _Convert], ...]
-    defaults: Mapping[str, Any]  # of the fields that have one (a missing member takes it)
 
 
 _CODECS: dict[type[Any], _Codec] = {}
@@ -107,7 +106,6 @@ def _make_codec(cls: type[Any]) -> _Codec:
         itemgetter(*names),
         tuple((n, to) for n, (to, _) in enumerate(converters) if to is not None),
         tuple((n, back) for n, (_, back) in enumerate(converters) if back is not None),
-        {f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
     )
 
 
@@ -121,14 +119,10 @@ def record_to_data(record: Any) -> dict[str, Any]:
 
 
 def record_from_data(cls: type[R], data: Mapping[str, Any]) -> R:
-    """The inverse of ``record_to_data``: every field is read; a missing one takes the field's
-    default (a member a later minor version added) or raises ``KeyError``; members that are
-    not fields are ignored."""
+    """The inverse of ``record_to_data``: every field is read (a missing one raises ``KeyError``);
+    members that are not fields are ignored."""
     codec = _codec(cls)
-    try:
-        values = list(codec.item(data))
-    except KeyError:
-        values = [data[name] if name in data else codec.defaults[name] for name in codec.names]
+    values = list(codec.item(data))
     for n, back in codec.back:
         values[n] = back(values[n])
     return cls(*values)
