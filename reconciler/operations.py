@@ -146,12 +146,12 @@ def read_plans(planfile: Path, region: str | None = None) -> tuple[Plan, ...]:
     return _pick_region(load_plans(_plan_text(planfile), str(planfile)), region, planfile)
 
 
-def check_sources(the_plan: Plan, base: Path, search: _FolderSearch | None = None) -> None:
+def check_sources(the_plan: Plan, search: _FolderSearch) -> None:
     """Refuse a plan whose desired-state files changed or are gone since it was made, or when a
     folder plan searched now holds another file of its region: the plan carries out what those
     files said, and only then (this closes replay: a plan applied again after the file was
     changed to allow its bindings). Paths are where plan read them, relative to the directory it
-    ran in; ``base`` is where apply looks for them (its own directory)."""
+    ran in; ``search.base`` is where apply looks for them (its own directory)."""
     import hashlib
 
     from reconciler.desired.yaml_nodes import MAX_FILE_BYTES
@@ -160,7 +160,7 @@ def check_sources(the_plan: Plan, base: Path, search: _FolderSearch | None = Non
     problems: list[str] = []
     unread = False
     for source in the_plan.sources:
-        path = _at(base, source.path)
+        path = _at(search.base, source.path)
         try:
             digest = hashlib.sha256(read_bounded(path, MAX_FILE_BYTES, "file", source.path)).hexdigest()
         except FileReadError as error:
@@ -170,7 +170,7 @@ def check_sources(the_plan: Plan, base: Path, search: _FolderSearch | None = Non
         if digest != source.sha256:
             problems.append(f"{source.path} changed since the plan was made")
     if not problems:
-        problems = (search or _FolderSearch(base)).added(the_plan)
+        problems = search.added(the_plan)
     if problems:
         # Only a file not found may mean apply runs elsewhere than plan did.
         elsewhere = "run apply from the directory plan ran in (if this is not it), or " if unread else ""
@@ -192,12 +192,12 @@ class _FolderSearch:
     desired-state file the plan did not read, each file looked at once for all the plans of one
     apply (a plan set's regions share their folders)."""
 
-    def __init__(self, base: Path, plans: Sequence[Plan] = ()) -> None:
+    def __init__(self, base: Path, plans: Sequence[Plan]) -> None:
         self.base = base
-        # A plan's own sources are its region's (their digests are checked): never parsed here.
-        self._regions: dict[Path, str | Problem | None] = {
-            _at(base, source.path).resolve(): p.region for p in plans for source in p.sources
-        }
+        # Every file the plans read: their digests are checked, so a search passes over them (a
+        # plan set's other regions' sources are theirs, never this region's).
+        self._read = {_at(base, source.path).resolve() for p in plans for source in p.sources}
+        self._regions: dict[Path, str | Problem | None] = {}
 
     def added(self, the_plan: Plan) -> list[str]:
         """The files of the plan's region that plan would read now and did not read then (added
@@ -209,15 +209,14 @@ class _FolderSearch:
         given = [_at(self.base, recorded) for recorded in the_plan.inputs]
         if not any(path.is_dir() for path in given):
             return []
-        known = {_at(self.base, source.path).resolve() for source in the_plan.sources}
         found, refused = found_files(given)
         # What plan itself would refuse in the search (a link out of the folder, say) may hide
         # a file of this region.
         problems = [f"{_shown(Path(p.file), self.base)}: {p.message}" for p in refused]
         for path, display in found:
             resolved = path.resolve()
-            if resolved in known:
-                continue  # read by the plan: the digest check covers it
+            if resolved in self._read:
+                continue
             region = self._region(resolved, path, display)
             shown = _shown(path, self.base)
             if isinstance(region, Problem):
@@ -715,7 +714,7 @@ def apply_saved(
             if request.max_age is not None:
                 check_age(the_plan, request.max_age)
             if not request.ignore_changed_sources:
-                check_sources(the_plan, request.base, search)
+                check_sources(the_plan, search)
         except CvmkeysError as error:
             raise _in_region(the_plan.region, error) if several else error from None
     if not several:
