@@ -88,6 +88,11 @@ class CloudError(CvmkeysError):
         self.action = action
         self.retryable = retryable
 
+    @property
+    def throttled(self) -> bool:
+        """Refused for the API's rate limit, so certainly not carried out (``ApiError`` only)."""
+        return False
+
 
 class ApiError(CloudError):
     """The API answered with an error: ``code`` is 2.0's integer or 3.0's string code; ``kind``
@@ -114,6 +119,10 @@ class ApiError(CloudError):
         self.api_message = api_message
         self.kind = kind
         self.request_id = request_id
+
+    @property
+    def throttled(self) -> bool:
+        return self.kind is ApiErrorKind.THROTTLED
 
 
 class TransportError(CloudError):

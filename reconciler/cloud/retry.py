@@ -37,7 +37,7 @@ import httpx
 
 from reconciler.cloud.base import AttemptRecord
 from reconciler.cloud.ratelimit import ActionRateLimiter, client_rate_limiter
-from reconciler.errors import ApiError, ApiErrorKind, CloudError, ConfigError, TransportError
+from reconciler.errors import ApiError, CloudError, ConfigError, TransportError
 from reconciler.model import DOCUMENTED_RATE_LIMITS
 
 # The one list of actions that change the cloud, of both APIs.
@@ -154,7 +154,7 @@ def may_retry(error: CloudError, *, mutating: bool) -> bool:
     if not mutating:
         return True
     if isinstance(error, ApiError):
-        return error.kind is ApiErrorKind.THROTTLED
+        return error.throttled
     if isinstance(error, TransportError):
         return not error.ambiguous
     return False
@@ -235,8 +235,7 @@ class Retrier:
                 error = failure
             attempt.duration_s = time.perf_counter() - t0
             if error is not None and number < policy.max_attempts and retryable(error):
-                throttled = isinstance(error, ApiError) and error.kind is ApiErrorKind.THROTTLED
-                attempt.retry_in_s = policy.delay(number, self._rng, throttled=throttled)
+                attempt.retry_in_s = policy.delay(number, self._rng, throttled=error.throttled)
             self._report(record(attempt))
             if error is None:
                 return result, attempt

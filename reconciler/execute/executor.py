@@ -431,10 +431,9 @@ class Executor:
                     elif isinstance(error, CloudError):
                         failure = _Failure.of(error, len(call.instance_ids))
                         uncertain.extend((binding, failure) for binding in call.bindings)
-                        throttled = isinstance(error, ApiError) and error.kind is ApiErrorKind.THROTTLED
                         # A throttled call was refused unprocessed: nothing to fear, only to redo.
                         then = "checking what happened"
-                        if throttled:
+                        if error.throttled:
                             then = "not carried out; retried while attempts remain"
                         self._emit(EventKind.CALL_FAILED, wave, f"{error.message}; {then}")
                     else:
