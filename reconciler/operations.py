@@ -111,14 +111,15 @@ def _plan_text(planfile: Path) -> str:
 
 def _refuse_other_kinds(planfile: Path, text: str) -> None:
     """Name the kind of file given where a plan file was wanted, when it is one of ours."""
-    from reconciler.desired.yaml_nodes import DESIRED_FILE_KEYS, FLEET_FILE_KEYS, has_top_level_keys
+    from reconciler.desired.loader import has_desired_file_keys
+    from reconciler.desired.yaml_nodes import FLEET_FILE_KEYS, has_top_level_keys
 
     text = text.removeprefix("\ufeff")
     if has_top_level_keys(text, FLEET_FILE_KEYS):  # YAML or JSON (JSON is YAML)
         kind, hint = "an emulator fleet file", f"give it as --emulator {planfile}"
     elif text.lstrip().startswith("{") or has_top_level_keys(text, frozenset({"format_version"})):
         return  # a plan, good or bad (its own checks say which), or some other JSON
-    elif any(has_top_level_keys(text, frozenset({key})) for key in DESIRED_FILE_KEYS):
+    elif has_desired_file_keys(text):
         kind, hint = "a desired-state file", f"plan from it first: cvmkeys plan {planfile} --out plan.json"
     elif has_top_level_keys(text, frozenset()):  # a YAML mapping of someone else's (a CI file)
         kind, hint = "a YAML file", "a plan file is JSON"

@@ -430,12 +430,18 @@ def _other_yaml_kind(text: str) -> str | None:
     """
     if has_top_level_keys(text, PLAN_FILE_KEYS):  # has a region, but is no desired-state file
         return "cvmkeys plan file"
-    if any(word in text for word in DESIRED_FILE_KEYS) and _has_any_top_level_key(text, DESIRED_FILE_KEYS):
+    if has_desired_file_keys(text):
         return None
     for kind, keys in OTHER_YAML_KINDS:
         if has_top_level_keys(text, keys):
             return kind
     return None
+
+
+def has_desired_file_keys(text: str) -> bool:
+    """Whether the top level of ``text`` has ``version``, ``region`` or ``keys`` (what makes a
+    YAML file a desired-state file), cheaply: most files are ruled out without parsing."""
+    return any(word in text for word in DESIRED_FILE_KEYS) and _has_any_top_level_key(text, DESIRED_FILE_KEYS)
 
 
 # Where a block mapping's top-level key can be: at the start of a line, maybe quoted. A cheap
