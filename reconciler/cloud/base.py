@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from reconciler.common import short_repr
 from reconciler.errors import ConfigError
-from reconciler.ids import is_instance_id, is_key_id
+from reconciler.ids import is_instance_id, is_key_id, normalize_region
 from reconciler.model import ApiVersion, Instance, KeyPair
 
 T = TypeVar("T")
@@ -159,10 +159,11 @@ def hide(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def checked_region(region: str, normalize: Callable[[str], str]) -> str:
-    """``normalize(region)`` (the API's rule for region names), a ConfigError if it is unknown."""
+def checked_region(region: str) -> str:
+    """The long name of ``region`` (open-ended, as the loader's: a region newer than this
+    version's table still works), a ConfigError if it is not shaped like one."""
     try:
-        return normalize(region)
+        return normalize_region(region)
     except KeyError:
         raise ConfigError(
             f"unknown region {short_repr(region)}", hint="use a long name such as ap-guangzhou"

@@ -8,7 +8,7 @@ reads; everything else a ``cloud.base.CloudClient`` reads is here, once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -17,7 +17,6 @@ from reconciler.cloud.credentials import Credentials, CredentialsProvider, as_pr
 from reconciler.cloud.endpoint import check_endpoint
 from reconciler.cloud.retry import ClientTuning, TuningArgs
 from reconciler.errors import ConfigError, TransportError
-from reconciler.ids import normalize_region
 from reconciler.model import MAX_IDS_PER_CALL, PAGE_SIZE, Instance, KeyPair
 
 if TYPE_CHECKING:  # only for the annotations; Python 3.10's typing has no Unpack
@@ -34,11 +33,16 @@ class ClientArgs(TuningArgs, total=False):
     endpoint: str | None
 
 
-def _unique_keys(keys: list[KeyPair]) -> list[KeyPair]:
-    merged: dict[str, KeyPair] = {}
-    for key in keys:
-        merged.setdefault(key.key_id, key)
+def _first_of_each(items: Iterable[T], id_of: Callable[[T], str]) -> list[T]:
+    """``items`` without repeats of an ID (pages and batches may overlap), the first kept."""
+    merged: dict[str, T] = {}
+    for item in items:
+        merged.setdefault(id_of(item), item)
     return list(merged.values())
+
+
+def _key_id(key: KeyPair) -> str:
+    return key.key_id
 
 
 class PooledClient(Closing):
@@ -73,8 +77,7 @@ class PooledClient(Closing):
         **tuning: Unpack[TuningArgs],
     ) -> None:
         provider = as_provider(credentials)
-        # Open-ended, as the loader's: a region newer than a version's table still works.
-        self.region = checked_region(region, normalize_region)
+        self.region = checked_region(region)
         where = self.default_endpoint if endpoint is None else endpoint  # "" is refused, not defaulted
         self.endpoint = check_endpoint(where, default_path=self.default_path)
         self.credentials_source = provider.source
@@ -162,7 +165,7 @@ class PooledClient(Closing):
             return self._all_keys()
         ids = id_list(key_ids, check_key_id, "key_ids")
         found = self._concurrently(self._key_batch, chunks(ids, MAX_IDS_PER_CALL))
-        return _unique_keys([key for keys in found for key in keys])
+        return _first_of_each((key for keys in found for key in keys), _key_id)
 
     def describe_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
         """The instances with these IDs that exist; one call per 100 IDs, run concurrently.
@@ -171,11 +174,8 @@ class PooledClient(Closing):
         makes no call.
         """
         ids = id_list(instance_ids, check_instance_id, "instance_ids")
-        merged: dict[str, Instance] = {}
-        for instances in self._concurrently(self._instance_batch, chunks(ids, MAX_IDS_PER_CALL)):
-            for instance in instances:
-                merged.setdefault(instance.instance_id, instance)
-        return list(merged.values())
+        found = self._concurrently(self._instance_batch, chunks(ids, MAX_IDS_PER_CALL))
+        return _first_of_each((i for instances in found for i in instances), lambda i: i.instance_id)
 
     def _all_keys(self) -> list[KeyPair]:
         """Every key, in pages of ``PAGE_SIZE``: the first page's total says how many more, read
@@ -195,7 +195,7 @@ class PooledClient(Closing):
                     retryable=True,
                     ambiguous=False,
                 )
-        merged = _unique_keys([key for _, keys in pages for key in keys])
+        merged = _first_of_each((key for _, keys in pages for key in keys), _key_id)
         if len(merged) != total:
             raise TransportError(
                 action,
