@@ -187,7 +187,7 @@ class Tc3Caller:
         region: str | None,
         auth: Tc3Auth,
         mutating_actions: frozenset[str] = frozenset(),
-        tuning: ClientTuning | None = None,
+        tuning: ClientTuning,
     ) -> None:
         self.service = service
         self.version = version
@@ -195,7 +195,7 @@ class Tc3Caller:
         self.region = region
         self.auth = auth
         self._mutating = mutating_actions
-        self._tuning = tuning if tuning is not None else ClientTuning()
+        self._tuning = tuning
         self._retrier = Retrier(self._tuning, logger)
         self._limiter = self._tuning.limiter()
         self._lock = threading.Lock()
